@@ -1,0 +1,22 @@
+"""hyperdm: Hyperbolic Dataset Distillation (HDD) for PyTorch.
+
+Swap the MMD line of distribution-matching distillation for :class:`HyperbolicMatcher`.
+Curvature convention: geoopt's ``k > 0`` (points satisfy ``<x,x>_L = -k``; curvature
+``-1/k``), the value printed in the HDD paper's "K" column.
+"""
+
+from . import functional, lorentz
+from .functional import hyperbolic_matching_loss, mmd_matching_loss
+from .matchers import HyperbolicMatcher, MMDMatcher
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HyperbolicMatcher",
+    "MMDMatcher",
+    "hyperbolic_matching_loss",
+    "mmd_matching_loss",
+    "functional",
+    "lorentz",
+    "__version__",
+]

@@ -1,0 +1,378 @@
+r"""Functional math on the Lorentz model (hyperboloid) of hyperbolic space.
+
+Convention (geoopt's): a point ``x = (x_0, x_s)`` in :math:`\mathbb{R}^{D+1}`, time
+coordinate first, lies on
+
+.. math:: \langle x, x\rangle_L = -x_0^2 + \|x_s\|^2 = -k,\qquad x_0 > 0,
+
+with ``k > 0``. The sectional curvature is :math:`-1/k`. The HDD paper's tables print
+this same ``k`` in a column headed "K"; it is *not* the curvature. Every function takes
+``k`` keyword-only (a float or a tensor that broadcasts against the batch shape).
+
+The coordinate axis is always the last one; any leading batch shape works.
+
+Numerics. The textbook forms (``acosh(-<x,y>/k)``, Law's normaliser
+``sqrt(|<m,m>|)``) subtract numbers of size ``k cosh(r)^2`` to get results of size
+``k``: in float32 they are noise already at a radius of a few units. Every function
+here uses a cancellation-free form, stated in its docstring, and guards square roots
+and divisions at zero with a "double ``where``" so that gradients stay finite.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "inner",
+    "expmap0",
+    "logmap0",
+    "dist",
+    "dist0",
+    "centroid",
+    "project",
+    "to_poincare",
+    "from_poincare",
+    "hierarchical_weight",
+    "radius0",
+    "feature_centroid",
+    "SAFE_RADIUS",
+]
+
+Curvature = Union[float, Tensor]
+
+#: Largest radius (in units of sqrt(k)) used inside :func:`feature_centroid` when no
+#: ``max_norm`` is given. ``cosh(300)^2`` is about 1e260, still finite in float64, so
+#: every intermediate of the centroid and its gradient is representable. Features
+#: beyond it (norm > 300 sqrt(k)) are saturated there, exactly like ``max_norm``.
+SAFE_RADIUS = 300.0
+
+# Below this argument the series forms of sinh(t)/t and friends are used.
+_SMALL = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 5e-2}
+
+
+def _small(dtype: torch.dtype) -> float:
+    return _SMALL.get(dtype, 1e-3)
+
+
+def _sqrt_k(k: Curvature, like: Tensor) -> Tensor:
+    """sqrt(k) as a tensor on ``like``'s device and dtype."""
+    if isinstance(k, Tensor):
+        return k.to(device=like.device, dtype=like.dtype).sqrt()
+    return torch.as_tensor(float(k), device=like.device, dtype=like.dtype).sqrt()
+
+
+def _sinhc(t: Tensor) -> Tensor:
+    """sinh(t)/t, equal to 1 + t^2/6 + O(t^4) near 0; finite gradient everywhere."""
+    small = t.abs() < _small(t.dtype)
+    ts = torch.where(small, torch.ones_like(t), t)
+    return torch.where(small, 1.0 + t * t / 6.0, torch.sinh(ts) / ts)
+
+
+def _asinhc(t: Tensor) -> Tensor:
+    """asinh(t)/t, equal to 1 - t^2/6 + O(t^4) near 0; finite gradient everywhere."""
+    small = t.abs() < _small(t.dtype)
+    ts = torch.where(small, torch.ones_like(t), t)
+    return torch.where(small, 1.0 - t * t / 6.0, torch.asinh(ts) / ts)
+
+
+def _safe_sqrt(q: Tensor) -> Tensor:
+    """sqrt(max(q, 0)) with gradient 0 (not inf) at q <= 0; NaN stays NaN."""
+    nonpos = q <= 0
+    return torch.where(nonpos, torch.zeros_like(q), torch.sqrt(torch.where(nonpos, torch.ones_like(q), q)))
+
+
+def _split(x: Tensor) -> tuple[Tensor, Tensor]:
+    return x[..., :1], x[..., 1:]
+
+
+def inner(x: Tensor, y: Tensor, *, keepdim: bool = False) -> Tensor:
+    r"""Minkowski inner product :math:`\langle x,y\rangle_L = -x_0 y_0 + x_s \cdot y_s`."""
+    out = (x[..., 1:] * y[..., 1:]).sum(-1, keepdim=True) - x[..., :1] * y[..., :1]
+    return out if keepdim else out.squeeze(-1)
+
+
+def expmap0(v: Tensor, *, k: Curvature, max_norm: Optional[float] = None) -> Tensor:
+    r"""Exponential map at the origin :math:`o = (\sqrt{k}, 0)` of a feature ``v`` in R^D.
+
+    .. math::
+        \exp_o(v) = \sqrt{k}\,\big(\cosh t,\ \sinh(t)\,v/\|v\|\big),
+        \qquad t = \|v\|/\sqrt{k},
+
+    so that ``dist0(expmap0(v)) == ||v||``. Returns a point in R^(D+1).
+
+    ``max_norm`` (the official HDD code's ``EXP_MAX_NORM``, 10 there) replaces ``t`` by
+    ``min(t, max_norm)``: ``v`` keeps its direction and the point stops at radius
+    ``max_norm * sqrt(k)``; the radial gradient of a clamped point is zero. ``None`` is
+    the exact map. Without a clamp, ``cosh(t)`` overflows float32 for t > 88 and float64
+    for t > 710.
+
+    Stable form: the space part is ``sinh(t_c)/t * v`` with ``sinh(t)/t`` evaluated by
+    its series near 0, so ``v = 0`` maps to the origin with a finite gradient.
+    """
+    sk = _sqrt_k(k, v)
+    t = torch.linalg.vector_norm(v, dim=-1, keepdim=True) / sk
+    if max_norm is None:
+        return torch.cat((sk * torch.cosh(t), _sinhc(t) * v), dim=-1)
+    tc = t.clamp(max=float(max_norm))
+    clamped = t > tc
+    t_safe = torch.where(clamped, t, torch.ones_like(t))
+    factor = torch.where(clamped, torch.sinh(tc) / t_safe, _sinhc(t))
+    return torch.cat((sk * torch.cosh(tc), factor * v), dim=-1)
+
+
+def logmap0(x: Tensor, *, k: Curvature) -> Tensor:
+    r"""Logarithmic map at the origin, the inverse of :func:`expmap0`; returns R^D.
+
+    .. math:: \log_o(x) = \sqrt{k}\,\operatorname{asinh}(\|x_s\|/\sqrt{k})\; x_s/\|x_s\|
+
+    Stable form: only the space part is used (``x_0`` is implied by the hyperboloid),
+    written as ``asinh(s)/s * x_s`` with ``s = ||x_s||/sqrt(k)`` and a series near 0.
+    """
+    sk = _sqrt_k(k, x)
+    xs = x[..., 1:]
+    s = torch.linalg.vector_norm(xs, dim=-1, keepdim=True) / sk
+    return _asinhc(s) * xs
+
+
+def dist0(x: Tensor, *, k: Curvature, keepdim: bool = False) -> Tensor:
+    r"""Geodesic distance from the origin.
+
+    .. math:: d(o, x) = \sqrt{k}\,\operatorname{acosh}(x_0/\sqrt{k})
+                     = \sqrt{k}\,\operatorname{asinh}(\|x_s\|/\sqrt{k})
+
+    The asinh form is used: acosh near 1 loses half the digits, asinh of the space norm
+    loses none.
+    """
+    sk = _sqrt_k(k, x)
+    s = torch.linalg.vector_norm(x[..., 1:], dim=-1, keepdim=True)
+    out = sk * torch.asinh(s / sk)
+    return out if keepdim else out.squeeze(-1)
+
+
+def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False) -> Tensor:
+    r"""Geodesic distance between two points of the hyperboloid.
+
+    .. math::
+        d(x,y) = \sqrt{k}\,\operatorname{acosh}\!\big(-\langle x,y\rangle_L/k\big)
+               = 2\sqrt{k}\,\operatorname{asinh}\!\Big(\frac{\|x-y\|_L}{2\sqrt{k}}\Big).
+
+    Stable form. Writing each point by its radius ``t = asinh(|x_s|/sqrt(k))`` and
+    direction ``u = x_s/|x_s|``, the chord is a sum of non-negative terms,
+
+    .. math::
+        \frac{\|x-y\|_L^2}{4k} = \sinh^2\!\frac{t_x-t_y}{2}
+        + \frac{|x_s|\,|y_s|}{k}\,\frac{\|u_x-u_y\|^2}{4},
+
+    so nothing cancels: not near zero distance (where ``acosh`` loses half the digits
+    and ``-<x,y>`` rounds below ``k``), not for far points (where ``|x_s-y_s|^2 - (x_0-y_0)^2``
+    subtracts numbers of size ``k cosh(t)^2``). Only the space parts are read (``x_0`` is
+    implied by the hyperboloid). The result is exactly 0, with gradient 0, at ``x == y``.
+    """
+    sk = _sqrt_k(k, x)
+    xs, ys = x[..., 1:], y[..., 1:]
+    a = torch.linalg.vector_norm(xs, dim=-1, keepdim=True) / sk
+    b = torch.linalg.vector_norm(ys, dim=-1, keepdim=True) / sk
+    ux = xs / torch.where(a > 0, a * sk, torch.ones_like(a))
+    uy = ys / torch.where(b > 0, b * sk, torch.ones_like(b))
+    chord2 = (ux - uy).square().sum(-1, keepdim=True)
+    radial = torch.sinh((torch.asinh(a) - torch.asinh(b)) / 2.0)
+    q = radial.square() + a * b * chord2 / 4.0
+    out = 2.0 * sk * torch.asinh(_safe_sqrt(q))
+    return out if keepdim else out.squeeze(-1)
+
+
+def project(x: Tensor, *, k: Curvature) -> Tensor:
+    r"""Projection onto the hyperboloid along the time axis: ``(sqrt(k + |x_s|^2), x_s)``."""
+    xs = x[..., 1:]
+    kk = _sqrt_k(k, x).square()
+    return torch.cat((torch.sqrt(kk + xs.square().sum(-1, keepdim=True)), xs), dim=-1)
+
+
+def to_poincare(x: Tensor, *, k: Curvature) -> Tensor:
+    r"""Map to the unit Poincaré ball: :math:`p = x_s / (x_0 + \sqrt{k})`, ``|p| = tanh(r/(2 sqrt(k)))``."""
+    sk = _sqrt_k(k, x)
+    return x[..., 1:] / (x[..., :1] + sk)
+
+
+def from_poincare(p: Tensor, *, k: Curvature) -> Tensor:
+    r"""Inverse of :func:`to_poincare`.
+
+    .. math:: x = \sqrt{k}\,\frac{(1 + |p|^2,\ 2p)}{1 - |p|^2}
+
+    ``1 - |p|^2`` is computed as ``(1 - |p|)(1 + |p|)``; points must satisfy |p| < 1.
+    """
+    sk = _sqrt_k(k, p)
+    n = torch.linalg.vector_norm(p, dim=-1, keepdim=True)
+    alpha = (1.0 - n) * (1.0 + n)
+    return sk * torch.cat((1.0 + n.square(), 2.0 * p), dim=-1) / alpha
+
+
+def hierarchical_weight(r: Tensor, *, k: Curvature) -> Tensor:
+    r"""Weight of a point at distance ``r`` from the origin (paper Sec. 3.3):
+
+    .. math:: w(r) = \frac{r/\sqrt{k}}{\sinh(r/\sqrt{k})},
+
+    1 at the root, strictly decreasing: points near the root (prototypes) weigh more
+    than points near the boundary. Evaluated as ``1/sinhc`` with a series near 0.
+    """
+    return 1.0 / _sinhc(r / _sqrt_k(k, r))
+
+
+def radius0(v: Tensor, *, k: Curvature, max_norm: Optional[float] = None) -> Tensor:
+    r"""``dist0(expmap0(v, k=k, max_norm=max_norm), k=k)`` without forming the point.
+
+    The exp-map at the origin is a radial isometry, so the radius is
+    ``||v||``, or ``min(||v||, max_norm * sqrt(k))`` with the clamp. It never overflows.
+    """
+    n = torch.linalg.vector_norm(v, dim=-1)
+    if max_norm is None:
+        return n
+    sk = _sqrt_k(k, n)
+    return torch.minimum(n, float(max_norm) * sk)
+
+
+def _law(m0: Tensor, ms: Tensor, a_minus: Tensor, a_plus: Tensor, b_sum: Tensor, spread: Tensor, sk: Tensor) -> Tensor:
+    """Assemble a Law centroid from cancellation-free pieces (see :func:`centroid`)."""
+    norm = torch.sqrt(a_minus * a_plus + b_sum * spread)
+    return sk * torch.cat((m0, ms), dim=-1) / norm
+
+
+def _spread(u: Tensor, ms: Tensor, b_sum: Tensor) -> Tensor:
+    """|u_i - ũ|^2 with ũ = ms / b_sum broadcast over the points axis (-2)."""
+    pos = b_sum > 0
+    ut = ms / torch.where(pos, b_sum, torch.ones_like(b_sum))
+    return (u - ut.unsqueeze(-2).to(u.dtype)).square().sum(-1, keepdim=True)
+
+
+def centroid(
+    x: Tensor,
+    *,
+    k: Curvature,
+    weights: Optional[Tensor] = None,
+    dim: int = -2,
+    keepdim: bool = False,
+) -> Tensor:
+    r"""Law et al. (2019) closed-form centroid of hyperboloid points along ``dim``.
+
+    .. math::
+        m = \sum_i w_i x_i / \sum_i w_i,\qquad
+        c = \sqrt{k}\, m / \sqrt{-\langle m, m\rangle_L}.
+
+    Stable form. ``-<m,m> = m_0^2 - |m_s|^2`` cancels catastrophically (relative error
+    ``eps*cosh(r)^2``). With ``a_i = |x_{s,i}|``, ``u_i = x_{s,i}/a_i`` and normalised
+    weights it is computed as the sum of two non-negative terms,
+
+    .. math::
+        -\langle m,m\rangle_L
+        = \Big(\sum_i w_i (x_{0,i}-a_i)\Big)\Big(\sum_i w_i (x_{0,i}+a_i)\Big)
+        + S \sum_i w_i a_i \,\|u_i - \tilde u\|^2,
+
+    where ``x_0 - a = k / (x_0 + a)`` on the hyperboloid, ``S = sum_i w_i a_i`` and
+    ``ũ = m_s / S``. Weights must be non-negative and not all zero.
+    """
+    if dim != -2:
+        x = x.movedim(dim, -2)
+        if weights is not None:
+            weights = weights.movedim(dim if dim >= 0 else dim + 1, -1)
+    sk = _sqrt_k(k, x)
+    x0, xs = _split(x)
+    if weights is None:
+        w = torch.full_like(x0, 1.0 / x.shape[-2])
+    else:
+        w = weights.to(x.dtype).unsqueeze(-1)
+        w = w / w.sum(-2, keepdim=True)
+    a = torch.linalg.vector_norm(xs, dim=-1, keepdim=True)
+    pos = a > 0
+    u = xs / torch.where(pos, a, torch.ones_like(a))
+    m0 = (w * x0).sum(-2)
+    ms = (w * xs).sum(-2)
+    a_minus = (w * sk.square() / (x0 + a)).sum(-2)
+    a_plus = (w * (x0 + a)).sum(-2)
+    b_sum = (w * a).sum(-2)
+    spread = (w * a * _spread(u, ms, b_sum)).sum(-2)
+    # One point has no spread; rounding of u and ũ would otherwise leave eps^2 there.
+    spread = spread * ((w > 0).sum(-2) > 1)
+    out = _law(m0, ms, a_minus, a_plus, b_sum, spread, sk)
+    if keepdim:
+        out = out.unsqueeze(-2)
+        if dim != -2:
+            out = out.movedim(-2, dim)
+    return out
+
+
+def feature_centroid(
+    v: Tensor,
+    *,
+    k: Curvature,
+    max_norm: Optional[float] = None,
+    weights: Optional[Tensor] = None,
+    hierarchical: bool = False,
+    mask: Optional[Tensor] = None,
+) -> Tensor:
+    r"""``centroid(expmap0(v, k=k, max_norm=max_norm), k=k)`` of features, fused.
+
+    ``v`` is ``[..., N, D]`` (N features per group, e.g. ``[C, N, D]`` for C classes);
+    returns the centroids ``[..., D+1]``. This is the HDD matching step without building
+    the ``[..., N, D+1]`` points: with ``t_i = min(|v_i|/sqrt(k), max_norm)``,
+
+    .. math::
+        m_0 \propto \sum_i w_i \cosh t_i,\qquad
+        m_s \propto \sum_i w_i \frac{\sinh t_i}{|v_i|} v_i,\qquad
+        -\langle m,m\rangle_L \propto \Big(\sum_i w_i e^{-t_i}\Big)\Big(\sum_i w_i e^{t_i}\Big)
+        + S \sum_i w_i \sinh t_i \,\|u_i - \tilde u\|^2 ,
+
+    all scaled by ``exp(-max_i t_i)`` (the centroid is scale-invariant), so nothing
+    overflows. Per-point scalars and the ``[..., D]`` results are float64 (cheap); the
+    two passes over ``[..., N, D]`` (a batched mat-vec and the spread) stay in ``v``'s
+    dtype. Without ``max_norm``, radii beyond :data:`SAFE_RADIUS` are saturated there.
+
+    ``weights`` ``[..., N]`` (non-negative) weight each point; ``hierarchical`` further
+    multiplies them by :func:`hierarchical_weight` of the point's radius. ``mask``
+    ``[..., N]`` (bool) excludes points, e.g. to put classes of different sizes in one
+    padded batch; each group needs at least one point.
+    """
+    if v.dim() != 3:
+        lead = v.shape[:-2]
+        flat = lambda a: None if a is None else a.reshape(-1, a.shape[-1])  # noqa: E731
+        c = feature_centroid(
+            v.reshape(-1, *v.shape[-2:]), k=k, max_norm=max_norm, weights=flat(weights),
+            hierarchical=hierarchical, mask=flat(mask),
+        )
+        return c.reshape(*lead, c.shape[-1])
+    if mask is not None:
+        v = torch.where(mask.unsqueeze(-1), v, torch.zeros_like(v))
+    wd = torch.float64
+    sk = _sqrt_k(k, v.new_empty((), dtype=wd))
+    n = torch.linalg.vector_norm(v, dim=-1)
+    t = n.to(wd) / sk
+    tc = t.clamp(max=float(SAFE_RADIUS if max_norm is None else min(max_norm, SAFE_RADIUS)))
+    w = torch.ones_like(tc) if weights is None else weights.to(wd)
+    if hierarchical:
+        w = w / _sinhc(tc)
+    if mask is not None:
+        w = torch.where(mask, w, torch.zeros_like(w))
+        tc = torch.where(mask, tc, torch.zeros_like(tc))
+    w = w / w.sum(-1, keepdim=True)
+    top = tc.amax(-1, keepdim=True).detach()
+    e_plus = w * torch.exp(tc - top)
+    e_minus = w * torch.exp(-tc - top)
+    half_one_minus = -torch.expm1(-2.0 * tc) / 2.0          # (1 - e^{-2t}) / 2
+    b = e_plus * half_one_minus                            # w sinh(t) e^{-top}
+    small = t < _small(wd)
+    t_safe = torch.where(small, torch.ones_like(t), t)
+    ratio = torch.where(small, 1.0 - t + (2.0 / 3.0) * t * t, half_one_minus / t_safe)
+    gamma = e_plus * ratio / sk                            # coefficient of v_i in m_s
+    ms = (gamma.to(v.dtype).unsqueeze(-2) @ v).squeeze(-2).to(wd)
+    m0 = ((e_plus + e_minus) / 2.0).sum(-1, keepdim=True)
+    b_sum = b.sum(-1, keepdim=True)
+    # |u_i - ũ|^2 = |v_i - |v_i| ũ|^2 / |v_i|^2, one fused pass (no [..., N, D] copy of u).
+    ut = (ms / torch.where(b_sum > 0, b_sum, torch.ones_like(b_sum))).to(v.dtype)
+    dev = torch.linalg.vector_norm(torch.baddbmm(v, n.unsqueeze(-1), -ut.unsqueeze(-2)), dim=-1).to(wd)
+    spread = (b * (dev / torch.where(n > 0, n, torch.ones_like(n)).to(wd)).square()).sum(-1, keepdim=True)
+    # One point has no spread; rounding of u and ũ would otherwise leave eps^2 there.
+    spread = spread * ((w > 0).sum(-1, keepdim=True) > 1)
+    c = _law(m0, ms, e_minus.sum(-1, keepdim=True), e_plus.sum(-1, keepdim=True), b_sum, spread, sk)
+    return c
