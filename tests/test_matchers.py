@@ -254,7 +254,7 @@ def test_learn_k_stays_positive_and_trains():
     assert float(m.k.detach()) > 0 and torch.isfinite(m(real, syn))
     m2 = HyperbolicMatcher(learn_k=True)
     m2.load_state_dict(m.state_dict())
-    assert float(m2.k) == float(m.k)
+    assert float(m2.k.detach()) == float(m.k.detach())
     assert "learned" in repr(m) and "k=" in repr(HyperbolicMatcher())
 
 
