@@ -5,7 +5,7 @@ Curvature convention: geoopt's ``k > 0`` (points satisfy ``<x,x>_L = -k``; curva
 ``-1/k``), the value printed in the HDD paper's "K" column.
 """
 
-from . import functional, lorentz
+from . import functional, lorentz, pruning
 from .functional import hyperbolic_matching_loss, mmd_matching_loss
 from .matchers import HyperbolicMatcher, MMDMatcher
 
@@ -18,5 +18,6 @@ __all__ = [
     "mmd_matching_loss",
     "functional",
     "lorentz",
+    "pruning",
     "__version__",
 ]

@@ -1,0 +1,177 @@
+"""Hierarchical pruning of real data (HDD paper, Sec. 4.3): score samples, keep the lowest.
+
+Curvature convention: geoopt's ``k > 0`` (points satisfy ``<x,x>_L = -k``; curvature ``-1/k``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import lorentz
+
+__all__ = ["hyperbolic_radius", "class_centroid_distance", "select", "FeatureBank"]
+
+log = logging.getLogger(__name__)
+
+
+def hyperbolic_radius(features: Tensor, *, k: float = 1.0, max_norm: Optional[float] = None) -> Tensor:
+    """Distance from the origin of ``expmap0(features)`` (``[N, D] -> [N]``), geoopt's ``k``.
+
+    The exp-map at the origin is radial, so this ranks samples exactly as their feature norm
+    does (clamped at ``max_norm * sqrt(k)`` with a clamp, which makes every clamped sample tie).
+    """
+    return lorentz.radius0(torch.as_tensor(features).double(), k=k, max_norm=max_norm)
+
+
+def class_centroid_distance(
+    features: Tensor, labels: Tensor, *, k: float = 1.0, max_norm: Optional[float] = None, chunk_size: int = 65536
+) -> Tensor:
+    """Hyperbolic distance of each ``expmap0(f_i)`` to its class's Law centroid, ``[N]``, float64.
+
+    Works in chunks of ``chunk_size`` rows, so memmap-backed banks stay out of RAM. Without
+    ``max_norm`` radii beyond :data:`hyperdm.lorentz.SAFE_RADIUS` are saturated there.
+    """
+    labels = torch.as_tensor(labels).long()
+    n = labels.numel()
+    mn = lorentz.SAFE_RADIUS if max_norm is None else min(float(max_norm), lorentz.SAFE_RADIUS)
+    classes = torch.unique(labels)
+    cents = []
+    for c in classes.tolist():  # one pass per class; fine for a one-off scoring
+        idx = torch.nonzero(labels == c).squeeze(1)
+        cents.append(lorentz.feature_centroid(torch.as_tensor(features[idx.numpy()]).double()[None], k=k, max_norm=mn)[0])
+    cent = torch.stack(cents)
+    cls = torch.searchsorted(classes, labels)
+    out = torch.empty(n, dtype=torch.float64)
+    for s in range(0, n, chunk_size):
+        f = torch.as_tensor(np.asarray(features[s : s + chunk_size])).double()
+        out[s : s + chunk_size] = lorentz.dist(lorentz.expmap0(f, k=k, max_norm=mn), cent[cls[s : s + chunk_size]], k=k)
+    return out
+
+
+def select(scores: Tensor, *, keep: float, labels: Optional[Tensor] = None) -> Tensor:
+    """Indices (ascending) of the ``keep`` fraction with the lowest scores.
+
+    Per class when ``labels`` are given: each class keeps ``max(1, round(keep * n_c))`` samples,
+    so no class with samples ends up empty. Ties are broken by index (stable sort).
+    """
+    scores = torch.as_tensor(scores)
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be 1-D (one per sample); got shape {tuple(scores.shape)}.")
+    if not (isinstance(keep, (int, float)) and 0 < keep <= 1):
+        raise ValueError(f"keep must be a fraction in (0, 1]; got {keep!r} (e.g. keep=0.2 keeps 20%).")
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN; recompute them from finite features.")
+    if labels is None:
+        labels = torch.zeros_like(scores, dtype=torch.long)
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.dim() != 1:
+        raise ValueError("labels must be a 1-D integer tensor, one per score.")
+    if labels.numel() != scores.numel():
+        raise ValueError(f"{labels.numel()} labels for {scores.numel()} scores; pass one label per score.")
+    kept = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).squeeze(1)
+        order = torch.argsort(scores[idx], stable=True)
+        kept.append(idx[order[: max(1, round(keep * idx.numel()))]])
+    return torch.sort(torch.cat(kept)).values
+
+
+class FeatureBank:
+    """Features of a dataset under one or several extractors, ``[E, N, D]``, plus labels ``[N]``.
+
+    Built by streaming batches (images are not kept); optionally float16 and/or on a numpy
+    memmap file for data that does not fit in RAM.
+    """
+
+    def __init__(self, features: Union[np.ndarray, Tensor], labels: Tensor) -> None:
+        self._features = features
+        self.labels = torch.as_tensor(labels).long()
+
+    @property
+    def features(self) -> Tensor:
+        f = self._features
+        return torch.from_numpy(np.asarray(f)) if isinstance(f, np.ndarray) else f
+
+    @classmethod
+    def build(
+        cls,
+        batches: Iterable,
+        extractors: Sequence[Callable[[Tensor], Tensor]],
+        *,
+        dtype: torch.dtype = torch.float32,
+        path: Optional[Union[str, Path]] = None,
+        num_samples: Optional[int] = None,
+        device: Optional[Union[str, torch.device]] = None,
+    ) -> "FeatureBank":
+        if path is not None and num_samples is None:
+            raise ValueError("a memmap bank needs num_samples= (the dataset size) to size its file.")
+        npdt = np.float16 if dtype == torch.float16 else np.float32
+        chunks: list[np.ndarray] = []
+        labels: list[Tensor] = []
+        mm: Optional[np.ndarray] = None
+        pos = 0
+        with torch.no_grad():
+            for b, (images, y) in enumerate(batches):
+                if device is not None:
+                    images = images.to(device)
+                feats = [e(images) for e in extractors]
+                for f in feats:
+                    if f.dim() != 2:
+                        raise ValueError(f"extractors must return [B, D] features; got {tuple(f.shape)} (flatten them).")
+                    if not torch.isfinite(f).all():
+                        raise ValueError(f"batch {b}: extractor output has NaN/inf; check the images and the networks.")
+                arr = torch.stack(feats).float().cpu().numpy().astype(npdt)
+                if path is not None:
+                    if mm is None:
+                        mm = np.lib.format.open_memmap(str(path), mode="w+", dtype=npdt, shape=(len(extractors), num_samples, arr.shape[-1]))
+                    if pos + arr.shape[1] > num_samples:
+                        raise ValueError(f"the stream yields more than num_samples={num_samples} samples; pass the dataset size.")
+                    mm[:, pos : pos + arr.shape[1]] = arr
+                else:
+                    chunks.append(arr)
+                labels.append(torch.as_tensor(y).long().cpu())
+                pos += arr.shape[1]
+                log.debug("feature bank: %d samples", pos)
+        if path is not None:
+            if pos != num_samples:
+                raise ValueError(f"the stream yielded {pos} samples, not num_samples={num_samples}.")
+            mm.flush()
+            return cls(mm, torch.cat(labels))
+        return cls(np.concatenate(chunks, axis=1), torch.cat(labels))
+
+    def scores(self, method: str = "radius", *, k: float = 1.0, max_norm: Optional[float] = None) -> Tensor:
+        """Per-sample score averaged over extractors: ``"radius"`` or ``"centroid"`` (distance to class centroid)."""
+        if method not in ("radius", "centroid"):
+            raise ValueError(f"unknown method {method!r}; use 'radius' or 'centroid'.")
+        f = self._features
+        total = torch.zeros(self.labels.numel(), dtype=torch.float64)
+        for e in range(f.shape[0]):
+            fe = f[e]
+            if method == "radius":
+                total += hyperbolic_radius(torch.as_tensor(np.asarray(fe)), k=k, max_norm=max_norm)
+            else:
+                total += class_centroid_distance(fe, self.labels, k=k, max_norm=max_norm)
+        return total / f.shape[0]
+
+    def select(self, keep: float, *, method: str = "radius", k: float = 1.0, max_norm: Optional[float] = None, per_class: bool = True) -> Tensor:
+        return select(self.scores(method, k=k, max_norm=max_norm), keep=keep, labels=self.labels if per_class else None)
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write ``<path>.npy`` (features) and ``<path>.json`` (labels, dtype)."""
+        path = Path(path)
+        np.save(path.with_suffix(".npy"), np.asarray(self._features))
+        path.with_suffix(".json").write_text(json.dumps({"labels": self.labels.tolist()}))
+
+    @classmethod
+    def load(cls, path: Union[str, Path], *, mmap: bool = True) -> "FeatureBank":
+        path = Path(path)
+        feats = np.load(path.with_suffix(".npy"), mmap_mode="r" if mmap else None)
+        labels = torch.tensor(json.loads(path.with_suffix(".json").read_text())["labels"], dtype=torch.long)
+        return cls(feats, labels)

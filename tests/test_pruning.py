@@ -1,0 +1,109 @@
+"""hyperdm.pruning: scores against independent float64 math, exact selection, FeatureBank round trips."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hyperdm.pruning import FeatureBank, class_centroid_distance, hyperbolic_radius, select
+
+
+def test_select_exact_global_and_per_class():
+    s = torch.tensor([5.0, 1.0, 3.0, 1.0, 0.0, 9.0, 2.0, 2.0])
+    assert select(s, keep=0.5).tolist() == [1, 3, 4, 6]  # ties 6/7 broken by index
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert select(s, keep=0.5, labels=labels).tolist() == [1, 3, 4, 6]
+    assert select(s, keep=0.01, labels=labels).tolist() == [1, 4]  # never empty
+    assert select(s, keep=1.0).tolist() == list(range(8))
+
+
+@pytest.mark.parametrize("kw,word", [({"keep": 0.0}, "keep"), ({"keep": 1.5}, "keep")])
+def test_select_bad_keep(kw, word):
+    with pytest.raises(ValueError, match=word):
+        select(torch.zeros(3), **kw)
+
+
+def test_select_bad_inputs():
+    with pytest.raises(ValueError, match="NaN"):
+        select(torch.tensor([1.0, float("nan")]), keep=0.5)
+    with pytest.raises(ValueError, match="one label per score"):
+        select(torch.zeros(3), keep=0.5, labels=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="1-D"):
+        select(torch.zeros(2, 2), keep=0.5)
+
+
+@pytest.mark.parametrize("k", [0.5, 1.0, 2.0])
+def test_radius_is_clamped_norm(k):
+    f = torch.randn(50, 7, dtype=torch.float64) * 3
+    torch.testing.assert_close(hyperbolic_radius(f, k=k), f.norm(dim=-1))
+    torch.testing.assert_close(hyperbolic_radius(f, k=k, max_norm=2.0), f.norm(dim=-1).clamp(max=2.0 * math.sqrt(k)))
+
+
+def test_class_centroid_distance_against_float64():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2] * 10)
+    k = 1.5
+    sk = math.sqrt(k)
+    n = f.norm(dim=-1, keepdim=True)
+    x = torch.cat((sk * torch.cosh(n / sk), sk * torch.sinh(n / sk) * f / n), -1)
+    want = torch.empty(30, dtype=torch.float64)
+    for c in range(3):
+        m = x[y == c].mean(0)
+        cen = sk * m / (m[0] ** 2 - (m[1:] ** 2).sum()).sqrt()
+        ip = -x[y == c, 0] * cen[0] + x[y == c, 1:] @ cen[1:]
+        want[y == c] = sk * torch.acosh(-ip / k)
+    got = class_centroid_distance(f, y, k=k)
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(class_centroid_distance(f, y, k=k, chunk_size=7), got)
+
+
+def _bank_inputs():
+    g = torch.Generator().manual_seed(1)
+    imgs = torch.randn(20, 1, 8, 8, generator=g)
+    ys = torch.arange(20) % 4
+    e1, e2 = torch.nn.Linear(64, 6), torch.nn.Linear(64, 6)
+    ex = [lambda x, e=e: e(x.flatten(1)) for e in (e1, e2)]
+    batches = [(imgs[i : i + 6], ys[i : i + 6]) for i in range(0, 20, 6)]
+    return imgs, ys, ex, batches
+
+
+def test_feature_bank_build_scores_select(tmp_path):
+    imgs, ys, ex, batches = _bank_inputs()
+    bank = FeatureBank.build(batches, ex)
+    with torch.no_grad():
+        direct = torch.stack([e(imgs) for e in ex])
+    torch.testing.assert_close(bank.features, direct)
+    assert bank.labels.tolist() == ys.tolist()
+    want = (direct.double().norm(dim=-1)).mean(0)
+    torch.testing.assert_close(bank.scores("radius"), want)
+    cen = bank.scores("centroid")
+    torch.testing.assert_close(cen, (class_centroid_distance(direct[0], ys) + class_centroid_distance(direct[1], ys)) / 2)
+    assert bank.select(0.5).tolist() == select(want, keep=0.5, labels=ys).tolist()
+    bank.save(tmp_path / "bank")
+    again = FeatureBank.load(tmp_path / "bank")
+    assert torch.equal(again.features, bank.features) and torch.equal(again.labels, bank.labels)
+
+
+def test_feature_bank_float16_memmap(tmp_path):
+    imgs, ys, ex, batches = _bank_inputs()
+    bank = FeatureBank.build(batches, ex, dtype=torch.float16, path=tmp_path / "f.npy", num_samples=20)
+    assert bank.features.dtype == torch.float16
+    with torch.no_grad():
+        direct = torch.stack([e(imgs) for e in ex]).half()
+    assert torch.equal(bank.features, direct)
+    bank.save(tmp_path / "copy")
+    assert torch.equal(FeatureBank.load(tmp_path / "copy", mmap=False).features, direct)
+    with pytest.raises(ValueError, match="num_samples"):
+        FeatureBank.build(batches, ex, path=tmp_path / "g.npy", num_samples=25)
+    with pytest.raises(ValueError, match="num_samples"):
+        FeatureBank.build(batches, ex, path=tmp_path / "h.npy")
+
+
+def test_feature_bank_rejects_nan():
+    imgs, ys, ex, batches = _bank_inputs()
+    bad = [(b[0].clone(), b[1]) for b in batches]
+    bad[1][0][0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="batch 1"):
+        FeatureBank.build(bad, ex)
