@@ -166,11 +166,17 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False) -> Tensor
         \frac{\|x-y\|_L^2}{4k} = \sinh^2\!\frac{t_x-t_y}{2}
         + \frac{|x_s|\,|y_s|}{k}\,\frac{\|u_x-u_y\|^2}{4},
 
-    so nothing cancels: not near zero distance (where ``acosh`` loses half the digits
+    so the radial and angular parts never cancel against each other: not near zero distance (where ``acosh`` loses half the digits
     and ``-<x,y>`` rounds below ``k``), not for far points (where ``|x_s-y_s|^2 - (x_0-y_0)^2``
     subtracts numbers of size ``k cosh(t)^2``). Only the space parts are read (``x_0`` is
     implied by the hyperboloid). The result is exactly 0, with gradient 0, at ``x == y``.
+    The difference of the two directions ``u_x - u_y`` does cancel for nearly coincident
+    points, so lower-precision inputs are evaluated in float64 (then cast back): the
+    result is then as accurate as the rounded input points allow.
     """
+    out_dtype = torch.promote_types(x.dtype, y.dtype)
+    if out_dtype != torch.float64:
+        return dist(x.double(), y.double(), k=k.double() if isinstance(k, Tensor) else k, keepdim=keepdim).to(out_dtype)
     sk = _sqrt_k(k, x)
     xs, ys = x[..., 1:], y[..., 1:]
     a = torch.linalg.vector_norm(xs, dim=-1, keepdim=True) / sk
