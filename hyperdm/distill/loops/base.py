@@ -1,0 +1,398 @@
+"""What every distillation loop shares: data, the synthetic set, seeds, checkpoints, evaluation, artifacts.
+
+A method (DM, IDM, Dance) subclasses :class:`DistillLoop` and implements
+:meth:`DistillLoop.matching_loss` (one iteration's loss) and, if it keeps state of its own
+(IDM's model pool, Dance's trained experts), :meth:`extra_state` / :meth:`load_extra_state`.
+Everything else (sampling real images, DSA, the matcher, the image optimizer, atomic
+checkpoints and ``--resume``, NaN handling, evaluation, artifacts) lives here once.
+
+Determinism: every random choice of iteration ``it`` (network initialisation, real batches,
+DSA parameters) is drawn from generators seeded by ``(seed, it, ...)``, so a resumed run
+repeats exactly what an uninterrupted run would have done, and the same seed on CPU gives
+bit-identical synthetic images.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ... import __version__
+from ...matchers import HyperbolicMatcher, MMDMatcher
+from ..artifacts import RunDir, storage_sizes, write_json
+from ..augment import dsa
+from ..data import RealData
+from ..evaluate import EvalConfig, derive_seed, evaluate_synthetic
+from ..models import get_network
+from ..presets import DistillConfig, validate
+
+__all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "per_sample_network"]
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the images became NaN/inf; the run stopped and kept its last good checkpoint."""
+
+
+def build_matcher(cfg: DistillConfig) -> nn.Module:
+    """The matcher a config asks for. The loop checks finiteness itself, with a run-level message."""
+    if cfg.matcher == "mmd":
+        return MMDMatcher(reduction="sum", check_finite=False)
+    return HyperbolicMatcher(cfg.k, cfg.scale, max_norm=cfg.max_norm, reduction="sum", check_finite=False)
+
+
+def per_sample_network(net: nn.Module) -> bool:
+    """True when ``net``'s output for a sample does not depend on the rest of its batch (no batch norm in train mode)."""
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+class DistillLoop:
+    """Shared machinery of a distillation run; subclasses define :meth:`matching_loss`."""
+
+    method = "base"
+
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        real: RealData,
+        out: str,
+        *,
+        matcher: Optional[nn.Module] = None,
+        progress: bool = True,
+    ) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        self.real = real
+        self.run_dir = RunDir(out)
+        self.progress = progress
+        self.device = torch.device(cfg.device)
+        self.num_classes = real.info.num_classes
+        self.matcher = (matcher if matcher is not None else build_matcher(cfg)).to(self.device)
+        self.match_dtype = torch.float64 if cfg.match_dtype == "float64" else torch.float32
+        self.train_images = real.train_images.to(self.device)
+        self.class_indices: list[Tensor] = [i.to(self.device) for i in real.indices_by_class()]
+        smallest = min(int(i.numel()) for i in self.class_indices)
+        if smallest < cfg.ipc:
+            raise ValueError(
+                f"ipc={cfg.ipc} but the smallest class of {real.info.name} has {smallest} training images; "
+                f"use --ipc <= {smallest}."
+            )
+        self.syn_labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(cfg.ipc)
+        self.syn: Optional[Tensor] = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.metrics: dict[str, Any] = {"loss": [], "evals": [], "distill_seconds": 0.0, "images_seen": 0}
+        self.kept: Optional[Tensor] = None
+
+    # ---- pieces the methods call -------------------------------------------------------------
+
+    def fresh_network(self, it: int, *, tag: int = 0, model: Optional[str] = None) -> nn.Module:
+        """A randomly initialised network for iteration ``it``; frozen, in train mode, on the run's device."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.cfg.seed, it, 101, tag))
+            info = self.real.info
+            net = get_network(model or self.cfg.model, info.channels, info.num_classes, info.im_size)
+        net = net.to(self.device).train()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net
+
+    def generator(self, it: int, *, tag: int = 0) -> torch.Generator:
+        """The CPU generator for iteration ``it`` (real batches, DSA seeds)."""
+        return torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, 202, tag))
+
+    def sample_real(self, c: int, n: int, gen: torch.Generator) -> Tensor:
+        """``min(n, class size)`` random real images of class ``c``, without replacement."""
+        idx = self.class_indices[c]
+        pick = torch.randperm(idx.numel(), generator=gen)[:n].to(idx.device)
+        return self.train_images[idx[pick]]
+
+    def syn_class(self, c: int) -> Tensor:
+        assert self.syn is not None
+        return self.syn[c * self.cfg.ipc : (c + 1) * self.cfg.ipc]
+
+    def augment(self, x: Tensor, seed: int) -> Tensor:
+        """Siamese DSA: the same ``seed`` gives the same transformation to real and synthetic batches."""
+        if not self.cfg.dsa_strategy:
+            return x
+        return dsa(x, self.cfg.dsa_strategy, seed=seed, siamese=True)
+
+    def match(self, real_feats: Sequence[Tensor], syn_feats: Sequence[Tensor]) -> Tensor:
+        """The line DM calls its MMD line: ``matcher(real features, synthetic features)`` over all classes.
+
+        Takes per-class feature lists; stacks them into ``[C, N, D]`` when the classes have equal
+        counts (the usual case) or passes flat features with labels otherwise.
+        """
+        dt = self.match_dtype
+        if len({f.shape[0] for f in real_feats}) == 1 and len({f.shape[0] for f in syn_feats}) == 1:
+            return self.matcher(torch.stack(list(real_feats)).to(dt), torch.stack(list(syn_feats)).to(dt))
+        rl = torch.cat([torch.full((f.shape[0],), c, dtype=torch.long, device=f.device) for c, f in enumerate(real_feats)])
+        sl = torch.cat([torch.full((f.shape[0],), c, dtype=torch.long, device=f.device) for c, f in enumerate(syn_feats)])
+        return self.matcher(torch.cat(list(real_feats)).to(dt), torch.cat(list(syn_feats)).to(dt), real_labels=rl, syn_labels=sl)
+
+    # ---- to implement ---------------------------------------------------------------------------
+
+    def matching_loss(self, it: int) -> Tensor:
+        """The loss of iteration ``it`` (a scalar with a graph to ``self.syn``)."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def images_per_iteration(self) -> int:
+        """Images pushed through a network per iteration (for the throughput figure)."""
+        sizes = [min(self.cfg.batch_real, int(i.numel())) for i in self.class_indices]
+        return sum(sizes) + self.num_classes * self.cfg.ipc
+
+    # ---- the run ------------------------------------------------------------------------------
+
+    def _init_synthetic(self) -> None:
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 303))
+        if cfg.init == "real":
+            syn = torch.cat([self.sample_real(c, cfg.ipc, gen) for c in range(self.num_classes)])
+        else:
+            info = self.real.info
+            syn = torch.randn((self.num_classes * cfg.ipc, info.channels, *info.im_size), generator=gen).to(self.device)
+        self.syn = syn.detach().clone().float().requires_grad_(True)
+        self.optimizer = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
+
+    def _prune(self) -> None:
+        """Keep ``prune_keep`` of each class, ranked by hyperbolic radius over random ConvNets (paper Sec. 4.3)."""
+        from ...pruning import FeatureBank
+
+        cfg = self.cfg
+        nets = [self.fresh_network(-1, tag=t) for t in range(cfg.prune_nets)]
+        labels = self.real.train_labels
+        batch = 1024
+
+        def batches():
+            for i in range(0, labels.numel(), batch):
+                yield self.train_images[i : i + batch], labels[i : i + batch]
+
+        bank = FeatureBank.build(batches(), [n.embed for n in nets])
+        # Radius ranking uses the exact exp-map: with the clamp every point sits at the same radius.
+        kept = bank.select(cfg.prune_keep, method=cfg.prune_score, k=cfg.k, max_norm=None)
+        self.kept = kept.cpu()
+        self._apply_kept()
+        log.info("pruning: kept %d of %d real images (%.0f%% per class, score %s over %d random %s)",
+                 kept.numel(), labels.numel(), 100 * cfg.prune_keep, cfg.prune_score, cfg.prune_nets, cfg.model)
+
+    def _apply_kept(self) -> None:
+        assert self.kept is not None
+        keep = torch.zeros(self.real.train_labels.numel(), dtype=torch.bool)
+        keep[self.kept] = True
+        keep = keep.to(self.device)
+        self.class_indices = [i[keep[i]] for i in self.class_indices]
+
+    def _state(self, it: int) -> dict[str, Any]:
+        assert self.syn is not None and self.optimizer is not None
+        return {
+            "format": _CHECKPOINT_FORMAT,
+            "iteration": it,
+            "images": self.syn.detach().cpu().clone(),
+            "labels": self.syn_labels.cpu(),
+            "optimizer": self.optimizer.state_dict(),
+            "matcher": self.matcher.state_dict(),
+            "metrics": self.metrics,
+            "config": self.cfg.to_dict(),
+            "kept": self.kept,
+            "extra": self.extra_state(),
+        }
+
+    def _checkpoint(self, it: int) -> None:
+        assert self.syn is not None
+        if not torch.isfinite(self.syn).all():  # never replace a good checkpoint with a broken one
+            raise NonFiniteLossError(f"images are NaN/inf at iteration {it}")
+        self.run_dir.save_checkpoint(self._state(it))
+
+    def _resume(self, state: dict[str, Any]) -> int:
+        old = DistillConfig.from_dict(state["config"])
+        changed = [
+            f for f in ("method", "matcher", "dataset", "ipc", "iterations", "batch_real", "lr_img", "momentum_img", "k", "scale",
+                        "max_norm", "match_dtype", "model", "dsa_strategy", "seed", "prune_keep", "init")
+            if getattr(old, f) != getattr(self.cfg, f)
+        ]
+        if changed:
+            raise ValueError(
+                f"--resume: the checkpoint in {self.run_dir.path} was made with different settings ({', '.join(changed)}); "
+                "resume with the same settings, or use a new --out directory."
+            )
+        self.kept = state.get("kept")
+        if self.kept is not None:
+            self._apply_kept()
+        self.syn = state["images"].to(self.device).float().requires_grad_(True)
+        self.optimizer = torch.optim.SGD([self.syn], lr=self.cfg.lr_img, momentum=self.cfg.momentum_img)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.matcher.load_state_dict(state["matcher"])
+        self.metrics = state["metrics"]
+        self.load_extra_state(state.get("extra", {}))
+        log.info("resumed from iteration %d of %d (%s)", state["iteration"], self.cfg.iterations, self.run_dir.checkpoint)
+        return int(state["iteration"])
+
+    def write_config(self) -> None:
+        write_json(
+            self.run_dir.config,
+            {
+                **self.cfg.to_dict(),
+                "versions": {
+                    "hyperdm": __version__,
+                    "torch": torch.__version__,
+                    "numpy": np.__version__,
+                    "python": sys.version.split()[0],
+                    "platform": platform.platform(),
+                },
+                "dataset_root": self.real.root,
+                "num_classes": self.num_classes,
+                "loop": type(self).__name__,
+                "matcher_repr": repr(self.matcher),
+            },
+        )
+
+    def evaluate(self, it: int) -> dict[str, Any]:
+        assert self.syn is not None
+        cfg = self.cfg
+        ecfg = EvalConfig(
+            epochs=cfg.eval_epochs, runs=cfg.eval_runs, lr=cfg.eval_lr, batch=cfg.eval_batch, dsa_strategy=cfg.dsa_strategy,
+            archs=tuple(cfg.eval_archs), seed=derive_seed(cfg.seed, 404), device=cfg.device,
+        )
+        res = evaluate_synthetic(self.syn.detach(), self.syn_labels, self.real.test_images, self.real.test_labels, self.real.info,
+                                 ecfg, progress=self.progress)
+        entry = {"iteration": it, **{a: {k: v for k, v in r.items() if k != "runs"} for a, r in res.items()}}
+        return entry
+
+    def run(self, *, resume: bool = False) -> dict[str, Any]:
+        """Distil, evaluate at ``cfg.eval_iterations()``, write every artifact. Returns the metrics."""
+        cfg = self.cfg
+        rd = self.run_dir
+        with rd.logging_to_file():
+            log.info("hyperdm %s: %s with the %s matcher on %s, IPC %d, preset %s\n%s",
+                     __version__, cfg.method, cfg.matcher, cfg.dataset, cfg.ipc, cfg.preset, cfg.summary())
+            state = rd.load_checkpoint() if resume else None
+            if resume and state is None:
+                log.info("--resume: no checkpoint in %s yet; starting from the beginning", rd.path)
+            if state is None and not resume and rd.checkpoint.exists():
+                raise FileExistsError(
+                    f"{rd.path} already holds a run (checkpoint.pt); pass --resume to continue it or choose another --out."
+                )
+            if state is not None:
+                start = self._resume(state)
+            else:
+                if cfg.prune_keep is not None and cfg.prune_keep < 1:
+                    self._prune()
+                self._init_synthetic()
+                start = 0
+            self.write_config()
+            eval_its = cfg.eval_iterations() if cfg.eval_runs > 0 and cfg.eval_epochs > 0 else []
+            done = {e["iteration"] for e in self.metrics["evals"]}
+            per_it = self.images_per_iteration()
+            bar = _bar(cfg.iterations, start, f"{cfg.method}+{cfg.matcher}", self.progress)
+            it = start
+            last_good = start
+            t_distill = 0.0
+            try:
+                while True:
+                    if it in eval_its and it not in done:
+                        entry = self.evaluate(it)
+                        self.metrics["evals"].append(entry)
+                        done.add(it)
+                        self._write_metrics(final=False)
+                        self._checkpoint(it)
+                    if it >= cfg.iterations:
+                        break
+                    t0 = time.perf_counter()
+                    loss = self.matching_loss(it)
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise NonFiniteLossError(f"the {cfg.matcher} loss is {value} at iteration {it}")
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    if not bool(torch.isfinite(self.syn.detach()).all()):
+                        raise NonFiniteLossError(f"the images became NaN/inf at iteration {it} (loss {value:.4g})")
+                    dt = time.perf_counter() - t0
+                    t_distill += dt
+                    self.metrics["distill_seconds"] += dt
+                    self.metrics["images_seen"] += per_it
+                    self.metrics["loss"].append(value)
+                    it += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{value / self.num_classes:.4g}")
+                    if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+                        self._checkpoint(it)
+                        last_good = it
+            except NonFiniteLossError as e:
+                msg = (f"{e}; stopped. The last good checkpoint (iteration {last_good}) is kept in {rd.checkpoint}. "
+                       "Lower --lr-img or --scale, check the data, or resume from the checkpoint with other settings in a new run.")
+                log.error(msg)
+                self.metrics["stopped"] = msg
+                self._write_metrics(final=False)
+                raise NonFiniteLossError(msg) from None
+            except KeyboardInterrupt:
+                if self.syn is not None and bool(torch.isfinite(self.syn.detach()).all()) and it > last_good:
+                    self._checkpoint(it)
+                    log.warning("interrupted: saved a checkpoint at iteration %d; continue with --resume", it)
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+            self._finish()
+        return self.metrics
+
+    def _write_metrics(self, *, final: bool) -> None:
+        m = dict(self.metrics)
+        secs = m.get("distill_seconds", 0.0)
+        m["images_per_second"] = m["images_seen"] / secs if secs > 0 else None
+        m["iterations_done"] = len(m["loss"])
+        m["loss_per_class"] = [v / self.num_classes for v in m["loss"]]
+        m["final"] = final
+        write_json(self.run_dir.metrics, m)
+
+    def _finish(self) -> None:
+        assert self.syn is not None
+        rd, info = self.run_dir, self.real.info
+        images = self.syn.detach().cpu()
+        rd.save_synthetic(
+            images, self.syn_labels.cpu(), normalised=True, mean=list(info.mean), std=list(info.std), dataset=info.name,
+            ipc=self.cfg.ipc, method=self.cfg.method, matcher=self.cfg.matcher, hyperdm=__version__,
+        )
+        pix = self.real.denormalise(images)
+        rd.save_grid(pix, nrow=self.cfg.ipc)
+        self.metrics["storage"] = storage_sizes(pix)
+        self._write_metrics(final=True)
+        try:
+            from ..plots import plot_poincare
+
+            plot_poincare(self.real, images, self.syn_labels.cpu(), rd.poincare, k=self.cfg.k, max_norm=self.cfg.max_norm,
+                          model=self.cfg.model, seed=self.cfg.seed)
+        except ImportError as e:  # matplotlib is in the [distill] extra
+            log.warning("poincare.png skipped: %s (pip install \".[distill]\")", e)
+        for e in self.metrics["evals"]:
+            for arch, r in e.items():
+                if arch != "iteration":
+                    log.info("iteration %d, %s: %.2f +- %.2f %%", e["iteration"], arch, 100 * r["mean"], 100 * r["std"])
+        log.info("artifacts in %s", rd.path)
+
+
+def _bar(total: int, start: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True)

@@ -1,0 +1,101 @@
+"""The ``hyperdm`` command line: help, bad input, evaluate / prune / plot on a tiny real run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hyperdm.distill.cli import build_parser, main
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_documents_every_option():
+    parser = build_parser()
+    subs = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public accessor
+    assert set(subs) == {"distill", "evaluate", "prune", "plot"}
+    for name, sp in subs.items():
+        for action in sp._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) > 10, (name, action.option_strings)
+    text = subs["distill"].format_help()
+    for opt in ("--method", "--matcher", "--dataset", "--ipc", "--preset", "--iterations", "--eval-epochs", "--eval-runs",
+                "--data-root", "--out", "--seed", "--device", "--resume", "--prune-keep", "--download"):
+        assert opt in text
+    assert "curvature is -1/k" in text
+
+
+def test_python_dash_m_entry_point():
+    r = subprocess.run([sys.executable, "-m", "hyperdm", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "distill" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["distill", "--dataset", "imagenet-21k"], "unknown dataset|imagenet-21k"),
+        (["distill", "--dataset", "mnist", "--data-root", "{tmp}"], "{tmp}"),
+        (["distill", "--ipc", "0"], "positive integer"),
+        (["distill", "--method", "idm"], "not implemented yet"),
+        (["distill", "--preset", "paper", "--dataset", "mnist"], "--k and --scale"),
+        (["evaluate", "{tmp}/nothing"], "no synthetic set"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys, args, match):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    import re
+
+    assert re.search(match.replace("{tmp}", re.escape(str(tmp_path))), err), err
+
+
+def test_bad_preset_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "--preset", "fast"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_distill_evaluate_prune_plot(tmp_path, capsys, tiny_fmnist_root):
+    run = tmp_path / "run"
+    data = ["--data-root", str(tiny_fmnist_root)]
+    rc = main(["--log-level", "WARNING", "distill", *data, "--matcher", "hyperbolic", "--ipc", "1", "--iterations", "2", "--batch-real", "8",
+               "--eval-epochs", "2", "--eval-runs", "1", "--out", str(run), "--no-progress", "--seed", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "ConvNet test accuracy" in out and str(run.resolve()) in out
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["iterations"] == 2 and cfg["k"] == 1 and cfg["scale"] == 20  # Fashion-MNIST IPC 1 row: k 1, lambda 20
+    # evaluate the run directory and the .pt; JSON output
+    assert main(["evaluate", str(run), *data, "--epochs", "2", "--runs", "2", "--out", str(tmp_path / "ev.json"), "--no-progress"]) == 0
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert len(ev["results"]["ConvNet"]["accs"]) == 2
+    assert main(["evaluate", str(run / "synthetic.pt"), *data, "--epochs", "1", "--runs", "1", "--dataset", "fashion-mnist", "--no-progress"]) == 0
+    assert "ConvNet:" in capsys.readouterr().out
+    # prune
+    assert main(["prune", *data, "--dataset", "fashion-mnist", "--keep", "0.1", "--nets", "1", "--out", str(tmp_path / "kept")]) == 0
+    kept = np.load(tmp_path / "kept.npy")
+    assert kept.shape == (30,) and np.all(np.diff(kept) > 0)
+    assert json.loads((tmp_path / "kept.json").read_text())["kept"] == 30
+    # plot
+    (run / "poincare.png").unlink()
+    assert main(["plot", str(run), *data]) == 0
+    assert (run / "poincare.png").stat().st_size > 0 and (run / "loss.png").stat().st_size > 0
+    # a finished run can be resumed (re-writes artifacts, no new iterations)
+    assert main(["--log-level", "WARNING", "distill", *data, "--matcher", "hyperbolic", "--ipc", "1", "--iterations", "2", "--batch-real", "8",
+                 "--eval-epochs", "2", "--eval-runs", "1", "--out", str(run), "--no-progress", "--seed", "1", "--resume"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert len(m["loss"]) == 2 and len(m["evals"]) == 1
+
+
+def test_evaluate_rejects_wrong_dataset(tmp_path, capsys, tiny_fmnist_root):
+    torch.save({"data": [[torch.zeros(2, 3, 32, 32), torch.tensor([0, 1])]]}, tmp_path / "s.pt")
+    assert main(["evaluate", str(tmp_path / "s.pt"), "--dataset", "fashion-mnist", "--data-root", str(tiny_fmnist_root), "--epochs", "1", "--runs", "1"]) == 2
+    assert "--dataset" in capsys.readouterr().err

@@ -1,0 +1,238 @@
+"""The DM loop on real Fashion-MNIST: artifacts, determinism, resume after SIGKILL, NaN stop, batching.
+
+Tiny settings (a few iterations, few real images, short evaluations) keep this file fast on 2 cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hyperdm import HyperbolicMatcher, MMDMatcher
+from hyperdm.distill.artifacts import load_synthetic
+from hyperdm.distill.augment import dsa
+from hyperdm.distill.data import load_dataset
+from hyperdm.distill.evaluate import derive_seed
+from hyperdm.distill.loops import DMLoop, NonFiniteLossError, get_loop
+from hyperdm.distill.presets import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    FMNIST = load_dataset("fashion-mnist")
+except FileNotFoundError:  # pragma: no cover - CI installs dataset-fashion-mnist
+    FMNIST = None
+needs_fmnist = pytest.mark.skipif(FMNIST is None, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def small(real, per_class: int = 40, test: int = 2000):
+    """A class-balanced subset of the real data (keeps the tests fast)."""
+    idx = torch.cat([torch.nonzero(real.train_labels == c).squeeze(1)[:per_class] for c in range(real.info.num_classes)])
+    return dataclasses.replace(real, train_images=real.train_images[idx], train_labels=real.train_labels[idx],
+                               test_images=real.test_images[:test], test_labels=real.test_labels[:test])
+
+
+def tiny_cfg(matcher="hyperbolic", **kw):
+    base = dict(iterations=4, batch_real=8, eval_epochs=2, eval_runs=1, checkpoint_every=2, seed=3)
+    base.update(kw)
+    ipc = base.pop("ipc", 1)
+    return resolve(preset="cpu", matcher=matcher, dataset="fashion-mnist", ipc=ipc, overrides=base)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("matcher", ["mmd", "hyperbolic"])
+def test_tiny_run_writes_every_artifact(tmp_path, matcher):
+    out = tmp_path / "run"
+    metrics = DMLoop(tiny_cfg(matcher), small(FMNIST), str(out), progress=False).run()
+    for name in ("config.json", "checkpoint.pt", "synthetic.pt", "synthetic.png", "metrics.json", "poincare.png", "run.log"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["matcher"] == matcher and cfg["seed"] == 3 and cfg["versions"]["torch"] == torch.__version__
+    assert cfg["sources"]["iterations"] == "command line / override"
+    images, labels, meta = load_synthetic(out)
+    assert images.shape == (10, 1, 28, 28) and labels.tolist() == list(range(10))
+    assert meta["normalised"] is True and meta["dataset"] == "fashion-mnist"
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["loss"]) == 4 and all(v > 0 for v in m["loss"]) and m["final"] is True
+    assert m["loss_per_class"][0] == pytest.approx(m["loss"][0] / 10)
+    assert m["images_per_second"] > 0 and m["images_seen"] == 4 * (10 * 8 + 10 * 1)
+    assert m["storage"]["float32_bytes"] == 10 * 784 * 4 and m["storage"]["uint8_bytes"] == 10 * 784
+    assert [e["iteration"] for e in m["evals"]] == [4]
+    assert 0 <= m["evals"][0]["ConvNet"]["mean"] <= 1
+    assert metrics["evals"] == m["evals"]
+    assert "iterations" in (out / "run.log").read_text()  # the resolved settings are logged
+
+
+@needs_fmnist
+def test_same_seed_same_images_and_images_move(tmp_path):
+    real = small(FMNIST)
+    a = DMLoop(tiny_cfg(eval_runs=0), real, str(tmp_path / "a"), progress=False)
+    a.run()
+    b = DMLoop(tiny_cfg(eval_runs=0), real, str(tmp_path / "b"), progress=False)
+    b.run()
+    c = DMLoop(tiny_cfg(eval_runs=0, seed=4), real, str(tmp_path / "c"), progress=False)
+    c.run()
+    xa, xb, xc = (load_synthetic(tmp_path / n)[0] for n in "abc")
+    assert torch.equal(xa, xb)
+    assert not torch.equal(xa, xc)
+    # the images were actually optimised away from their real initialisation
+    init = DMLoop(tiny_cfg(eval_runs=0, iterations=0), real, str(tmp_path / "d"), progress=False)
+    init.run()
+    assert not torch.allclose(load_synthetic(tmp_path / "d")[0], xa)
+
+
+@needs_fmnist
+def test_batched_forward_equals_reference_per_class_loop(tmp_path):
+    """The loop's all-class forward gives the reference's per-class loss (instance norm is per-sample)."""
+    cfg = tiny_cfg(eval_runs=0, ipc=2)
+    loop = DMLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    loop._init_synthetic()
+    it = 5
+    loss = loop.matching_loss(it)
+    # the reference: one forward per class, the same draws
+    net, gen = loop.fresh_network(it), loop.generator(it)
+    matcher = HyperbolicMatcher(cfg.k, cfg.scale, max_norm=cfg.max_norm)
+    ref = torch.zeros((), dtype=torch.float64)
+    for c in range(10):
+        seed = derive_seed(cfg.seed, it, c)
+        r = dsa(loop.sample_real(c, cfg.batch_real, gen), cfg.dsa_strategy, seed=seed, siamese=True)
+        s = dsa(loop.syn_class(c), cfg.dsa_strategy, seed=seed, siamese=True)
+        ref = ref + matcher(net.embed(r).detach().double(), net.embed(s).double())
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+@needs_fmnist
+def test_mmd_matcher_is_dm_line(tmp_path):
+    cfg = tiny_cfg("mmd", eval_runs=0, ipc=2)
+    loop = DMLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    loop._init_synthetic()
+    loss = loop.matching_loss(0)
+    net, gen = loop.fresh_network(0), loop.generator(0)
+    ref = 0.0
+    for c in range(10):
+        seed = derive_seed(cfg.seed, 0, c)
+        r = net.embed(dsa(loop.sample_real(c, cfg.batch_real, gen), cfg.dsa_strategy, seed=seed, siamese=True))
+        s = net.embed(dsa(loop.syn_class(c), cfg.dsa_strategy, seed=seed, siamese=True))
+        ref += torch.sum((r.mean(0) - s.mean(0)) ** 2).item()  # DM's MMD line, verbatim
+    assert loss.item() == pytest.approx(ref, rel=1e-4)
+
+
+class _NaNAfter(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.inner, self.calls, self.n = MMDMatcher(check_finite=False), 0, n
+
+    def forward(self, real, syn, **kw):
+        self.calls += 1
+        loss = self.inner(real, syn, **kw)
+        return loss * float("nan") if self.calls > self.n else loss
+
+
+@needs_fmnist
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    loop = DMLoop(tiny_cfg("mmd", iterations=10, eval_runs=0), small(FMNIST), str(out), matcher=_NaNAfter(5), progress=False)
+    with pytest.raises(NonFiniteLossError, match="iteration 5.*last good checkpoint \\(iteration 4\\)"):
+        loop.run()
+    st = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert st["iteration"] == 4 and torch.isfinite(st["images"]).all()
+    m = json.loads((out / "metrics.json").read_text())
+    assert "stopped" in m and len(m["loss"]) == 5
+    assert not (out / "synthetic.pt").exists()
+
+
+@needs_fmnist
+def test_existing_run_is_never_overwritten(tmp_path):
+    out = tmp_path / "run"
+    DMLoop(tiny_cfg(eval_runs=0, iterations=2), small(FMNIST), str(out), progress=False).run()
+    with pytest.raises(FileExistsError, match="--resume"):
+        DMLoop(tiny_cfg(eval_runs=0, iterations=2), small(FMNIST), str(out), progress=False).run()
+    with pytest.raises(ValueError, match="different settings.*seed"):
+        DMLoop(tiny_cfg(eval_runs=0, iterations=2, seed=9), small(FMNIST), str(out), progress=False).run(resume=True)
+
+
+@needs_fmnist
+def test_bad_ipc_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--ipc <= 40"):
+        DMLoop(tiny_cfg(ipc=41), small(FMNIST), str(tmp_path), progress=False)
+
+
+@needs_fmnist
+def test_prune_keep_restricts_the_real_pool(tmp_path):
+    cfg = tiny_cfg(eval_runs=0, iterations=1, prune_keep=0.25, prune_nets=1)
+    loop = DMLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    loop.run()
+    assert loop.kept is not None and loop.kept.numel() == 10 * 10
+    assert [int(i.numel()) for i in loop.class_indices] == [10] * 10
+    st = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert torch.equal(st["kept"], loop.kept)
+
+
+def test_idm_and_dance_say_not_yet():
+    with pytest.raises(NotImplementedError, match="--method dm"):
+        get_loop("idm")
+    with pytest.raises(ValueError, match="unknown method"):
+        get_loop("gm")
+
+
+@needs_fmnist
+def test_short_dm_run_beats_chance_on_fashion_mnist(tmp_path):
+    cfg = tiny_cfg("mmd", ipc=10, iterations=5, batch_real=16, eval_epochs=30, eval_runs=1)
+    m = DMLoop(cfg, small(FMNIST, per_class=200, test=2000), str(tmp_path), progress=False).run()
+    acc = m["evals"][-1]["ConvNet"]["mean"]
+    assert acc > 0.45, acc  # chance is 0.10
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "hyperdm", "--log-level", "WARNING", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+RESUME_ARGS = ["distill", "--matcher", "hyperbolic", "--ipc", "2", "--iterations", "30", "--batch-real", "8",
+               "--eval-runs", "0", "--checkpoint-every", "3", "--seed", "11", "--no-progress"]
+
+
+@needs_fmnist
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    p = _cli([*RESUME_ARGS, "--out", str(full)])
+    q = _cli([*RESUME_ARGS, "--out", str(killed)])
+    # SIGKILL the second run once it has written a checkpoint past the first one
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ck = killed / "checkpoint.pt"
+        if ck.exists():
+            try:
+                if torch.load(ck, weights_only=False)["iteration"] >= 6:
+                    break
+            except Exception:  # a reader may race the atomic rename on some filesystems; try again
+                pass
+        if q.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert q.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(q.pid, signal.SIGKILL)
+    q.wait()
+    assert not (killed / "synthetic.pt").exists()
+    done = torch.load(killed / "checkpoint.pt", weights_only=False)["iteration"]
+    assert 6 <= done < 30
+    r = _cli([*RESUME_ARGS, "--out", str(killed), "--resume"])
+    out_r, err_r = r.communicate(timeout=300)
+    assert r.returncode == 0, err_r
+    out_p, err_p = p.communicate(timeout=300)
+    assert p.returncode == 0, err_p
+    a, b = load_synthetic(full)[0], load_synthetic(killed)[0]
+    assert torch.equal(a, b)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, killed))
+    assert ma["loss"] == mb["loss"] and len(ma["loss"]) == 30
