@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--batch-real", type=int, default=64)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--check-steps", type=int, default=100, help="training steps of the quick accuracy check")
     a = ap.parse_args()
     torch.manual_seed(a.seed)
 
@@ -55,11 +56,11 @@ def main() -> None:
         if it % 10 == 0 or it == a.iterations - 1:
             print(f"iteration {it:4d}  {a.matcher} loss per class {loss.item() / C:.4f}")
 
-    # a quick check: train a fresh ConvNet on the synthetic set (100 steps, no augmentation)
+    # a quick check: train a fresh ConvNet on the synthetic set (no augmentation)
     net = ConvNet(info.channels, C, info.im_size)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x, y = syn.detach(), syn_labels
-    for _ in range(100):
+    for _ in range(a.check_steps):
         opt.zero_grad()
         F.cross_entropy(net(x), y).backward()
         opt.step()
@@ -67,7 +68,7 @@ def main() -> None:
     with torch.no_grad():
         acc = sum((net(data.test_images[i : i + 1000]).argmax(1) == data.test_labels[i : i + 1000]).sum().item()
                   for i in range(0, len(data.test_labels), 1000)) / len(data.test_labels)
-    print(f"test accuracy after a 100-step check: {100 * acc:.2f}% (not the paper protocol; use `hyperdm evaluate`)")
+    print(f"test accuracy after a {a.check_steps}-step check: {100 * acc:.2f}% (not the paper protocol; use `hyperdm evaluate`)")
 
 
 if __name__ == "__main__":

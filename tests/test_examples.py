@@ -1,19 +1,67 @@
-"""README's main-job command: the swap example runs end to end and prints both losses."""
+"""The examples run end to end, and the reference patch is a well-formed unified diff."""
 
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _run(args, timeout=300):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
 def test_swap_mmd_line_example_runs():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "swap_mmd_line.py"), "--seed", "0"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
+    out = _run([str(ROOT / "examples" / "swap_mmd_line.py"), "--seed", "0"])
     assert out.returncode == 0, out.stderr
     losses = dict(re.findall(r"^(MMD|HDD): loss ([0-9.eE+-]+),", out.stdout, flags=re.M))
     assert set(losses) == {"MMD", "HDD"}, out.stdout
     assert all(float(v) > 0 for v in losses.values())
+
+
+@pytest.mark.parametrize("matcher", ["mmd", "hyperbolic"])
+def test_own_loop_example_runs(tiny_fmnist_root, matcher):
+    out = _run([str(ROOT / "examples" / "own_loop.py"), "--matcher", matcher, "--iterations", "2", "--batch-real", "4",
+                "--ipc", "2", "--check-steps", "3", "--data-root", str(tiny_fmnist_root)])
+    assert out.returncode == 0, out.stderr
+    losses = [float(v) for v in re.findall(rf"{matcher} loss per class ([0-9.eE+-]+)", out.stdout)]
+    assert len(losses) == 2 and all(v > 0 for v in losses), out.stdout
+    assert re.search(r"test accuracy after a 3-step check: [0-9.]+%", out.stdout)
+
+
+def test_dm_hdd_example_runs(tiny_fmnist_root, tmp_path):
+    out = _run([str(ROOT / "examples" / "dm_hdd.py"), "--iterations", "2", "--eval-epochs", "2",
+                "--data-root", str(tiny_fmnist_root), "--out", str(tmp_path / "run")])
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"iteration 2: ConvNet [0-9.]+ \+- [0-9.]+ %", out.stdout), out.stdout
+    assert (tmp_path / "run" / "synthetic.pt").is_file()
+
+
+def test_reference_patch_is_well_formed():
+    """Every hunk's line counts match its header, and the patch swaps both MMD lines of main_DM.py."""
+    text = (ROOT / "examples" / "reference_dm.patch").read_bytes().decode()
+    files = re.findall(r"^\+\+\+ b/(\S+)", text, flags=re.M)
+    assert files == ["main_DM.py", "networks.py", "utils.py"]
+    lines = text.split("\n")
+    i, hunks = 0, 0
+    while i < len(lines):
+        m = re.match(r"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@", lines[i])
+        i += 1
+        if not m:
+            continue
+        hunks += 1
+        old, new = int(m.group(1) or 1), int(m.group(2) or 1)
+        while old > 0 or new > 0:
+            tag = lines[i][:1]
+            assert tag in (" ", "-", "+"), (i, lines[i])
+            old -= tag in (" ", "-")
+            new -= tag in (" ", "+")
+            i += 1
+        assert old == 0 and new == 0
+    assert hunks >= 6
+    added = "\n".join(l for l in lines if l.startswith("+"))
+    assert added.count("matcher(output_real") == 2 and "HyperbolicMatcher(k=args.hdd_k" in added
+    assert "\r\n" in text  # the reference files use CRLF line ends; the patch must keep them to apply
