@@ -1,104 +1,183 @@
 """DSA: differentiable siamese augmentation (Zhao & Bilen, 2021), with the reference parameters.
 
-Each group is a small function with explicit parameters (``brightness(x, r)``, ``flip(x, mask)``,
-...), so it can be tested against a hand computation. :func:`dsa` draws the parameters and
-applies one group (``aug_mode="S"``, what DM uses) or all groups (``"M"``).
+Each transformation is a small function with explicit parameters (``brightness(x, shift)``,
+``flip(x, mask)``, ``scale(x, sx, sy)``, ``rotate(x, angle)``, ``crop(x, tx, ty)``, ...), so it
+can be checked against a hand computation; :func:`dsa` draws the parameters and applies one
+group chosen at random (``aug_mode="S"``, what DC/DM/IDM use) or every group in order (``"M"``).
 
-Random numbers are drawn on the CPU from a ``torch.Generator`` (from ``seed``, a given
-generator, or the global CPU RNG), then moved to the images' device, so a seed gives the same
-augmentation on CPU and CUDA. ``siamese=True`` draws one parameter set for the whole batch:
-the same seed applies the same transformation to a real batch and a synthetic batch of a
-different size. Tensors are always built fresh: nothing is written into a view of itself (the
-reference's ``theta[:] = theta[0]`` fails on torch 2.x).
+Random numbers are drawn in float32 on the CPU from a ``torch.Generator`` (a fresh one seeded
+with ``seed``, else ``generator``, else the global CPU RNG), then moved to the images' device and
+dtype, so a seed gives the same augmentation on CPU and CUDA and does not touch or depend on the
+global RNG. ``siamese=True`` draws one parameter set for the whole batch: with the same seed a
+real batch and a synthetic batch of different sizes get the same transformation.
+``siamese=False`` draws independent parameters per image. Tensors are always built fresh:
+nothing is written into a view of itself (the reference's ``theta[:] = theta[0]`` fails on
+torch 2.x). Everything is differentiable in the images.
+
+Semantics follow the reference's ``DiffAugment`` (DatasetCondensation ``utils.py``):
+
+* color: brightness ``x + (r - 0.5) * brightness``, then saturation ``(x - m) * r * saturation + m``
+  (``m`` the per-pixel channel mean), then contrast ``(x - m) * (r + contrast) + m`` (``m`` the
+  per-image mean), a fresh ``r ~ U(0, 1)`` for each;
+* crop: integer shifts ``tx, ty ~ U{-s, s}``, ``s = int(size * ratio_crop_pad + 0.5)``,
+  ``out[i, j] = x[i + tx, j + ty]`` or 0 outside the image;
+* cutout: a ``int(size * ratio_cutout + 0.5)`` square zeroed around a random centre (clipped);
+* flip: horizontal flip (dim 3) where ``r < prob_flip``;
+* scale: ``sx, sy ~ U(1/ratio_scale, ratio_scale)``, ``theta = [[sx, 0, 0], [0, sy, 0]]``;
+* rotate: angle ``(r - 0.5) * 2 * ratio_rotate`` degrees, ``theta = [[cos, -sin, 0], [sin, cos, 0]]``;
+  scale and rotate resample with ``affine_grid`` / ``grid_sample`` (bilinear, zero padding).
+* noise (an extension, not among the reference's groups and not in the default strategy):
+  ``x + ratio_noise * N(0, 1)`` per pixel.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "STRATEGY_DEFAULT", "DSAParams", "dsa", "DSA", "GROUPS",
-    "brightness", "saturation", "contrast", "flip", "affine", "crop", "cutout",
+    "STRATEGY_DEFAULT", "DSAParams", "dsa", "DSA", "GROUPS", "parse_strategy",
+    "brightness", "saturation", "contrast", "color", "flip", "affine", "scale", "rotate", "crop", "cutout", "noise",
 ]
+
+logger = logging.getLogger(__name__)
 
 STRATEGY_DEFAULT = "color_crop_cutout_flip_scale_rotate"
 
 
 @dataclass(frozen=True)
 class DSAParams:
-    """The reference DSA parameters (DatasetCondensation's ParamDiffAug)."""
+    """The reference DSA parameters (DatasetCondensation's ``ParamDiffAug``).
+
+    ``ratio_rotate`` is in degrees. ``aug_mode`` "S" applies one group per call, chosen uniformly
+    at random from the strategy; "M" applies all groups in order. ``align_corners`` is passed to
+    ``affine_grid`` / ``grid_sample``: the reference calls them without it, which means ``False``
+    on every torch since 1.3. ``ratio_noise`` only serves the optional "noise" group.
+    """
 
     prob_flip: float = 0.5
     ratio_scale: float = 1.2
     ratio_rotate: float = 15.0
     ratio_crop_pad: float = 0.125
     ratio_cutout: float = 0.5
+    ratio_noise: float = 0.05
     brightness: float = 1.0
     saturation: float = 2.0
     contrast: float = 0.5
     aug_mode: str = "S"
+    align_corners: bool = False
+
+    def __post_init__(self) -> None:
+        if self.aug_mode not in ("S", "M"):
+            raise ValueError(f"aug_mode must be 'S' (one group per call) or 'M' (all groups); got {self.aug_mode!r}.")
+        if self.ratio_scale < 1.0:
+            raise ValueError(f"ratio_scale must be >= 1, got {self.ratio_scale}.")
 
 
-def _col(v: Tensor, x: Tensor) -> Tensor:
-    return v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+def _per_image(v: Tensor | float, x: Tensor) -> Tensor:
+    """A scalar, ``[1]`` or ``[N]`` parameter as a ``[N or 1, 1, 1, 1]`` tensor on x's device/dtype."""
+    return torch.as_tensor(v).to(device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1)
 
 
-# ---- the transformations, with explicit parameters (one value per image, or one broadcast) -----
+def _per_image_long(v: Tensor | int, x: Tensor) -> Tensor:
+    return torch.as_tensor(v).to(device=x.device, dtype=torch.long).reshape(-1, 1, 1)
 
 
-def brightness(x: Tensor, shift: Tensor) -> Tensor:
+# ---- the transformations, with explicit parameters (one value per image, or one for all) --------
+
+
+def brightness(x: Tensor, shift: Tensor | float) -> Tensor:
     """``x + shift`` per image (DSA draws ``shift = (r - 0.5) * brightness``)."""
-    return x + _col(shift, x)
+    return x + _per_image(shift, x)
 
 
-def saturation(x: Tensor, factor: Tensor) -> Tensor:
-    """``(x - m) * factor + m`` with ``m`` the per-pixel channel mean (DSA: ``factor = r * saturation``)."""
+def saturation(x: Tensor, factor: Tensor | float) -> Tensor:
+    """``(x - m) * factor + m`` with ``m`` the per-pixel mean over channels (DSA: ``factor = r * saturation``)."""
     m = x.mean(dim=1, keepdim=True)
-    return (x - m) * _col(factor, x) + m
+    return (x - m) * _per_image(factor, x) + m
 
 
-def contrast(x: Tensor, factor: Tensor) -> Tensor:
-    """``(x - m) * factor + m`` with ``m`` the per-image mean (DSA: ``factor = r + contrast``)."""
+def contrast(x: Tensor, factor: Tensor | float) -> Tensor:
+    """``(x - m) * factor + m`` with ``m`` the per-image mean over C, H, W (DSA: ``factor = r + contrast``)."""
     m = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - m) * _col(factor, x) + m
+    return (x - m) * _per_image(factor, x) + m
 
 
-def flip(x: Tensor, mask: Tensor) -> Tensor:
-    """Horizontal flip of the images where ``mask`` is true."""
-    return torch.where(_col(mask, x).bool(), x.flip(3), x)
+def color(x: Tensor, shift: Tensor | float, sat: Tensor | float, con: Tensor | float) -> Tensor:
+    """brightness, then saturation, then contrast, with explicit parameters."""
+    return contrast(saturation(brightness(x, shift), sat), con)
 
 
-def affine(x: Tensor, theta: Tensor) -> Tensor:
-    """Resample with ``affine_grid(theta)`` / ``grid_sample`` (``align_corners=True``, zero padding)."""
-    theta = theta.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-    return F.grid_sample(x, grid, align_corners=True)
+def flip(x: Tensor, mask: Tensor | bool) -> Tensor:
+    """Horizontal flip (along width, dim 3) of the images where ``mask`` is true."""
+    m = torch.as_tensor(mask).to(device=x.device, dtype=torch.bool).reshape(-1, 1, 1, 1)
+    return torch.where(m, x.flip(3), x)
 
 
-def crop(x: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
-    """Integer translation with zero fill: ``out[i, j] = x[i + tx, j + ty]`` (0 outside), per image."""
-    n, _, h, w = x.shape
-    tx = tx.to(x.device).long().view(-1, 1, 1).expand(n, h, w)
-    ty = ty.to(x.device).long().view(-1, 1, 1).expand(n, h, w)
-    gi = torch.arange(h, device=x.device).view(1, h, 1) + tx
-    gj = torch.arange(w, device=x.device).view(1, 1, w) + ty
-    valid = (gi >= 0) & (gi < h) & (gj >= 0) & (gj < w)
-    flat = (gi.clamp(0, h - 1) * w + gj.clamp(0, w - 1)).view(n, 1, h * w).expand(n, x.shape[1], h * w)
-    out = torch.gather(x.reshape(n, x.shape[1], h * w), 2, flat).view_as(x)
+def affine(x: Tensor, theta: Tensor, *, align_corners: bool = False) -> Tensor:
+    """Resample through ``affine_grid(theta)`` / ``grid_sample`` (bilinear, zero padding).
+
+    ``theta`` is ``[2, 3]`` or ``[1, 2, 3]`` (one for all images) or ``[N, 2, 3]``.
+    """
+    theta = theta.to(device=x.device, dtype=x.dtype).reshape(-1, 2, 3)
+    if theta.shape[0] != x.shape[0]:
+        theta = theta.expand(x.shape[0], 2, 3).contiguous()
+    grid = F.affine_grid(theta, list(x.shape), align_corners=align_corners)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners)
+
+
+def scale_theta(sx: Tensor | float, sy: Tensor | float) -> Tensor:
+    """``[[sx, 0, 0], [0, sy, 0]]`` per image, ``[N, 2, 3]``."""
+    sx = torch.as_tensor(sx, dtype=torch.float32).reshape(-1)
+    sy = torch.as_tensor(sy, dtype=torch.float32).reshape(-1)
+    z = torch.zeros_like(sx)
+    return torch.stack([torch.stack([sx, z, z], 1), torch.stack([z, sy, z], 1)], 1)
+
+
+def rotate_theta(angle: Tensor | float) -> Tensor:
+    """``[[cos a, -sin a, 0], [sin a, cos a, 0]]`` per image (``a`` in radians), ``[N, 2, 3]``."""
+    a = torch.as_tensor(angle, dtype=torch.float32).reshape(-1)
+    c, s, z = torch.cos(a), torch.sin(a), torch.zeros_like(a)
+    return torch.stack([torch.stack([c, -s, z], 1), torch.stack([s, c, z], 1)], 1)
+
+
+def scale(x: Tensor, sx: Tensor | float, sy: Tensor | float, *, align_corners: bool = False) -> Tensor:
+    """Affine resampling with ``theta = [[sx, 0, 0], [0, sy, 0]]`` (sx < 1 enlarges the content)."""
+    return affine(x, scale_theta(sx, sy), align_corners=align_corners)
+
+
+def rotate(x: Tensor, angle: Tensor | float, *, align_corners: bool = False) -> Tensor:
+    """Affine resampling with the rotation ``theta`` of ``angle`` radians (see :func:`rotate_theta`)."""
+    return affine(x, rotate_theta(angle), align_corners=align_corners)
+
+
+def crop(x: Tensor, tx: Tensor | int, ty: Tensor | int) -> Tensor:
+    """Integer translation with zero fill, per image: ``out[i, j] = x[i + tx, j + ty]``, 0 outside.
+
+    ``tx`` shifts along height (dim 2), ``ty`` along width (dim 3). Implemented as a gather from
+    the flattened image plus a validity mask, so it is differentiable in ``x``.
+    """
+    n, c, h, w = x.shape
+    tx, ty = _per_image_long(tx, x), _per_image_long(ty, x)
+    gi = torch.arange(h, device=x.device).view(1, h, 1) + tx  # [N or 1, H, 1]
+    gj = torch.arange(w, device=x.device).view(1, 1, w) + ty  # [N or 1, 1, W]
+    valid = ((gi >= 0) & (gi < h)) & ((gj >= 0) & (gj < w))  # [N or 1, H, W]
+    idx = gi.clamp(0, h - 1) * w + gj.clamp(0, w - 1)
+    idx = idx.expand(n, h, w).reshape(n, 1, h * w).expand(n, c, h * w)
+    out = torch.gather(x.reshape(n, c, h * w), 2, idx).reshape(n, c, h, w)
     return out * valid.unsqueeze(1).to(x.dtype)
 
 
-def cutout(x: Tensor, cx: Tensor, cy: Tensor, size: tuple[int, int]) -> Tensor:
-    """Zero a ``size`` rectangle per image whose top-left corner is ``(cx - size//2, cy - size//2)``, clipped."""
-    n, _, h, w = x.shape
-    cx = cx.to(x.device).long().view(-1, 1, 1)
-    cy = cy.to(x.device).long().view(-1, 1, 1)
+def cutout(x: Tensor, cx: Tensor | int, cy: Tensor | int, size: tuple[int, int]) -> Tensor:
+    """Zero, per image, rows ``[cx - size[0]//2, cx - size[0]//2 + size[0])`` x columns likewise for ``cy``, clipped to the image."""
+    _, _, h, w = x.shape
+    cx, cy = _per_image_long(cx, x), _per_image_long(cy, x)
     i = torch.arange(h, device=x.device).view(1, h, 1)
     j = torch.arange(w, device=x.device).view(1, 1, w)
     x0, y0 = cx - size[0] // 2, cy - size[1] // 2
@@ -106,67 +185,85 @@ def cutout(x: Tensor, cx: Tensor, cy: Tensor, size: tuple[int, int]) -> Tensor:
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
-# ---- drawing parameters -----------------------------------------------------------------------
+def noise(x: Tensor, eps: Tensor) -> Tensor:
+    """``x + eps`` with ``eps`` broadcast to ``x`` (DSA's optional noise group: ``ratio_noise * N(0, 1)``)."""
+    return x + eps.to(device=x.device, dtype=x.dtype)
 
 
-def _rand(n: int, gen: Optional[torch.Generator]) -> Tensor:
-    return torch.rand(n, generator=gen)
+# ---- drawing the parameters (CPU, float32, from the generator) ------------------------------------
 
 
-def _randint(lo: int, hi: int, n: int, gen: Optional[torch.Generator]) -> Tensor:
+def _rand(n: int, gen: torch.Generator | None) -> Tensor:
+    return torch.rand(n, generator=gen, dtype=torch.float32)
+
+
+def _randint(lo: int, hi: int, n: int, gen: torch.Generator | None) -> Tensor:
     return torch.randint(lo, hi, (n,), generator=gen)
 
 
-def _color(x: Tensor, p: DSAParams, n: int, gen: Optional[torch.Generator]) -> Tensor:
+def _color(x: Tensor, p: DSAParams, n: int, gen: torch.Generator | None) -> Tensor:
     x = brightness(x, (_rand(n, gen) - 0.5) * p.brightness)
     x = saturation(x, _rand(n, gen) * p.saturation)
     return contrast(x, _rand(n, gen) + p.contrast)
 
 
-def _crop(x: Tensor, p: DSAParams, n: int, gen: Optional[torch.Generator]) -> Tensor:
+def _crop(x: Tensor, p: DSAParams, n: int, gen: torch.Generator | None) -> Tensor:
     sx, sy = int(x.shape[2] * p.ratio_crop_pad + 0.5), int(x.shape[3] * p.ratio_crop_pad + 0.5)
-    return crop(x, _randint(-sx, sx + 1, n, gen), _randint(-sy, sy + 1, n, gen))
+    tx = _randint(-sx, sx + 1, n, gen)
+    ty = _randint(-sy, sy + 1, n, gen)
+    return crop(x, tx, ty)
 
 
-def _cutout(x: Tensor, p: DSAParams, n: int, gen: Optional[torch.Generator]) -> Tensor:
+def _cutout(x: Tensor, p: DSAParams, n: int, gen: torch.Generator | None) -> Tensor:
     size = (int(x.shape[2] * p.ratio_cutout + 0.5), int(x.shape[3] * p.ratio_cutout + 0.5))
     cx = _randint(0, x.shape[2] + (1 - size[0] % 2), n, gen)
     cy = _randint(0, x.shape[3] + (1 - size[1] % 2), n, gen)
     return cutout(x, cx, cy, size)
 
 
-def _flip(x: Tensor, p: DSAParams, n: int, gen: Optional[torch.Generator]) -> Tensor:
+def _flip(x: Tensor, p: DSAParams, n: int, gen: torch.Generator | None) -> Tensor:
     return flip(x, _rand(n, gen) < p.prob_flip)
 
 
-def _scale(x: Tensor, p: DSAParams, n: int, gen: Optional[torch.Generator]) -> Tensor:
+def _scale(x: Tensor, p: DSAParams, n: int, gen: torch.Generator | None) -> Tensor:
     lo = 1.0 / p.ratio_scale
     sx = _rand(n, gen) * (p.ratio_scale - lo) + lo
     sy = _rand(n, gen) * (p.ratio_scale - lo) + lo
-    z = torch.zeros(n)
-    theta = torch.stack([torch.stack([sx, z, z], 1), torch.stack([z, sy, z], 1)], 1)
-    return affine(x, theta)
+    return scale(x, sx, sy, align_corners=p.align_corners)
 
 
-def _rotate(x: Tensor, p: DSAParams, n: int, gen: Optional[torch.Generator]) -> Tensor:
-    a = (_rand(n, gen) - 0.5) * 2 * p.ratio_rotate / 180 * math.pi
-    c, s, z = torch.cos(a), torch.sin(a), torch.zeros(n)
-    theta = torch.stack([torch.stack([c, s, z], 1), torch.stack([-s, c, z], 1)], 1)
-    return affine(x, theta)
+def _rotate(x: Tensor, p: DSAParams, n: int, gen: torch.Generator | None) -> Tensor:
+    angle = (_rand(n, gen) - 0.5) * 2 * p.ratio_rotate / 180 * math.pi
+    return rotate(x, angle, align_corners=p.align_corners)
 
 
-GROUPS: dict[str, Callable[[Tensor, DSAParams, int, Optional[torch.Generator]], Tensor]] = {
-    "color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale, "rotate": _rotate,
+def _noise(x: Tensor, p: DSAParams, n: int, gen: torch.Generator | None) -> Tensor:
+    eps = torch.randn((n, *x.shape[1:]), generator=gen, dtype=torch.float32) * p.ratio_noise
+    return noise(x, eps)
+
+
+GroupFn = Callable[[Tensor, DSAParams, int, "torch.Generator | None"], Tensor]
+
+GROUPS: dict[str, GroupFn] = {
+    "color": _color,
+    "crop": _crop,
+    "cutout": _cutout,
+    "flip": _flip,
+    "scale": _scale,
+    "rotate": _rotate,
+    "noise": _noise,
 }
+"""Group name -> ``fn(x, params, n, generator)`` drawing ``n`` parameter sets (1 when siamese)."""
 
 
-def _parse(strategy: str) -> list[str]:
-    if strategy in ("", "none", "None"):
+def parse_strategy(strategy: str) -> list[str]:
+    """``"color_crop"`` -> ``["color", "crop"]``; ``""`` / ``"none"`` -> ``[]``; unknown groups raise ValueError."""
+    if strategy.strip().lower() in ("", "none"):
         return []
     groups = [g for g in strategy.split("_") if g]
     bad = [g for g in groups if g not in GROUPS]
     if bad:
-        raise ValueError(f"unknown DSA group(s) {bad} in {strategy!r}; valid groups: {', '.join(GROUPS)} (joined by '_').")
+        raise ValueError(f"unknown DSA group(s) {bad} in strategy {strategy!r}; valid groups: {', '.join(GROUPS)} (joined by '_').")
     return groups
 
 
@@ -175,24 +272,26 @@ def dsa(
     strategy: str = STRATEGY_DEFAULT,
     params: DSAParams = DSAParams(),
     *,
-    seed: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
     siamese: bool = False,
 ) -> Tensor:
     """Apply DSA to a batch ``[N, C, H, W]``; differentiable in ``x``.
 
-    ``seed`` (or ``generator``) fixes every random draw; ``siamese=True`` shares one draw over
-    the batch. ``aug_mode="S"`` applies one group chosen at random, ``"M"`` all in order.
+    ``seed`` (a fresh CPU generator; takes precedence) or ``generator`` (a CPU generator,
+    advanced by the call) fixes every draw, otherwise the global CPU RNG is used.
+    ``siamese=True`` shares one draw over the batch, ``False`` draws per image.
+    Strategy ``""`` or ``"none"`` returns ``x`` itself.
     """
-    groups = _parse(strategy)
+    groups = parse_strategy(strategy)
     if not groups:
         return x
+    if x.dim() != 4:
+        raise ValueError(f"dsa expects images [N, C, H, W], got shape {tuple(x.shape)}.")
     if seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     if params.aug_mode == "S":
         groups = [groups[int(torch.randint(0, len(groups), (1,), generator=generator))]]
-    elif params.aug_mode != "M":
-        raise ValueError(f"aug_mode must be 'S' (one group per call) or 'M' (all); got {params.aug_mode!r}.")
     n = 1 if siamese else x.shape[0]
     for g in groups:
         x = GROUPS[g](x, params, n, generator)
@@ -200,14 +299,16 @@ def dsa(
 
 
 class DSA(nn.Module):
-    """Module form of :func:`dsa` holding ``strategy`` and ``params``."""
+    """Module form of :func:`dsa` holding ``strategy`` and ``params`` (no learnable state)."""
 
     def __init__(self, strategy: str = STRATEGY_DEFAULT, params: DSAParams = DSAParams()) -> None:
         super().__init__()
-        _parse(strategy)
+        parse_strategy(strategy)
         self.strategy, self.params = strategy, params
 
-    def forward(self, x: Tensor, *, seed: Optional[int] = None, generator: Optional[torch.Generator] = None, siamese: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, *, seed: int | None = None, generator: torch.Generator | None = None, siamese: bool = False
+    ) -> Tensor:
         return dsa(x, self.strategy, self.params, seed=seed, generator=generator, siamese=siamese)
 
     def extra_repr(self) -> str:

@@ -335,6 +335,10 @@ class DistillLoop:
                     if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
                         self._checkpoint(it)
                         last_good = it
+                        rate = (it - start) / t_distill if t_distill > 0 else 0.0
+                        eta = (cfg.iterations - it) / rate if rate > 0 else float("nan")
+                        log.info("iteration %d/%d  loss per class %.4g  %.2f it/s  ETA %.0f s (distillation only)  checkpoint saved",
+                                 it, cfg.iterations, value / self.num_classes, rate, eta)
             except NonFiniteLossError as e:
                 msg = (f"{e}; stopped. The last good checkpoint (iteration {last_good}) is kept in {rd.checkpoint}. "
                        "Lower --lr-img or --scale, check the data, or resume from the checkpoint with other settings in a new run.")

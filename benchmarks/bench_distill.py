@@ -1,0 +1,84 @@
+"""DM with the MMD line vs DM with HDD, side by side in one process, through the toolkit.
+
+Runs ``hyperdm.distill`` for each matcher with identical settings and seeds (only the matcher
+line differs), then prints and saves accuracy (final-epoch mean +- std), distillation wall
+time, images per second and the last losses to ``benchmarks/results/<name>.json``.
+
+    python benchmarks/bench_distill.py --preset cpu --dataset fashion-mnist --ipc 10          # CPU, ~15 min
+    python benchmarks/bench_distill.py --preset paper --dataset fashion-mnist --ipc 10 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from hyperdm import __version__
+from hyperdm.distill import distill, resolve
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--iterations", type=int, default=None)
+    ap.add_argument("--eval-epochs", type=int, default=None)
+    ap.add_argument("--eval-runs", type=int, default=None)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--work", default="runs/bench", help="run directories (replaced)")
+    ap.add_argument("--name", default=None, help="results file name (default distill_<preset>_<dataset>_ipc<N>_<device>)")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    name = a.name or f"distill_{a.preset}_{a.dataset}_ipc{a.ipc}_{a.device.split(':')[0]}"
+    rows = []
+    for seed in a.seeds:
+        for matcher in ("mmd", "hyperbolic"):
+            cfg = resolve(preset=a.preset, matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides={
+                "iterations": a.iterations, "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs,
+                "device": a.device, "seed": seed, "data_root": a.data_root})
+            out = Path(a.work) / f"{matcher}-seed{seed}"
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            m = distill(cfg, str(out), progress=False)
+            wall = time.perf_counter() - t0
+            final = m["evals"][-1]["ConvNet"] if m["evals"] else None
+            row = {
+                "matcher": matcher, "seed": seed, "k": cfg.k if matcher == "hyperbolic" else None,
+                "scale": cfg.scale if matcher == "hyperbolic" else None, "lr_img": cfg.lr_img,
+                "iterations": cfg.iterations, "batch_real": cfg.batch_real, "eval_epochs": cfg.eval_epochs,
+                "eval_runs": cfg.eval_runs, "accs": final["accs"] if final else None,
+                "mean": final["mean"] if final else None, "std": final["std"] if final else None,
+                "evals": m["evals"], "distill_seconds": m["distill_seconds"], "images_per_second": m["images_per_second"],
+                "wall_seconds_with_eval": wall, "loss_per_class_first": m["loss_per_class"][:3],
+                "loss_per_class_last": m["loss_per_class"][-3:], "storage": m.get("storage"),
+            }
+            rows.append(row)
+            acc = f"{100 * row['mean']:.2f} +- {100 * row['std']:.2f} %" if final else "n/a"
+            print(f"seed {seed} {matcher:>10}: ConvNet {acc}  distill {row['distill_seconds']:.1f} s "
+                  f"({row['images_per_second']:.0f} img/s)  total {wall:.1f} s", flush=True)
+    res = {
+        "benchmark": "bench_distill", "preset": a.preset, "dataset": a.dataset, "ipc": a.ipc, "device": a.device,
+        "device_name": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "hyperdm": __version__,
+        "date": time.strftime("%Y-%m-%d"), "rows": rows,
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    path = HERE / "results" / f"{name}.json"
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
