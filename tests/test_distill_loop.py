@@ -69,7 +69,7 @@ def test_tiny_run_writes_every_artifact(tmp_path, matcher):
     assert m["storage"]["float32_bytes"] == 10 * 784 * 4 and m["storage"]["uint8_bytes"] == 10 * 784
     assert [e["iteration"] for e in m["evals"]] == [4]
     assert 0 <= m["evals"][0]["ConvNet"]["mean"] <= 1
-    assert metrics["evals"] == m["evals"]
+    assert metrics["evals"] == m["evals"] and metrics["images_per_second"] == m["images_per_second"]  # returned = written
     assert "iterations" in (out / "run.log").read_text()  # the resolved settings are logged
 
 

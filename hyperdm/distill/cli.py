@@ -178,6 +178,12 @@ def _evaluate(a: argparse.Namespace) -> int:
                          f"{(real.info.channels, *real.info.im_size)}; pass the right --dataset.")
     if meta.get("normalised") is False:
         raise ValueError("this synthetic set is stored in pixel scale; hyperdm evaluates normalised images.")
+    partition = int(meta.get("partition", 1))
+    if partition > 1:
+        from .synset import expand
+
+        images, labels = expand(images, labels, partition)
+        log.info("expanded the %dx%d-partitioned set to %d training images", partition, partition, images.shape[0])
     cfg = EvalConfig(epochs=a.epochs, runs=a.runs, archs=tuple(a.arch), seed=a.seed, device=a.device,
                      dsa_strategy="" if a.dsa == "none" else a.dsa)
     res = evaluate_synthetic(images, labels, real.test_images, real.test_labels, real.info, cfg, progress=not a.no_progress)

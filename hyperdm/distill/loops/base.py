@@ -33,6 +33,7 @@ from ..data import RealData
 from ..evaluate import EvalConfig, derive_seed, evaluate_synthetic
 from ..models import get_network
 from ..presets import DistillConfig, validate
+from ..synset import expand
 
 __all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "per_sample_network"]
 
@@ -96,15 +97,16 @@ class DistillLoop:
 
     # ---- pieces the methods call -------------------------------------------------------------
 
-    def fresh_network(self, it: int, *, tag: int = 0, model: Optional[str] = None) -> nn.Module:
-        """A randomly initialised network for iteration ``it``; frozen, in train mode, on the run's device."""
+    def fresh_network(self, it: int, *, tag: int = 0, model: Optional[str] = None, trainable: bool = False) -> nn.Module:
+        """A randomly initialised network for iteration ``it`` (seeded by ``(seed, it, tag)``), in train
+        mode on the run's device; its parameters are frozen unless ``trainable``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.cfg.seed, it, 101, tag))
             info = self.real.info
             net = get_network(model or self.cfg.model, info.channels, info.num_classes, info.im_size)
         net = net.to(self.device).train()
         for p in net.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(trainable)
         return net
 
     def generator(self, it: int, *, tag: int = 0) -> torch.Generator:
@@ -145,6 +147,29 @@ class DistillLoop:
     def matching_loss(self, it: int) -> Tensor:
         """The loss of iteration ``it`` (a scalar with a graph to ``self.syn``)."""
         raise NotImplementedError
+
+    def step(self, it: int) -> float:
+        """One iteration: loss, backward, image update; returns the loss value. Methods that update
+        the images several times per iteration (IDM: once per class) override this."""
+        assert self.optimizer is not None
+        loss = self.matching_loss(it)
+        value = float(loss.detach())
+        self.check_finite(value, it)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return value
+
+    def check_finite(self, value: float, it: int) -> None:
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"the {self.cfg.matcher} loss is {value} at iteration {it}")
+
+    partition = 1  # stored images per training image grid (see hyperdm.distill.synset)
+
+    def training_set(self) -> tuple[Tensor, Tensor]:
+        """The synthetic set as training images (expanded if the method stores partitioned images)."""
+        assert self.syn is not None
+        return expand(self.syn.detach(), self.syn_labels, self.partition)
 
     def extra_state(self) -> dict[str, Any]:
         return {}
@@ -269,13 +294,14 @@ class DistillLoop:
             epochs=cfg.eval_epochs, runs=cfg.eval_runs, lr=cfg.eval_lr, batch=cfg.eval_batch, dsa_strategy=cfg.dsa_strategy,
             archs=tuple(cfg.eval_archs), seed=derive_seed(cfg.seed, 404), device=cfg.device,
         )
-        res = evaluate_synthetic(self.syn.detach(), self.syn_labels, self.real.test_images, self.real.test_labels, self.real.info,
+        images, labels = self.training_set()
+        res = evaluate_synthetic(images, labels, self.real.test_images, self.real.test_labels, self.real.info,
                                  ecfg, progress=self.progress)
         entry = {"iteration": it, **{a: {k: v for k, v in r.items() if k != "runs"} for a, r in res.items()}}
         return entry
 
     def run(self, *, resume: bool = False) -> dict[str, Any]:
-        """Distil, evaluate at ``cfg.eval_iterations()``, write every artifact. Returns the metrics."""
+        """Distil, evaluate at ``cfg.eval_iterations()``, write every artifact. Returns the metrics as written to metrics.json."""
         cfg = self.cfg
         rd = self.run_dir
         with rd.logging_to_file():
@@ -314,13 +340,7 @@ class DistillLoop:
                     if it >= cfg.iterations:
                         break
                     t0 = time.perf_counter()
-                    loss = self.matching_loss(it)
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise NonFiniteLossError(f"the {cfg.matcher} loss is {value} at iteration {it}")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
+                    value = self.step(it)
                     if not bool(torch.isfinite(self.syn.detach()).all()):
                         raise NonFiniteLossError(f"the images became NaN/inf at iteration {it} (loss {value:.4g})")
                     dt = time.perf_counter() - t0
@@ -354,10 +374,9 @@ class DistillLoop:
             finally:
                 if bar is not None:
                     bar.close()
-            self._finish()
-        return self.metrics
+            return self._finish()
 
-    def _write_metrics(self, *, final: bool) -> None:
+    def _write_metrics(self, *, final: bool) -> dict[str, Any]:
         m = dict(self.metrics)
         secs = m.get("distill_seconds", 0.0)
         m["images_per_second"] = m["images_seen"] / secs if secs > 0 else None
@@ -365,19 +384,20 @@ class DistillLoop:
         m["loss_per_class"] = [v / self.num_classes for v in m["loss"]]
         m["final"] = final
         write_json(self.run_dir.metrics, m)
+        return m
 
-    def _finish(self) -> None:
+    def _finish(self) -> dict[str, Any]:
         assert self.syn is not None
         rd, info = self.run_dir, self.real.info
         images = self.syn.detach().cpu()
         rd.save_synthetic(
             images, self.syn_labels.cpu(), normalised=True, mean=list(info.mean), std=list(info.std), dataset=info.name,
-            ipc=self.cfg.ipc, method=self.cfg.method, matcher=self.cfg.matcher, hyperdm=__version__,
+            ipc=self.cfg.ipc, method=self.cfg.method, matcher=self.cfg.matcher, partition=self.partition, hyperdm=__version__,
         )
         pix = self.real.denormalise(images)
         rd.save_grid(pix, nrow=self.cfg.ipc)
         self.metrics["storage"] = storage_sizes(pix)
-        self._write_metrics(final=True)
+        final = self._write_metrics(final=True)
         try:
             from ..plots import plot_poincare
 
@@ -390,6 +410,7 @@ class DistillLoop:
                 if arch != "iteration":
                     log.info("iteration %d, %s: %.2f +- %.2f %%", e["iteration"], arch, 100 * r["mean"], 100 * r["std"])
         log.info("artifacts in %s", rd.path)
+        return final
 
 
 def _bar(total: int, start: int, desc: str, enabled: bool):
