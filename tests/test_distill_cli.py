@@ -43,7 +43,7 @@ def test_python_dash_m_entry_point():
         (["distill", "--dataset", "imagenet-21k"], "unknown dataset|imagenet-21k"),
         (["distill", "--dataset", "mnist", "--data-root", "{tmp}"], "{tmp}"),
         (["distill", "--ipc", "0"], "positive integer"),
-        (["distill", "--method", "idm"], "not implemented yet"),
+        (["distill", "--method", "dance"], "not implemented yet"),
         (["distill", "--preset", "paper", "--dataset", "mnist"], "--k and --scale"),
         (["evaluate", "{tmp}/nothing"], "no synthetic set"),
     ],

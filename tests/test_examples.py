@@ -40,6 +40,13 @@ def test_dm_hdd_example_runs(tiny_fmnist_root, tmp_path):
     assert (tmp_path / "run" / "synthetic.pt").is_file()
 
 
+def test_idm_hdd_example_runs(tiny_fmnist_root, tmp_path):
+    out = _run([str(ROOT / "examples" / "idm_hdd.py"), "--ipc", "1", "--iterations", "2", "--eval-epochs", "1",
+                "--data-root", str(tiny_fmnist_root), "--out", str(tmp_path / "run")])
+    assert out.returncode == 0, out.stderr
+    assert "partition 2x2" in out.stdout and re.search(r"iteration 2: ConvNet [0-9.]+ \+- [0-9.]+ %", out.stdout), out.stdout
+
+
 def test_reference_patch_is_well_formed():
     """Every hunk's line counts match its header, and the patch swaps both MMD lines of main_DM.py."""
     text = (ROOT / "examples" / "reference_dm.patch").read_bytes().decode()

@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-runs", type=int, help="fresh networks per evaluation (paper 3; cpu 2; 0 skips evaluation)")
     d.add_argument("--arch", dest="eval_archs", nargs="+", metavar="NAME",
                    help="evaluation architectures: ConvNet AlexNet VGG11 ResNet18 (default ConvNet)")
+    d.add_argument("--partition", type=int, help="idm: each stored image holds a PxP grid of sub-images (IDM: 2)")
+    d.add_argument("--ce-weight", type=float, help="idm: weight of the accuracy-weighted cross-entropy term (IDM: 0.5 / 0.1)")
+    d.add_argument("--net-num", type=int, help="idm: size of the model queue (IDM: 100)")
+    d.add_argument("--model-train-steps", type=int, help="idm: SGD steps per fetched queue network per iteration (IDM: 10)")
+    d.add_argument("--net-batch", type=int, help="idm: real batch size for training the queue networks (IDM: 256)")
     d.add_argument("--checkpoint-every", type=int, help="write checkpoint.pt every N iterations (atomic)")
     d.add_argument("--prune-keep", type=float, metavar="F",
                    help="hierarchical pruning: keep the fraction F of each class closest to the root (e.g. 0.2)")
@@ -133,7 +138,8 @@ def _distill(a: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         name: getattr(a, name)
         for name in ("iterations", "batch_real", "lr_img", "k", "scale", "match_dtype", "model", "init", "dsa_strategy",
-                     "eval_every", "eval_epochs", "eval_runs", "eval_archs", "checkpoint_every", "prune_keep", "prune_score")
+                     "eval_every", "eval_epochs", "eval_runs", "eval_archs", "checkpoint_every", "prune_keep", "prune_score",
+                     "partition", "ce_weight", "net_num", "model_train_steps", "net_batch")
     }
     if a.no_clamp:
         overrides["max_norm"] = None

@@ -77,6 +77,18 @@ class DistillConfig:
     init: str = "real"
     model: str = "ConvNet"
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    # IDM (Zhao et al. 2023): model queue, partition-and-expansion, cross-entropy term
+    partition: int = 1
+    net_num: int = 100
+    net_initial: int = 3
+    net_generate_interval: int = 30
+    train_net_num: int = 1
+    fetch_net_num: int = 2
+    model_train_steps: int = 10
+    net_batch: int = 256
+    lr_net: float = 0.01
+    ce_weight: float = 0.0
+    acc_window: int = 100
     # the matcher (hyperbolic only)
     k: float = 1.0
     scale: float = 20.0
@@ -149,6 +161,53 @@ _CPU_LOOP = {
 }
 
 
+_IDM_SRC = "IDM command.txt"
+_IDM_COMMON = {  # uitrbn/IDM command.txt (CIFAR-10 lines; IDM's argparse defaults give plain DM)
+    "partition": (2, f"{_IDM_SRC}: --aug (2x2 partition and expansion)"),
+    "net_num": (100, "IDM default --net_num 100"),
+    "net_initial": (3, "IDM code: the queue starts with 3 networks"),
+    "net_generate_interval": (30, "IDM default --net_generate_interval 30"),
+    "train_net_num": (1, f"{_IDM_SRC}: --train_net_num 1"),
+    "fetch_net_num": (2, "IDM default --fetch_net_num 2"),
+    "model_train_steps": (10, "IDM default --model_train_steps 10"),
+    "net_batch": (256, "IDM default --trained_bs 256"),
+    "lr_net": (0.01, f"{_IDM_SRC}: --net_decay (SGD 0.01, momentum 0.9, wd 5e-4)"),
+    "acc_window": (100, f"{_IDM_SRC}: accuracy meters reset at each --eval_interval 100"),
+}
+_IDM_PAPER_LOOP = {
+    "iterations": (10000, "paper: IDM with HDD runs 10,000 iterations"),
+    "batch_real": (256, "IDM default --batch_real 256"),
+    "eval_every": (1000, "hyperdm (IDM evaluates every 100; evaluation does not change the result)"),
+}
+_IDM_CPU_LOOP = {
+    "iterations": (60, "cpu preset (reduced protocol)"),
+    "batch_real": (64, "cpu preset (reduced protocol)"),
+    "net_num": (10, "cpu preset (reduced protocol)"),
+    "net_generate_interval": (10, "cpu preset (reduced protocol)"),
+    "model_train_steps": (5, "cpu preset (reduced protocol)"),
+    "net_batch": (128, "cpu preset (reduced protocol)"),
+    "acc_window": (20, "cpu preset (reduced protocol)"),
+    "eval_epochs": (150, "cpu preset (reduced protocol)"),
+}
+
+
+def _idm_specifics(dataset: str, ipc: int) -> dict[str, tuple[Any, str]]:
+    """command.txt settings that depend on dataset and IPC (Fashion-MNIST / SVHN follow the CIFAR-10 lines)."""
+    out: dict[str, tuple[Any, str]] = {"ce_weight": (0.5 if ipc < 50 else 0.1, f"{_IDM_SRC}: --ce_weight (CIFAR-10 IPC {ipc})")}
+    if ipc == 1:
+        out["batch_real"] = (5000, f"{_IDM_SRC}: --batch_real 5000 at IPC 1")
+        out["net_generate_interval"] = (5, f"{_IDM_SRC}: --net_generate_interval 5 at IPC 1")
+    if dataset == "cifar100" and ipc == 10:
+        out["ce_weight"] = (0.1, f"{_IDM_SRC}: CIFAR-100 IPC 10 --ce_weight 0.1")
+        out["model_train_steps"] = (50, f"{_IDM_SRC}: CIFAR-100 IPC 10 --model_train_steps 50")
+    if dataset == "tinyimagenet":
+        out["ce_weight"] = (0.8 if ipc == 50 else 0.5, f"{_IDM_SRC}: Tiny ImageNet --ce_weight")
+        if ipc == 50:
+            out["model_train_steps"] = (50, f"{_IDM_SRC}: Tiny ImageNet IPC 50 --model_train_steps 50")
+        out["model"] = ("ConvNetD4", "IDM / DM: depth-4 ConvNet for 64x64 images")
+    return out
+
+
 def resolve(
     *,
     preset: str = "cpu",
@@ -180,7 +239,12 @@ def resolve(
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     cfg = DistillConfig(method=method, matcher=matcher, dataset=dataset, ipc=ipc, preset=preset)
     src = {"method": "argument", "matcher": "argument", "dataset": "argument", "ipc": "argument", "preset": "argument"}
-    for name, (value, why) in (_PAPER_LOOP if preset == "paper" else _CPU_LOOP).items():
+    table = dict(_PAPER_LOOP if preset == "paper" else _CPU_LOOP)
+    if method == "idm":
+        table.update(_IDM_COMMON)
+        table.update(_IDM_PAPER_LOOP if preset == "paper" else _IDM_CPU_LOOP)
+        table.update(_idm_specifics(dataset, ipc) if preset == "paper" else {"ce_weight": _idm_specifics(dataset, ipc)["ce_weight"]})
+    for name, (value, why) in table.items():
         setattr(cfg, name, value)
         src[name] = why
     src["init"] = "reference DM: initialise from random real images"
@@ -206,8 +270,12 @@ def resolve(
         cfg.match_dtype = "float64"
         src["match_dtype"] = "official HDD code: matching in float64"
     else:
-        cfg.lr_img = 1.0
-        src["lr_img"] = "reference DM: lr_img 1"
+        if method == "idm":
+            cfg.lr_img = 0.2
+            src["lr_img"] = f"{_IDM_SRC}: --lr_img 0.2"
+        else:
+            cfg.lr_img = 1.0
+            src["lr_img"] = "reference DM: lr_img 1"
         cfg.match_dtype = "float32"
         src["match_dtype"] = "reference DM: the MMD line in float32"
         for name in ("k", "scale", "max_norm"):
@@ -245,4 +313,10 @@ def validate(cfg: DistillConfig) -> None:
         cfg.prune_keep is None or 0 < cfg.prune_keep <= 1,
         f"prune_keep must be a fraction in (0, 1] (e.g. 0.2 keeps 20%); got {cfg.prune_keep}.",
     )
+    need(cfg.partition >= 1, f"partition must be >= 1; got {cfg.partition}.")
+    need(cfg.ce_weight >= 0, f"ce_weight must be >= 0; got {cfg.ce_weight}.")
+    need(cfg.net_num >= 1 and cfg.net_initial >= 1 and cfg.net_generate_interval >= 1,
+         "net_num, net_initial and net_generate_interval must be >= 1.")
+    need(cfg.train_net_num >= 1 and cfg.fetch_net_num >= 0 and cfg.model_train_steps >= 0 and cfg.net_batch >= 1,
+         "train_net_num and net_batch must be >= 1; fetch_net_num and model_train_steps >= 0.")
     need(cfg.prune_score in ("radius", "centroid"), f"prune_score must be 'radius' or 'centroid'; got {cfg.prune_score!r}.")

@@ -33,7 +33,7 @@ from ..data import RealData
 from ..evaluate import EvalConfig, derive_seed, evaluate_synthetic
 from ..models import get_network
 from ..presets import DistillConfig, validate
-from ..synset import expand
+from ..synset import expand, pack
 
 __all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "per_sample_network"]
 
@@ -84,10 +84,12 @@ class DistillLoop:
         self.train_images = real.train_images.to(self.device)
         self.class_indices: list[Tensor] = [i.to(self.device) for i in real.indices_by_class()]
         smallest = min(int(i.numel()) for i in self.class_indices)
-        if smallest < cfg.ipc:
+        self.partition = int(cfg.partition)
+        need = cfg.ipc * self.partition**2 if cfg.init == "real" else cfg.ipc
+        if smallest < need:
             raise ValueError(
-                f"ipc={cfg.ipc} but the smallest class of {real.info.name} has {smallest} training images; "
-                f"use --ipc <= {smallest}."
+                f"ipc={cfg.ipc} needs {need} real images per class to initialise from, but the smallest class of "
+                f"{real.info.name} has {smallest} training images; use --ipc <= {smallest // (need // cfg.ipc)}."
             )
         self.syn_labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(cfg.ipc)
         self.syn: Optional[Tensor] = None
@@ -118,6 +120,12 @@ class DistillLoop:
         idx = self.class_indices[c]
         pick = torch.randperm(idx.numel(), generator=gen)[:n].to(idx.device)
         return self.train_images[idx[pick]]
+
+    def sample_real_any(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` random real images of any class (from the possibly pruned pool), with labels."""
+        pool = torch.cat(self.class_indices)
+        pick = pool[torch.randperm(pool.numel(), generator=gen)[:n].to(pool.device)]
+        return self.train_images[pick], self.real.train_labels.to(self.device)[pick]
 
     def syn_class(self, c: int) -> Tensor:
         assert self.syn is not None
@@ -164,8 +172,6 @@ class DistillLoop:
         if not math.isfinite(value):
             raise NonFiniteLossError(f"the {self.cfg.matcher} loss is {value} at iteration {it}")
 
-    partition = 1  # stored images per training image grid (see hyperdm.distill.synset)
-
     def training_set(self) -> tuple[Tensor, Tensor]:
         """The synthetic set as training images (expanded if the method stores partitioned images)."""
         assert self.syn is not None
@@ -187,8 +193,9 @@ class DistillLoop:
     def _init_synthetic(self) -> None:
         cfg = self.cfg
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 303))
-        if cfg.init == "real":
-            syn = torch.cat([self.sample_real(c, cfg.ipc, gen) for c in range(self.num_classes)])
+        f = self.partition
+        if cfg.init == "real":  # partitioned sets: f*f different real images, down-sampled into the cells
+            syn = torch.cat([pack(self.sample_real(c, f * f * cfg.ipc, gen), f) for c in range(self.num_classes)])
         else:
             info = self.real.info
             syn = torch.randn((self.num_classes * cfg.ipc, info.channels, *info.im_size), generator=gen).to(self.device)
