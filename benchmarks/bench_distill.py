@@ -1,4 +1,4 @@
-"""DM with the MMD line vs DM with HDD, side by side in one process, through the toolkit.
+"""DM (or IDM) with the MMD line vs with HDD, side by side in one process, through the toolkit.
 
 Runs ``hyperdm.distill`` for each matcher with identical settings and seeds (only the matcher
 line differs), then prints and saves accuracy (final-epoch mean +- std), distillation wall
@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", default="dm", choices=["dm", "idm"])
     ap.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--ipc", type=int, default=10)
@@ -41,14 +42,15 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="results file name (default distill_<preset>_<dataset>_ipc<N>_<device>)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    name = a.name or f"distill_{a.preset}_{a.dataset}_ipc{a.ipc}_{a.device.split(':')[0]}"
+    prefix = "distill" if a.method == "dm" else f"distill_{a.method}"
+    name = a.name or f"{prefix}_{a.preset}_{a.dataset}_ipc{a.ipc}_{a.device.split(':')[0]}"
     rows = []
     for seed in a.seeds:
         for matcher in ("mmd", "hyperbolic"):
-            cfg = resolve(preset=a.preset, matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides={
+            cfg = resolve(preset=a.preset, method=a.method, matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides={
                 "iterations": a.iterations, "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs,
                 "device": a.device, "seed": seed, "data_root": a.data_root})
-            out = Path(a.work) / f"{matcher}-seed{seed}"
+            out = Path(a.work) / f"{a.method}-{matcher}-seed{seed}"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
             m = distill(cfg, str(out), progress=False)
@@ -69,7 +71,7 @@ def main() -> None:
             print(f"seed {seed} {matcher:>10}: ConvNet {acc}  distill {row['distill_seconds']:.1f} s "
                   f"({row['images_per_second']:.0f} img/s)  total {wall:.1f} s", flush=True)
     res = {
-        "benchmark": "bench_distill", "preset": a.preset, "dataset": a.dataset, "ipc": a.ipc, "device": a.device,
+        "benchmark": "bench_distill", "method": a.method, "preset": a.preset, "dataset": a.dataset, "ipc": a.ipc, "device": a.device,
         "device_name": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "hyperdm": __version__,
         "date": time.strftime("%Y-%m-%d"), "rows": rows,
