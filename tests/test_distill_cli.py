@@ -46,6 +46,7 @@ def test_python_dash_m_entry_point():
         (["distill", "--method", "dance"], "not implemented yet"),
         (["distill", "--preset", "paper", "--dataset", "mnist"], "--k and --scale"),
         (["evaluate", "{tmp}/nothing"], "no synthetic set"),
+        (["distill", "--no-clamp", "--max-norm", "5"], "contradict"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, args, match):
@@ -99,3 +100,12 @@ def test_evaluate_rejects_wrong_dataset(tmp_path, capsys, tiny_fmnist_root):
     torch.save({"data": [[torch.zeros(2, 3, 32, 32), torch.tensor([0, 1])]]}, tmp_path / "s.pt")
     assert main(["evaluate", str(tmp_path / "s.pt"), "--dataset", "fashion-mnist", "--data-root", str(tiny_fmnist_root), "--epochs", "1", "--runs", "1"]) == 2
     assert "--dataset" in capsys.readouterr().err
+
+
+def test_no_clamp_reaches_the_run(tmp_path, tiny_fmnist_root):
+    run = tmp_path / "run"
+    assert main(["--log-level", "WARNING", "distill", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "1",
+                 "--batch-real", "4", "--eval-runs", "0", "--no-clamp", "--k", "2", "--out", str(run), "--no-progress"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["max_norm"] is None and cfg["k"] == 2 and "--no-clamp" in cfg["sources"]["max_norm"]
+    assert "max_norm=None" in cfg["matcher_repr"]

@@ -141,20 +141,16 @@ def _distill(a: argparse.Namespace) -> int:
                      "eval_every", "eval_epochs", "eval_runs", "eval_archs", "checkpoint_every", "prune_keep", "prune_score",
                      "partition", "ce_weight", "net_num", "model_train_steps", "net_batch")
     }
-    if a.no_clamp:
-        overrides["max_norm"] = None
-        max_norm_set = True
-    else:
-        overrides["max_norm"] = a.max_norm
-        max_norm_set = a.max_norm is not None
+    if a.no_clamp and a.max_norm is not None:
+        raise ValueError("--no-clamp and --max-norm contradict each other; pass one of them.")
+    overrides["max_norm"] = a.max_norm  # None means "not given" to resolve(); --no-clamp is applied below
     if overrides["dsa_strategy"] == "none":
         overrides["dsa_strategy"] = ""
     overrides.update(seed=a.seed, device=a.device, data_root=a.data_root, download=a.download)
-    none_ok = {"max_norm": None} if (a.no_clamp and max_norm_set) else {}
     cfg = resolve(preset=a.preset, method=a.method, matcher=a.matcher, dataset=a.dataset, ipc=a.ipc, overrides=overrides)
-    if none_ok:
+    if a.no_clamp:
         cfg.max_norm = None
-        cfg.sources["max_norm"] = "command line: --no-clamp"
+        cfg.sources["max_norm"] = "command line: --no-clamp (exact exp-map; not the method as published)"
     loop_cls = get_loop(cfg.method)
     out = a.out or f"runs/{cfg.method}-{cfg.matcher}-{cfg.dataset}-ipc{cfg.ipc}-seed{cfg.seed}"
     real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
