@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
@@ -96,8 +97,13 @@ class FeatureBank:
 
     @property
     def features(self) -> Tensor:
+        """``[E, N, D]`` features (a zero-copy view of a memmap bank: read it, do not write to it)."""
         f = self._features
-        return torch.from_numpy(np.asarray(f)) if isinstance(f, np.ndarray) else f
+        if not isinstance(f, np.ndarray):
+            return f
+        with warnings.catch_warnings():  # a read-only memmap: torch warns that writes would be undefined
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.asarray(f))
 
     @classmethod
     def build(
