@@ -198,32 +198,20 @@ def _evaluate(a: argparse.Namespace) -> int:
 
 
 def _prune(a: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
+    import io
 
-    from ..pruning import FeatureBank
+    import numpy as np
+
     from .artifacts import atomic_write_bytes, write_json
     from .data import load_dataset
-    from .evaluate import derive_seed
-    from .models import get_network
+    from .prune import prune_indices
 
     real = load_dataset(a.dataset, a.data_root, download=a.download)
     info = real.info
-    nets = []
-    for t in range(a.nets):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(a.seed, t, 606))
-            nets.append(get_network("ConvNet", info.channels, info.num_classes, info.im_size).to(a.device).train())
-
-    def batches():
-        for i in range(0, real.train_labels.numel(), 1024):
-            yield real.train_images[i : i + 1024], real.train_labels[i : i + 1024]
-
-    bank = FeatureBank.build(batches(), [n.embed for n in nets], device=a.device)
-    kept = bank.select(a.keep, method=a.score, k=a.k, max_norm=None)
+    # the same scoring networks as `distill --prune-keep` with the same --seed, so both keep the same images
+    kept = prune_indices(real.train_images, real.train_labels, info, keep=a.keep, score=a.score, nets=a.nets, k=a.k,
+                         seed=a.seed, device=a.device)
     out = Path(a.out)
-    import io
-
     buf = io.BytesIO()
     np.save(buf, kept.numpy().astype(np.int64))
     atomic_write_bytes(out.with_suffix(".npy"), buf.getvalue())

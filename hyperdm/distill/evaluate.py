@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 from .augment import dsa
 from .data import DatasetInfo
-from .models import get_network
+from .models import seeded_network
 
-__all__ = ["EvalConfig", "train_and_test", "evaluate_synthetic", "accuracy", "derive_seed"]
+__all__ = ["EvalConfig", "train_and_test", "evaluate_synthetic", "accuracy", "derive_seed", "progress_bar"]
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,7 @@ def train_and_test(
         raise ValueError("the synthetic images contain NaN/inf; evaluate a good checkpoint instead.")
     device = cfg.device
     gen = torch.Generator().manual_seed(derive_seed(seed, 1))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, 2))
-        net = get_network(arch, info.channels, info.num_classes, info.im_size)
-    net = net.to(device)
+    net = seeded_network(arch, info.channels, info.num_classes, info.im_size, seed=derive_seed(seed, 2)).to(device)
     x_all, y_all = images.detach().to(device), labels.detach().to(device)
     lr = cfg.lr
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -97,7 +94,7 @@ def train_and_test(
     t0 = time.perf_counter()
     loss_sum, seen, correct = 0.0, 0, 0
     passes = cfg.epochs + 1 if cfg.epochs > 0 else 0  # the reference runs range(Epoch + 1)
-    bar = _bar(passes, f"eval {arch}", progress)
+    bar = progress_bar(passes, f"eval {arch}", progress, leave=False)
     for ep in range(passes):
         net.train()
         loss_sum, seen, correct = 0.0, 0, 0
@@ -169,11 +166,12 @@ def evaluate_synthetic(
     return out
 
 
-def _bar(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool, *, initial: int = 0, leave: bool = True):
+    """A tqdm bar with ETA, or None when disabled or tqdm (part of the [distill] extra) is missing."""
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
-    except ImportError:  # tqdm is part of the [distill] extra; run without bars otherwise
+    except ImportError:
         return None
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, leave=leave, dynamic_ncols=True)

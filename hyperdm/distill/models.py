@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvNet", "AlexNet", "VGG11", "ResNet18", "ARCHITECTURES", "get_network"]
+__all__ = ["ConvNet", "AlexNet", "VGG11", "ResNet18", "ARCHITECTURES", "get_network", "seeded_network"]
 
 logger = logging.getLogger(__name__)
 
@@ -274,3 +274,11 @@ def get_network(name: str, channels: int, num_classes: int, im_size: tuple[int, 
     net = cls(channels, num_classes, im_size, **{**kwargs, **forced})
     logger.debug("built %s for %dx%dx%d, %d classes (embed_dim %d)", name, channels, *im_size, num_classes, net.embed_dim)
     return net
+
+
+def seeded_network(name: str, channels: int, num_classes: int, im_size: tuple[int, int], *, seed: int, **kwargs: Any) -> nn.Module:
+    """:func:`get_network` initialised from ``torch.manual_seed(seed)`` on the CPU, without touching the
+    caller's global RNG state; the same seed gives the same weights on every device."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_network(name, channels, num_classes, im_size, **kwargs)

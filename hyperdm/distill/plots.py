@@ -14,7 +14,7 @@ from ..lorentz import centroid, expmap0, to_poincare
 from .artifacts import atomic_write_bytes
 from .data import RealData
 from .evaluate import derive_seed
-from .models import get_network
+from .models import seeded_network
 
 __all__ = ["poincare_coordinates", "plot_poincare", "plot_loss"]
 
@@ -64,9 +64,7 @@ def plot_poincare(
     import matplotlib.pyplot as plt
 
     info = real.info
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, 505))
-        net = get_network(model, info.channels, info.num_classes, info.im_size).eval()
+    net = seeded_network(model, info.channels, info.num_classes, info.im_size, seed=derive_seed(seed, 505)).eval()
     gen = torch.Generator().manual_seed(derive_seed(seed, 506))
     groups, kinds = [], []
     shown = list(range(min(classes, info.num_classes)))

@@ -30,8 +30,9 @@ from ...matchers import HyperbolicMatcher, MMDMatcher
 from ..artifacts import RunDir, storage_sizes, write_json
 from ..augment import dsa
 from ..data import RealData
-from ..evaluate import EvalConfig, derive_seed, evaluate_synthetic
-from ..models import get_network
+from ..evaluate import EvalConfig, derive_seed, evaluate_synthetic, progress_bar
+from ..models import seeded_network
+from ..prune import prune_indices
 from ..presets import DistillConfig, validate
 from ..synset import expand, pack
 
@@ -82,6 +83,7 @@ class DistillLoop:
         self.matcher = (matcher if matcher is not None else build_matcher(cfg)).to(self.device)
         self.match_dtype = torch.float64 if cfg.match_dtype == "float64" else torch.float32
         self.train_images = real.train_images.to(self.device)
+        self.train_labels = real.train_labels.to(self.device)
         self.class_indices: list[Tensor] = [i.to(self.device) for i in real.indices_by_class()]
         smallest = min(int(i.numel()) for i in self.class_indices)
         self.partition = int(cfg.partition)
@@ -102,10 +104,9 @@ class DistillLoop:
     def fresh_network(self, it: int, *, tag: int = 0, model: Optional[str] = None, trainable: bool = False) -> nn.Module:
         """A randomly initialised network for iteration ``it`` (seeded by ``(seed, it, tag)``), in train
         mode on the run's device; its parameters are frozen unless ``trainable``."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.cfg.seed, it, 101, tag))
-            info = self.real.info
-            net = get_network(model or self.cfg.model, info.channels, info.num_classes, info.im_size)
+        info = self.real.info
+        net = seeded_network(model or self.cfg.model, info.channels, info.num_classes, info.im_size,
+                             seed=derive_seed(self.cfg.seed, it, 101, tag))
         net = net.to(self.device).train()
         for p in net.parameters():
             p.requires_grad_(trainable)
@@ -125,7 +126,7 @@ class DistillLoop:
         """``n`` random real images of any class (from the possibly pruned pool), with labels."""
         pool = torch.cat(self.class_indices)
         pick = pool[torch.randperm(pool.numel(), generator=gen)[:n].to(pool.device)]
-        return self.train_images[pick], self.real.train_labels.to(self.device)[pick]
+        return self.train_images[pick], self.train_labels[pick]
 
     def syn_class(self, c: int) -> Tensor:
         assert self.syn is not None
@@ -203,21 +204,11 @@ class DistillLoop:
         self.optimizer = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
 
     def _prune(self) -> None:
-        """Keep ``prune_keep`` of each class, ranked by hyperbolic radius over random ConvNets (paper Sec. 4.3)."""
-        from ...pruning import FeatureBank
-
+        """Keep ``prune_keep`` of each class, ranked by hyperbolic radius over random networks (paper Sec. 4.3)."""
         cfg = self.cfg
-        nets = [self.fresh_network(-1, tag=t) for t in range(cfg.prune_nets)]
         labels = self.real.train_labels
-        batch = 1024
-
-        def batches():
-            for i in range(0, labels.numel(), batch):
-                yield self.train_images[i : i + batch], labels[i : i + batch]
-
-        bank = FeatureBank.build(batches(), [n.embed for n in nets])
-        # Radius ranking uses the exact exp-map: with the clamp every point sits at the same radius.
-        kept = bank.select(cfg.prune_keep, method=cfg.prune_score, k=cfg.k, max_norm=None)
+        kept = prune_indices(self.train_images, labels, self.real.info, keep=cfg.prune_keep, score=cfg.prune_score,
+                             nets=cfg.prune_nets, k=cfg.k, model=cfg.model, seed=cfg.seed)
         self.kept = kept.cpu()
         self._apply_kept()
         log.info("pruning: kept %d of %d real images (%.0f%% per class, score %s over %d random %s)",
@@ -332,7 +323,7 @@ class DistillLoop:
             eval_its = cfg.eval_iterations() if cfg.eval_runs > 0 and cfg.eval_epochs > 0 else []
             done = {e["iteration"] for e in self.metrics["evals"]}
             per_it = self.images_per_iteration()
-            bar = _bar(cfg.iterations, start, f"{cfg.method}+{cfg.matcher}", self.progress)
+            bar = progress_bar(cfg.iterations, f"{cfg.method}+{cfg.matcher}", self.progress, initial=start)
             it = start
             last_good = start
             t_distill = 0.0
@@ -419,12 +410,3 @@ class DistillLoop:
         log.info("artifacts in %s", rd.path)
         return final
 
-
-def _bar(total: int, start: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True)

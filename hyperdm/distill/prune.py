@@ -1,0 +1,52 @@
+"""Hierarchical pruning of a real training set (paper Sec. 4.3), shared by ``distill --prune-keep`` and ``hyperdm prune``."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from ..pruning import FeatureBank
+from .data import DatasetInfo
+from .evaluate import derive_seed
+from .models import seeded_network
+
+__all__ = ["prune_indices", "pruning_network_seed"]
+
+
+def pruning_network_seed(seed: int, t: int) -> int:
+    """Seed of the ``t``-th random scoring network of a run with ``seed``."""
+    return derive_seed(seed, -1, 101, t)
+
+
+def prune_indices(
+    images: Tensor,
+    labels: Tensor,
+    info: DatasetInfo,
+    *,
+    keep: float,
+    score: str = "radius",
+    nets: int = 3,
+    k: float = 1.0,
+    model: str = "ConvNet",
+    seed: int = 0,
+    device: Optional[Union[str, torch.device]] = None,
+    batch: int = 1024,
+) -> Tensor:
+    """Indices (ascending) of the ``keep`` fraction of each class closest to the root.
+
+    Scores are averaged over ``nets`` random ``model`` networks (train mode, as during distillation).
+    The radius uses the exact exp-map: with the clamp every point would sit at the same radius.
+    """
+    extractors = []
+    for t in range(nets):
+        net = seeded_network(model, info.channels, info.num_classes, info.im_size, seed=pruning_network_seed(seed, t))
+        extractors.append(net.to(device if device is not None else images.device).train().embed)
+
+    def batches():
+        for i in range(0, labels.numel(), batch):
+            yield images[i : i + batch], labels[i : i + batch]
+
+    bank = FeatureBank.build(batches(), extractors, device=device)
+    return bank.select(keep, method=score, k=k, max_norm=None)
