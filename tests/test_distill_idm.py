@@ -106,3 +106,12 @@ def test_idm_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_fmnis
 def test_idm_bad_ipc_counts_the_partition(tmp_path):
     with pytest.raises(ValueError, match="needs 44 real images per class"):
         IDMLoop(idm_cfg(ipc=11), small(FMNIST), str(tmp_path), progress=False)
+
+
+@needs_fmnist
+def test_resume_refuses_changed_idm_settings(tmp_path):
+    IDMLoop(idm_cfg(iterations=2, eval_runs=0), small(FMNIST), str(tmp_path), progress=False).run()
+    with pytest.raises(ValueError, match="different settings.*net_num"):
+        IDMLoop(idm_cfg(iterations=2, eval_runs=0, net_num=5), small(FMNIST), str(tmp_path), progress=False).run(resume=True)
+    # evaluation settings may change
+    IDMLoop(idm_cfg(iterations=2, eval_runs=1, eval_epochs=1), small(FMNIST), str(tmp_path), progress=False).run(resume=True)

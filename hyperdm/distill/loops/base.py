@@ -14,6 +14,7 @@ bit-identical synthetic images.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import platform
@@ -41,6 +42,9 @@ __all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "per_sample_net
 log = logging.getLogger(__name__)
 
 _CHECKPOINT_FORMAT = 1
+# settings that do not change what the images become; every other DistillConfig field must match on --resume
+_MAY_CHANGE_ON_RESUME = frozenset({"preset", "eval_every", "eval_epochs", "eval_runs", "eval_archs", "eval_lr", "eval_batch",
+                                   "checkpoint_every", "device", "data_root", "download", "sources"})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -244,11 +248,8 @@ class DistillLoop:
 
     def _resume(self, state: dict[str, Any]) -> int:
         old = DistillConfig.from_dict(state["config"])
-        changed = [
-            f for f in ("method", "matcher", "dataset", "ipc", "iterations", "batch_real", "lr_img", "momentum_img", "k", "scale",
-                        "max_norm", "match_dtype", "model", "dsa_strategy", "seed", "prune_keep", "init")
-            if getattr(old, f) != getattr(self.cfg, f)
-        ]
+        changed = [f.name for f in dataclasses.fields(DistillConfig)
+                   if f.name not in _MAY_CHANGE_ON_RESUME and getattr(old, f.name) != getattr(self.cfg, f.name)]
         if changed:
             raise ValueError(
                 f"--resume: the checkpoint in {self.run_dir.path} was made with different settings ({', '.join(changed)}); "
@@ -335,6 +336,7 @@ class DistillLoop:
                         done.add(it)
                         self._write_metrics(final=False)
                         self._checkpoint(it)
+                        last_good = it
                     if it >= cfg.iterations:
                         break
                     t0 = time.perf_counter()
