@@ -67,6 +67,9 @@ def test_evaluate_expands_an_idm_set(tmp_path, tiny_fmnist_root, capsys, caplog)
                  "--eval-runs", "0", "--out", str(run), "--no-progress"]) == 0
     assert main(["--log-level", "INFO", "evaluate", str(run), *data, "--epochs", "1", "--runs", "1", "--no-progress"]) == 0
     assert "expanded the 2x2-partitioned set to 40 training images" in caplog.text
+    caplog.clear()
+    assert main(["--log-level", "INFO", "plot", str(run), *data]) == 0  # the disk shows the expanded images too
+    assert "expanded the 2x2-partitioned set to 40 training images" in caplog.text
 
 
 IDM_ARGS = ["distill", "--method", "idm", "--matcher", "hyperbolic", "--ipc", "1", "--iterations", "16", "--batch-real", "4",

@@ -180,12 +180,7 @@ def _evaluate(a: argparse.Namespace) -> int:
                          f"{(real.info.channels, *real.info.im_size)}; pass the right --dataset.")
     if meta.get("normalised") is False:
         raise ValueError("this synthetic set is stored in pixel scale; hyperdm evaluates normalised images.")
-    partition = int(meta.get("partition", 1))
-    if partition > 1:
-        from .synset import expand
-
-        images, labels = expand(images, labels, partition)
-        log.info("expanded the %dx%d-partitioned set to %d training images", partition, partition, images.shape[0])
+    images, labels = _as_training_set(images, labels, meta)
     cfg = EvalConfig(epochs=a.epochs, runs=a.runs, archs=tuple(a.arch), seed=a.seed, device=a.device,
                      dsa_strategy="" if a.dsa == "none" else a.dsa)
     res = evaluate_synthetic(images, labels, real.test_images, real.test_labels, real.info, cfg, progress=not a.no_progress)
@@ -195,6 +190,17 @@ def _evaluate(a: argparse.Namespace) -> int:
         write_json(a.out, {"path": str(a.path), "dataset": real.info.name, "eval": {
             "epochs": a.epochs, "runs": a.runs, "seed": a.seed}, "results": res})
     return 0
+
+
+def _as_training_set(images: Any, labels: Any, meta: dict[str, Any]) -> tuple[Any, Any]:
+    """Expand a partitioned set (``partition`` in its .pt) into the images it trains on."""
+    from .synset import expand
+
+    partition = int(meta.get("partition", 1))
+    if partition > 1:
+        images, labels = expand(images, labels, partition)
+        log.info("expanded the %dx%d-partitioned set to %d training images", partition, partition, images.shape[0])
+    return images, labels
 
 
 def _prune(a: argparse.Namespace) -> int:
@@ -231,7 +237,8 @@ def _plot(a: argparse.Namespace) -> int:
     cfg = meta.get("config") or {}
     real = load_dataset(cfg.get("dataset") or meta["dataset"], a.data_root or cfg.get("data_root"), download=a.download)
     rd.save_grid(real.denormalise(images), nrow=int(cfg.get("ipc") or meta.get("ipc") or 10))
-    plot_poincare(real, images, labels, rd.poincare, k=float(cfg.get("k", 1.0)), max_norm=cfg.get("max_norm", 10.0),
+    shown, shown_labels = _as_training_set(images, labels, meta)
+    plot_poincare(real, shown, shown_labels, rd.poincare, k=float(cfg.get("k", 1.0)), max_norm=cfg.get("max_norm", 10.0),
                   model=cfg.get("model", "ConvNet"), seed=int(cfg.get("seed", 0)))
     if rd.metrics.exists():
         plot_loss(read_json(rd.metrics), rd.path / "loss.png")

@@ -401,7 +401,8 @@ class DistillLoop:
         try:
             from ..plots import plot_poincare
 
-            plot_poincare(self.real, images, self.syn_labels.cpu(), rd.poincare, k=self.cfg.k, max_norm=self.cfg.max_norm,
+            shown, shown_labels = self.training_set()  # the images the matcher saw (expanded when partitioned)
+            plot_poincare(self.real, shown.cpu(), shown_labels.cpu(), rd.poincare, k=self.cfg.k, max_norm=self.cfg.max_norm,
                           model=self.cfg.model, seed=self.cfg.seed)
         except ImportError as e:  # matplotlib is in the [distill] extra
             log.warning("poincare.png skipped: %s (pip install \".[distill]\")", e)
