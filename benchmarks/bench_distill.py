@@ -1,4 +1,4 @@
-"""DM (or IDM) with the MMD line vs with HDD, side by side in one process, through the toolkit.
+"""DM, IDM or Dance with the MMD line vs with HDD, side by side in one process, through the toolkit.
 
 Runs ``hyperdm.distill`` for each matcher with identical settings and seeds (only the matcher
 line differs), then prints and saves accuracy (final-epoch mean +- std), distillation wall
@@ -6,6 +6,10 @@ time, images per second and the last losses to ``benchmarks/results/<name>.json`
 
     python benchmarks/bench_distill.py --preset cpu --dataset fashion-mnist --ipc 10          # CPU, ~15 min
     python benchmarks/bench_distill.py --preset paper --dataset fashion-mnist --ipc 10 --device cuda
+    python benchmarks/bench_distill.py --method dance --preset cpu --dataset fashion-mnist --ipc 10
+
+Dance: the experts are trained once (timed on their own, in a fresh cache under --work) and
+both matchers use the same experts.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", default="dm", choices=["dm", "idm"])
+    ap.add_argument("--method", default="dm", choices=["dm", "idm", "dance"])
     ap.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--ipc", type=int, default=10)
@@ -45,11 +49,29 @@ def main() -> None:
     prefix = "distill" if a.method == "dm" else f"distill_{a.method}"
     name = a.name or f"{prefix}_{a.preset}_{a.dataset}_ipc{a.ipc}_{a.device.split(':')[0]}"
     rows = []
+    experts = None
+    if a.method == "dance":  # train the shared experts once, timed on their own
+        from hyperdm.distill.data import load_dataset
+        from hyperdm.distill.experts import load_or_train_experts
+        from hyperdm.distill.loops.dance import expert_config
+
+        cache = Path(a.work) / "experts"
+        shutil.rmtree(cache, ignore_errors=True)
+        cfg = resolve(preset=a.preset, method="dance", matcher="mmd", dataset=a.dataset, ipc=a.ipc,
+                      overrides={"device": a.device, "data_root": a.data_root})
+        real = load_dataset(cfg.dataset, cfg.data_root)
+        t0 = time.perf_counter()
+        ex, where = load_or_train_experts(real.train_images, real.train_labels, real.info, expert_config(cfg), root=cache,
+                                          device=a.device, progress=False)
+        experts = {"count": len(ex), "epochs": cfg.expert_epochs, "per_class": cfg.expert_per_class,
+                   "train_acc_last_epoch": [e.train_acc for e in ex], "seconds": time.perf_counter() - t0}
+        print(f"experts: {len(ex)} x {cfg.expert_epochs} epochs in {experts['seconds']:.1f} s", flush=True)
     for seed in a.seeds:
         for matcher in ("mmd", "hyperbolic"):
             cfg = resolve(preset=a.preset, method=a.method, matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides={
                 "iterations": a.iterations, "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs,
-                "device": a.device, "seed": seed, "data_root": a.data_root})
+                "device": a.device, "seed": seed, "data_root": a.data_root,
+                "expert_dir": str(Path(a.work) / "experts") if a.method == "dance" else None})
             out = Path(a.work) / f"{a.method}-{matcher}-seed{seed}"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
@@ -65,6 +87,8 @@ def main() -> None:
                 "evals": m["evals"], "distill_seconds": m["distill_seconds"], "images_per_second": m["images_per_second"],
                 "wall_seconds_with_eval": wall, "loss_per_class_first": m["loss_per_class"][:3],
                 "loss_per_class_last": m["loss_per_class"][-3:], "storage": m.get("storage"),
+                "calibration_loss_first_last": [m["calibration_loss"][0], m["calibration_loss"][-1]]
+                if m.get("calibration_loss") else None,
             }
             rows.append(row)
             acc = f"{100 * row['mean']:.2f} +- {100 * row['std']:.2f} %" if final else "n/a"
@@ -74,7 +98,7 @@ def main() -> None:
         "benchmark": "bench_distill", "method": a.method, "preset": a.preset, "dataset": a.dataset, "ipc": a.ipc, "device": a.device,
         "device_name": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "hyperdm": __version__,
-        "date": time.strftime("%Y-%m-%d"), "rows": rows,
+        "date": time.strftime("%Y-%m-%d"), "experts": experts, "rows": rows,
     }
     (HERE / "results").mkdir(exist_ok=True)
     path = HERE / "results" / f"{name}.json"

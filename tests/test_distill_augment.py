@@ -310,3 +310,41 @@ def test_gradients_flow_without_inplace_errors(siamese: bool) -> None:
 def test_gradcheck(group: str) -> None:
     x = _images(2, c=2, h=5, w=5, dtype=torch.float64).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: dsa(t, group, seed=6), (x,), eps=1e-6, atol=1e-5)
+
+
+# ---- CutMix (Dance's expert training) ----------------------------------------------------------
+
+
+def test_cutmix_box_by_hand():
+    from hyperdm.distill.augment import cutmix_box
+
+    # lam 0.75: sides int(28 * 0.5) = 14, half 7 around the centre, clipped to the image
+    assert cutmix_box(28, 28, 0.75, 10, 20) == (3, 13, 17, 27)
+    assert cutmix_box(28, 28, 0.75, 0, 0) == (0, 0, 7, 7)
+    assert cutmix_box(28, 28, 0.75, 27, 27) == (20, 20, 28, 28)
+    assert cutmix_box(32, 16, 0.0, 16, 8) == (0, 0, 32, 16)  # lam 0: the whole image
+    y1, x1, y2, x2 = cutmix_box(28, 28, 1.0, 5, 9)  # lam 1: an empty box
+    assert (y2 - y1) * (x2 - x1) == 0
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_cutmix_pastes_the_box_of_the_permuted_image(beta):
+    from hyperdm.distill.augment import cutmix
+
+    x = torch.randn(6, 3, 16, 16)
+    before = x.clone()
+    mixed, perm, ratio = cutmix(x, beta=beta, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(x, before)  # the input is not modified
+    assert sorted(perm.tolist()) == list(range(6)) and not torch.equal(perm, torch.arange(6))
+    box = (mixed != x).any(dim=0).any(dim=0)  # [H, W]: pixels changed in some image
+    assert box.any()
+    ys, xs = torch.nonzero(box, as_tuple=True)
+    assert box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()  # one rectangle
+    assert torch.equal(mixed[:, :, box], x[perm][:, :, box]) and torch.equal(mixed[:, :, ~box], x[:, :, ~box])
+    assert ratio == pytest.approx(1 - float(box.float().mean()))
+    again = cutmix(x, beta=beta, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(again[0], mixed) and torch.equal(again[1], perm) and again[2] == ratio
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        cutmix(x, beta=0.0)
+    with pytest.raises(ValueError, match=r"images \[N, C, H, W\]"):
+        cutmix(x[0], beta=1.0)

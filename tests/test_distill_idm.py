@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ from hyperdm.distill.cli import main
 from hyperdm.distill.loops import IDMLoop
 from hyperdm.distill.presets import resolve
 
-from test_distill_loop import FMNIST, _cli, needs_fmnist, small
+from test_distill_loop import FMNIST, kill_and_resume, needs_fmnist, small
 
 
 def idm_cfg(matcher="hyperbolic", **kw):
@@ -81,25 +78,7 @@ IDM_ARGS = ["distill", "--method", "idm", "--matcher", "hyperbolic", "--ipc", "1
 def test_idm_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_fmnist_root):
     data = ["--data-root", str(tiny_fmnist_root)]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    p = _cli([*IDM_ARGS, *data, "--out", str(full)])
-    q = _cli([*IDM_ARGS, *data, "--out", str(killed)])
-    deadline = time.time() + 120
-    while time.time() < deadline and q.poll() is None:
-        ck = killed / "checkpoint.pt"
-        try:
-            if ck.exists() and torch.load(ck, weights_only=False)["iteration"] >= 4:
-                break
-        except Exception:
-            pass
-        time.sleep(0.05)
-    assert q.poll() is None, "the run finished before it could be killed"
-    os.kill(q.pid, signal.SIGKILL)
-    q.wait()
-    r = _cli([*IDM_ARGS, *data, "--out", str(killed), "--resume"])
-    _, err = r.communicate(timeout=300)
-    assert r.returncode == 0, err
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err
+    kill_and_resume([*IDM_ARGS, *data, "--out", str(full)], [*IDM_ARGS, *data, "--out", str(killed)], killed, at=4)
     assert torch.equal(load_synthetic(full)[0], load_synthetic(killed)[0])
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, killed))
     assert ma["loss"] == mb["loss"] and len(ma["loss"]) == 16

@@ -204,35 +204,40 @@ RESUME_ARGS = ["distill", "--matcher", "hyperbolic", "--ipc", "2", "--iterations
                "--eval-runs", "0", "--checkpoint-every", "3", "--seed", "11", "--no-progress"]
 
 
-@needs_fmnist
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    p = _cli([*RESUME_ARGS, "--out", str(full)])
-    q = _cli([*RESUME_ARGS, "--out", str(killed)])
-    # SIGKILL the second run once it has written a checkpoint past the first one
-    deadline = time.time() + 120
-    while time.time() < deadline:
+def kill_and_resume(full_args, killed_args, killed: Path, *, at: int, timeout: float = 180) -> int:
+    """Start an uninterrupted run and a second one; SIGKILL the second once its checkpoint has reached
+    iteration ``at``, continue it with ``--resume``, and wait for both (each must exit 0). Returns the
+    iteration of the checkpoint the killed run left."""
+    p = _cli(full_args)
+    q = _cli(killed_args)
+    deadline = time.time() + timeout
+    while time.time() < deadline and q.poll() is None:
         ck = killed / "checkpoint.pt"
         if ck.exists():
             try:
-                if torch.load(ck, weights_only=False)["iteration"] >= 6:
+                if torch.load(ck, weights_only=False)["iteration"] >= at:
                     break
             except Exception:  # a reader may race the atomic rename on some filesystems; try again
                 pass
-        if q.poll() is not None:
-            break
         time.sleep(0.05)
     assert q.poll() is None, "the run finished before it could be killed; make it longer"
     os.kill(q.pid, signal.SIGKILL)
     q.wait()
     assert not (killed / "synthetic.pt").exists()
     done = torch.load(killed / "checkpoint.pt", weights_only=False)["iteration"]
+    r = _cli([*killed_args, "--resume"])
+    _, err = r.communicate(timeout=300)
+    assert r.returncode == 0, err
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    return done
+
+
+@needs_fmnist
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    done = kill_and_resume([*RESUME_ARGS, "--out", str(full)], [*RESUME_ARGS, "--out", str(killed)], killed, at=6)
     assert 6 <= done < 30
-    r = _cli([*RESUME_ARGS, "--out", str(killed), "--resume"])
-    out_r, err_r = r.communicate(timeout=300)
-    assert r.returncode == 0, err_r
-    out_p, err_p = p.communicate(timeout=300)
-    assert p.returncode == 0, err_p
     a, b = load_synthetic(full)[0], load_synthetic(killed)[0]
     assert torch.equal(a, b)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, killed))

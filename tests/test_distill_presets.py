@@ -113,3 +113,14 @@ def test_no_paper_row_needs_explicit_k_and_scale():
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         resolve(**kwargs)
+
+
+def test_a_preset_chosen_model_keeps_its_source():
+    c = resolve(preset="paper", method="idm", matcher="hyperbolic", dataset="tinyimagenet", ipc=10)
+    assert c.model == "ConvNetD4" and "depth-4" in c.sources["model"]
+    assert resolve(preset="cpu", dataset="fashion-mnist", ipc=10).sources["model"].startswith("paper: ConvNet-3")
+
+
+def test_unknown_dsa_group_is_reported_when_resolving():
+    with pytest.raises(ValueError, match=r"unknown DSA group\(s\) \['colour'\].*valid groups"):
+        resolve(preset="cpu", dataset="fashion-mnist", ipc=10, overrides={"dsa_strategy": "colour_crop"})

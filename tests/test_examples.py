@@ -47,6 +47,17 @@ def test_idm_hdd_example_runs(tiny_fmnist_root, tmp_path):
     assert "partition 2x2" in out.stdout and re.search(r"iteration 2: ConvNet [0-9.]+ \+- [0-9.]+ %", out.stdout), out.stdout
 
 
+def test_dance_hdd_example_runs(tiny_fmnist_root, tmp_path):
+    out = _run([str(ROOT / "examples" / "dance_hdd.py"), "--ipc", "1", "--iterations", "2", "--eval-epochs", "1",
+                "--experts", "1", "--expert-epochs", "1", "--expert-dir", str(tmp_path / "experts"),
+                "--data-root", str(tiny_fmnist_root), "--out", str(tmp_path / "run")])
+    assert out.returncode == 0, out.stderr
+    assert "1 experts x 1 epochs, multi-formation 2x2" in out.stdout, out.stdout
+    assert re.search(r"experts \(last-epoch training accuracy\): [0-9.]+%", out.stdout), out.stdout
+    assert re.search(r"iteration 2: ConvNet [0-9.]+ \+- [0-9.]+ %", out.stdout), out.stdout
+    assert len(list((tmp_path / "experts").glob("*/expert000.pt"))) == 1
+
+
 def test_reference_patch_is_well_formed():
     """Every hunk's line counts match its header, and the patch swaps both MMD lines of main_DM.py."""
     text = (ROOT / "examples" / "reference_dm.patch").read_bytes().decode()

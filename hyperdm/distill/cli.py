@@ -20,6 +20,7 @@ paper's tables print it in a column headed "K". --scale is the paper's lambda.
 examples:
   hyperdm distill --dataset fashion-mnist --ipc 10 --preset cpu
   hyperdm distill --method dm --matcher mmd --dataset cifar10 --ipc 10 --preset paper --device cuda
+  hyperdm distill --method dance --dataset cifar10 --ipc 10 --preset paper --device cuda
   hyperdm evaluate runs/dm-hyperbolic-fashion-mnist-ipc10-seed0 --epochs 1000 --runs 3 --arch ConvNet AlexNet
 """
 
@@ -77,11 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-runs", type=int, help="fresh networks per evaluation (paper 3; cpu 2; 0 skips evaluation)")
     d.add_argument("--arch", dest="eval_archs", nargs="+", metavar="NAME",
                    help="evaluation architectures: ConvNet AlexNet VGG11 ResNet18 (default ConvNet)")
-    d.add_argument("--partition", type=int, help="idm: each stored image holds a PxP grid of sub-images (IDM: 2)")
+    d.add_argument("--partition", type=int, help="idm, dance: each stored image holds a PxP grid of sub-images (IDM: 2; Dance: --factor 2)")
     d.add_argument("--ce-weight", type=float, help="idm: weight of the accuracy-weighted cross-entropy term (IDM: 0.5 / 0.1)")
     d.add_argument("--net-num", type=int, help="idm: size of the model queue (IDM: 100)")
     d.add_argument("--model-train-steps", type=int, help="idm: SGD steps per fetched queue network per iteration (IDM: 10)")
     d.add_argument("--net-batch", type=int, help="idm: real batch size for training the queue networks (IDM: 256)")
+    d.add_argument("--experts", type=int, help="dance: number of expert networks (Dance: 20)")
+    d.add_argument("--expert-epochs", type=int, help="dance: training epochs of each expert (Dance: 60)")
+    d.add_argument("--expert-per-class", type=int, metavar="N",
+                   help="dance: train the experts on N real images per class (default: all; cpu preset 200)")
+    d.add_argument("--expert-seed", type=int, help="dance: seed of the experts (default 0; shared by runs of any --seed)")
+    d.add_argument("--expert-dir", metavar="DIR",
+                   help="dance: expert cache root (default $HYPERDM_CACHE/experts or ~/.cache/hyperdm/experts)")
+    d.add_argument("--iter-calib", type=int, help="dance: calibration passes per iteration (Dance: 1; 0 disables)")
+    d.add_argument("--match-dsa", metavar="STRATEGY",
+                   help="DSA strategy of the matching step only (default: --dsa; Dance: color_crop_cutout)")
     d.add_argument("--checkpoint-every", type=int, help="write checkpoint.pt every N iterations (atomic)")
     d.add_argument("--prune-keep", type=float, metavar="F",
                    help="hierarchical pruning: keep the fraction F of each class closest to the root (e.g. 0.2)")
@@ -139,13 +150,15 @@ def _distill(a: argparse.Namespace) -> int:
         name: getattr(a, name)
         for name in ("iterations", "batch_real", "lr_img", "k", "scale", "match_dtype", "model", "init", "dsa_strategy",
                      "eval_every", "eval_epochs", "eval_runs", "eval_archs", "checkpoint_every", "prune_keep", "prune_score",
-                     "partition", "ce_weight", "net_num", "model_train_steps", "net_batch")
+                     "partition", "ce_weight", "net_num", "model_train_steps", "net_batch", "experts", "expert_epochs",
+                     "expert_per_class", "expert_seed", "expert_dir", "iter_calib", "match_dsa")
     }
     if a.no_clamp and a.max_norm is not None:
         raise ValueError("--no-clamp and --max-norm contradict each other; pass one of them.")
     overrides["max_norm"] = a.max_norm  # None means "not given" to resolve(); --no-clamp is applied below
-    if overrides["dsa_strategy"] == "none":
-        overrides["dsa_strategy"] = ""
+    for name in ("dsa_strategy", "match_dsa"):
+        if overrides[name] == "none":
+            overrides[name] = ""
     overrides.update(seed=a.seed, device=a.device, data_root=a.data_root, download=a.download)
     cfg = resolve(preset=a.preset, method=a.method, matcher=a.matcher, dataset=a.dataset, ipc=a.ipc, overrides=overrides)
     if a.no_clamp:

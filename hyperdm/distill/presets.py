@@ -77,6 +77,8 @@ class DistillConfig:
     init: str = "real"
     model: str = "ConvNet"
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    match_dsa: Optional[str] = None  # DSA strategy of the matching step; None: dsa_strategy (Dance: color_crop_cutout)
+    match_aug_mode: str = "S"  # "S": one DSA group per call (DC/DM/IDM); "M": every group in order (Dance's DiffAug)
     # IDM (Zhao et al. 2023): model queue, partition-and-expansion, cross-entropy term
     partition: int = 1
     net_num: int = 100
@@ -89,6 +91,15 @@ class DistillConfig:
     lr_net: float = 0.01
     ce_weight: float = 0.0
     acc_window: int = 100
+    # Dance (Zhang et al. 2024): pretrained experts, interpolated encoders, calibration
+    experts: int = 20
+    expert_epochs: int = 60
+    expert_lr: float = 0.01
+    expert_batch: int = 64
+    expert_per_class: Optional[int] = None
+    expert_seed: int = 0
+    expert_dir: Optional[str] = None
+    iter_calib: int = 1
     # the matcher (hyperbolic only)
     k: float = 1.0
     scale: float = 20.0
@@ -191,6 +202,50 @@ _IDM_CPU_LOOP = {
 }
 
 
+_DANCE_SRC = "DANCE reproduce settings"
+_DANCE_COMMON = {  # Hansong-Zhang/DANCE: arguments/arg_condense.py, reproduce_condense.py, pretrain.py, README
+    "partition": (2, "DANCE README: --factor 2 (multi-formation, 2x2)"),
+    "batch_real": (128, "DANCE default --batch_real 128"),
+    "momentum_img": (0.5, "DANCE default --mom_img 0.5"),
+    "match_dsa": ("color_crop_cutout", "DANCE default --aug_type color_crop_cutout"),
+    "match_aug_mode": ("M", "DANCE DiffAug: color, crop and cutout all applied, one draw for the batch"),
+    "iter_calib": (1, "DANCE default --iter_calib 1"),
+    "expert_lr": (0.01, "DANCE pretrain: SGD lr 0.01, momentum 0.9, wd 5e-4, x0.2 at 2/3 and 5/6 of the epochs"),
+    "expert_batch": (64, "DANCE pretrain default --batch_real 64"),
+}
+_DANCE_PAPER_LOOP = {
+    "iterations": (10000, f"{_DANCE_SRC}: --niter 10000 (paper: Dance with HDD 10,000 iterations)"),
+    "experts": (20, f"{_DANCE_SRC}: --pretrain_amount 20"),
+    "expert_epochs": (60, f"{_DANCE_SRC}: --pretrain_epochs 60"),
+    "eval_every": (1000, "hyperdm (Dance evaluates every 500; evaluation does not change the result)"),
+}
+_DANCE_CPU_LOOP = {
+    "iterations": (60, "cpu preset (reduced protocol)"),
+    "batch_real": (64, "cpu preset (reduced protocol)"),
+    "experts": (4, "cpu preset (reduced protocol): few experts"),
+    "expert_epochs": (4, "cpu preset (reduced protocol): short-trained experts"),
+    "expert_per_class": (200, "cpu preset (reduced protocol): experts see 200 images per class"),
+    "eval_epochs": (150, "cpu preset (reduced protocol)"),
+}
+
+
+def _dance_lr_img(dataset: str, ipc: int) -> tuple[float, str]:
+    """DANCE's --lr_img rule (in pixel units: Dance optimises images in [0, 1])."""
+    if dataset in ("imagewoof", "imagenette"):
+        return round(0.1 * ipc, 10), f"{_DANCE_SRC}: lr_img 0.1 x ipc for ImageNet subsets (pixel units)"
+    return round(0.01 * ipc, 10), f"{_DANCE_SRC}: lr_img 0.01 x ipc (pixel units)"
+
+
+def _dance_specifics(dataset: str) -> dict[str, tuple[Any, str]]:
+    if dataset in ("imagewoof", "imagenette"):
+        return {"model": ("ConvNetD5", f"{_DANCE_SRC}: depth-5 ConvNet for ImageNet subsets"),
+                "experts": (5, f"{_DANCE_SRC}: --pretrain_amount 5 for ImageNet subsets"),
+                "expert_epochs": (80, f"{_DANCE_SRC}: --pretrain_epochs 80 for ImageNet subsets")}
+    if dataset == "tinyimagenet":
+        return {"model": ("ConvNetD4", "DM / IDM: depth-4 ConvNet for 64x64 images")}
+    return {}
+
+
 def _idm_specifics(dataset: str, ipc: int) -> dict[str, tuple[Any, str]]:
     """command.txt settings that depend on dataset and IPC (Fashion-MNIST / SVHN follow the CIFAR-10 lines)."""
     out: dict[str, tuple[Any, str]] = {"ce_weight": (0.5 if ipc < 50 else 0.1, f"{_IDM_SRC}: --ce_weight (CIFAR-10 IPC {ipc})")}
@@ -244,17 +299,44 @@ def resolve(
         table.update(_IDM_COMMON)
         table.update(_IDM_PAPER_LOOP if preset == "paper" else _IDM_CPU_LOOP)
         table.update(_idm_specifics(dataset, ipc) if preset == "paper" else {"ce_weight": _idm_specifics(dataset, ipc)["ce_weight"]})
+    if method == "dance":
+        table.update(_DANCE_COMMON)
+        table.update(_DANCE_PAPER_LOOP if preset == "paper" else _DANCE_CPU_LOOP)
+        if preset == "paper":
+            table.update(_dance_specifics(dataset))
     for name, (value, why) in table.items():
         setattr(cfg, name, value)
         src[name] = why
-    src["init"] = "reference DM: initialise from random real images"
-    src["model"] = "paper: ConvNet-3 (width 128, instance norm)"
-    src["dsa_strategy"] = "reference DM: DSA color_crop_cutout_flip_scale_rotate"
+    # table entries keep their own source (e.g. a deeper ConvNet for larger images)
+    src.setdefault("model", "paper: ConvNet-3 (width 128, instance norm)")
+    if method == "dance":
+        src["init"] = "DANCE --init mix: random real images, f*f of them down-sampled into each stored image"
+        src["dsa_strategy"] = "DANCE --dsa_strategy color_crop_cutout_flip_scale_rotate (evaluation)"
+    else:
+        src["init"] = "reference DM: initialise from random real images"
+        src["dsa_strategy"] = "reference DM: DSA color_crop_cutout_flip_scale_rotate"
+        src["match_dsa"] = "the matching uses dsa_strategy"
+        src["match_aug_mode"] = "reference DM: DSA aug_mode 'S' (one group per call)"
+        for name in ("experts", "expert_epochs", "expert_lr", "expert_batch", "expert_per_class", "expert_seed", "expert_dir",
+                     "iter_calib"):
+            src[name] = "unused (Dance only)"
+    if method != "idm":
+        for name in ("net_num", "net_initial", "net_generate_interval", "train_net_num", "fetch_net_num", "model_train_steps",
+                     "net_batch", "lr_net", "ce_weight", "acc_window"):
+            src[name] = "unused (IDM only)"
     src["eval_lr"] = "reference evaluate_synset: SGD lr 0.01, momentum 0.9, wd 5e-4"
     src["eval_batch"] = "reference evaluate_synset: batch 256"
     src["max_norm"] = "official HDD code: exp-map clamps |v|/sqrt(k) at 10"
+    # the method's own image learning rate (the mmd baseline; hyperbolic rows of Tables 5/6 override it)
+    if method == "idm":
+        cfg.lr_img, src["lr_img"] = 0.2, f"{_IDM_SRC}: --lr_img 0.2"
+    elif method == "dance":
+        cfg.lr_img, src["lr_img"] = _dance_lr_img(dataset, ipc)
+    else:
+        cfg.lr_img, src["lr_img"] = 1.0, "reference DM: lr_img 1"
     row = paper_row(method, dataset, ipc)
     if matcher == "hyperbolic":
+        dm_row = paper_row("dm", dataset, ipc)
         if row is not None:
             cfg.k, cfg.scale, cfg.lr_img = row.k, row.scale, row.lr_img
             for name in ("k", "scale", "lr_img"):
@@ -264,18 +346,16 @@ def resolve(
                 f"the paper gives no HDD row for method={method}, dataset={dataset}, ipc={ipc}; "
                 "pass --k and --scale (and --lr-img) explicitly, or use --preset cpu."
             )
+        elif method == "dance" and dm_row is not None:  # e.g. Fashion-MNIST: no Dance row; keep Dance's lr_img
+            cfg.k, cfg.scale = dm_row.k, dm_row.scale
+            src["k"] = src["scale"] = f"paper Table 5 (dm, {dataset}, ipc {ipc}): the paper has no Dance row for {dataset}"
         else:
             src["k"] = src["scale"] = "official DM-HDD code (k = 1, lambda = 20); no paper row"
-            src["lr_img"] = "reference DM: lr_img 1"
+            if method == "dm":
+                src["lr_img"] = "reference DM: lr_img 1"
         cfg.match_dtype = "float64"
         src["match_dtype"] = "official HDD code: matching in float64"
     else:
-        if method == "idm":
-            cfg.lr_img = 0.2
-            src["lr_img"] = f"{_IDM_SRC}: --lr_img 0.2"
-        else:
-            cfg.lr_img = 1.0
-            src["lr_img"] = "reference DM: lr_img 1"
         cfg.match_dtype = "float32"
         src["match_dtype"] = "reference DM: the MMD line in float32"
         for name in ("k", "scale", "max_norm"):
@@ -319,4 +399,16 @@ def validate(cfg: DistillConfig) -> None:
          "net_num, net_initial and net_generate_interval must be >= 1.")
     need(cfg.train_net_num >= 1 and cfg.fetch_net_num >= 0 and cfg.model_train_steps >= 0 and cfg.net_batch >= 1,
          "train_net_num and net_batch must be >= 1; fetch_net_num and model_train_steps >= 0.")
+    from .augment import parse_strategy  # raises ValueError naming the valid groups
+
+    parse_strategy(cfg.dsa_strategy)
+    if cfg.match_dsa is not None:
+        parse_strategy(cfg.match_dsa)
+    need(cfg.match_aug_mode in ("S", "M"), f"match_aug_mode must be 'S' (one DSA group) or 'M' (all groups); got {cfg.match_aug_mode!r}.")
+    need(cfg.experts >= 1 and cfg.expert_epochs >= 1 and cfg.expert_batch >= 1,
+         "experts, expert_epochs and expert_batch must be >= 1.")
+    need(cfg.expert_lr > 0, f"expert_lr must be > 0; got {cfg.expert_lr}.")
+    need(cfg.expert_per_class is None or cfg.expert_per_class >= 1,
+         f"expert_per_class must be >= 1 (or None for every training image); got {cfg.expert_per_class}.")
+    need(cfg.iter_calib >= 0, f"iter_calib must be >= 0; got {cfg.iter_calib}.")
     need(cfg.prune_score in ("radius", "centroid"), f"prune_score must be 'radius' or 'centroid'; got {cfg.prune_score!r}.")

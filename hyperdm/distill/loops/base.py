@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ... import __version__
 from ...matchers import HyperbolicMatcher, MMDMatcher
 from ..artifacts import RunDir, storage_sizes, write_json
-from ..augment import dsa
+from ..augment import DSAParams, dsa
 from ..data import RealData
 from ..evaluate import EvalConfig, derive_seed, evaluate_synthetic, progress_bar
 from ..models import seeded_network
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 _CHECKPOINT_FORMAT = 1
 # settings that do not change what the images become; every other DistillConfig field must match on --resume
 _MAY_CHANGE_ON_RESUME = frozenset({"preset", "eval_every", "eval_epochs", "eval_runs", "eval_archs", "eval_lr", "eval_batch",
-                                   "checkpoint_every", "device", "data_root", "download", "sources"})
+                                   "checkpoint_every", "device", "data_root", "download", "expert_dir", "sources"})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -97,6 +97,8 @@ class DistillLoop:
                 f"ipc={cfg.ipc} needs {need} real images per class to initialise from, but the smallest class of "
                 f"{real.info.name} has {smallest} training images; use --ipc <= {smallest // (need // cfg.ipc)}."
             )
+        self.match_strategy = cfg.dsa_strategy if cfg.match_dsa is None else cfg.match_dsa
+        self.match_params = DSAParams(aug_mode=cfg.match_aug_mode)
         self.syn_labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(cfg.ipc)
         self.syn: Optional[Tensor] = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
@@ -137,10 +139,9 @@ class DistillLoop:
         return self.syn[c * self.cfg.ipc : (c + 1) * self.cfg.ipc]
 
     def augment(self, x: Tensor, seed: int) -> Tensor:
-        """Siamese DSA: the same ``seed`` gives the same transformation to real and synthetic batches."""
-        if not self.cfg.dsa_strategy:
-            return x
-        return dsa(x, self.cfg.dsa_strategy, seed=seed, siamese=True)
+        """Siamese DSA of the matching step: the same ``seed`` gives the same transformation to real and
+        synthetic batches (``cfg.match_dsa`` or else ``cfg.dsa_strategy``, groups chosen by ``cfg.match_aug_mode``)."""
+        return dsa(x, self.match_strategy, self.match_params, seed=seed, siamese=True)
 
     def match(self, real_feats: Sequence[Tensor], syn_feats: Sequence[Tensor]) -> Tensor:
         """The line DM calls its MMD line: ``matcher(real features, synthetic features)`` over all classes.
@@ -181,6 +182,9 @@ class DistillLoop:
         """The synthetic set as training images (expanded if the method stores partitioned images)."""
         assert self.syn is not None
         return expand(self.syn.detach(), self.syn_labels, self.partition)
+
+    def prepare(self) -> None:
+        """Called once per run (fresh or resumed) before the first iteration; Dance loads its experts here."""
 
     def extra_state(self) -> dict[str, Any]:
         return {}
@@ -321,6 +325,7 @@ class DistillLoop:
                 self._init_synthetic()
                 start = 0
             self.write_config()
+            self.prepare()
             eval_its = cfg.eval_iterations() if cfg.eval_runs > 0 and cfg.eval_epochs > 0 else []
             done = {e["iteration"] for e in self.metrics["evals"]}
             per_it = self.images_per_iteration()
