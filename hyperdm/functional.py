@@ -165,7 +165,8 @@ def _check_k(k: Union[float, Tensor]) -> None:
 
 def _check_scale(scale: float) -> None:
     if not isinstance(scale, (int, float)) or not (scale >= 0) or scale != scale or scale == float("inf"):
-        raise ValueError(f"scale (the paper's lambda) must be a finite number >= 0; got {scale!r}. Typical: 20.")
+        raise ValueError(f"scale (the paper's lambda) must be a finite number >= 0; got {scale!r}. Typical: 20. "
+                         "(scale='auto' is chosen from the first batch and needs HyperbolicMatcher(scale='auto').)")
 
 
 def _check_max_norm(max_norm: Optional[float]) -> None:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Union
 
@@ -19,6 +20,8 @@ from . import functional as F
 
 __all__ = ["HyperbolicMatcher", "MMDMatcher"]
 
+log = logging.getLogger(__name__)
+
 
 class HyperbolicMatcher(nn.Module):
     r"""HDD's matching term: ``scale * d_L(centroid(exp_o(real)), centroid(exp_o(syn)))``.
@@ -28,7 +31,11 @@ class HyperbolicMatcher(nn.Module):
             curvature is ``-1/k``. The paper's tables print this value in a column
             headed "K". Default 1 (official DM-HDD).
         scale: the paper's lambda ("gradient scaling factor"), ``>= 0``. Default 20
-            (official DM-HDD, which hard-codes it).
+            (official DM-HDD, which hard-codes it). ``"auto"``: chosen once, on the first
+            call, as ``MMD / distance`` of that batch (totals over its classes), so the
+            hyperbolic loss starts at the magnitude of the MMD line it replaces (the paper's
+            rule for picking lambda). The chosen value is then fixed: it is ``self.scale``,
+            a buffer in the state dict (a resumed run keeps it), and it is logged.
         max_norm: clamp of ``|v|/sqrt(k)`` inside the exp-map, keeping the direction of
             ``v``; default 10 as in the official code. Random ConvNet features have norms
             of 20+, so with the clamp every point sits at radius ``10 sqrt(k)`` and the
@@ -51,7 +58,7 @@ class HyperbolicMatcher(nn.Module):
     def __init__(
         self,
         k: float = 1.0,
-        scale: float = 20.0,
+        scale: Union[float, str] = 20.0,
         *,
         max_norm: Optional[float] = 10.0,
         hierarchical: bool = False,
@@ -61,10 +68,16 @@ class HyperbolicMatcher(nn.Module):
     ) -> None:
         super().__init__()
         F._check_k(k)
-        F._check_scale(scale)
+        self.auto_scale = isinstance(scale, str) and scale == "auto"
+        if not self.auto_scale:
+            F._check_scale(scale)
         F._check_max_norm(max_norm)
         F._check_reduction(reduction)
-        self.scale = float(scale)
+        #: lambda; None until the first call when ``scale="auto"``
+        self.scale: Optional[float] = None if self.auto_scale else float(scale)
+        if self.auto_scale:
+            self.register_buffer("chosen_scale", torch.tensor(float("nan"), dtype=torch.float64))
+            self.register_load_state_dict_post_hook(_read_chosen_scale)
         self.max_norm = None if max_norm is None else float(max_norm)
         self.hierarchical = bool(hierarchical)
         self.reduction = reduction
@@ -89,6 +102,9 @@ class HyperbolicMatcher(nn.Module):
         syn_labels: Optional[Tensor] = None,
     ) -> Tensor:
         r, rm, s, sm, single = F._group(real, syn, real_labels, syn_labels)
+        if self.scale is None:
+            self._choose_scale(r, rm, s, sm)
+        assert self.scale is not None
         per_class = F._hyperbolic_per_class(
             r, rm, s, sm, k=self.k, scale=self.scale, max_norm=self.max_norm, hierarchical=self.hierarchical
         )
@@ -97,12 +113,38 @@ class HyperbolicMatcher(nn.Module):
             F._finite_or_raise(loss, r, s, "hyperbolic matching")
         return loss
 
+    def _choose_scale(self, r: Tensor, rm: Optional[Tensor], s: Tensor, sm: Optional[Tensor]) -> None:
+        """``scale="auto"``: lambda = total MMD / total centroid distance of this (the first) batch. One host sync."""
+        with torch.no_grad():
+            dist = F._hyperbolic_per_class(r, rm, s, sm, k=self.k, scale=1.0, max_norm=self.max_norm,
+                                           hierarchical=self.hierarchical).sum(dtype=torch.float64)
+            mmd = F._mmd_per_class(r, rm, s, sm).sum(dtype=torch.float64)
+            d, m = float(dist), float(mmd)
+        if not (d > 0 and math.isfinite(d) and math.isfinite(m)):
+            raise ValueError(
+                f"scale='auto' picks lambda from the first batch as MMD / distance, but that batch gives MMD {m:g} and "
+                f"distance {d:g}; call the matcher first with real and synthetic features that differ (or pass a number, e.g. 20)."
+            )
+        self.scale = m / d
+        self.chosen_scale.fill_(self.scale)
+        log.info("HyperbolicMatcher scale='auto': lambda = %.6g (first batch: MMD %.6g / distance %.6g)", self.scale, m, d)
+
     def extra_repr(self) -> str:
         k = f"{float(self.k.detach() if self.learn_k else self.k):g}" + (" (learned)" if self.learn_k else "")
+        if self.auto_scale:
+            scale = "'auto'" + ("" if self.scale is None else f" (chose {self.scale:g})")
+        else:
+            scale = f"{self.scale:g}"
         return (
-            f"k={k}, scale={self.scale:g}, max_norm={self.max_norm}, hierarchical={self.hierarchical}, "
+            f"k={k}, scale={scale}, max_norm={self.max_norm}, hierarchical={self.hierarchical}, "
             f"reduction={self.reduction!r}"
         )
+
+
+def _read_chosen_scale(module: nn.Module, incompatible_keys: object) -> None:
+    """After ``load_state_dict``: take lambda from the loaded buffer (NaN: not chosen yet)."""
+    value = float(module.chosen_scale)
+    module.scale = value if math.isfinite(value) else None
 
 
 class MMDMatcher(nn.Module):

@@ -43,7 +43,8 @@ def test_python_dash_m_entry_point():
         (["distill", "--dataset", "imagenet-21k"], "unknown dataset|imagenet-21k"),
         (["distill", "--dataset", "mnist", "--data-root", "{tmp}"], "{tmp}"),
         (["distill", "--ipc", "0"], "positive integer"),
-        (["distill", "--method", "dance"], "not implemented yet"),
+        (["distill", "--method", "dance", "--experts", "0"], "experts, expert_epochs and expert_batch must be >= 1"),
+        (["distill", "--method", "dance", "--match-dsa", "color_blur"], "unknown DSA group"),
         (["distill", "--preset", "paper", "--dataset", "mnist"], "--k and --scale"),
         (["evaluate", "{tmp}/nothing"], "no synthetic set"),
         (["distill", "--no-clamp", "--max-norm", "5"], "contradict"),
@@ -109,3 +110,11 @@ def test_no_clamp_reaches_the_run(tmp_path, tiny_fmnist_root):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["max_norm"] is None and cfg["k"] == 2 and "--no-clamp" in cfg["sources"]["max_norm"]
     assert "max_norm=None" in cfg["matcher_repr"]
+
+
+def test_scale_takes_a_number_or_auto(capsys):
+    assert build_parser().parse_args(["distill", "--scale", "auto"]).scale == "auto"
+    assert build_parser().parse_args(["distill", "--scale", "12.5"]).scale == 12.5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["distill", "--scale", "big"])
+    assert "expected a number or 'auto', got 'big'" in capsys.readouterr().err

@@ -178,11 +178,9 @@ def test_prune_keep_restricts_the_real_pool(tmp_path):
     assert torch.equal(st["kept"], loop.kept)
 
 
-def test_dance_says_not_yet():
-    with pytest.raises(NotImplementedError, match="--method dm or idm"):
-        get_loop("dance")
-    assert get_loop("idm").method == "idm"
-    with pytest.raises(ValueError, match="unknown method"):
+def test_get_loop_names_every_method():
+    assert [get_loop(m).method for m in ("dm", "idm", "dance")] == ["dm", "idm", "dance"]
+    with pytest.raises(ValueError, match="unknown method 'gm'; choose one of dm, idm, dance"):
         get_loop("gm")
 
 
@@ -242,3 +240,18 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert torch.equal(a, b)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, killed))
     assert ma["loss"] == mb["loss"] and len(ma["loss"]) == 30
+
+
+@needs_fmnist
+def test_scale_auto_starts_at_the_mmd_line_and_is_kept_by_the_checkpoint(tmp_path):
+    real = small(FMNIST)
+    hdd = DMLoop(tiny_cfg(scale="auto", iterations=2, eval_runs=0), real, str(tmp_path / "hdd"), progress=False)
+    m = hdd.run()
+    lam = m["matcher_scale"]
+    assert lam > 0 and json.loads((tmp_path / "hdd" / "config.json").read_text())["scale"] == "auto"
+    # same network, batch, augmentation and images in iteration 0: the hyperbolic loss equals DM's MMD line
+    mmd = DMLoop(tiny_cfg("mmd", iterations=1, eval_runs=0), real, str(tmp_path / "mmd"), progress=False).run()
+    assert m["loss"][0] == pytest.approx(mmd["loss"][0], rel=1e-5)
+    again = DMLoop(tiny_cfg(scale="auto", iterations=2, eval_runs=0), real, str(tmp_path / "again"), progress=False)
+    again._resume(torch.load(tmp_path / "hdd" / "checkpoint.pt", weights_only=False))
+    assert again.matcher.scale == lam  # restored, not chosen again from another batch

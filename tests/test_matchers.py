@@ -327,3 +327,59 @@ def test_check_finite_can_be_turned_off():
     real = torch.full((2, 3), float("nan"))
     out = HyperbolicMatcher(check_finite=False)(real, torch.ones(1, 3))
     assert torch.isnan(out)
+
+
+# ---- scale="auto": lambda from the first batch ---------------------------------------------------
+
+
+def _auto_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    real = torch.randn(3, 40, 16, generator=g, dtype=torch.float64) * 2 + 1
+    syn = torch.randn(3, 5, 16, generator=g, dtype=torch.float64) * 2
+    return real, syn
+
+
+@pytest.mark.parametrize("max_norm", [10.0, None])
+def test_auto_scale_starts_at_the_mmd_line_and_then_stays(max_norm):
+    real, syn = _auto_batch()
+    m = HyperbolicMatcher(k=2.0, scale="auto", max_norm=max_norm)
+    assert m.scale is None and "scale='auto'" in repr(m)
+    loss = m(real, syn)
+    mmd = float(((real.mean(1) - syn.mean(1)) ** 2).sum())  # DM's line, independently
+    assert float(loss) == pytest.approx(mmd, rel=1e-12)
+    dist = float(hyperbolic_matching_loss(real, syn, k=2.0, scale=1.0, max_norm=max_norm))
+    assert m.scale == pytest.approx(mmd / dist, rel=1e-12) and "chose" in repr(m)
+    # later batches use the same lambda; it is a constant for the gradient
+    syn2 = (syn + 0.5).requires_grad_(True)
+    loss2 = m(real, syn2)
+    unscaled = hyperbolic_matching_loss(real, syn2.detach(), k=2.0, scale=1.0, max_norm=max_norm)
+    assert float(loss2.detach()) == pytest.approx(m.scale * float(unscaled), rel=1e-12)
+    (g_auto,) = torch.autograd.grad(loss2, syn2)
+    (g_fixed,) = torch.autograd.grad(hyperbolic_matching_loss(real, syn2, k=2.0, scale=m.scale, max_norm=max_norm), syn2)
+    assert torch.allclose(g_auto, g_fixed, rtol=1e-12, atol=0)
+
+
+def test_auto_scale_survives_a_state_dict_round_trip():
+    real, syn = _auto_batch()
+    m = HyperbolicMatcher(scale="auto")
+    m(real, syn)
+    other = HyperbolicMatcher(scale="auto")
+    other.load_state_dict(m.state_dict())
+    assert other.scale == m.scale
+    real2, syn2 = _auto_batch(1)  # not re-chosen on the next batch
+    assert float(other(real2, syn2)) == pytest.approx(float(m(real2, syn2)), rel=1e-12)
+    fresh = HyperbolicMatcher(scale="auto")
+    fresh.load_state_dict(HyperbolicMatcher(scale="auto").state_dict())
+    assert fresh.scale is None
+    # a fixed-scale matcher's state dict is unchanged (old checkpoints still load)
+    assert "chosen_scale" not in HyperbolicMatcher(scale=20.0).state_dict()
+
+
+def test_auto_scale_bad_inputs():
+    real, _ = _auto_batch()
+    with pytest.raises(ValueError, match="scale='auto' picks lambda from the first batch.*differ"):
+        HyperbolicMatcher(scale="auto")(real, real.clone())
+    with pytest.raises(ValueError, match=r"needs HyperbolicMatcher\(scale='auto'\)"):
+        hyperbolic_matching_loss(real, real[:, :3], scale="auto")
+    with pytest.raises(ValueError, match="must be a finite number >= 0"):
+        HyperbolicMatcher(scale="Auto")

@@ -36,6 +36,15 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the log still reports progress)")
 
 
+def _scale_arg(text: str) -> Any:
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .presets import METHODS, MATCHERS, PRESETS
 
@@ -64,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-real", type=int, help="real images per class per iteration (paper 256; cpu 64)")
     d.add_argument("--lr-img", type=float, help="SGD learning rate of the images (paper table; DM 1)")
     d.add_argument("--k", type=float, help="hyperbolic: geoopt's curvature parameter k > 0 (curvature -1/k)")
-    d.add_argument("--scale", type=float, help="hyperbolic: the paper's lambda, multiplying the geodesic distance")
+    d.add_argument("--scale", type=_scale_arg, metavar="LAMBDA|auto",
+                   help="hyperbolic: the paper's lambda, multiplying the geodesic distance; 'auto': MMD / distance of "
+                        "the first batch, so the loss starts at the MMD line's magnitude")
     d.add_argument("--max-norm", type=float,
                    help="hyperbolic: exp-map clamp of |v|/sqrt(k) (official code: 10); --no-clamp removes it")
     d.add_argument("--no-clamp", action="store_true", help="hyperbolic: exact exp-map (not the method as published)")

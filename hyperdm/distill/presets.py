@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .data import canonical_name
 
@@ -102,7 +102,7 @@ class DistillConfig:
     iter_calib: int = 1
     # the matcher (hyperbolic only)
     k: float = 1.0
-    scale: float = 20.0
+    scale: Union[float, str] = 20.0  # a number, or "auto": MMD / distance of the first batch
     max_norm: Optional[float] = 10.0
     match_dtype: str = "float64"
     # evaluation
@@ -383,7 +383,8 @@ def validate(cfg: DistillConfig) -> None:
     need(cfg.batch_real >= 1, f"batch_real must be >= 1; got {cfg.batch_real}.")
     need(cfg.lr_img > 0, f"lr_img must be > 0; got {cfg.lr_img}.")
     need(cfg.k > 0, f"k (geoopt's curvature parameter, curvature -1/k) must be > 0; got {cfg.k}.")
-    need(cfg.scale >= 0, f"scale (lambda) must be >= 0; got {cfg.scale}.")
+    need(cfg.scale == "auto" or (isinstance(cfg.scale, (int, float)) and cfg.scale >= 0),
+         f"scale (lambda) must be a number >= 0 or 'auto'; got {cfg.scale!r}.")
     need(cfg.max_norm is None or cfg.max_norm > 0, f"max_norm must be > 0 or None; got {cfg.max_norm}.")
     need(cfg.match_dtype in ("float32", "float64"), f"match_dtype must be float32 or float64; got {cfg.match_dtype!r}.")
     need(cfg.eval_epochs >= 0 and cfg.eval_runs >= 0, "eval_epochs and eval_runs must be >= 0.")

@@ -388,6 +388,9 @@ class DistillLoop:
         m["iterations_done"] = len(m["loss"])
         m["loss_per_class"] = [v / self.num_classes for v in m["loss"]]
         m["final"] = final
+        scale = getattr(self.matcher, "scale", None)  # the hyperbolic matcher's lambda (chosen once with scale="auto")
+        if scale is not None:
+            m["matcher_scale"] = float(scale)
         write_json(self.run_dir.metrics, m)
         return m
 
