@@ -1,0 +1,214 @@
+"""One DM iteration: our batched loop vs the reference's per-class loop structure, with HDD and with MMD.
+
+Four variants, the same network, data, images and seeds, differing only in structure or matcher:
+
+* ``batched-<matcher>``: :class:`hyperdm.distill.loops.DMLoop` as shipped: the real images of all
+  classes in one forward (chunked), the synthetic images in another, one matcher call for all classes.
+* ``per-class-<matcher>``: the structure of VICO DM's ``main_DM.py`` and the official HDD code:
+  for each class, one forward of its real batch, one of its synthetic images, one matcher call,
+  losses summed. Built from the same loop's pieces (sampling, siamese DSA, matcher), so only the
+  structure differs; its loss is checked against the batched one.
+
+An iteration = sample + augment + forward + matching loss + backward + SGD step on the images.
+Timings interleave the variants round by round in one process (warm-up first) and report the
+median. Peak memory: CUDA's ``max_memory_allocated`` per variant; on CPU the peak resident set of a
+fresh child process that runs only that variant (a process's peak never goes down, so one process
+cannot measure four; the child loads a small class-balanced subset so that loading peaks below the
+iterations, and reports the peak minus its resident set just before them). Prints and saves ``benchmarks/results/loop_<device>.json``.
+
+    python benchmarks/bench_loop.py --device cpu --ipc 10 --batch-real 256 --rounds 5
+    python benchmarks/bench_loop.py --device cuda --rounds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hyperdm import __version__
+from hyperdm.distill.data import load_dataset
+from hyperdm.distill.evaluate import derive_seed
+from hyperdm.distill.loops import DMLoop
+from hyperdm.distill.presets import resolve
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = ("batched-mmd", "per-class-mmd", "batched-hyperbolic", "per-class-hyperbolic")
+
+
+def split_variant(v: str) -> tuple[str, str]:
+    """``"per-class-mmd"`` -> ``("per-class", "mmd")``."""
+    structure, matcher = v.rsplit("-", 1)
+    return structure, matcher
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def per_class_loss(loop: DMLoop, it: int) -> torch.Tensor:
+    """The reference's structure: one forward per class and one matcher call per class, summed."""
+    net = loop.fresh_network(it)
+    gen = loop.generator(it)
+    loss = torch.zeros((), device=loop.device)
+    for c in range(loop.num_classes):
+        seed = derive_seed(loop.cfg.seed, it, c)
+        real = loop.augment(loop.sample_real(c, loop.cfg.batch_real, gen), seed)
+        syn = loop.augment(loop.syn_class(c), seed)
+        with torch.no_grad():
+            f_real = net.embed(real)
+        f_syn = net.embed(syn)
+        loss = loss + loop.match([f_real], [f_syn])
+    return loss
+
+
+def make_loop(matcher: str, a: argparse.Namespace, real, out: str) -> DMLoop:
+    cfg = resolve(preset="paper", method="dm", matcher=matcher, dataset=a.dataset, ipc=a.ipc,
+                  overrides={"batch_real": a.batch_real, "device": a.device, "seed": a.seed, "eval_runs": 0})
+    loop = DMLoop(cfg, real, out, progress=False)
+    loop._init_synthetic()
+    return loop
+
+
+def one_iteration(loop: DMLoop, structure: str, it: int) -> float:
+    assert loop.optimizer is not None
+    loss = loop.matching_loss(it) if structure == "batched" else per_class_loss(loop, it)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    loop.optimizer.step()
+    return float(loss.detach())
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def rss_bytes() -> int:
+    """Current resident set of this process (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def class_subset(real, per_class: int):
+    """``per_class`` training images of every class (enough for the loop's sampling), no test set."""
+    idx = torch.cat([torch.nonzero(real.train_labels == c).squeeze(1)[:per_class] for c in range(real.info.num_classes)])
+    return dataclasses.replace(real, train_images=real.train_images[idx].clone(), train_labels=real.train_labels[idx].clone(),
+                               test_images=real.test_images[:1].clone(), test_labels=real.test_labels[:1].clone())
+
+
+def child_peak(variant: str, a: argparse.Namespace, data_file: str) -> dict:
+    """Run one variant in a fresh process on a small data file; its peak resident set minus its resident set
+    just before the iterations is what the iterations add (CPU). The small file keeps loading below that peak."""
+    cmd = [sys.executable, __file__, "--peak-of", variant, "--peak-data", data_file, "--device", a.device,
+           "--ipc", str(a.ipc), "--batch-real", str(a.batch_real), "--dataset", a.dataset, "--seed", str(a.seed)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--batch-real", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=5, help="timed iterations per variant (after 2 warm-up rounds)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--peak-of", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--peak-data", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.peak_of:  # child: one variant on the small data file, report what the iterations add to the RSS
+            structure, matcher = split_variant(a.peak_of)
+            real = torch.load(a.peak_data, weights_only=False)
+            loop = make_loop(matcher, a, real, tmp)
+            before = rss_bytes()
+            for it in range(2):
+                one_iteration(loop, structure, it)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            print(json.dumps({"variant": a.peak_of, "peak_rss_bytes": peak, "rss_before_iterations_bytes": before}))
+            return
+        real = load_dataset(a.dataset, a.data_root)
+        loops = {m: make_loop(m, a, real, f"{tmp}/{m}") for m in ("mmd", "hyperbolic")}
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        losses: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        peaks: dict[str, int] = {}
+        for r in range(2 + a.rounds):
+            for v in VARIANTS:
+                structure, matcher = split_variant(v)
+                loop = loops[matcher]
+                images = loop.syn.detach().clone()  # every variant steps from the same images in a round
+                opt_state = loop.optimizer.state_dict()
+                if a.device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                sync(a.device)
+                t0 = time.perf_counter()
+                value = one_iteration(loop, structure, 1000 + r)
+                sync(a.device)
+                dt = time.perf_counter() - t0
+                if a.device.startswith("cuda"):
+                    peaks[v] = max(peaks.get(v, 0), torch.cuda.max_memory_allocated())
+                with torch.no_grad():
+                    loop.syn.copy_(images)
+                loop.optimizer.load_state_dict(opt_state)
+                if r >= 2:
+                    times[v].append(dt)
+                    losses[v].append(value)
+        if not a.device.startswith("cuda"):
+            data_file = f"{tmp}/subset.pt"
+            torch.save(class_subset(real, 2 * a.batch_real), data_file)
+            for v in VARIANTS:
+                c = child_peak(v, a, data_file)
+                peaks[v] = c["peak_rss_bytes"] - c["rss_before_iterations_bytes"]
+    per_it = loops["mmd"].images_per_iteration()
+    rows = {}
+    for v in VARIANTS:
+        med = statistics.median(times[v])
+        rows[v] = {"median_seconds": med, "all_seconds": times[v], "iterations_per_second": 1 / med,
+                   "images_per_second": per_it / med, "peak_memory_bytes": peaks.get(v),
+                   "peak_memory_kind": "cuda max_memory_allocated" if a.device.startswith("cuda")
+                   else "child process: peak RSS minus RSS before the iterations",
+                   "losses": losses[v]}
+    for m in ("mmd", "hyperbolic"):
+        b, p = rows[f"batched-{m}"], rows[f"per-class-{m}"]
+        b["speedup_vs_per_class"] = p["median_seconds"] / b["median_seconds"]
+        b["max_rel_loss_difference_vs_per_class"] = max(abs(x - y) / abs(y) for x, y in zip(b["losses"], p["losses"]))
+    rows["batched-hyperbolic"]["time_vs_batched_mmd"] = (rows["batched-hyperbolic"]["median_seconds"]
+                                                         / rows["batched-mmd"]["median_seconds"])
+    for v, r in rows.items():
+        extra = "".join(f"  {k} {r[k]:.3g}" for k in ("speedup_vs_per_class", "time_vs_batched_mmd", "max_rel_loss_difference_vs_per_class") if k in r)
+        mem = f"{r['peak_memory_bytes'] / 2**20:.0f} MiB" if r["peak_memory_bytes"] else "n/a"
+        print(f"{v:>22}: {r['median_seconds'] * 1000:8.1f} ms/it  {r['images_per_second']:8.0f} img/s  peak {mem}{extra}", flush=True)
+    res = {
+        "benchmark": "bench_loop", "device": a.device, "dataset": a.dataset, "ipc": a.ipc, "batch_real": a.batch_real,
+        "images_per_iteration": per_it, "rounds": a.rounds, "seed": a.seed, "model": loops["mmd"].cfg.model,
+        "k": loops["hyperbolic"].cfg.k, "scale": loops["hyperbolic"].cfg.scale, "match_dtype_hyperbolic": loops["hyperbolic"].cfg.match_dtype,
+        "device_name": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else cpu_model(),
+        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "hyperdm": __version__, "date": time.strftime("%Y-%m-%d"), "rows": rows,
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    path = HERE / "results" / f"loop_{a.device.split(':')[0]}.json"
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
