@@ -14,21 +14,17 @@ random network, real batch and initial set). Prints and saves
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
-import torch
 
-from hyperdm import __version__
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.loops import get_loop
 from hyperdm.distill.presets import paper_row, resolve
 
-HERE = Path(__file__).resolve().parent
+from _results import machine, save
+
 
 
 class _FirstCallDone(Exception):
@@ -80,14 +76,8 @@ def main() -> None:
             rows.append(r)
             print(f"{method:>4} ipc {ipc:>2} k {row.k:g}: paper lambda {row.scale:g}, auto {r['auto_mean']:.2f} +- "
                   f"{r['auto_std']:.2f} over {len(lams)} seeds (auto / paper = {r['ratio_auto_to_paper']:.2f})", flush=True)
-    res = {"benchmark": "auto_scale", "dataset": a.dataset, "seeds": a.seeds, "device": a.device,
-           "device_name": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else platform.processor() or platform.machine(),
-           "torch": torch.__version__, "hyperdm": __version__, "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    (HERE / "results").mkdir(exist_ok=True)
-    path = HERE / "results" / f"auto_scale_{a.dataset}.json"
-    path.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"saved {path}")
-
+    save(f"auto_scale_{a.dataset}", {"benchmark": "auto_scale", "dataset": a.dataset, "seeds": a.seeds, **machine(a.device),
+                                    "rows": rows})
 
 if __name__ == "__main__":
     main()

@@ -15,19 +15,16 @@ both matchers use the same experts.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import platform
 import shutil
 import time
 from pathlib import Path
 
-import torch
 
-from hyperdm import __version__
 from hyperdm.distill import distill, resolve
 
-HERE = Path(__file__).resolve().parent
+from _results import machine, save
+
 
 
 def main() -> None:
@@ -94,17 +91,8 @@ def main() -> None:
             acc = f"{100 * row['mean']:.2f} +- {100 * row['std']:.2f} %" if final else "n/a"
             print(f"seed {seed} {matcher:>10}: ConvNet {acc}  distill {row['distill_seconds']:.1f} s "
                   f"({row['images_per_second']:.0f} img/s)  total {wall:.1f} s", flush=True)
-    res = {
-        "benchmark": "bench_distill", "method": a.method, "preset": a.preset, "dataset": a.dataset, "ipc": a.ipc, "device": a.device,
-        "device_name": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "hyperdm": __version__,
-        "date": time.strftime("%Y-%m-%d"), "experts": experts, "rows": rows,
-    }
-    (HERE / "results").mkdir(exist_ok=True)
-    path = HERE / "results" / f"{name}.json"
-    path.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"saved {path}")
-
+    save(name, {"benchmark": "bench_distill", "method": a.method, "preset": a.preset, "dataset": a.dataset, "ipc": a.ipc,
+                **machine(a.device), "experts": experts, "rows": rows})
 
 if __name__ == "__main__":
     main()

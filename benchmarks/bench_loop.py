@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -37,13 +36,13 @@ from pathlib import Path
 
 import torch
 
-from hyperdm import __version__
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.evaluate import derive_seed
 from hyperdm.distill.loops import DMLoop
 from hyperdm.distill.presets import resolve
 
-HERE = Path(__file__).resolve().parent
+from _results import machine, save
+
 VARIANTS = ("batched-mmd", "per-class-mmd", "batched-hyperbolic", "per-class-hyperbolic")
 
 
@@ -51,16 +50,6 @@ def split_variant(v: str) -> tuple[str, str]:
     """``"per-class-mmd"`` -> ``("per-class", "mmd")``."""
     structure, matcher = v.rsplit("-", 1)
     return structure, matcher
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def per_class_loss(loop: DMLoop, it: int) -> torch.Tensor:
@@ -196,19 +185,12 @@ def main() -> None:
         extra = "".join(f"  {k} {r[k]:.3g}" for k in ("speedup_vs_per_class", "time_vs_batched_mmd", "max_rel_loss_difference_vs_per_class") if k in r)
         mem = f"{r['peak_memory_bytes'] / 2**20:.0f} MiB" if r["peak_memory_bytes"] else "n/a"
         print(f"{v:>22}: {r['median_seconds'] * 1000:8.1f} ms/it  {r['images_per_second']:8.0f} img/s  peak {mem}{extra}", flush=True)
-    res = {
-        "benchmark": "bench_loop", "device": a.device, "dataset": a.dataset, "ipc": a.ipc, "batch_real": a.batch_real,
+    save(f"loop_{a.device.split(':')[0]}", {
+        "benchmark": "bench_loop", "dataset": a.dataset, "ipc": a.ipc, "batch_real": a.batch_real,
         "images_per_iteration": per_it, "rounds": a.rounds, "seed": a.seed, "model": loops["mmd"].cfg.model,
-        "k": loops["hyperbolic"].cfg.k, "scale": loops["hyperbolic"].cfg.scale, "match_dtype_hyperbolic": loops["hyperbolic"].cfg.match_dtype,
-        "device_name": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else cpu_model(),
-        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "hyperdm": __version__, "date": time.strftime("%Y-%m-%d"), "rows": rows,
-    }
-    (HERE / "results").mkdir(exist_ok=True)
-    path = HERE / "results" / f"loop_{a.device.split(':')[0]}.json"
-    path.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"saved {path}")
-
+        "k": loops["hyperbolic"].cfg.k, "scale": loops["hyperbolic"].cfg.scale,
+        "match_dtype_hyperbolic": loops["hyperbolic"].cfg.match_dtype, **machine(a.device), "rows": rows,
+    })
 
 if __name__ == "__main__":
     main()
