@@ -101,7 +101,7 @@ def test_image_update_is_sgd_in_pixel_units(tmp_path):
     z0 = loop.syn.detach().double().clone()
     w = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for _ in range(2):
-        loop._image_step((loop.syn * w.float()).sum() + (loop.syn**2).sum(), it=0)
+        loop.image_step((loop.syn * w.float()).sum() + (loop.syn**2).sum(), it=0)
     x, buf = z0 * std + mean, torch.zeros_like(z0)
     for _ in range(2):
         z = (x - mean) / std

@@ -164,15 +164,22 @@ class DistillLoop:
 
     def step(self, it: int) -> float:
         """One iteration: loss, backward, image update; returns the loss value. Methods that update
-        the images several times per iteration (IDM: once per class) override this."""
+        the images several times per iteration (IDM, Dance: once per class) override this."""
+        return self.image_step(self.matching_loss(it), it)
+
+    def image_step(self, loss: Tensor, it: int) -> float:
+        """Check ``loss`` is finite, backward it, update the images once; returns the loss value."""
         assert self.optimizer is not None
-        loss = self.matching_loss(it)
         value = float(loss.detach())
         self.check_finite(value, it)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.before_image_update()
         self.optimizer.step()
         return value
+
+    def before_image_update(self) -> None:
+        """Called between backward and the optimizer step (Dance scales the gradient to pixel units)."""
 
     def check_finite(self, value: float, it: int) -> None:
         if not math.isfinite(value):

@@ -97,17 +97,10 @@ class DanceLoop(DistillLoop):
 
     # ---- one iteration ----------------------------------------------------------------------
 
-    def _image_step(self, loss: Tensor, it: int) -> float:
-        """Backward ``loss`` and take one SGD step on the images in pixel units; returns the loss value."""
-        assert self.optimizer is not None and self.syn is not None
-        value = float(loss.detach())
-        self.check_finite(value, it)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        assert self.syn.grad is not None
+    def before_image_update(self) -> None:
+        """SGD in pixel units: the normalised-space gradient divided by std**2 (see the module docstring)."""
+        assert self.syn is not None and self.syn.grad is not None
         self.syn.grad.mul_(self.pixel_grad_scale)
-        self.optimizer.step()
-        return value
 
     def _syn_expanded(self, c: int) -> tuple[Tensor, Tensor]:
         ipc = self.cfg.ipc
@@ -130,13 +123,13 @@ class DanceLoop(DistillLoop):
                 f_real = self.middle.embed(real)
             f_syn = self.middle.embed(syn)
             # --- DM's MMD line, as a matcher call (one class) ---
-            total += self._image_step(self.match([f_real], [f_syn]), it)
+            total += self.image_step(self.match([f_real], [f_syn]), it)
         calib = 0.0
         for p in range(cfg.iter_calib):  # inter-class view: calibrate through the trained expert
             for c in range(self.num_classes):
                 x_syn, y_syn = self._syn_expanded(c)
                 syn = self.augment(x_syn, derive_seed(cfg.seed, it, 7, p, c))
-                calib += self._image_step(F.cross_entropy(self.expert_net(syn), y_syn), it)
+                calib += self.image_step(F.cross_entropy(self.expert_net(syn), y_syn), it)
         if cfg.iter_calib > 0:
             self.metrics.setdefault("calibration_loss", []).append(calib / (cfg.iter_calib * self.num_classes))
         return total

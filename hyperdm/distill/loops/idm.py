@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from ..evaluate import derive_seed
 from ..synset import expand
@@ -115,12 +115,7 @@ class IDMLoop(DistillLoop):
                 loss = self.match([f_real], [f_syn])
                 if cfg.ce_weight > 0 and weight > 0:
                     loss = loss + cfg.ce_weight * weight * F.cross_entropy(q.net.classifier(f_syn), y_syn)
-                value = float(loss.detach())
-                self.check_finite(value, it)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += value
+                total += self.image_step(loss, it)
             q.net.requires_grad_(True)
         self._train_queue(it, gen)
         return total
