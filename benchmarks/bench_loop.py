@@ -8,6 +8,8 @@ Four variants, the same network, data, images and seeds, differing only in struc
   for each class, one forward of its real batch, one of its synthetic images, one matcher call,
   losses summed. Built from the same loop's pieces (sampling, siamese DSA, matcher), so only the
   structure differs; its loss is checked against the batched one.
+* ``batched-compiled`` (``--compiled``): ``batched-hyperbolic`` with ``compile_matcher=True``
+  (``HyperbolicMatcher(compile=True)``); compiled during the warm-up rounds.
 
 An iteration = sample + augment + forward + matching loss + backward + SGD step on the images.
 Timings interleave the variants round by round in one process (warm-up first) and report the
@@ -17,7 +19,7 @@ cannot measure four; the child loads a small class-balanced subset so that loadi
 iterations, and reports the peak minus its resident set just before them). Prints and saves ``benchmarks/results/loop_<device>.json``.
 
     python benchmarks/bench_loop.py --device cpu --ipc 10 --batch-real 256 --rounds 5
-    python benchmarks/bench_loop.py --device cuda --rounds 20
+    python benchmarks/bench_loop.py --device cuda --rounds 20 --compiled
 """
 
 from __future__ import annotations
@@ -69,8 +71,10 @@ def per_class_loss(loop: DMLoop, it: int) -> torch.Tensor:
 
 
 def make_loop(matcher: str, a: argparse.Namespace, real, out: str) -> DMLoop:
-    cfg = resolve(preset="paper", method="dm", matcher=matcher, dataset=a.dataset, ipc=a.ipc,
-                  overrides={"batch_real": a.batch_real, "device": a.device, "seed": a.seed, "eval_runs": 0})
+    """``matcher``: mmd, hyperbolic, or compiled (hyperbolic through torch.compile)."""
+    cfg = resolve(preset="paper", method="dm", matcher="hyperbolic" if matcher == "compiled" else matcher, dataset=a.dataset,
+                  ipc=a.ipc, overrides={"batch_real": a.batch_real, "device": a.device, "seed": a.seed, "eval_runs": 0,
+                                        "compile_matcher": matcher == "compiled"})
     loop = DMLoop(cfg, real, out, progress=False)
     loop._init_synthetic()
     return loop
@@ -120,9 +124,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="timed iterations per variant (after 2 warm-up rounds)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--peak-of", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--compiled", action="store_true", help="add batched-compiled (HyperbolicMatcher(compile=True))")
+    ap.add_argument("--peak-of", choices=VARIANTS + ("batched-compiled",), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--peak-data", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    variants = VARIANTS + (("batched-compiled",) if a.compiled else ())
     with tempfile.TemporaryDirectory() as tmp:
         if a.peak_of:  # child: one variant on the small data file, report what the iterations add to the RSS
             structure, matcher = split_variant(a.peak_of)
@@ -135,12 +141,12 @@ def main() -> None:
             print(json.dumps({"variant": a.peak_of, "peak_rss_bytes": peak, "rss_before_iterations_bytes": before}))
             return
         real = load_dataset(a.dataset, a.data_root)
-        loops = {m: make_loop(m, a, real, f"{tmp}/{m}") for m in ("mmd", "hyperbolic")}
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        losses: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        loops = {m: make_loop(m, a, real, f"{tmp}/{m}") for m in dict.fromkeys(split_variant(v)[1] for v in variants)}
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        losses: dict[str, list[float]] = {v: [] for v in variants}
         peaks: dict[str, int] = {}
         for r in range(2 + a.rounds):
-            for v in VARIANTS:
+            for v in variants:
                 structure, matcher = split_variant(v)
                 loop = loops[matcher]
                 images = loop.syn.detach().clone()  # every variant steps from the same images in a round
@@ -163,12 +169,12 @@ def main() -> None:
         if not a.device.startswith("cuda"):
             data_file = f"{tmp}/subset.pt"
             torch.save(class_subset(real, 2 * a.batch_real), data_file)
-            for v in VARIANTS:
+            for v in variants:
                 c = child_peak(v, a, data_file)
                 peaks[v] = c["peak_rss_bytes"] - c["rss_before_iterations_bytes"]
     per_it = loops["mmd"].images_per_iteration()
     rows = {}
-    for v in VARIANTS:
+    for v in variants:
         med = statistics.median(times[v])
         rows[v] = {"median_seconds": med, "all_seconds": times[v], "iterations_per_second": 1 / med,
                    "images_per_second": per_it / med, "peak_memory_bytes": peaks.get(v),
@@ -179,10 +185,15 @@ def main() -> None:
         b, p = rows[f"batched-{m}"], rows[f"per-class-{m}"]
         b["speedup_vs_per_class"] = p["median_seconds"] / b["median_seconds"]
         b["max_rel_loss_difference_vs_per_class"] = max(abs(x - y) / abs(y) for x, y in zip(b["losses"], p["losses"]))
-    rows["batched-hyperbolic"]["time_vs_batched_mmd"] = (rows["batched-hyperbolic"]["median_seconds"]
-                                                         / rows["batched-mmd"]["median_seconds"])
+    for v in ("batched-hyperbolic", "batched-compiled"):
+        if v in rows:
+            rows[v]["time_vs_batched_mmd"] = rows[v]["median_seconds"] / rows["batched-mmd"]["median_seconds"]
+    if "batched-compiled" in rows:
+        c, h = rows["batched-compiled"], rows["batched-hyperbolic"]
+        c["max_rel_loss_difference_vs_batched_hyperbolic"] = max(abs(x - y) / abs(y) for x, y in zip(c["losses"], h["losses"]))
     for v, r in rows.items():
-        extra = "".join(f"  {k} {r[k]:.3g}" for k in ("speedup_vs_per_class", "time_vs_batched_mmd", "max_rel_loss_difference_vs_per_class") if k in r)
+        extra = "".join(f"  {k} {r[k]:.3g}" for k in ("speedup_vs_per_class", "time_vs_batched_mmd",
+                     "max_rel_loss_difference_vs_per_class", "max_rel_loss_difference_vs_batched_hyperbolic") if k in r)
         mem = f"{r['peak_memory_bytes'] / 2**20:.0f} MiB" if r["peak_memory_bytes"] else "n/a"
         print(f"{v:>22}: {r['median_seconds'] * 1000:8.1f} ms/it  {r['images_per_second']:8.0f} img/s  peak {mem}{extra}", flush=True)
     save(f"loop_{a.device.split(':')[0]}", {

@@ -7,6 +7,8 @@ Variants, all called on the same data in the same process:
                    check_finite=True), one batched call over all classes;
 * ``hdd_nocheck``  ``hyperdm.HyperbolicMatcher(check_finite=False)``, to show what the
                    finite check costs;
+* ``hdd_compiled`` (``--compiled``) ``hyperdm.HyperbolicMatcher(check_finite=False, compile=True)``:
+                   the torch.compile path, compared with ``hdd_nocheck`` (compile time reported apart);
 * ``mmd``          ``hyperdm.MMDMatcher()``, DM's Euclidean line;
 * ``naive_geoopt`` a per-class loop of pip geoopt calls composed the way the official HDD DM
                    code does it (pad a zero time slot, ``expmap0``, ``projx``, Law centroid,
@@ -100,13 +102,16 @@ def make_naive_geoopt(k: float = 1.0, scale: float = 20.0, max_norm: float = 10.
     return loss_fn
 
 
-def make_variants(dtype: torch.dtype) -> dict[str, LossFn]:
-    return {
+def make_variants(dtype: torch.dtype, compiled: bool = False) -> dict[str, LossFn]:
+    out: dict[str, LossFn] = {
         "hdd": hyperdm.HyperbolicMatcher(),
         "hdd_nocheck": hyperdm.HyperbolicMatcher(check_finite=False),
         "mmd": hyperdm.MMDMatcher(),
         "naive_geoopt": make_naive_geoopt(dtype=dtype),
     }
+    if compiled:
+        out["hdd_compiled"] = hyperdm.HyperbolicMatcher(check_finite=False, compile=True)
+    return out
 
 
 # --------------------------------------------------------------------------- measurement
@@ -222,6 +227,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=sorted(DTYPES))
     p.add_argument("--feat-norm", type=float, default=25.0, help="typical feature norm (default 25)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compiled", action="store_true", help="add the torch.compile variant hdd_compiled")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -255,17 +261,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             "hdd": loss_and_grad(hyperdm.HyperbolicMatcher(), real64.to(device), ref_syn),
             "mmd": loss_and_grad(hyperdm.MMDMatcher(), real64.to(device), ref_syn),
         }
-        ref_of = {"hdd": "hdd", "hdd_nocheck": "hdd", "naive_geoopt": "hdd", "mmd": "mmd"}
+        ref_of = {"hdd": "hdd", "hdd_nocheck": "hdd", "naive_geoopt": "hdd", "mmd": "mmd", "hdd_compiled": "hdd"}
 
         for dname in args.dtypes:
             dtype = DTYPES[dname]
             real = real64.to(device=device, dtype=dtype)
             syn = syn64.to(device=device, dtype=dtype).requires_grad_(True)
-            fns = make_variants(dtype)
+            fns = make_variants(dtype, compiled=args.compiled)
 
-            losses, grads = {}, {}
+            losses, grads, first_call_s = {}, {}, {}
             for name, fn in fns.items():
+                t0 = time.perf_counter()
                 losses[name], grads[name] = loss_and_grad(fn, real, syn)
+                first_call_s[name] = time.perf_counter() - t0  # includes compiling for hdd_compiled
             for _ in range(args.warmup):
                 for fn in fns.values():
                     fwd_bwd(fn, real, syn)
@@ -291,6 +299,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "loss": losses[name], "reference": f"{ref_of[name]} float64",
                     "loss_rel_vs_reference": rel(losses[name], refs[ref_of[name]][0]),
                     "grad_rel_vs_reference": grad_rel(grads[name], refs[ref_of[name]][1]),
+                    "first_call_s": first_call_s[name],
                 }
                 if device.type == "cuda":
                     rec["cuda_peak_bytes"] = cuda_peak_bytes(fn, real, syn, device)
@@ -301,6 +310,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "hdd_nocheck_over_mmd": med["hdd_nocheck"] / med["mmd"],
                 "hdd_over_hdd_nocheck": med["hdd"] / med["hdd_nocheck"],
                 "naive_geoopt_over_hdd": med["naive_geoopt"] / med["hdd"],
+                **({"hdd_compiled_over_hdd_nocheck": med["hdd_compiled"] / med["hdd_nocheck"],
+                    "hdd_compiled_over_mmd": med["hdd_compiled"] / med["mmd"],
+                    "compile_s": first_call_s["hdd_compiled"]} if "hdd_compiled" in med else {}),
             })
             agreement.append({
                 "dtype": dname, "M": M,
@@ -329,6 +341,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{ra['dtype']:<8}{ra['M']:>4}  {ra['hdd_over_mmd']:>9.2f}{ra['hdd_nocheck_over_mmd']:>14.2f}"
               f"{ra['hdd_over_hdd_nocheck']:>12.3f}{ra['naive_geoopt_over_hdd']:>11.1f}"
               f"{ag['loss_rel_naive_vs_hdd']:>20.2e}{ag['grad_rel_naive_vs_hdd']:>20.2e}")
+    for ra in ratios:
+        if "hdd_compiled_over_hdd_nocheck" in ra:
+            print(f"{ra['dtype']:<8}{ra['M']:>4}  compiled/plain (both unchecked) {ra['hdd_compiled_over_hdd_nocheck']:.2f}, "
+                  f"compiled/MMD {ra['hdd_compiled_over_mmd']:.2f}, first call (compiling) {ra['compile_s']:.1f} s")
     hm = [r["hdd_over_mmd"] for r in ratios]
     nh = [r["naive_geoopt_over_hdd"] for r in ratios]
     targets = {
@@ -362,6 +378,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "hdd": "hyperdm.HyperbolicMatcher()",
                 "hdd_nocheck": "hyperdm.HyperbolicMatcher(check_finite=False)",
                 "mmd": "hyperdm.MMDMatcher()",
+                **({"hdd_compiled": "hyperdm.HyperbolicMatcher(check_finite=False, compile=True)"} if args.compiled else {}),
                 "naive_geoopt": "per-class loop: clamp |v| at 10 sqrt(k) by rescaling, pad(1,0), "
                                 "geoopt.Lorentz(k).expmap0, projx, Law centroid, dist * 20",
             },

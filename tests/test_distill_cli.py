@@ -118,3 +118,16 @@ def test_scale_takes_a_number_or_auto(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["distill", "--scale", "big"])
     assert "expected a number or 'auto', got 'big'" in capsys.readouterr().err
+
+
+def test_compile_matcher_reaches_the_run_and_gives_the_plain_loss(tmp_path, tiny_fmnist_root):
+    losses = {}
+    for flag in ([], ["--compile-matcher"]):
+        run = tmp_path / ("compiled" if flag else "plain")
+        assert main(["--log-level", "WARNING", "distill", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations",
+                     "2", "--batch-real", "4", "--eval-runs", "0", "--out", str(run), "--no-progress", *flag]) == 0
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["compile_matcher"] is bool(flag)
+        assert ("compile=True" in cfg["matcher_repr"]) is bool(flag)
+        losses[bool(flag)] = json.loads((run / "metrics.json").read_text())["loss"]
+    assert np.allclose(losses[True], losses[False], rtol=1e-9, atol=0), losses

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hyperbolic: exp-map clamp of |v|/sqrt(k) (official code: 10); --no-clamp removes it")
     d.add_argument("--no-clamp", action="store_true", help="hyperbolic: exact exp-map (not the method as published)")
     d.add_argument("--match-dtype", choices=["float32", "float64"], help="dtype of the matching (paper HDD: float64)")
+    d.add_argument("--compile-matcher", dest="compile_matcher", action="store_const", const=True,
+                   help="hyperbolic: torch.compile the matching maths (same loss; fewer kernels on GPUs; "
+                        "the first iteration compiles for tens of seconds)")
     d.add_argument("--model", help="distillation backbone (default ConvNet; ConvNetD4 for 64x64 images)")
     d.add_argument("--init", choices=["real", "noise"], help="initialise from random real images (default) or noise")
     d.add_argument("--dsa", dest="dsa_strategy", metavar="STRATEGY",
@@ -162,7 +165,8 @@ def _distill(a: argparse.Namespace) -> int:
         for name in ("iterations", "batch_real", "lr_img", "k", "scale", "match_dtype", "model", "init", "dsa_strategy",
                      "eval_every", "eval_epochs", "eval_runs", "eval_archs", "checkpoint_every", "prune_keep", "prune_score",
                      "partition", "ce_weight", "net_num", "model_train_steps", "net_batch", "experts", "expert_epochs",
-                     "expert_per_class", "expert_seed", "expert_dir", "iter_calib", "match_dsa")
+                     "expert_per_class", "expert_seed", "expert_dir", "iter_calib", "match_dsa",
+                     "compile_matcher")
     }
     if a.no_clamp and a.max_norm is not None:
         raise ValueError("--no-clamp and --max-norm contradict each other; pass one of them.")

@@ -105,6 +105,7 @@ class DistillConfig:
     scale: Union[float, str] = 20.0  # a number, or "auto": MMD / distance of the first batch
     max_norm: Optional[float] = 10.0
     match_dtype: str = "float64"
+    compile_matcher: bool = False  # torch.compile the hyperbolic matcher (same loss; pays on GPUs)
     # evaluation
     eval_every: int = 2000
     eval_epochs: int = 1000

@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 _CHECKPOINT_FORMAT = 1
 # settings that do not change what the images become; every other DistillConfig field must match on --resume
 _MAY_CHANGE_ON_RESUME = frozenset({"preset", "eval_every", "eval_epochs", "eval_runs", "eval_archs", "eval_lr", "eval_batch",
-                                   "checkpoint_every", "device", "data_root", "download", "expert_dir", "sources"})
+                                   "checkpoint_every", "device", "data_root", "download", "expert_dir", "compile_matcher",
+                                   "sources"})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,7 +56,8 @@ def build_matcher(cfg: DistillConfig) -> nn.Module:
     """The matcher a config asks for. The loop checks finiteness itself, with a run-level message."""
     if cfg.matcher == "mmd":
         return MMDMatcher(reduction="sum", check_finite=False)
-    return HyperbolicMatcher(cfg.k, cfg.scale, max_norm=cfg.max_norm, reduction="sum", check_finite=False)
+    return HyperbolicMatcher(cfg.k, cfg.scale, max_norm=cfg.max_norm, reduction="sum", check_finite=False,
+                             compile=cfg.compile_matcher)
 
 
 def per_sample_network(net: nn.Module) -> bool:
