@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -45,3 +48,78 @@ def save(name: str, result: dict[str, Any]) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {path}")
     return path
+
+
+class RowStore:
+    """A results file of rows keyed by ``id``, shared by several processes (``--shard``).
+
+    Every read and update holds an exclusive lock on ``<name>.lock`` beside the file, and an update
+    merges into what is on disk, so processes never lose each other's rows. A stopped sweep keeps
+    every finished row.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path = RESULTS / f"{name}.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        RESULTS.mkdir(exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _read(self) -> list[dict[str, Any]]:
+        return json.loads(self.path.read_text()).get("rows", []) if self.path.exists() else []
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._locked():
+            return self._read()
+
+    def get(self, rid: str) -> Optional[dict[str, Any]]:
+        return next((r for r in self.rows() if r["id"] == rid), None)
+
+    def put(self, row: Optional[dict[str, Any]], header: dict[str, Any],
+            summary: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+        """Add or replace ``row`` (None: none) and rewrite the file as ``header + rows + summary(rows)``."""
+        with self._locked():
+            rows = [r for r in self._read() if row is None or r["id"] != row["id"]] + ([row] if row is not None else [])
+            save(self.name, {**header, "rows": rows, **summary(rows)})
+
+
+def same_settings(row: Optional[dict[str, Any]], want: dict[str, Any]) -> bool:
+    """True when a saved ``row`` exists and agrees with every setting in ``want``."""
+    return row is not None and all(row.get(key) == v for key, v in want.items())
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected I/N, e.g. 0/2 and 1/2") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: expected I/N with 0 <= I < N, e.g. 0/2 and 1/2")
+    return i, n
+
+
+def distill_resumable(cfg: Any, out: Path) -> tuple[dict[str, Any], float]:
+    """``hyperdm.distill`` into ``out``, continuing a run with the same settings that stopped there.
+
+    A run directory holding other settings is replaced. Returns the metrics and the wall time.
+    """
+    from hyperdm.distill import distill
+
+    t0 = time.perf_counter()
+    try:
+        m = distill(cfg, str(out), resume=True, progress=False)
+    except ValueError as e:
+        if "different settings" not in str(e):
+            raise
+        print(f"{out}: holds a run with other settings; starting over", flush=True)
+        shutil.rmtree(out)
+        m = distill(cfg, str(out), progress=False)
+    return m, time.perf_counter() - t0

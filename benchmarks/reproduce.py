@@ -25,22 +25,18 @@ of ``eval_runs`` fresh ConvNets); the paper's numbers are mean +- std over its e
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import json
-import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 
-from hyperdm.distill import distill, resolve
+from hyperdm.distill import resolve
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.evaluate import EvalConfig, derive_seed, evaluate_synthetic
 
-from _results import RESULTS, machine, save
+from _results import RowStore, distill_resumable, machine, parse_shard, same_settings
 
 #: paper Table 1, Fashion-MNIST, IPC 1 / 10 / 50: (mean, std) in %
 PAPER = {
@@ -64,22 +60,13 @@ def run_distill(method: str, matcher: str, ipc: int, seed: int, a: argparse.Name
     cfg = resolve(preset=a.preset, method=method, matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={
         "device": a.device, "seed": seed, "data_root": a.data_root, "iterations": a.iterations,
         "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs})
-    out = Path(a.work) / row_id(method, matcher, ipc, seed).replace("/", "-")
-    t0 = time.perf_counter()
-    try:  # continue an interrupted run of this row (same settings), else start it
-        m = distill(cfg, str(out), resume=True, progress=False)
-    except ValueError as e:
-        if "different settings" not in str(e):
-            raise
-        print(f"{out}: holds a run with other settings; starting over", flush=True)
-        shutil.rmtree(out)
-        m = distill(cfg, str(out), progress=False)
+    m, wall = distill_resumable(cfg, Path(a.work) / row_id(method, matcher, ipc, seed).replace("/", "-"))
     final = m["evals"][-1]["ConvNet"]
     return {
         "k": cfg.k if matcher == "hyperbolic" else None, "scale": m.get("matcher_scale"), "lr_img": cfg.lr_img,
         "iterations": cfg.iterations, "batch_real": cfg.batch_real, "eval_epochs": cfg.eval_epochs,
         "eval_runs": cfg.eval_runs, "accs": final["accs"], "mean": final["mean"], "std": final["std"],
-        "evals": m["evals"], "distill_seconds": m["distill_seconds"], "wall_seconds_with_eval": time.perf_counter() - t0,
+        "evals": m["evals"], "distill_seconds": m["distill_seconds"], "wall_seconds_with_eval": wall,
         "loss_per_class": m["loss_per_class"], "storage": m.get("storage"),
     }
 
@@ -127,7 +114,7 @@ def verdicts(table: list[dict[str, Any]]) -> list[str]:
             continue
         diff = t["mean"] - base["mean"]
         noise = max(t["std"] or 0.0, base["std"] or 0.0)
-        word = "level with" if abs(diff) <= noise else ("beats" if diff > 0 else "is below")
+        word = "is level with" if abs(diff) <= noise else ("beats" if diff > 0 else "is below")
         out.append(f"{method.upper()} IPC {ipc}: HDD {word} MMD ({diff:+.2f} points; larger seed std {noise:.2f}; "
                    f"{len(t['seeds'])} vs {len(base['seeds'])} seeds); paper: {t['paper_mean'] - base['paper_mean']:+.1f}")
     return out
@@ -144,24 +131,9 @@ def format_table(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock beside the results file, so that shards never lose each other's rows."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    return json.loads(path.read_text()).get("rows", []) if path.exists() else []
-
-
-def is_done(row: Optional[dict[str, Any]], want: dict[str, Any]) -> bool:
-    return row is not None and all(row.get(key) == v for key, v in want.items())
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    table = summarise(rows)
+    return {"table": table, "verdicts": verdicts(table)}
 
 
 def main() -> None:
@@ -178,22 +150,21 @@ def main() -> None:
     ap.add_argument("--eval-epochs", type=int, default=None)
     ap.add_argument("--eval-runs", type=int, default=None)
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--work", default="runs/reproduce", help="run directories (each replaced before its run)")
+    ap.add_argument("--work", default="runs/reproduce", help="run directories (a row's interrupted run there is continued)")
     ap.add_argument("--name", default=None, help="results file name (default reproduce_<dataset>_<preset>_<device>)")
     ap.add_argument("--table-only", action="store_true", help="print the table of the saved results and exit")
     ap.add_argument("--shard", default="0/1", metavar="I/N", help="run rows I, I+N, I+2N, ... of the plan (default 0/1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     a = ap.parse_args()
-    shard, shards = (int(v) for v in a.shard.split("/"))
-    if not 0 <= shard < shards:
-        ap.error(f"--shard {a.shard}: expected I/N with 0 <= I < N, e.g. 0/2 and 1/2")
+    try:
+        shard, shards = parse_shard(a.shard)
+    except ValueError as e:
+        ap.error(str(e))
     if a.threads:
         torch.set_num_threads(a.threads)
-    name = a.name or f"reproduce_{a.dataset}_{a.preset}_{a.device.split(':')[0]}"
-    path = RESULTS / f"{name}.json"
-    rows = read_rows(path)
+    store = RowStore(a.name or f"reproduce_{a.dataset}_{a.preset}_{a.device.split(':')[0]}")
     if a.table_only:
-        table = summarise(rows)
+        table = summarise(store.rows())
         print(format_table(table))
         print("\n".join(verdicts(table)))
         return
@@ -215,9 +186,8 @@ def main() -> None:
             cfg = resolve(preset=a.preset, method=method, matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={
                 "iterations": a.iterations, "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs})
             want = {key: getattr(cfg, key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
-        with locked(path):
-            old = {r["id"]: r for r in read_rows(path)}.get(rid)
-        if is_done(old, want):
+        old = store.get(rid)  # read again before every row: another shard may have done it
+        if same_settings(old, want):
             print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)
             continue
         if method == "random":
@@ -230,13 +200,10 @@ def main() -> None:
                "threads": torch.get_num_threads(), **row}
         print(f"{rid}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %  "
               f"({row['wall_seconds_with_eval']:.0f} s with evaluation)", flush=True)
-        with locked(path):  # after every row, merged with what other shards saved meanwhile
-            rows = [r for r in read_rows(path) if r["id"] != rid] + [row]
-            table = summarise(rows)
-            save(name, {**header, "rows": rows, "table": table, "verdicts": verdicts(table)})
-    with locked(path):
-        rows = read_rows(path)
-    table = summarise(rows)
+        store.put(row, header, summary)  # after every row, merged with what other shards saved meanwhile
+    if store.rows():
+        store.put(None, header, summary)  # the summary of every row, also when this shard had nothing to do
+    table = summarise(store.rows())
     print(format_table(table))
     print("\n".join(verdicts(table)))
 

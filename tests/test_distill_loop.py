@@ -255,3 +255,31 @@ def test_scale_auto_starts_at_the_mmd_line_and_is_kept_by_the_checkpoint(tmp_pat
     again = DMLoop(tiny_cfg(scale="auto", iterations=2, eval_runs=0), real, str(tmp_path / "again"), progress=False)
     again._resume(torch.load(tmp_path / "hdd" / "checkpoint.pt", weights_only=False))
     assert again.matcher.scale == lam  # restored, not chosen again from another batch
+
+
+def test_random_prune_score_is_the_uniform_baseline():
+    from hyperdm.distill.prune import prune_indices
+
+    labels = torch.arange(10).repeat_interleave(50)[torch.randperm(500, generator=torch.Generator().manual_seed(1))]
+    images = torch.zeros(500, 1, 2, 2)  # neither images nor info are read by the random score
+    a = prune_indices(images, labels, None, keep=0.2, score="random", seed=0)
+    b = prune_indices(images, labels, None, keep=0.2, score="random", seed=0)
+    c = prune_indices(images, labels, None, keep=0.2, score="random", seed=1)
+    assert torch.equal(a, b) and not torch.equal(a, c)  # seeded
+    assert torch.equal(a, torch.sort(a).values) and a.unique().numel() == a.numel()
+    assert torch.bincount(labels[a], minlength=10).tolist() == [10] * 10  # the same count per class as radius/centroid
+    # uniform: over many seeds every image is kept about keep of the time (binomial 200 draws, p 0.2: 40 +- 5.7)
+    counts = torch.zeros(500)
+    for s in range(200):
+        counts[prune_indices(images, labels, None, keep=0.2, score="random", seed=s)] += 1
+    assert 15 < counts.min() and counts.max() < 70 and abs(float(counts.mean()) - 40) < 1e-9
+
+
+@needs_fmnist
+def test_random_prune_score_reaches_the_run(tmp_path):
+    cfg = tiny_cfg(eval_runs=0, iterations=1, prune_keep=0.25, prune_score="random")
+    loop = DMLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    loop.run()
+    assert [int(i.numel()) for i in loop.class_indices] == [10] * 10
+    with pytest.raises(ValueError, match="prune_score must be one of 'radius', 'centroid', 'random'"):
+        resolve(overrides={"prune_score": "entropy"})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -46,7 +45,7 @@ def _scale_arg(text: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .presets import METHODS, MATCHERS, PRESETS
+    from .presets import METHODS, MATCHERS, PRESETS, PRUNE_SCORES
 
     parser = argparse.ArgumentParser(
         prog="hyperdm", description="Hyperbolic dataset distillation (HDD) toolkit.", epilog=_EPILOG,
@@ -110,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--checkpoint-every", type=int, help="write checkpoint.pt every N iterations (atomic)")
     d.add_argument("--prune-keep", type=float, metavar="F",
                    help="hierarchical pruning: keep the fraction F of each class closest to the root (e.g. 0.2)")
-    d.add_argument("--prune-score", choices=["radius", "centroid"], help="pruning score (default radius)")
+    d.add_argument("--prune-score", choices=PRUNE_SCORES,
+                   help="pruning score (default radius; random: the uniform baseline, no network)")
     d.add_argument("--out", default=None, metavar="DIR",
                    help="run directory (default runs/<method>-<matcher>-<dataset>-ipc<N>-seed<S>)")
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "centroid) under random ConvNets and save the kept indices (.npy and .json).")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset to prune")
     p.add_argument("--keep", type=float, required=True, help="fraction of each class to keep, e.g. 0.2")
-    p.add_argument("--score", choices=["radius", "centroid"], default="radius", help="ranking score (default radius)")
+    p.add_argument("--score", choices=PRUNE_SCORES, default="radius",
+                   help="ranking score (default radius; random: uniform per class, the baseline)")
     p.add_argument("--nets", type=int, default=3, help="random ConvNets to average the score over (default 3)")
     p.add_argument("--k", type=float, default=1.0, help="geoopt's curvature parameter k (curvature -1/k)")
     p.add_argument("--out", required=True, metavar="FILE", help="output path; writes FILE.npy (indices) and FILE.json")

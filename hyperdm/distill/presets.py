@@ -21,6 +21,8 @@ __all__ = ["HDDRow", "PAPER_HDD", "DistillConfig", "PRESETS", "METHODS", "MATCHE
 METHODS = ("dm", "idm", "dance")
 MATCHERS = ("mmd", "hyperbolic")
 PRESETS = ("paper", "cpu")
+#: real-data pruning scores: hyperbolic radius (the paper), distance to the class centroid, uniform random (baseline)
+PRUNE_SCORES = ("radius", "centroid", "random")
 
 
 @dataclass(frozen=True)
@@ -413,4 +415,5 @@ def validate(cfg: DistillConfig) -> None:
     need(cfg.expert_per_class is None or cfg.expert_per_class >= 1,
          f"expert_per_class must be >= 1 (or None for every training image); got {cfg.expert_per_class}.")
     need(cfg.iter_calib >= 0, f"iter_calib must be >= 0; got {cfg.iter_calib}.")
-    need(cfg.prune_score in ("radius", "centroid"), f"prune_score must be 'radius' or 'centroid'; got {cfg.prune_score!r}.")
+    need(cfg.prune_score in PRUNE_SCORES,
+         f"prune_score must be one of {', '.join(map(repr, PRUNE_SCORES))}; got {cfg.prune_score!r}.")

@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from ..pruning import FeatureBank
+from ..pruning import FeatureBank, select
 from .data import DatasetInfo
 from .evaluate import derive_seed
 from .models import seeded_network
@@ -38,7 +38,12 @@ def prune_indices(
 
     Scores are averaged over ``nets`` random ``model`` networks (train mode, as during distillation).
     The radius uses the exact exp-map: with the clamp every point would sit at the same radius.
+    ``score="random"`` is the baseline the paper does not show: the same number per class, drawn
+    uniformly (seeded by ``seed``), without any network.
     """
+    if score == "random":
+        gen = torch.Generator().manual_seed(derive_seed(seed, -1, 102))
+        return select(torch.rand(labels.numel(), generator=gen, dtype=torch.float64), keep=keep, labels=labels.cpu())
     extractors = []
     for t in range(nets):
         net = seeded_network(model, info.channels, info.num_classes, info.im_size, seed=pruning_network_seed(seed, t))

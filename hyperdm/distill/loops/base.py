@@ -228,8 +228,8 @@ class DistillLoop:
                              nets=cfg.prune_nets, k=cfg.k, model=cfg.model, seed=cfg.seed)
         self.kept = kept.cpu()
         self._apply_kept()
-        log.info("pruning: kept %d of %d real images (%.0f%% per class, score %s over %d random %s)",
-                 kept.numel(), labels.numel(), 100 * cfg.prune_keep, cfg.prune_score, cfg.prune_nets, cfg.model)
+        how = "uniformly at random" if cfg.prune_score == "random" else f"score {cfg.prune_score} over {cfg.prune_nets} random {cfg.model}"
+        log.info("pruning: kept %d of %d real images (%.0f%% per class, %s)", kept.numel(), labels.numel(), 100 * cfg.prune_keep, how)
 
     def _apply_kept(self) -> None:
         assert self.kept is not None
@@ -333,6 +333,7 @@ class DistillLoop:
                     self._prune()
                 self._init_synthetic()
                 start = 0
+            self.metrics["real_images_used"] = int(sum(int(i.numel()) for i in self.class_indices))
             self.write_config()
             self.prepare()
             eval_its = cfg.eval_iterations() if cfg.eval_runs > 0 and cfg.eval_epochs > 0 else []

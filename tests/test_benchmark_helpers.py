@@ -1,0 +1,86 @@
+"""The benchmark scripts' bookkeeping: the shared results file, the summary tables, the verdicts."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import _results  # noqa: E402
+import pruning_study  # noqa: E402
+import reproduce  # noqa: E402
+
+
+def _writer(results_dir: str, shard: int, n: int) -> None:
+    _results.RESULTS = Path(results_dir)
+    store = _results.RowStore("shared")
+    for i in range(n):
+        store.put({"id": f"{shard}/{i}", "value": i}, {"benchmark": "t"}, lambda rows: {"count": len(rows)})
+
+
+def test_rowstore_merges_rows_of_concurrent_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr(_results, "RESULTS", tmp_path)
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), s, 15)) for s in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    data = json.loads((tmp_path / "shared.json").read_text())
+    assert sorted(r["id"] for r in data["rows"]) == sorted(f"{s}/{i}" for s in range(3) for i in range(15))
+    assert data["count"] == 45 and data["benchmark"] == "t"
+    store = _results.RowStore("shared")
+    store.put({"id": "0/3", "value": 99}, {}, lambda rows: {})  # replace, not duplicate
+    rows = store.rows()
+    assert len(rows) == 45 and store.get("0/3")["value"] == 99
+
+
+def test_same_settings_and_shards():
+    assert _results.same_settings({"a": 1, "b": 2}, {"a": 1})
+    assert not _results.same_settings({"a": 1}, {"a": 2}) and not _results.same_settings(None, {})
+    assert _results.parse_shard("1/3") == (1, 3)
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(ValueError, match="expected I/N"):
+            _results.parse_shard(bad)
+
+
+def _row(method, matcher, ipc, seed, mean):
+    return {"id": reproduce.row_id(method, matcher, ipc, seed), "method": method, "matcher": matcher, "ipc": ipc,
+            "seed": seed, "mean": mean / 100}
+
+
+def test_reproduce_table_and_verdicts():
+    rows = [_row("dm", "mmd", 10, s, m) for s, m in enumerate((80.0, 81.0, 82.0))]
+    rows += [_row("dm", "hyperbolic", 10, s, m) for s, m in enumerate((83.0, 84.0, 85.0))]
+    rows += [_row("dm", "mmd", 1, s, m) for s, m in enumerate((70.0, 72.0))]
+    rows += [_row("dm", "hyperbolic", 1, s, m) for s, m in enumerate((70.5, 71.5))]
+    rows += [_row("random", "-", 10, 0, 73.0)]
+    table = reproduce.summarise(rows)
+    by = {(t["method"], t["matcher"], t["ipc"]): t for t in table}
+    hdd10 = by[("dm", "hyperbolic", 10)]
+    assert hdd10["mean"] == pytest.approx(84.0) and hdd10["std"] == pytest.approx((2 / 3) ** 0.5)
+    assert hdd10["per_seed"] == [83.0, 84.0, 85.0] and hdd10["paper_mean"] == 84.0 and hdd10["label"] == "DM with HDD"
+    assert by[("random", "-", 10)]["std"] is None and by[("random", "-", 10)]["paper_mean"] == 73.8
+    assert [t["ipc"] for t in table] == [1, 1, 10, 10, 10]  # by IPC, then in the paper's row order
+    v = reproduce.verdicts(table)
+    assert any(s.startswith("DM IPC 10: HDD beats MMD (+3.00 points") for s in v), v
+    assert any(s.startswith("DM IPC 1: HDD is level with MMD (+0.00 points") for s in v), v
+    text = reproduce.format_table(table)
+    assert "84.00 +- 0.82" in text and "84.0 +- 0.1" in text
+
+
+def test_pruning_stability_is_the_std_of_the_last_evaluations():
+    evals = [{"iteration": i, "ConvNet": {"mean": m}} for i, m in ((50, 0.70), (100, 0.80), (150, 0.82), (200, 0.78))]
+    assert pruning_study.stability(evals, 3) == pytest.approx(((0.0 + 4.0 + 4.0) / 3) ** 0.5)
+    assert pruning_study.stability(evals[:2], 3) is None  # too few evaluations: no number rather than a wrong one
+    rows = [{"matcher": "hyperbolic", "score": "radius", "keep": 0.2, "seed": s, "kept_images": 12000, "mean": m,
+             "std": 0.01, "evals": evals} for s, m in ((0, 0.78), (1, 0.80))]
+    (t,) = pruning_study.summarise(rows, 3)
+    assert t["final_mean"] == pytest.approx(79.0) and t["final_std_over_seeds"] == pytest.approx(1.0)
+    assert t["curve_std_last"] == pytest.approx(((0.0 + 4.0 + 4.0) / 3) ** 0.5)
