@@ -18,7 +18,7 @@ inputs are inspected to say which side is at fault (one host sync per call on CU
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -186,20 +186,44 @@ def _hyperbolic_per_class(
     scale: Union[float, Tensor],
     max_norm: Optional[float],
     hierarchical: bool,
+    reduce: Optional[lorentz.Reduce] = None,
 ) -> Tensor:
-    cr = lorentz.feature_centroid(real, k=k, max_norm=max_norm, hierarchical=hierarchical, mask=rmask)
+    cr = lorentz.feature_centroid(real, k=k, max_norm=max_norm, hierarchical=hierarchical, mask=rmask, reduce=reduce)
     cs = lorentz.feature_centroid(syn, k=k, max_norm=max_norm, hierarchical=hierarchical, mask=smask)
     return (scale * lorentz.dist(cr, cs, k=k)).to(real.dtype)
 
 
-def _mmd_per_class(real: Tensor, rmask: Optional[Tensor], syn: Tensor, smask: Optional[Tensor]) -> Tensor:
+def _mmd_per_class(
+    real: Tensor, rmask: Optional[Tensor], syn: Tensor, smask: Optional[Tensor], reduce: Optional[lorentz.Reduce] = None
+) -> Tensor:
     def mean(x: Tensor, mask: Optional[Tensor]) -> Tensor:
         if mask is None:
             return x.mean(-2)
         m = mask.to(x.dtype).unsqueeze(-1)
         return (x * m).sum(-2) / m.sum(-2)
 
-    return (mean(real, rmask) - mean(syn, smask)).square().sum(-1)
+    if reduce is None:
+        real_mean = mean(real, rmask)
+    else:  # the mean over every rank's real features: all-reduce the sums and the counts
+        m = torch.ones_like(real[..., :1]) if rmask is None else rmask.to(real.dtype).unsqueeze(-1)
+        total = reduce(torch.cat(((real * m).sum(-2), m.sum(-2)), dim=-1), "sum")
+        real_mean = total[..., :-1] / total[..., -1:]
+    return (real_mean - mean(syn, smask)).square().sum(-1)
+
+
+def _reducer(process_group: Any, real_labels: Optional[Tensor]) -> Optional[lorentz.Reduce]:
+    """The all-reduce for ``process_group`` (None: single process), after checking the call can use it."""
+    if process_group is None:
+        return None
+    from . import distributed
+
+    distributed.check_process_group(process_group)
+    if real_labels is not None:
+        raise ValueError(
+            "with process_group, pass features as [C, N, D] (every rank the same classes in the same order), "
+            "not flat features with labels: a rank may not see every label."
+        )
+    return distributed.all_reduce_fn(process_group)
 
 
 def hyperbolic_matching_loss(
@@ -214,6 +238,7 @@ def hyperbolic_matching_loss(
     real_labels: Optional[Tensor] = None,
     syn_labels: Optional[Tensor] = None,
     check_finite: bool = True,
+    process_group: Any = None,
 ) -> Tensor:
     r"""HDD matching loss: ``scale * d_L(centroid(exp_o(real)), centroid(exp_o(syn)))`` per class.
 
@@ -229,13 +254,20 @@ def hyperbolic_matching_loss(
     gradient. That clamp is what makes HDD work in practice: on Fashion-MNIST (IPC 1,
     short run) it gave about MMD + 1.5 points, the exact map (``max_norm=None``) about
     17 points below MMD. See the module docstring for shapes and ``reduction``.
+
+    ``process_group`` (a ``torch.distributed`` group, e.g. ``torch.distributed.group.WORLD``): the
+    real centroids are those of the real features of every rank (:mod:`hyperdm.distributed`); the
+    synthetic side is local. Needs ``[C, N, D]`` (or ``[N, D]``) features and real features
+    without grad.
     """
     _check_reduction(reduction)
     _check_k(k)
     _check_scale(scale)
     _check_max_norm(max_norm)
+    reduce = _reducer(process_group, real_labels)
     r, rm, s, sm, single = _group(real, syn, real_labels, syn_labels)
-    per_class = _hyperbolic_per_class(r, rm, s, sm, k=k, scale=scale, max_norm=max_norm, hierarchical=hierarchical)
+    per_class = _hyperbolic_per_class(r, rm, s, sm, k=k, scale=scale, max_norm=max_norm, hierarchical=hierarchical,
+                                      reduce=reduce)
     loss = _reduce(per_class, reduction, single)
     if check_finite:
         _finite_or_raise(loss, r, s, "hyperbolic matching")
@@ -250,14 +282,17 @@ def mmd_matching_loss(
     real_labels: Optional[Tensor] = None,
     syn_labels: Optional[Tensor] = None,
     check_finite: bool = True,
+    process_group: Any = None,
 ) -> Tensor:
     r"""DM's line: ``sum((mean(real) - mean(syn))**2)`` per class (Zhao & Bilen, 2023).
 
-    Same call signature as :func:`hyperbolic_matching_loss`, so switching is one line.
+    Same call signature as :func:`hyperbolic_matching_loss`, so switching is one line;
+    ``process_group`` makes the real means those over every rank's real features.
     """
     _check_reduction(reduction)
+    reduce = _reducer(process_group, real_labels)
     r, rm, s, sm, single = _group(real, syn, real_labels, syn_labels)
-    loss = _reduce(_mmd_per_class(r, rm, s, sm), reduction, single)
+    loss = _reduce(_mmd_per_class(r, rm, s, sm, reduce), reduction, single)
     if check_finite:
         _finite_or_raise(loss, r, s, "MMD")
     return loss

@@ -20,7 +20,7 @@ and divisions at zero with a "double ``where``" so that gradients stay finite.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 Curvature = Union[float, Tensor]
+#: ``reduce(tensor, op)`` with op ``"sum"`` or ``"max"``: combines per-group partial results of several
+#: processes (see :mod:`hyperdm.distributed`); ``None`` means this process holds every point.
+Reduce = Callable[[Tensor, str], Tensor]
 
 #: Largest radius (in units of sqrt(k)) used inside :func:`feature_centroid` when no
 #: ``max_norm`` is given. ``cosh(300)^2`` is about 1e260, still finite in float64, so
@@ -317,6 +320,7 @@ def feature_centroid(
     weights: Optional[Tensor] = None,
     hierarchical: bool = False,
     mask: Optional[Tensor] = None,
+    reduce: Optional[Reduce] = None,
 ) -> Tensor:
     r"""``centroid(expmap0(v, k=k, max_norm=max_norm), k=k)`` of features, fused.
 
@@ -339,13 +343,20 @@ def feature_centroid(
     multiplies them by :func:`hierarchical_weight` of the point's radius. ``mask``
     ``[..., N]`` (bool) excludes points, e.g. to put classes of different sizes in one
     padded batch; each group needs at least one point.
+
+    ``reduce`` makes the centroid that of the points of *all* processes (each holding a shard of
+    every group, same groups in the same order): the Law centroid is a normalised sum, so the
+    per-group sums (weights, ``m_0``, ``m_s``, the two exponential sums, ``S``, then the spread
+    about the global ``ũ``) and the largest radius are combined with ``reduce(x, "sum")`` /
+    ``reduce(x, "max")`` (four collectives on ``[..., D]``-sized tensors) and normalised once. A
+    process may hold no point of a group (``mask`` all False) as long as some process does.
     """
     if v.dim() != 3:
         lead = v.shape[:-2]
         flat = lambda a: None if a is None else a.reshape(-1, a.shape[-1])  # noqa: E731
         c = feature_centroid(
             v.reshape(-1, *v.shape[-2:]), k=k, max_norm=max_norm, weights=flat(weights),
-            hierarchical=hierarchical, mask=flat(mask),
+            hierarchical=hierarchical, mask=flat(mask), reduce=reduce,
         )
         return c.reshape(*lead, c.shape[-1])
     if mask is not None:
@@ -361,8 +372,12 @@ def feature_centroid(
     if mask is not None:
         w = torch.where(mask, w, torch.zeros_like(w))
         tc = torch.where(mask, tc, torch.zeros_like(tc))
-    w = w / w.sum(-1, keepdim=True)
-    top = tc.amax(-1, keepdim=True).detach()
+    if reduce is None:
+        w = w / w.sum(-1, keepdim=True)
+        top = tc.amax(-1, keepdim=True).detach()
+    else:
+        w = w / reduce(w.sum(-1, keepdim=True), "sum")
+        top = reduce(tc.amax(-1, keepdim=True).detach(), "max")
     e_plus = w * torch.exp(tc - top)
     e_minus = w * torch.exp(-tc - top)
     half_one_minus = -torch.expm1(-2.0 * tc) / 2.0          # (1 - e^{-2t}) / 2
@@ -374,11 +389,19 @@ def feature_centroid(
     ms = (gamma.to(v.dtype).unsqueeze(-2) @ v).squeeze(-2).to(wd)
     m0 = ((e_plus + e_minus) / 2.0).sum(-1, keepdim=True)
     b_sum = b.sum(-1, keepdim=True)
+    a_minus, a_plus = e_minus.sum(-1, keepdim=True), e_plus.sum(-1, keepdim=True)
+    points = (w > 0).sum(-1, keepdim=True).to(wd)
+    if reduce is not None:  # one collective for every sum of the first pass
+        d = ms.shape[-1]
+        ms, m0, b_sum, a_minus, a_plus, points = reduce(
+            torch.cat((ms, m0, b_sum, a_minus, a_plus, points), dim=-1), "sum").split([d, 1, 1, 1, 1, 1], dim=-1)
     # |u_i - ũ|^2 = |v_i - |v_i| ũ|^2 / |v_i|^2, one fused pass (no [..., N, D] copy of u).
     ut = (ms / torch.where(b_sum > 0, b_sum, torch.ones_like(b_sum))).to(v.dtype)
     dev = torch.linalg.vector_norm(torch.baddbmm(v, n.unsqueeze(-1), -ut.unsqueeze(-2)), dim=-1).to(wd)
     spread = (b * (dev / torch.where(n > 0, n, torch.ones_like(n)).to(wd)).square()).sum(-1, keepdim=True)
+    if reduce is not None:
+        spread = reduce(spread, "sum")
     # One point has no spread; rounding of u and ũ would otherwise leave eps^2 there.
-    spread = spread * ((w > 0).sum(-1, keepdim=True) > 1)
-    c = _law(m0, ms, e_minus.sum(-1, keepdim=True), e_plus.sum(-1, keepdim=True), b_sum, spread, sk)
+    spread = spread * (points > 1)
+    c = _law(m0, ms, a_minus, a_plus, b_sum, spread, sk)
     return c

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +56,12 @@ class HyperbolicMatcher(nn.Module):
             plain path's (tested to float64 round-off). Pays on GPUs, where the plain path
             is launch-bound; on CPUs it is about as fast as the plain path. The first call
             compiles (tens of seconds; again for each new shape, dtype or ``k``/``scale``).
+        process_group: a ``torch.distributed`` group (e.g. ``torch.distributed.group.WORLD``):
+            each rank passes its shard of the real features and the whole synthetic set; the real
+            centroids are computed exactly over every rank's features (all-reduced partial sums,
+            :mod:`hyperdm.distributed`), the synthetic side stays local, so the loss and the
+            synthetic gradient equal single-process ones on the union of the real data, on every
+            rank. ``scale="auto"`` then picks the same lambda on every rank.
 
     Sync-free: with ``[C, N, D]`` inputs and ``check_finite=False`` the forward and backward
     never read a tensor value on the host (a profiler test checks this), so a CUDA stream is
@@ -76,9 +82,13 @@ class HyperbolicMatcher(nn.Module):
         learn_k: bool = False,
         check_finite: bool = True,
         compile: bool = False,
+        process_group: Any = None,
     ) -> None:
         super().__init__()
         F._check_k(k)
+        if compile and process_group is not None:
+            raise ValueError("compile=True and process_group cannot be combined yet; drop one of them "
+                             "(the plain path is the reference for both).")
         self.auto_scale = isinstance(scale, str) and scale == "auto"
         if not self.auto_scale:
             F._check_scale(scale)
@@ -95,6 +105,7 @@ class HyperbolicMatcher(nn.Module):
         self.learn_k = bool(learn_k)
         self.check_finite = bool(check_finite)
         self.compile = bool(compile)
+        self.process_group = process_group
         if self.learn_k:
             self.log_k = nn.Parameter(torch.tensor(math.log(float(k)), dtype=torch.float64))
         else:
@@ -113,24 +124,27 @@ class HyperbolicMatcher(nn.Module):
         real_labels: Optional[Tensor] = None,
         syn_labels: Optional[Tensor] = None,
     ) -> Tensor:
+        reduce = F._reducer(self.process_group, real_labels)
         r, rm, s, sm, single = F._group(real, syn, real_labels, syn_labels)
         if self.scale is None:
-            self._choose_scale(r, rm, s, sm)
+            self._choose_scale(r, rm, s, sm, reduce)
         assert self.scale is not None
         args = (r, rm, s, sm)
         kwargs = dict(k=self.k, scale=self.scale, max_norm=self.max_norm, hierarchical=self.hierarchical)
+        if reduce is not None:
+            kwargs["reduce"] = reduce
         per_class = _run_compiled(*args, **kwargs) if self.compile else F._hyperbolic_per_class(*args, **kwargs)
         loss = F._reduce(per_class, self.reduction, single)
         if self.check_finite:
             F._finite_or_raise(loss, r, s, "hyperbolic matching")
         return loss
 
-    def _choose_scale(self, r: Tensor, rm: Optional[Tensor], s: Tensor, sm: Optional[Tensor]) -> None:
+    def _choose_scale(self, r: Tensor, rm: Optional[Tensor], s: Tensor, sm: Optional[Tensor], reduce: Any = None) -> None:
         """``scale="auto"``: lambda = total MMD / total centroid distance of this (the first) batch. One host sync."""
         with torch.no_grad():
             dist = F._hyperbolic_per_class(r, rm, s, sm, k=self.k, scale=1.0, max_norm=self.max_norm,
-                                           hierarchical=self.hierarchical).sum(dtype=torch.float64)
-            mmd = F._mmd_per_class(r, rm, s, sm).sum(dtype=torch.float64)
+                                           hierarchical=self.hierarchical, reduce=reduce).sum(dtype=torch.float64)
+            mmd = F._mmd_per_class(r, rm, s, sm, reduce).sum(dtype=torch.float64)
             d, m = float(dist), float(mmd)
         if not (d > 0 and math.isfinite(d) and math.isfinite(m)):
             raise ValueError(
@@ -150,6 +164,7 @@ class HyperbolicMatcher(nn.Module):
         return (
             f"k={k}, scale={scale}, max_norm={self.max_norm}, hierarchical={self.hierarchical}, "
             f"reduction={self.reduction!r}" + (", compile=True" if self.compile else "")
+            + (", process_group=set" if self.process_group is not None else "")
         )
 
 
@@ -182,11 +197,12 @@ def _read_chosen_scale(module: nn.Module, incompatible_keys: object) -> None:
 class MMDMatcher(nn.Module):
     """DM's baseline line ``sum((mean(real) - mean(syn))**2)`` per class, same calls as HyperbolicMatcher."""
 
-    def __init__(self, *, reduction: str = "sum", check_finite: bool = True) -> None:
+    def __init__(self, *, reduction: str = "sum", check_finite: bool = True, process_group: Any = None) -> None:
         super().__init__()
         F._check_reduction(reduction)
         self.reduction = reduction
         self.check_finite = bool(check_finite)
+        self.process_group = process_group
 
     def forward(
         self,
@@ -203,6 +219,7 @@ class MMDMatcher(nn.Module):
             real_labels=real_labels,
             syn_labels=syn_labels,
             check_finite=self.check_finite,
+            process_group=self.process_group,
         )
 
     def extra_repr(self) -> str:
