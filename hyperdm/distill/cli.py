@@ -157,10 +157,6 @@ def _setup_logging(level: str) -> None:
 
 
 def _distill(a: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .loops import get_loop
-    from .presets import resolve
-
     overrides: dict[str, Any] = {
         name: getattr(a, name)
         for name in ("iterations", "batch_real", "lr_img", "k", "scale", "match_dtype", "model", "init", "dsa_strategy",
@@ -175,7 +171,25 @@ def _distill(a: argparse.Namespace) -> int:
     for name in ("dsa_strategy", "match_dsa"):
         if overrides[name] == "none":
             overrides[name] = ""
-    overrides.update(seed=a.seed, device=a.device, data_root=a.data_root, download=a.download)
+    from .parallel import init_from_env, shutdown
+
+    par, device = init_from_env(a.device)  # under torchrun: join the process group, cuda -> cuda:LOCAL_RANK
+    if not par.is_main:  # rank 0 speaks for the run
+        logging.getLogger("hyperdm").setLevel(logging.WARNING)
+    try:
+        code = _distill_run(a, overrides, par, device)
+    except BaseException:
+        shutdown(par, wait=False)  # no barrier: the other ranks may be stuck elsewhere; torchrun stops them
+        raise
+    shutdown(par)
+    return code
+
+
+def _distill_run(a: argparse.Namespace, overrides: dict[str, Any], par: Any, device: str) -> int:
+    from .data import load_dataset
+    from .loops import get_loop
+    from .presets import resolve
+    overrides.update(seed=a.seed, device=device, data_root=a.data_root, download=a.download)
     cfg = resolve(preset=a.preset, method=a.method, matcher=a.matcher, dataset=a.dataset, ipc=a.ipc, overrides=overrides)
     if a.no_clamp:
         cfg.max_norm = None
@@ -185,6 +199,8 @@ def _distill(a: argparse.Namespace) -> int:
     real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
     loop = loop_cls(cfg, real, out, progress=not a.no_progress)
     metrics = loop.run(resume=a.resume)
+    if not par.is_main:
+        return 0
     print(f"run directory: {Path(out).resolve()}")
     for e in metrics["evals"]:
         for arch, r in e.items():

@@ -14,6 +14,7 @@ bit-identical synthetic images.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -33,6 +34,7 @@ from ..augment import DSAParams, dsa
 from ..data import RealData
 from ..evaluate import EvalConfig, derive_seed, evaluate_synthetic, progress_bar
 from ..models import seeded_network
+from ..parallel import Parallel
 from ..prune import prune_indices
 from ..presets import DistillConfig, validate
 from ..synset import expand, pack
@@ -52,12 +54,13 @@ class NonFiniteLossError(RuntimeError):
     """The loss or the images became NaN/inf; the run stopped and kept its last good checkpoint."""
 
 
-def build_matcher(cfg: DistillConfig) -> nn.Module:
-    """The matcher a config asks for. The loop checks finiteness itself, with a run-level message."""
+def build_matcher(cfg: DistillConfig, process_group: Any = None) -> nn.Module:
+    """The matcher a config asks for. The loop checks finiteness itself, with a run-level message.
+    ``process_group``: match against the real features of every rank (data-parallel runs)."""
     if cfg.matcher == "mmd":
-        return MMDMatcher(reduction="sum", check_finite=False)
+        return MMDMatcher(reduction="sum", check_finite=False, process_group=process_group)
     return HyperbolicMatcher(cfg.k, cfg.scale, max_norm=cfg.max_norm, reduction="sum", check_finite=False,
-                             compile=cfg.compile_matcher)
+                             compile=cfg.compile_matcher, process_group=process_group)
 
 
 def per_sample_network(net: nn.Module) -> bool:
@@ -69,6 +72,8 @@ class DistillLoop:
     """Shared machinery of a distillation run; subclasses define :meth:`matching_loss`."""
 
     method = "base"
+    #: runs data-parallel under torchrun (see :mod:`hyperdm.distill.parallel`)
+    supports_distributed = False
 
     def __init__(
         self,
@@ -86,7 +91,19 @@ class DistillLoop:
         self.progress = progress
         self.device = torch.device(cfg.device)
         self.num_classes = real.info.num_classes
-        self.matcher = (matcher if matcher is not None else build_matcher(cfg)).to(self.device)
+        self.par = Parallel.current()
+        self.progress = progress and self.par.is_main
+        if self.par.enabled:
+            if not self.supports_distributed:
+                raise ValueError(
+                    f"--method {cfg.method} runs on one process so far; data-parallel runs (torchrun, "
+                    f"{self.par.world} processes here) support --method dm. Run it without torchrun."
+                )
+            if matcher is not None and getattr(matcher, "process_group", None) is None:
+                raise ValueError("a matcher passed to a data-parallel run must match across ranks: give it "
+                                 "process_group=torch.distributed.group.WORLD.")
+        group = self.par.group if self.par.enabled else None
+        self.matcher = (matcher if matcher is not None else build_matcher(cfg, group)).to(self.device)
         self.match_dtype = torch.float64 if cfg.match_dtype == "float64" else torch.float32
         self.train_images = real.train_images.to(self.device)
         self.train_labels = real.train_labels.to(self.device)
@@ -176,6 +193,8 @@ class DistillLoop:
         self.check_finite(value, it)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.par.enabled and self.syn is not None and self.syn.grad is not None:
+            self.par.average_(self.syn.grad)  # equal on every rank already; averaging keeps the replicas in step
         self.before_image_update()
         self.optimizer.step()
         return value
@@ -257,7 +276,8 @@ class DistillLoop:
         assert self.syn is not None
         if not torch.isfinite(self.syn).all():  # never replace a good checkpoint with a broken one
             raise NonFiniteLossError(f"images are NaN/inf at iteration {it}")
-        self.run_dir.save_checkpoint(self._state(it))
+        if self.par.is_main:  # rank 0 writes for all
+            self.run_dir.save_checkpoint(self._state(it))
 
     def _resume(self, state: dict[str, Any]) -> int:
         old = DistillConfig.from_dict(state["config"])
@@ -281,6 +301,8 @@ class DistillLoop:
         return int(state["iteration"])
 
     def write_config(self) -> None:
+        if not self.par.is_main:
+            return
         write_json(
             self.run_dir.config,
             {
@@ -316,16 +338,20 @@ class DistillLoop:
         """Distil, evaluate at ``cfg.eval_iterations()``, write every artifact. Returns the metrics as written to metrics.json."""
         cfg = self.cfg
         rd = self.run_dir
-        with rd.logging_to_file():
-            log.info("hyperdm %s: %s with the %s matcher on %s, IPC %d, preset %s\n%s",
-                     __version__, cfg.method, cfg.matcher, cfg.dataset, cfg.ipc, cfg.preset, cfg.summary())
-            state = rd.load_checkpoint() if resume else None
-            if resume and state is None:
-                log.info("--resume: no checkpoint in %s yet; starting from the beginning", rd.path)
-            if state is None and not resume and rd.checkpoint.exists():
-                raise FileExistsError(
-                    f"{rd.path} already holds a run (checkpoint.pt); pass --resume to continue it or choose another --out."
-                )
+        with rd.logging_to_file() if self.par.is_main else contextlib.nullcontext():
+            log.info("hyperdm %s: %s with the %s matcher on %s, IPC %d, preset %s%s\n%s",
+                     __version__, cfg.method, cfg.matcher, cfg.dataset, cfg.ipc, cfg.preset,
+                     f", {self.par.world} processes (torch.distributed)" if self.par.enabled else "", cfg.summary())
+            state, problem = None, None
+            if self.par.is_main:  # rank 0 reads the run directory and tells the others
+                state = rd.load_checkpoint() if resume else None
+                if resume and state is None:
+                    log.info("--resume: no checkpoint in %s yet; starting from the beginning", rd.path)
+                if state is None and not resume and rd.checkpoint.exists():
+                    problem = f"{rd.path} already holds a run (checkpoint.pt); pass --resume to continue it or choose another --out."
+            state, problem = self.par.broadcast((state, problem))
+            if problem:
+                raise FileExistsError(problem)
             if state is not None:
                 start = self._resume(state)
             else:
@@ -346,11 +372,12 @@ class DistillLoop:
             try:
                 while True:
                     if it in eval_its and it not in done:
-                        entry = self.evaluate(it)
-                        self.metrics["evals"].append(entry)
+                        if self.par.is_main:  # the other ranks wait at the barrier
+                            self.metrics["evals"].append(self.evaluate(it))
                         done.add(it)
                         self._write_metrics(final=False)
                         self._checkpoint(it)
+                        self.par.barrier()
                         last_good = it
                     if it >= cfg.iterations:
                         break
@@ -401,11 +428,16 @@ class DistillLoop:
         scale = getattr(self.matcher, "scale", None)  # the hyperbolic matcher's lambda (chosen once with scale="auto")
         if scale is not None:
             m["matcher_scale"] = float(scale)
-        write_json(self.run_dir.metrics, m)
+        if self.par.enabled:
+            m["processes"] = self.par.world
+        if self.par.is_main:
+            write_json(self.run_dir.metrics, m)
         return m
 
     def _finish(self) -> dict[str, Any]:
         assert self.syn is not None
+        if not self.par.is_main:
+            return self._write_metrics(final=True)
         rd, info = self.run_dir, self.real.info
         images = self.syn.detach().cpu()
         rd.save_synthetic(

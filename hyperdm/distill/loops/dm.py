@@ -29,6 +29,7 @@ __all__ = ["DMLoop"]
 
 class DMLoop(DistillLoop):
     method = "dm"
+    supports_distributed = True  # each rank forwards its stride of every real batch (see distill.parallel)
     forward_chunk: Optional[int] = None  # None: 4096 on CUDA, 512 on the CPU (see the module docstring)
 
     def matching_loss(self, it: int) -> Tensor:
@@ -38,7 +39,8 @@ class DMLoop(DistillLoop):
         real, syn = [], []
         for c in range(self.num_classes):
             seed = derive_seed(cfg.seed, it, c)
-            real.append(self.augment(self.sample_real(c, cfg.batch_real, gen), seed))
+            # the same batch on every rank; this rank forwards rows rank::world (DSA is siamese: one draw per batch)
+            real.append(self.augment(self.par.shard(self.sample_real(c, cfg.batch_real, gen)), seed))
             syn.append(self.augment(self.syn_class(c), seed))
         sizes_r, sizes_s = [x.shape[0] for x in real], [x.shape[0] for x in syn]
         xr = torch.cat(real)

@@ -1,0 +1,109 @@
+"""Data-parallel distillation with ``torch.distributed`` (``torchrun``): which rank does what.
+
+Every rank builds the same random network and draws the same real batch of every class from the
+same seeded generator; rank ``r`` of ``W`` forwards only images ``r, r+W, r+2W, ...`` of each batch
+(the way ``DistributedSampler`` strides a dataset, without its padding, which would count images
+twice). The matcher all-reduces the real side's per-class sums (:mod:`hyperdm.distributed`), so
+every rank gets the loss of the whole batch; the synthetic set is replicated and its gradient is
+averaged over the ranks before each step. Rank 0 alone evaluates and writes artifacts and
+checkpoints; a resumed run reads its checkpoint on rank 0 and broadcasts it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["Parallel", "init_from_env", "shutdown"]
+
+log = logging.getLogger(__name__)
+
+#: how long a rank waits for the others (rank 0 evaluates while the others wait at a barrier)
+TIMEOUT = datetime.timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """This process's place in a data-parallel run (rank 0 of 1 without torch.distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    group: Any = None
+
+    @classmethod
+    def current(cls) -> "Parallel":
+        """From an initialised default process group, else a single process."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return cls(rank=dist.get_rank(), world=dist.get_world_size(), group=dist.group.WORLD)
+        return cls()
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, x: Tensor) -> Tensor:
+        """This rank's rows of a batch: ``x[rank::world]``."""
+        return x[self.rank :: self.world] if self.enabled else x
+
+    def average_(self, t: Tensor) -> None:
+        """Average ``t`` over the ranks, in place."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+            t.div_(self.world)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier(group=self.group)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (any picklable object)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+
+def init_from_env(device: str) -> tuple[Parallel, str]:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment) and pick this rank's device.
+
+    Backend: NCCL for CUDA, gloo for the CPU. ``cuda`` becomes ``cuda:<LOCAL_RANK>``. Without
+    torchrun's environment (or with ``WORLD_SIZE=1``) nothing happens. Returns the
+    :class:`Parallel` and the device string.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Parallel.current(), device
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed; run a single process.")
+    cuda = device.startswith("cuda")
+    if cuda:
+        if ":" in device:
+            raise ValueError(f"--device {device}: under torchrun pass --device cuda; each rank uses cuda:LOCAL_RANK.")
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(torch.device(device))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    par = Parallel.current()
+    log.info("torch.distributed: rank %d of %d on %s (%s)", par.rank, par.world, device, dist.get_backend())
+    return par, device
+
+
+def shutdown(par: Parallel, *, wait: bool = True) -> None:
+    """Leave the process group :func:`init_from_env` joined, after a barrier when ``wait`` (the end of a run
+    on every rank; a rank that exits with the group alive can abort in gloo's destructor)."""
+    if par.enabled and dist.is_initialized():
+        if wait:
+            dist.barrier(group=par.group)
+        dist.destroy_process_group()

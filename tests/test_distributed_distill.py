@@ -1,0 +1,92 @@
+"""``hyperdm distill`` under torchrun (gloo, 2 CPU processes) against one process with the same seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from hyperdm.distill.augment import dsa
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+
+
+def test_siamese_dsa_commutes_with_striding_the_batch():
+    """What lets each rank augment only its rows: one parameter draw per batch, whatever its size."""
+    x = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    strategy = "color_crop_cutout_flip_scale_rotate"
+    for seed in range(5):
+        full = dsa(x, strategy, seed=seed, siamese=True)
+        for rank in range(2):
+            assert torch.allclose(dsa(x[rank::2], strategy, seed=seed, siamese=True), full[rank::2], atol=1e-6)
+
+
+def test_each_rank_forwards_its_stride_of_the_real_batch(tmp_path, tiny_fmnist_root):
+    """Equal losses alone would not show the sharding (duplicated points leave a centroid unchanged)."""
+    from hyperdm.distill.data import load_dataset
+    from hyperdm.distill.loops import DMLoop
+    from hyperdm.distill.parallel import Parallel
+    from hyperdm.distill.presets import resolve
+
+    cfg = resolve(preset="cpu", method="dm", matcher="mmd", dataset="fashion-mnist", ipc=1,
+                  overrides={"data_root": str(tiny_fmnist_root), "batch_real": 6, "eval_runs": 0})
+    seen = []
+
+    def recorder(real, syn, **kw):
+        seen.append(real.detach().clone())
+        return syn.sum() * 0.0
+
+    real = load_dataset("fashion-mnist", str(tiny_fmnist_root))
+    for par in (Parallel(), Parallel(rank=1, world=2)):
+        loop = DMLoop(cfg, real, str(tmp_path), progress=False)  # a single process; then told it is rank 1 of 2
+        loop.par, loop.matcher = par, recorder
+        loop._init_synthetic()
+        loop.matching_loss(7)
+    full, rank1 = seen
+    assert full.shape[:2] == (10, 6) and rank1.shape[:2] == (10, 3)
+    assert torch.allclose(rank1, full[:, 1::2], atol=1e-5)
+
+
+def _distill(args, out, *, procs=None, **kw):
+    cmd = [sys.executable, "-m", "hyperdm", "--log-level", "WARNING", "distill", *args, "--out", str(out), "--no-progress"]
+    if procs:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
+               "-m", "hyperdm", *cmd[3:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, **kw)
+
+
+def test_two_processes_give_the_one_process_synthetic_set(tmp_path, tiny_fmnist_root):
+    args = ["--data-root", str(tiny_fmnist_root), "--ipc", "2", "--iterations", "3", "--batch-real", "6",
+            "--eval-runs", "0", "--checkpoint-every", "1", "--seed", "3"]
+    one = _distill(args, tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _distill(args, tmp_path / "two", procs=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    zero = _distill([*args[:5], "0", *args[6:]], tmp_path / "zero")  # --iterations 0: the initial images
+    assert zero.returncode == 0, zero.stderr[-3000:]
+    s0, s1, s2 = (torch.load(tmp_path / d / "synthetic.pt", weights_only=False)["data"][0][0] for d in ("zero", "one", "two"))
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert m2["processes"] == 2 and "processes" not in m1
+    # the same loss curve and images up to float rounding (sums split over ranks, other conv batch sizes)
+    assert torch.allclose(torch.tensor(m2["loss"]), torch.tensor(m1["loss"]), rtol=1e-5), (m1["loss"], m2["loss"])
+    assert (s2 - s1).abs().max() < 1e-4, float((s2 - s1).abs().max())
+    assert (s1 - s0).abs().max() > 1e-2  # while the 3 iterations moved the images far more than that
+    # rank 0 alone wrote the run directory: one run.log header, one config
+    assert (tmp_path / "two" / "run.log").read_text().count("2 processes (torch.distributed)") == 1
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["matcher_repr"].endswith("process_group=set)")
+
+
+def test_unsupported_method_under_torchrun_is_a_clear_error(tmp_path, tiny_fmnist_root):
+    r = _distill(["--data-root", str(tiny_fmnist_root), "--method", "idm", "--ipc", "1", "--iterations", "1",
+                  "--eval-runs", "0"], tmp_path / "idm", procs=2)
+    assert r.returncode != 0
+    assert "support --method dm" in r.stderr
