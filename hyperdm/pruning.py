@@ -152,22 +152,33 @@ class FeatureBank:
             return cls(mm, torch.cat(labels))
         return cls(np.concatenate(chunks, axis=1), torch.cat(labels))
 
-    def scores(self, method: str = "radius", *, k: float = 1.0, max_norm: Optional[float] = None) -> Tensor:
-        """Per-sample score averaged over extractors: ``"radius"`` or ``"centroid"`` (distance to class centroid)."""
+    def scores(self, method: str = "radius", *, k: float = 1.0, max_norm: Optional[float] = None,
+               chunk_size: int = 65536) -> Tensor:
+        """Per-sample score averaged over extractors: ``"radius"`` or ``"centroid"`` (distance to class centroid).
+
+        Reads ``chunk_size`` rows at a time (float64 work arrays of ``chunk_size x D``), so a memmap
+        bank larger than RAM is scored without loading it.
+        """
         if method not in ("radius", "centroid"):
             raise ValueError(f"unknown method {method!r}; use 'radius' or 'centroid'.")
         f = self._features
-        total = torch.zeros(self.labels.numel(), dtype=torch.float64)
+        n = self.labels.numel()
+        total = torch.zeros(n, dtype=torch.float64)
         for e in range(f.shape[0]):
             fe = f[e]
             if method == "radius":
-                total += hyperbolic_radius(torch.as_tensor(np.asarray(fe)), k=k, max_norm=max_norm)
+                for s in range(0, n, chunk_size):
+                    total[s : s + chunk_size] += hyperbolic_radius(torch.as_tensor(np.asarray(fe[s : s + chunk_size])),
+                                                                   k=k, max_norm=max_norm)
             else:
-                total += class_centroid_distance(fe, self.labels, k=k, max_norm=max_norm)
+                total += class_centroid_distance(fe, self.labels, k=k, max_norm=max_norm, chunk_size=chunk_size)
         return total / f.shape[0]
 
-    def select(self, keep: float, *, method: str = "radius", k: float = 1.0, max_norm: Optional[float] = None, per_class: bool = True) -> Tensor:
-        return select(self.scores(method, k=k, max_norm=max_norm), keep=keep, labels=self.labels if per_class else None)
+    def select(self, keep: float, *, method: str = "radius", k: float = 1.0, max_norm: Optional[float] = None,
+               per_class: bool = True, chunk_size: int = 65536) -> Tensor:
+        """Indices of the ``keep`` fraction with the lowest :meth:`scores` (per class by default)."""
+        scores = self.scores(method, k=k, max_norm=max_norm, chunk_size=chunk_size)
+        return select(scores, keep=keep, labels=self.labels if per_class else None)
 
     def save(self, path: Union[str, Path]) -> None:
         """Write ``<path>.npy`` (features) and ``<path>.json`` (labels, dtype)."""

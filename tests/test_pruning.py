@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -98,6 +100,16 @@ def test_feature_bank_float16_memmap(tmp_path):
         FeatureBank.build(batches, ex, path=tmp_path / "g.npy", num_samples=25)
     with pytest.raises(ValueError, match="num_samples"):
         FeatureBank.build(batches, ex, path=tmp_path / "h.npy")
+    # scoring a memmap bank chunk by chunk (3 rows at a time) gives the scores of the whole bank at once
+    mm = FeatureBank.load(tmp_path / "copy")  # memmap-backed
+    assert isinstance(mm._features, np.memmap)
+    for method in ("radius", "centroid"):
+        whole = mm.scores(method, chunk_size=10**9)
+        torch.testing.assert_close(mm.scores(method, chunk_size=3), whole, rtol=1e-12, atol=1e-12)
+        ref = sum(hyperbolic_radius(direct[e].double()) if method == "radius" else
+                  class_centroid_distance(direct[e].double(), ys) for e in range(2)) / 2
+        torch.testing.assert_close(whole, ref, rtol=1e-9, atol=1e-9)
+    assert mm.select(0.5, chunk_size=3).tolist() == mm.select(0.5).tolist()
 
 
 def test_feature_bank_rejects_nan():
