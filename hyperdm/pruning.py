@@ -51,7 +51,7 @@ def class_centroid_distance(
     cls = torch.searchsorted(classes, labels)
     out = torch.empty(n, dtype=torch.float64)
     for s in range(0, n, chunk_size):
-        f = torch.as_tensor(np.asarray(features[s : s + chunk_size])).double()
+        f = torch.as_tensor(np.asarray(features[s : s + chunk_size], dtype=np.float64))
         out[s : s + chunk_size] = lorentz.dist(lorentz.expmap0(f, k=k, max_norm=mn), cent[cls[s : s + chunk_size]], k=k)
     return out
 
@@ -168,8 +168,8 @@ class FeatureBank:
             fe = f[e]
             if method == "radius":
                 for s in range(0, n, chunk_size):
-                    total[s : s + chunk_size] += hyperbolic_radius(torch.as_tensor(np.asarray(fe[s : s + chunk_size])),
-                                                                   k=k, max_norm=max_norm)
+                    rows = torch.from_numpy(np.asarray(fe[s : s + chunk_size], dtype=np.float64))  # a copy of the chunk
+                    total[s : s + chunk_size] += hyperbolic_radius(rows, k=k, max_norm=max_norm)
             else:
                 total += class_centroid_distance(fe, self.labels, k=k, max_norm=max_norm, chunk_size=chunk_size)
         return total / f.shape[0]
