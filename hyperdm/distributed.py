@@ -14,11 +14,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch.distributed as dist
+import torch
 from torch import Tensor
 
 from .lorentz import Reduce
 
-__all__ = ["all_reduce_fn", "check_process_group"]
+__all__ = ["all_reduce_fn", "check_process_group", "gather_strided"]
 
 
 def check_process_group(group: Any) -> None:
@@ -50,3 +51,24 @@ def all_reduce_fn(group: Optional[Any] = None) -> Reduce:
         return y
 
     return reduce
+
+
+def gather_strided(local: Tensor, total: int, group: Optional[Any] = None) -> Tensor:
+    """Reassemble a tensor sharded by stride: rank ``r`` of ``W`` holds rows ``r, r+W, r+2W, ...`` of ``total``.
+
+    Every rank gets the whole ``[total, ...]`` tensor, rows in global order (one ``all_gather``;
+    shards are padded to equal length for it).
+    """
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    longest = -(-total // world)
+    expect = len(range(rank, total, world))
+    if local.shape[0] != expect:
+        raise ValueError(f"rank {rank} holds {local.shape[0]} rows, but rows {rank}::{world} of {total} are {expect}.")
+    pad = local.new_zeros((longest, *local.shape[1:]))
+    pad[:expect] = local
+    parts = [torch.empty_like(pad) for _ in range(world)]
+    dist.all_gather(parts, pad.contiguous(), group=group)
+    out = local.new_empty((total, *local.shape[1:]))
+    for r, part in enumerate(parts):
+        out[r::world] = part[: len(range(r, total, world))]
+    return out

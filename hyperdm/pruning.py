@@ -9,7 +9,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,21 +32,38 @@ def hyperbolic_radius(features: Tensor, *, k: float = 1.0, max_norm: Optional[fl
 
 
 def class_centroid_distance(
-    features: Tensor, labels: Tensor, *, k: float = 1.0, max_norm: Optional[float] = None, chunk_size: int = 65536
+    features: Tensor, labels: Tensor, *, k: float = 1.0, max_norm: Optional[float] = None, chunk_size: int = 65536,
+    process_group: Any = None, num_classes: Optional[int] = None,
 ) -> Tensor:
     """Hyperbolic distance of each ``expmap0(f_i)`` to its class's Law centroid, ``[N]``, float64.
 
     Works in chunks of ``chunk_size`` rows, so memmap-backed banks stay out of RAM. Without
     ``max_norm`` radii beyond :data:`hyperdm.lorentz.SAFE_RADIUS` are saturated there.
+    ``process_group``: these rows are this rank's shard; the class centroids are those of every
+    rank's rows (exact, :mod:`hyperdm.distributed`). Labels are then ``0 .. num_classes-1``.
     """
-    labels = torch.as_tensor(labels).long()
+    labels = torch.as_tensor(labels).long().contiguous()
     n = labels.numel()
     mn = lorentz.SAFE_RADIUS if max_norm is None else min(float(max_norm), lorentz.SAFE_RADIUS)
-    classes = torch.unique(labels)
+    reduce = None
+    if process_group is not None:
+        from .distributed import all_reduce_fn, check_process_group
+
+        check_process_group(process_group)
+        if num_classes is None:
+            raise ValueError("with process_group pass num_classes= (a rank may not hold every class).")
+        reduce = all_reduce_fn(process_group)
+        classes = torch.arange(num_classes)
+    else:
+        classes = torch.unique(labels)
     cents = []
     for c in classes.tolist():  # one pass per class; fine for a one-off scoring
         idx = torch.nonzero(labels == c).squeeze(1)
-        cents.append(lorentz.feature_centroid(torch.as_tensor(features[idx.numpy()]).double()[None], k=k, max_norm=mn)[0])
+        rows = torch.as_tensor(np.asarray(features[idx.numpy()], dtype=np.float64)).reshape(1, idx.numel(), features.shape[-1])
+        mask = None
+        if idx.numel() == 0:  # no row of this class here (other ranks have some)
+            rows, mask = rows.new_zeros(1, 1, features.shape[-1]), torch.zeros(1, 1, dtype=torch.bool)
+        cents.append(lorentz.feature_centroid(rows, k=k, max_norm=mn, mask=mask, reduce=reduce)[0])
     cent = torch.stack(cents)
     cls = torch.searchsorted(classes, labels)
     out = torch.empty(n, dtype=torch.float64)
@@ -93,7 +110,7 @@ class FeatureBank:
 
     def __init__(self, features: Union[np.ndarray, Tensor], labels: Tensor) -> None:
         self._features = features
-        self.labels = torch.as_tensor(labels).long()
+        self.labels = torch.as_tensor(labels).long().contiguous()
 
     @property
     def features(self) -> Tensor:
@@ -153,11 +170,13 @@ class FeatureBank:
         return cls(np.concatenate(chunks, axis=1), torch.cat(labels))
 
     def scores(self, method: str = "radius", *, k: float = 1.0, max_norm: Optional[float] = None,
-               chunk_size: int = 65536) -> Tensor:
+               chunk_size: int = 65536, process_group: Any = None, num_classes: Optional[int] = None) -> Tensor:
         """Per-sample score averaged over extractors: ``"radius"`` or ``"centroid"`` (distance to class centroid).
 
         Reads ``chunk_size`` rows at a time (float64 work arrays of ``chunk_size x D``), so a memmap
-        bank larger than RAM is scored without loading it.
+        bank larger than RAM is scored without loading it. ``process_group``: this bank holds one
+        rank's shard of the samples; class centroids are taken over every rank's shard (pass
+        ``num_classes``); the scores returned are this shard's.
         """
         if method not in ("radius", "centroid"):
             raise ValueError(f"unknown method {method!r}; use 'radius' or 'centroid'.")
@@ -171,14 +190,29 @@ class FeatureBank:
                     rows = torch.from_numpy(np.asarray(fe[s : s + chunk_size], dtype=np.float64))  # a copy of the chunk
                     total[s : s + chunk_size] += hyperbolic_radius(rows, k=k, max_norm=max_norm)
             else:
-                total += class_centroid_distance(fe, self.labels, k=k, max_norm=max_norm, chunk_size=chunk_size)
+                total += class_centroid_distance(fe, self.labels, k=k, max_norm=max_norm, chunk_size=chunk_size,
+                                                 process_group=process_group, num_classes=num_classes)
         return total / f.shape[0]
 
     def select(self, keep: float, *, method: str = "radius", k: float = 1.0, max_norm: Optional[float] = None,
-               per_class: bool = True, chunk_size: int = 65536) -> Tensor:
-        """Indices of the ``keep`` fraction with the lowest :meth:`scores` (per class by default)."""
-        scores = self.scores(method, k=k, max_norm=max_norm, chunk_size=chunk_size)
-        return select(scores, keep=keep, labels=self.labels if per_class else None)
+               per_class: bool = True, chunk_size: int = 65536, process_group: Any = None,
+               num_classes: Optional[int] = None, total: Optional[int] = None) -> Tensor:
+        """Indices of the ``keep`` fraction with the lowest :meth:`scores` (per class by default).
+
+        ``process_group``: this bank holds rows ``rank, rank+W, ...`` of a dataset of ``total``
+        samples (the stride a ``DistributedSampler`` without shuffling gives); the scores of every
+        rank are gathered and every rank returns the same global indices.
+        """
+        scores = self.scores(method, k=k, max_norm=max_norm, chunk_size=chunk_size, process_group=process_group,
+                             num_classes=num_classes)
+        labels = self.labels
+        if process_group is not None:
+            from .distributed import gather_strided
+
+            if total is None:
+                raise ValueError("with process_group pass total= (the dataset size) to place each rank's rows.")
+            scores, labels = gather_strided(scores, total, process_group), gather_strided(labels, total, process_group)
+        return select(scores, keep=keep, labels=labels if per_class else None)
 
     def save(self, path: Union[str, Path]) -> None:
         """Write ``<path>.npy`` (features) and ``<path>.json`` (labels, dtype)."""

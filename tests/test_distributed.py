@@ -33,6 +33,15 @@ def _data():
     return real, syn
 
 
+def _bank():
+    g = torch.Generator().manual_seed(1)
+    feats = (torch.randn(2, 41, 8, generator=g).relu() * 3).half()  # 2 extractors, 41 samples (odd: unequal shards)
+    labels = torch.randint(0, 5, (41,), generator=g)
+    labels[labels == 4] = 3  # class 4 has no sample anywhere; fine, as long as no score needs it
+    labels[1::2][labels[1::2] == 2] = 0  # class 2 only on rank 0
+    return feats, labels
+
+
 def _loss_and_grad(matcher, real, syn):
     syn = syn.clone().requires_grad_(True)
     loss = matcher(real, syn)
@@ -62,6 +71,15 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
             except ValueError as e:
                 errors[name] = str(e)
         results["errors"] = errors
+        # a feature bank sharded by stride: rank r holds samples r, r+2, ...
+        feats, labels = _bank()
+        from hyperdm.pruning import FeatureBank
+
+        bank = FeatureBank(feats[:, rank::2].numpy(), labels[rank::2])
+        for method in ("radius", "centroid"):
+            results[f"bank_{method}"] = bank.select(0.3, method=method, process_group=dist.group.WORLD, num_classes=5,
+                                                     total=labels.numel())
+        results["bank_centroid_scores"] = bank.scores("centroid", process_group=dist.group.WORLD, num_classes=5)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -108,3 +126,19 @@ def test_distributed_misuse_is_a_clear_error(two_ranks):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("method", ["radius", "centroid"])
+def test_sharded_feature_bank_selects_what_one_process_selects(two_ranks, method):
+    from hyperdm.pruning import FeatureBank
+
+    feats, labels = _bank()
+    whole = FeatureBank(feats.numpy(), labels)
+    want = whole.select(0.3, method=method)
+    assert torch.equal(two_ranks[0][f"bank_{method}"], want) and torch.equal(two_ranks[1][f"bank_{method}"], want)
+    if method == "centroid":  # each rank's scores are the whole bank's scores of its rows
+        ref = whole.scores("centroid")
+        for rank in range(2):
+            torch.testing.assert_close(two_ranks[rank]["bank_centroid_scores"], ref[rank::2], rtol=1e-10, atol=1e-12)
+        assert not torch.allclose(FeatureBank(feats[:, 0::2].numpy(), labels[0::2]).scores("centroid"), ref[0::2])
+

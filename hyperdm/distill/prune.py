@@ -11,6 +11,7 @@ from ..pruning import FeatureBank, select
 from .data import DatasetInfo
 from .evaluate import derive_seed
 from .models import seeded_network
+from .parallel import Parallel
 
 __all__ = ["prune_indices", "pruning_network_seed"]
 
@@ -40,6 +41,9 @@ def prune_indices(
     The radius uses the exact exp-map: with the clamp every point would sit at the same radius.
     ``score="random"`` is the baseline the paper does not show: the same number per class, drawn
     uniformly (seeded by ``seed``), without any network.
+
+    In a data-parallel run (torchrun) each rank scores images ``rank, rank+W, ...`` and the scores are
+    gathered, so every rank keeps the same images as a single process would, in ``1/W`` of the time.
     """
     if score == "random":
         gen = torch.Generator().manual_seed(derive_seed(seed, -1, 102))
@@ -49,9 +53,15 @@ def prune_indices(
         net = seeded_network(model, info.channels, info.num_classes, info.im_size, seed=pruning_network_seed(seed, t))
         extractors.append(net.to(device if device is not None else images.device).train().embed)
 
+    par = Parallel.current()
+    mine_x, mine_y = (images[par.rank :: par.world], labels[par.rank :: par.world]) if par.enabled else (images, labels)
+
     def batches():
-        for i in range(0, labels.numel(), batch):
-            yield images[i : i + batch], labels[i : i + batch]
+        for i in range(0, mine_y.numel(), batch):
+            yield mine_x[i : i + batch], mine_y[i : i + batch]
 
     bank = FeatureBank.build(batches(), extractors, device=device)
-    return bank.select(keep, method=score, k=k, max_norm=None)
+    if not par.enabled:
+        return bank.select(keep, method=score, k=k, max_norm=None)
+    return bank.select(keep, method=score, k=k, max_norm=None, process_group=par.group, num_classes=info.num_classes,
+                       total=int(labels.numel())).to(labels.device)
