@@ -62,6 +62,23 @@ class Parallel:
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
             t.div_(self.world)
 
+    def sum_(self, t: Tensor) -> None:
+        """Sum ``t`` over the ranks, in place."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+
+    def sum_grads_(self, net: torch.nn.Module) -> None:
+        """Sum the gradients of ``net``'s parameters over the ranks (one flattened all-reduce)."""
+        if not self.enabled:
+            return
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier(group=self.group)

@@ -50,6 +50,10 @@ class _Queued:
 
 class IDMLoop(DistillLoop):
     method = "idm"
+    #: under torchrun each rank forwards its stride of every real batch: the matching batches (the matcher
+    #: all-reduces their statistics) and the queue networks' training batches (gradients all-reduced, so
+    #: every rank's copy of a queue network takes the single-process step)
+    supports_distributed = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -81,13 +85,23 @@ class IDMLoop(DistillLoop):
             q.net.train()
             for _ in range(cfg.model_train_steps):
                 x, y = self.sample_real_any(cfg.net_batch, gen)
-                out = q.net(x)
-                loss = F.cross_entropy(out, y)
+                if self.par.enabled:  # this rank's stride; the summed loss / whole batch size, all-reduced = the mean's gradient
+                    n_all = y.numel()
+                    x, y = self.par.shard(x), self.par.shard(y)
+                    out = q.net(x)
+                    loss = F.cross_entropy(out, y, reduction="sum") / n_all
+                else:
+                    out = q.net(x)
+                    loss = F.cross_entropy(out, y)
                 q.opt.zero_grad(set_to_none=True)
                 loss.backward()
+                counts = torch.stack([(out.argmax(1) == y).sum(), torch.tensor(y.numel(), device=y.device)])
+                if self.par.enabled:
+                    self.par.sum_grads_(q.net)
+                    self.par.sum_(counts)
                 q.opt.step()
-                q.correct += int((out.argmax(1) == y).sum())
-                q.seen += int(y.numel())
+                q.correct += int(counts[0])
+                q.seen += int(counts[1])
 
     # ---- one iteration ----------------------------------------------------------------------
 
@@ -106,7 +120,7 @@ class IDMLoop(DistillLoop):
             for c in range(self.num_classes):
                 seed = derive_seed(cfg.seed, it, n, c)
                 x_syn, y_syn = expand(self.syn_class(c), self.syn_labels[c * cfg.ipc : (c + 1) * cfg.ipc], self.partition)
-                real = self.augment(self.sample_real(c, cfg.batch_real, gen), seed)
+                real = self.augment(self.par.shard(self.sample_real(c, cfg.batch_real, gen)), seed)
                 syn = self.augment(x_syn, seed)
                 with torch.no_grad():
                     f_real = q.net.embed(real)
