@@ -101,11 +101,41 @@ def test_idm_two_processes_give_the_one_process_synthetic_set(tmp_path, tiny_fmn
     assert (s2 - s1).abs().max() < 1e-5, float((s2 - s1).abs().max())  # measured: 7e-7
 
 
-def test_unsupported_method_under_torchrun_is_a_clear_error(tmp_path, tiny_fmnist_root):
-    r = _distill(["--data-root", str(tiny_fmnist_root), "--method", "dance", "--ipc", "1", "--iterations", "1",
-                  "--eval-runs", "0"], tmp_path / "dance", procs=2)
-    assert r.returncode != 0
-    assert "support --method dm and idm" in r.stderr
+def test_dance_two_processes_give_the_one_process_synthetic_set(tmp_path, tiny_fmnist_root):
+    """Dance: rank 0 trains the experts into the cache, the other rank loads them; real batches are split."""
+    args = ["--method", "dance", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "2", "--batch-real", "6",
+            "--experts", "2", "--expert-epochs", "1", "--expert-per-class", "10", "--eval-runs", "0", "--seed", "4"]
+    runs = {}
+    for name, procs in (("one", None), ("two", 2)):
+        r = _distill([*args, "--expert-dir", str(tmp_path / f"experts-{name}")], tmp_path / name, procs=procs)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = (torch.load(tmp_path / name / "synthetic.pt", weights_only=False)["data"][0][0],
+                      json.loads((tmp_path / name / "metrics.json").read_text())["loss"])
+    assert len(list((tmp_path / "experts-two").iterdir())) == 1  # one cache entry, written once
+    (s1, l1), (s2, l2) = runs["one"], runs["two"]
+    assert torch.allclose(torch.tensor(l2), torch.tensor(l1), rtol=1e-6), (l1, l2)
+    assert (s2 - s1).abs().max() < 1e-5, float((s2 - s1).abs().max())
+
+
+def test_data_parallel_misuse_is_a_clear_error(tmp_path, tiny_fmnist_root, monkeypatch):
+    from hyperdm import MMDMatcher
+    from hyperdm.distill.data import load_dataset
+    from hyperdm.distill.loops import DMLoop
+    from hyperdm.distill.loops import base
+    from hyperdm.distill.parallel import Parallel
+    from hyperdm.distill.presets import resolve
+
+    monkeypatch.setattr(base.Parallel, "current", classmethod(lambda cls: Parallel(rank=0, world=2)))
+    cfg = resolve(overrides={"data_root": str(tiny_fmnist_root), "ipc": 1, "eval_runs": 0})
+    real = load_dataset("fashion-mnist", str(tiny_fmnist_root))
+    with pytest.raises(ValueError, match="process_group=torch.distributed.group.WORLD"):
+        DMLoop(cfg, real, str(tmp_path), matcher=MMDMatcher())
+
+    class OneProcessLoop(DMLoop):
+        supports_distributed = False
+
+    with pytest.raises(ValueError, match="runs on one process so far"):
+        OneProcessLoop(cfg, real, str(tmp_path))
 
 
 def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_fmnist_root):

@@ -97,7 +97,7 @@ class DistillLoop:
             if not self.supports_distributed:
                 raise ValueError(
                     f"--method {cfg.method} runs on one process so far; data-parallel runs (torchrun, "
-                    f"{self.par.world} processes here) support --method dm and idm. Run it without torchrun."
+                    f"{self.par.world} processes here) support --method dm, idm and dance. Run it without torchrun."
                 )
             if matcher is not None and getattr(matcher, "process_group", None) is None:
                 raise ValueError("a matcher passed to a data-parallel run must match across ranks: give it "

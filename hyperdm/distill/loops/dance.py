@@ -55,6 +55,9 @@ def expert_config(cfg: Any) -> ExpertConfig:
 
 class DanceLoop(DistillLoop):
     method = "dance"
+    #: under torchrun each rank forwards its stride of every real batch; rank 0 trains (or finds) the experts
+    #: first, the others then load them from the cache (train them beforehand when that takes hours)
+    supports_distributed = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -72,9 +75,12 @@ class DanceLoop(DistillLoop):
     def prepare(self) -> None:
         ecfg = expert_config(self.cfg)
         # experts learn from the whole training set (they are shared by every run on it), not the pruned pool
-        self.experts, directory = load_or_train_experts(
-            self.real.train_images, self.real.train_labels, self.real.info, ecfg,
-            root=self.cfg.expert_dir, device=self.cfg.device, progress=self.progress)
+        for turn in ("main", "others") if self.par.enabled else ("main",):
+            if (turn == "main") == self.par.is_main:  # rank 0 first, so that only it trains; the rest read its cache
+                self.experts, directory = load_or_train_experts(
+                    self.real.train_images, self.real.train_labels, self.real.info, ecfg,
+                    root=self.cfg.expert_dir, device=self.cfg.device, progress=self.progress)
+            self.par.barrier()
         dev = self.device
         self.experts = [Expert({k: v.to(dev) for k, v in e.init.items()}, {k: v.to(dev) for k, v in e.trained.items()}, e.train_acc)
                         for e in self.experts]
@@ -117,7 +123,7 @@ class DanceLoop(DistillLoop):
         for c in range(self.num_classes):  # inner-class view: match under the middle encoder
             seed = derive_seed(cfg.seed, it, c)
             x_syn, _ = self._syn_expanded(c)
-            real = self.augment(self.sample_real(c, cfg.batch_real, gen), seed)
+            real = self.augment(self.par.shard(self.sample_real(c, cfg.batch_real, gen)), seed)
             syn = self.augment(x_syn, seed)
             with torch.no_grad():
                 f_real = self.middle.embed(real)
