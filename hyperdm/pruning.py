@@ -31,13 +31,19 @@ def hyperbolic_radius(features: Tensor, *, k: float = 1.0, max_norm: Optional[fl
     return lorentz.radius0(torch.as_tensor(features).double(), k=k, max_norm=max_norm)
 
 
+def _rows_per_chunk(dim: int) -> int:
+    """Rows per chunk so that one float64 work array holds 2**24 values (128 MiB)."""
+    return max(1, 2**24 // max(1, int(dim)))
+
+
 def class_centroid_distance(
-    features: Tensor, labels: Tensor, *, k: float = 1.0, max_norm: Optional[float] = None, chunk_size: int = 65536,
+    features: Tensor, labels: Tensor, *, k: float = 1.0, max_norm: Optional[float] = None, chunk_size: Optional[int] = None,
     process_group: Any = None, num_classes: Optional[int] = None,
 ) -> Tensor:
     """Hyperbolic distance of each ``expmap0(f_i)`` to its class's Law centroid, ``[N]``, float64.
 
-    Works in chunks of ``chunk_size`` rows, so memmap-backed banks stay out of RAM. Without
+    Works in chunks of ``chunk_size`` rows (default: 2**24 values, 128 MiB per float64 work array), so
+    memmap-backed banks stay out of RAM. Without
     ``max_norm`` radii beyond :data:`hyperdm.lorentz.SAFE_RADIUS` are saturated there.
     ``process_group``: these rows are this rank's shard; the class centroids are those of every
     rank's rows (exact, :mod:`hyperdm.distributed`). Labels are then ``0 .. num_classes-1``.
@@ -67,6 +73,7 @@ def class_centroid_distance(
     cent = torch.stack(cents)
     cls = torch.searchsorted(classes, labels)
     out = torch.empty(n, dtype=torch.float64)
+    chunk_size = chunk_size or _rows_per_chunk(features.shape[-1])
     for s in range(0, n, chunk_size):
         f = torch.as_tensor(np.asarray(features[s : s + chunk_size], dtype=np.float64))
         out[s : s + chunk_size] = lorentz.dist(lorentz.expmap0(f, k=k, max_norm=mn), cent[cls[s : s + chunk_size]], k=k)
@@ -170,10 +177,10 @@ class FeatureBank:
         return cls(np.concatenate(chunks, axis=1), torch.cat(labels))
 
     def scores(self, method: str = "radius", *, k: float = 1.0, max_norm: Optional[float] = None,
-               chunk_size: int = 65536, process_group: Any = None, num_classes: Optional[int] = None) -> Tensor:
+               chunk_size: Optional[int] = None, process_group: Any = None, num_classes: Optional[int] = None) -> Tensor:
         """Per-sample score averaged over extractors: ``"radius"`` or ``"centroid"`` (distance to class centroid).
 
-        Reads ``chunk_size`` rows at a time (float64 work arrays of ``chunk_size x D``), so a memmap
+        Reads ``chunk_size`` rows at a time (default: 2**24 values; float64 work arrays of ``chunk_size x D``), so a memmap
         bank larger than RAM is scored without loading it. ``process_group``: this bank holds one
         rank's shard of the samples; class centroids are taken over every rank's shard (pass
         ``num_classes``); the scores returned are this shard's.
@@ -186,16 +193,17 @@ class FeatureBank:
         for e in range(f.shape[0]):
             fe = f[e]
             if method == "radius":
-                for s in range(0, n, chunk_size):
-                    rows = torch.from_numpy(np.asarray(fe[s : s + chunk_size], dtype=np.float64))  # a copy of the chunk
-                    total[s : s + chunk_size] += hyperbolic_radius(rows, k=k, max_norm=max_norm)
+                step = chunk_size or _rows_per_chunk(fe.shape[-1])
+                for s in range(0, n, step):
+                    rows = torch.from_numpy(np.asarray(fe[s : s + step], dtype=np.float64))  # a copy of the chunk
+                    total[s : s + step] += hyperbolic_radius(rows, k=k, max_norm=max_norm)
             else:
                 total += class_centroid_distance(fe, self.labels, k=k, max_norm=max_norm, chunk_size=chunk_size,
                                                  process_group=process_group, num_classes=num_classes)
         return total / f.shape[0]
 
     def select(self, keep: float, *, method: str = "radius", k: float = 1.0, max_norm: Optional[float] = None,
-               per_class: bool = True, chunk_size: int = 65536, process_group: Any = None,
+               per_class: bool = True, chunk_size: Optional[int] = None, process_group: Any = None,
                num_classes: Optional[int] = None, total: Optional[int] = None) -> Tensor:
         """Indices of the ``keep`` fraction with the lowest :meth:`scores` (per class by default).
 
