@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -172,3 +173,17 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path, ti
     assert torch.equal(a, b)
     la, lb = (json.loads((d / "metrics.json").read_text())["loss"] for d in (tmp_path / "full", killed))
     assert la == lb and len(la) == 12
+
+
+def test_prune_under_torchrun_keeps_what_one_process_keeps(tmp_path, tiny_fmnist_root):
+    kept = {}
+    for name, procs in (("one", None), ("two", 2)):
+        cmd = [sys.executable, "-m", "hyperdm", "prune", "--dataset", "fashion-mnist", "--data-root", str(tiny_fmnist_root),
+               "--keep", "0.3", "--score", "centroid", "--nets", "2", "--out", str(tmp_path / name)]
+        if procs:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *cmd[1:]]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        kept[name] = np.load(tmp_path / f"{name}.npy")
+    assert kept["one"].shape == (90,) and np.array_equal(kept["one"], kept["two"])
+

@@ -257,11 +257,21 @@ def _prune(a: argparse.Namespace) -> int:
     from .data import load_dataset
     from .prune import prune_indices
 
+    from .parallel import init_from_env, shutdown
+
+    par, device = init_from_env(a.device)  # under torchrun each rank scores its stride of the images
     real = load_dataset(a.dataset, a.data_root, download=a.download)
     info = real.info
     # the same scoring networks as `distill --prune-keep` with the same --seed, so both keep the same images
-    kept = prune_indices(real.train_images, real.train_labels, info, keep=a.keep, score=a.score, nets=a.nets, k=a.k,
-                         seed=a.seed, device=a.device)
+    try:
+        kept = prune_indices(real.train_images, real.train_labels, info, keep=a.keep, score=a.score, nets=a.nets, k=a.k,
+                             seed=a.seed, device=device)
+    except BaseException:
+        shutdown(par, wait=False)
+        raise
+    shutdown(par)
+    if not par.is_main:
+        return 0
     out = Path(a.out)
     buf = io.BytesIO()
     np.save(buf, kept.numpy().astype(np.int64))
