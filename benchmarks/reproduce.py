@@ -34,7 +34,8 @@ import torch
 
 from hyperdm.distill import resolve
 from hyperdm.distill.data import load_dataset
-from hyperdm.distill.evaluate import EvalConfig, derive_seed, evaluate_synthetic
+from hyperdm.distill.evaluate import derive_seed, evaluate_synthetic
+from hyperdm.distill.loops.base import eval_config
 
 from _results import RowStore, distill_resumable, machine, parse_shard, same_settings
 
@@ -71,16 +72,14 @@ def run_distill(method: str, matcher: str, ipc: int, seed: int, a: argparse.Name
     }
 
 
-def run_random(ipc: int, seed: int, a: argparse.Namespace, eval_cfg: dict[str, Any]) -> dict[str, Any]:
-    """``ipc`` random real images per class, evaluated exactly as a DM run's synthetic set is."""
+def run_random(ipc: int, seed: int, a: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """``ipc`` random real images per class, evaluated exactly as a DM run with ``cfg`` evaluates its synthetic set."""
     real = load_dataset(a.dataset, a.data_root)
     gen = torch.Generator().manual_seed(derive_seed(seed, 303))
     idx = torch.cat([(lab := torch.nonzero(real.train_labels == c).squeeze(1))[torch.randperm(lab.numel(), generator=gen)[:ipc]]
                      for c in range(real.info.num_classes)])
     t0 = time.perf_counter()
-    ecfg = EvalConfig(epochs=eval_cfg["eval_epochs"], runs=eval_cfg["eval_runs"], lr=eval_cfg["eval_lr"],
-                      batch=eval_cfg["eval_batch"], dsa_strategy=eval_cfg["dsa_strategy"], seed=derive_seed(seed, 404),
-                      device=a.device)
+    ecfg = eval_config(cfg, device=a.device)
     res = evaluate_synthetic(real.train_images[idx], real.train_labels[idx], real.test_images, real.test_labels, real.info,
                              ecfg)["ConvNet"]
     return {"k": None, "scale": None, "lr_img": None, "iterations": 0, "batch_real": None,
@@ -180,7 +179,7 @@ def main() -> None:
         rid = row_id(method, matcher, ipc, seed)
         if method == "random":
             cfg = resolve(preset=a.preset, method="dm", matcher="mmd", dataset=a.dataset, ipc=ipc, overrides={
-                "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs})
+                "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs, "seed": seed})
             want = {"eval_epochs": cfg.eval_epochs, "eval_runs": cfg.eval_runs}
         else:
             cfg = resolve(preset=a.preset, method=method, matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={
@@ -191,9 +190,7 @@ def main() -> None:
             print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)
             continue
         if method == "random":
-            row = run_random(ipc, seed, a, {"eval_epochs": cfg.eval_epochs, "eval_runs": cfg.eval_runs,
-                                            "eval_lr": cfg.eval_lr, "eval_batch": cfg.eval_batch,
-                                            "dsa_strategy": cfg.dsa_strategy})
+            row = run_random(ipc, seed, a, cfg)
         else:
             row = run_distill(method, matcher, ipc, seed, a)
         row = {"id": rid, "method": method, "matcher": matcher, "ipc": ipc, "seed": seed,

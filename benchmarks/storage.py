@@ -25,7 +25,9 @@ import torch
 
 from hyperdm.distill.artifacts import load_synthetic, read_json, storage_sizes, to_uint8
 from hyperdm.distill.data import load_dataset
-from hyperdm.distill.evaluate import EvalConfig, derive_seed, evaluate_synthetic
+from hyperdm.distill import DistillConfig
+from hyperdm.distill.evaluate import evaluate_synthetic
+from hyperdm.distill.loops.base import eval_config
 from hyperdm.distill.synset import expand
 
 from _results import machine, save
@@ -66,8 +68,7 @@ def main() -> None:
                             "real_train_uint8_bytes": int(real.train_images.numel())}
         stored = storage_sizes(real.denormalise(images))  # what is stored: partitioned sets stay packed
         quant, clipped = uint8_round_trip(images, real)
-        ecfg = EvalConfig(epochs=cfg["eval_epochs"], runs=cfg["eval_runs"], lr=cfg["eval_lr"], batch=cfg["eval_batch"],
-                          dsa_strategy=cfg["dsa_strategy"], seed=derive_seed(cfg["seed"], 404), device=a.device)
+        ecfg = eval_config(DistillConfig.from_dict(cfg), device=a.device)  # the run's own evaluation
         part = int(meta.get("partition", 1))
         accs = {}
         t0 = time.perf_counter()

@@ -39,7 +39,7 @@ from ..prune import prune_indices
 from ..presets import DistillConfig, validate
 from ..synset import expand, pack
 
-__all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "per_sample_network"]
+__all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "eval_config", "per_sample_network"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,14 @@ def build_matcher(cfg: DistillConfig, process_group: Any = None) -> nn.Module:
         return MMDMatcher(reduction="sum", check_finite=False, process_group=process_group)
     return HyperbolicMatcher(cfg.k, cfg.scale, max_norm=cfg.max_norm, reduction="sum", check_finite=False,
                              compile=cfg.compile_matcher, process_group=process_group)
+
+
+def eval_config(cfg: DistillConfig, *, device: Optional[str] = None) -> EvalConfig:
+    """The evaluation a run with ``cfg`` performs (epochs, runs, lr, batch, DSA, architectures, seed)."""
+    return EvalConfig(
+        epochs=cfg.eval_epochs, runs=cfg.eval_runs, lr=cfg.eval_lr, batch=cfg.eval_batch, dsa_strategy=cfg.dsa_strategy,
+        archs=tuple(cfg.eval_archs), seed=derive_seed(cfg.seed, 404), device=device or cfg.device,
+    )
 
 
 def per_sample_network(net: nn.Module) -> bool:
@@ -323,11 +331,7 @@ class DistillLoop:
 
     def evaluate(self, it: int) -> dict[str, Any]:
         assert self.syn is not None
-        cfg = self.cfg
-        ecfg = EvalConfig(
-            epochs=cfg.eval_epochs, runs=cfg.eval_runs, lr=cfg.eval_lr, batch=cfg.eval_batch, dsa_strategy=cfg.dsa_strategy,
-            archs=tuple(cfg.eval_archs), seed=derive_seed(cfg.seed, 404), device=cfg.device,
-        )
+        ecfg = eval_config(self.cfg)
         images, labels = self.training_set()
         res = evaluate_synthetic(images, labels, self.real.test_images, self.real.test_labels, self.real.info,
                                  ecfg, progress=self.progress)
