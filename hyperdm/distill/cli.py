@@ -171,18 +171,12 @@ def _distill(a: argparse.Namespace) -> int:
     for name in ("dsa_strategy", "match_dsa"):
         if overrides[name] == "none":
             overrides[name] = ""
-    from .parallel import init_from_env, shutdown
+    from .parallel import joined
 
-    par, device = init_from_env(a.device)  # under torchrun: join the process group, cuda -> cuda:LOCAL_RANK
-    if not par.is_main:  # rank 0 speaks for the run
-        logging.getLogger("hyperdm").setLevel(logging.WARNING)
-    try:
-        code = _distill_run(a, overrides, par, device)
-    except BaseException:
-        shutdown(par, wait=False)  # no barrier: the other ranks may be stuck elsewhere; torchrun stops them
-        raise
-    shutdown(par)
-    return code
+    with joined(a.device) as (par, device):  # under torchrun: join the process group, cuda -> cuda:LOCAL_RANK
+        if not par.is_main:  # rank 0 speaks for the run
+            logging.getLogger("hyperdm").setLevel(logging.WARNING)
+        return _distill_run(a, overrides, par, device)
 
 
 def _distill_run(a: argparse.Namespace, overrides: dict[str, Any], par: Any, device: str) -> int:
@@ -255,21 +249,15 @@ def _prune(a: argparse.Namespace) -> int:
 
     from .artifacts import atomic_write_bytes, write_json
     from .data import load_dataset
+    from .parallel import joined
     from .prune import prune_indices
 
-    from .parallel import init_from_env, shutdown
-
-    par, device = init_from_env(a.device)  # under torchrun each rank scores its stride of the images
     real = load_dataset(a.dataset, a.data_root, download=a.download)
     info = real.info
-    # the same scoring networks as `distill --prune-keep` with the same --seed, so both keep the same images
-    try:
+    with joined(a.device) as (par, device):  # under torchrun each rank scores its stride of the images
+        # the same scoring networks as `distill --prune-keep` with the same --seed, so both keep the same images
         kept = prune_indices(real.train_images, real.train_labels, info, keep=a.keep, score=a.score, nets=a.nets, k=a.k,
                              seed=a.seed, device=device)
-    except BaseException:
-        shutdown(par, wait=False)
-        raise
-    shutdown(par)
     if not par.is_main:
         return 0
     out = Path(a.out)

@@ -11,17 +11,18 @@ checkpoints; a resumed run reads its checkpoint on rank 0 and broadcasts it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Parallel", "init_from_env", "shutdown"]
+__all__ = ["Parallel", "init_from_env", "joined", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Parallel:
     def average_(self, t: Tensor) -> None:
         """Average ``t`` over the ranks, in place."""
         if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+            self.sum_(t)
             t.div_(self.world)
 
     def sum_(self, t: Tensor) -> None:
@@ -124,3 +125,17 @@ def shutdown(par: Parallel, *, wait: bool = True) -> None:
         if wait:
             dist.barrier(group=par.group)
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def joined(device: str) -> Iterator[tuple[Parallel, str]]:
+    """``with joined(device) as (par, device):`` :func:`init_from_env` on entry, :func:`shutdown` on exit
+    (after a barrier when the body finished; without one when it raised, since the other ranks may be
+    stuck elsewhere and torchrun stops them)."""
+    par, device = init_from_env(device)
+    try:
+        yield par, device
+    except BaseException:
+        shutdown(par, wait=False)
+        raise
+    shutdown(par)

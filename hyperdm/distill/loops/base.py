@@ -96,11 +96,10 @@ class DistillLoop:
         self.cfg = cfg
         self.real = real
         self.run_dir = RunDir(out)
-        self.progress = progress
         self.device = torch.device(cfg.device)
         self.num_classes = real.info.num_classes
         self.par = Parallel.current()
-        self.progress = progress and self.par.is_main
+        self.progress = progress and self.par.is_main  # one progress bar per run: rank 0's
         if self.par.enabled:
             if not self.supports_distributed:
                 raise ValueError(

@@ -75,11 +75,12 @@ class DanceLoop(DistillLoop):
     def prepare(self) -> None:
         ecfg = expert_config(self.cfg)
         # experts learn from the whole training set (they are shared by every run on it), not the pruned pool
-        for turn in ("main", "others") if self.par.enabled else ("main",):
-            if (turn == "main") == self.par.is_main:  # rank 0 first, so that only it trains; the rest read its cache
-                self.experts, directory = load_or_train_experts(
-                    self.real.train_images, self.real.train_labels, self.real.info, ecfg,
-                    root=self.cfg.expert_dir, device=self.cfg.device, progress=self.progress)
+        if not self.par.is_main:  # rank 0 goes first, so that only it trains; the others then read its cache
+            self.par.barrier()
+        self.experts, directory = load_or_train_experts(
+            self.real.train_images, self.real.train_labels, self.real.info, ecfg,
+            root=self.cfg.expert_dir, device=self.cfg.device, progress=self.progress)
+        if self.par.is_main:
             self.par.barrier()
         dev = self.device
         self.experts = [Expert({k: v.to(dev) for k, v in e.init.items()}, {k: v.to(dev) for k, v in e.trained.items()}, e.train_acc)
