@@ -1,4 +1,4 @@
-"""How much each HDD setting matters: one DM configuration, one setting changed at a time, one process.
+"""How much each HDD setting matters: one DM configuration, one setting changed at a time.
 
 Variants (all DM on the same data, seed and protocol; only the named setting differs from
 ``hdd``, the method as published):
@@ -8,33 +8,75 @@ Variants (all DM on the same data, seed and protocol; only the named setting dif
 * ``no-clamp``: the exact exp-map (``max_norm=None``);
 * ``float32``: matching in float32;
 * ``scale-auto``: lambda chosen on the first batch (``scale="auto"``);
-* ``k2``: k = 2 instead of the table's value.
+* ``scale-half`` / ``scale-double``: lambda halved / doubled;
+* ``k0.5`` / ``k2``: k = 0.5 / 2 instead of the table's value (geoopt's k: curvature -1/k).
 
-Prints and saves ``benchmarks/results/sensitivity_<dataset>_ipc<N>_<preset>.json``.
+Rows are saved as they finish into one results file (``<name>.json``, merged under a lock, see
+``_results.RowStore``); finished rows with the same settings are skipped and an interrupted row
+continues from its checkpoint, so sweeps can be run in pieces and in parallel (``--shard I/N``).
 
     python benchmarks/sensitivity.py --preset cpu --dataset fashion-mnist --ipc 10      # ~13 min per variant on 2 cores
     python benchmarks/sensitivity.py --variants no-clamp hdd float32                    # a subset, in this order
+    python benchmarks/sensitivity.py --variants k2 scale-auto --shard 0/2 --threads 1 & \
+    python benchmarks/sensitivity.py --variants k2 scale-auto --shard 1/2 --threads 1
+    python benchmarks/sensitivity.py --table-only
+
+Results: ``benchmarks/results/sensitivity_<dataset>_ipc<N>_<preset>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import time
 from pathlib import Path
+from typing import Any
 
-from hyperdm.distill import distill, resolve
+import torch
 
-from _results import machine, save
+from hyperdm.distill import resolve
 
-VARIANTS: dict[str, tuple[str, dict]] = {
+from _results import RowStore, distill_resumable, machine, parse_shard, same_settings
+
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "mmd": ("mmd", {}),
     "hdd": ("hyperbolic", {}),
     "no-clamp": ("hyperbolic", {"max_norm": None}),
     "float32": ("hyperbolic", {"match_dtype": "float32"}),
     "scale-auto": ("hyperbolic", {"scale": "auto"}),
+    "scale-half": ("hyperbolic", {"scale": 0.5}),  # factors of the preset's lambda
+    "scale-double": ("hyperbolic", {"scale": 2.0}),
+    "k0.5": ("hyperbolic", {"k": 0.5}),
     "k2": ("hyperbolic", {"k": 2.0}),
 }
+#: settings that must agree for a saved row to count as done
+KEYS = ("matcher", "k", "max_norm", "match_dtype", "lr_img", "iterations", "batch_real", "eval_epochs", "eval_runs")
+
+
+def configure(name: str, a: argparse.Namespace) -> Any:
+    """The resolved config of variant ``name``: the preset's, with one setting changed."""
+    matcher, change = VARIANTS[name]
+    cfg = resolve(preset=a.preset, method="dm", matcher=matcher, dataset=a.dataset, ipc=a.ipc,
+                  overrides={"device": a.device, "seed": a.seed, "data_root": a.data_root})
+    for key, value in change.items():  # set directly: None (no clamp) is not an override to resolve()
+        if name.startswith("scale-") and value != "auto":
+            value = value * cfg.scale
+        setattr(cfg, key, value)
+        cfg.sources[key] = f"sensitivity variant {name}"
+    return cfg
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    lines = [f"{'variant':<13}{'k':>5}{'lambda':>9}{'clamp':>7}{'dtype':>9}  {'ConvNet acc (%)':<17}loss/class first -> last",
+             "-" * 86]
+    for r in sorted(rows, key=lambda r: (r["seed"], order.get(r["variant"], 99))):
+        lam = f"{r['scale']:.4g}" if r["scale"] is not None else "-"
+        k = f"{r['k']:g}" if r["k"] is not None else "-"
+        clamp = "-" if r["matcher"] == "mmd" else (f"{r['max_norm']:g}" if r["max_norm"] is not None else "none")
+        dtype = r["match_dtype"] if r["matcher"] == "hyperbolic" else "-"
+        lines.append(f"{r['variant']:<13}{k:>5}{lam:>9}{clamp:>7}{dtype:>9}  "
+                     f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}    "
+                     f"{r['loss_per_class_first']:.4g} -> {r['loss_per_class_last']:.4g}   seed {r['seed']}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -46,36 +88,45 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--work", default="runs/sensitivity", help="run directories (replaced)")
+    ap.add_argument("--work", default="runs/sensitivity", help="run directories (a row's interrupted run there is continued)")
+    ap.add_argument("--shard", default="0/1", metavar="I/N", help="run variants I, I+N, ... of --variants (default 0/1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of this process")
+    ap.add_argument("--table-only", action="store_true", help="print the table of the saved results and exit")
     a = ap.parse_args()
-    rows: list[dict] = []
-    cfg0 = resolve(preset=a.preset, method="dm", matcher="hyperbolic", dataset=a.dataset, ipc=a.ipc)
+    try:
+        shard, shards = parse_shard(a.shard)
+    except ValueError as e:
+        ap.error(str(e))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    store = RowStore(f"sensitivity_{a.dataset}_ipc{a.ipc}_{a.preset}")
+    if a.table_only:
+        print(format_table(store.rows()))
+        return
     header = {"benchmark": "sensitivity", "method": "dm", "preset": a.preset, "dataset": a.dataset, "ipc": a.ipc,
-              "seed": a.seed, "iterations": cfg0.iterations, "batch_real": cfg0.batch_real, "eval_epochs": cfg0.eval_epochs,
-              "eval_runs": cfg0.eval_runs, **machine(a.device)}
-    for name in a.variants:
-        matcher, change = VARIANTS[name]
-        cfg = resolve(preset=a.preset, method="dm", matcher=matcher, dataset=a.dataset, ipc=a.ipc,
-                      overrides={"device": a.device, "seed": a.seed, "data_root": a.data_root})
-        for key, value in change.items():  # set directly: None (no clamp) is not an override to resolve()
-            setattr(cfg, key, value)
-            cfg.sources[key] = f"sensitivity variant {name}"
-        out = Path(a.work) / name
-        shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
-        m = distill(cfg, str(out), progress=False)
+              **machine(a.device)}
+    for name in a.variants[shard::shards]:
+        cfg = configure(name, a)
+        rid = f"{name}/seed{a.seed}"
+        want = {key: getattr(cfg, key) for key in KEYS}
+        if cfg.scale != "auto":
+            want["scale"] = cfg.scale if cfg.matcher == "hyperbolic" else None
+        old = store.get(rid)
+        if same_settings(old, want):
+            print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)
+            continue
+        m, wall = distill_resumable(cfg, Path(a.work) / f"{name}-seed{a.seed}")
         final = m["evals"][-1]["ConvNet"]
-        row = {"variant": name, "matcher": matcher, "change": change, "k": cfg.k, "scale": m.get("matcher_scale"),
-               "max_norm": cfg.max_norm, "match_dtype": cfg.match_dtype, "lr_img": cfg.lr_img, "accs": final["accs"],
+        row = {"id": rid, "variant": name, "seed": a.seed, "threads": torch.get_num_threads(),
+               "change": VARIANTS[name][1], **want, "scale": m.get("matcher_scale"), "accs": final["accs"],
                "mean": final["mean"], "std": final["std"], "distill_seconds": m["distill_seconds"],
-               "wall_seconds_with_eval": time.perf_counter() - t0,
+               "wall_seconds_with_eval": wall,
                "loss_per_class_first": m["loss_per_class"][0], "loss_per_class_last": m["loss_per_class"][-1]}
-        rows.append(row)
         lam = f"  lambda {row['scale']:.4g}" if row["scale"] is not None else ""
-        print(f"{name:>11}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %  distill {row['distill_seconds']:.1f} s"
+        print(f"{name:>12}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %  distill {row['distill_seconds']:.1f} s"
               f"  loss/class {row['loss_per_class_first']:.4g} -> {row['loss_per_class_last']:.4g}{lam}", flush=True)
-        # saved after every variant: a stopped sweep keeps what it finished
-        save(f"sensitivity_{a.dataset}_ipc{a.ipc}_{a.preset}", {**header, "complete": len(rows) == len(a.variants), "rows": rows})
+        store.put(row, header, lambda rows: {})
+    print(format_table(store.rows()))
 
 
 if __name__ == "__main__":

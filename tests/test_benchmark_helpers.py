@@ -84,3 +84,26 @@ def test_pruning_stability_is_the_std_of_the_last_evaluations():
     (t,) = pruning_study.summarise(rows, 3)
     assert t["final_mean"] == pytest.approx(79.0) and t["final_std_over_seeds"] == pytest.approx(1.0)
     assert t["curve_std_last"] == pytest.approx(((0.0 + 4.0 + 4.0) / 3) ** 0.5)
+
+
+def test_sensitivity_variants_change_one_setting_each():
+    import argparse
+
+    import sensitivity
+
+    a = argparse.Namespace(preset="cpu", dataset="fashion-mnist", ipc=10, device="cpu", seed=3, data_root=None)
+    base = sensitivity.configure("hdd", a)
+    assert (base.matcher, base.k, base.scale, base.max_norm, base.seed) == ("hyperbolic", 1, 40, 10.0, 3)
+    expect = {"no-clamp": {"max_norm": None}, "float32": {"match_dtype": "float32"}, "scale-auto": {"scale": "auto"},
+              "scale-half": {"scale": 20.0}, "scale-double": {"scale": 80.0}, "k0.5": {"k": 0.5}, "k2": {"k": 2.0}}
+    fields = ("matcher", "k", "scale", "max_norm", "match_dtype", "lr_img", "iterations", "batch_real", "seed")
+    for name, change in expect.items():
+        cfg = sensitivity.configure(name, a)
+        diff = {f: getattr(cfg, f) for f in fields if getattr(cfg, f) != getattr(base, f)}
+        assert diff == change, name
+        assert all(cfg.sources[key] == f"sensitivity variant {name}" for key in change)
+    assert sensitivity.configure("mmd", a).matcher == "mmd"
+    row = {"variant": "no-clamp", "seed": 0, "matcher": "hyperbolic", "k": 1, "scale": 40.0, "max_norm": None,
+           "match_dtype": "float64", "mean": 0.8117, "std": 0.0001, "loss_per_class_first": 15.9, "loss_per_class_last": 7.7}
+    line = sensitivity.format_table([row]).splitlines()[-1]
+    assert line.split()[:6] == ["no-clamp", "1", "40", "none", "float64", "81.17"]
