@@ -71,6 +71,11 @@ def curves(name: str) -> None:
     if res is None:
         print(f"accuracy curves: no {name}; skipped")
         return
+    save(curve_figure(res), name.replace(".json", ".png"))
+
+
+def curve_figure(res: dict[str, Any]) -> Any:
+    """The two-panel figure of :func:`curves` for a loaded pruning-study results dict."""
     rows = sorted(res["rows"], key=lambda r: (r["matcher"], -r["keep"], r["score"], r["seed"]))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for r in rows:
@@ -90,7 +95,7 @@ def curves(name: str) -> None:
         ax.legend(fontsize=7)
     axes[0].set_ylabel("ConvNet test accuracy (%), mean of the evaluation runs")
     fig.tight_layout()
-    save(fig, name.replace(".json", ".png"))
+    return fig
 
 
 def poincare(run: Optional[str]) -> None:

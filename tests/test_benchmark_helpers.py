@@ -107,3 +107,25 @@ def test_sensitivity_variants_change_one_setting_each():
            "match_dtype": "float64", "mean": 0.8117, "std": 0.0001, "loss_per_class_first": 15.9, "loss_per_class_last": 7.7}
     line = sensitivity.format_table([row]).splitlines()[-1]
     assert line.split()[:6] == ["no-clamp", "1", "40", "none", "float64", "81.17"]
+
+
+def test_pruning_curves_plot_the_saved_evaluations():
+    import plots
+
+    def row(matcher, score, keep, accs):
+        return {"matcher": matcher, "score": score, "keep": keep, "seed": 0,
+                "evals": [{"iteration": 100 * (i + 1), "ConvNet": {"mean": a}} for i, a in enumerate(accs)]}
+
+    res = {"dataset": "fashion-mnist", "ipc": 10, "preset": "cpu",
+           "rows": [row("hyperbolic", "radius", 0.2, [0.70, 0.72]), row("mmd", "none", 1.0, [0.79, 0.81]),
+                    row("hyperbolic", "none", 1.0, [0.78, 0.80]), row("hyperbolic", "random", 0.2, [0.75, 0.77])]}
+    fig = plots.curve_figure(res)
+    left, right = fig.axes
+    got = {ln.get_label(): list(ln.get_ydata()) for ln in left.get_lines()}
+    assert got == {"DM (MMD), seed 0": [79.0, 81.0], "DM + HDD, seed 0": [78.0, 80.0]}
+    got = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in right.get_lines()}
+    assert got == {"100 %, seed 0": ([100, 200], [78.0, 80.0]), "20 % radius, seed 0": ([100, 200], [70.0, 72.0]),
+                   "20 % random, seed 0": ([100, 200], [75.0, 77.0])}
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
