@@ -47,6 +47,14 @@ def stability(evals: list[dict[str, Any]], last: int) -> Optional[float]:
     return statistics.pstdev(means) if len(means) == last and last > 1 else None
 
 
+def synthetic_mean_pixel(run_dir: Path, real: Any) -> float:
+    """Mean pixel value, on the [0, 1] scale, of a finished run's synthetic set (pruned pools can shift it)."""
+    from hyperdm.distill.artifacts import load_synthetic
+
+    images, _, _ = load_synthetic(run_dir)
+    return float(real.denormalise(images).double().mean())
+
+
 def summarise(rows: list[dict[str, Any]], last: int) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for r in rows:
@@ -59,18 +67,21 @@ def summarise(rows: list[dict[str, Any]], last: int) -> list[dict[str, Any]]:
                     "kept_images": rs[0]["kept_images"], "final_mean": statistics.fmean(finals),
                     "final_std_over_seeds": statistics.pstdev(finals) if len(finals) > 1 else None,
                     "final_std_over_eval_runs": statistics.fmean(100 * r["std"] for r in rs),
-                    "curve_std_last": statistics.fmean(stabs) if stabs else None, "last": last})
+                    "curve_std_last": statistics.fmean(stabs) if stabs else None, "last": last,
+                    "synthetic_mean_pixel": statistics.fmean(r["synthetic_mean_pixel"] for r in rs)
+                    if all("synthetic_mean_pixel" in r for r in rs) else None})
     return out
 
 
 def format_table(table: list[dict[str, Any]]) -> str:
-    lines = [f"{'matcher':<11}{'score':<10}{'keep':>6}{'images':>8}  {'final acc (%)':<16}{'curve std (last)':>18}  seeds",
-             "-" * 80]
+    lines = [f"{'matcher':<11}{'score':<10}{'keep':>6}{'images':>8}  {'final acc (%)':<16}{'curve std (last)':>18}"
+             f"{'mean pixel':>12}  seeds", "-" * 92]
     for t in table:
         spread = t["final_std_over_seeds"] if t["final_std_over_seeds"] is not None else t["final_std_over_eval_runs"]
         curve = f"{t['curve_std_last']:.2f} ({t['last']})" if t["curve_std_last"] is not None else "-"
+        pixel = f"{t['synthetic_mean_pixel']:.4f}" if t.get("synthetic_mean_pixel") is not None else "-"
         lines.append(f"{t['matcher']:<11}{t['score']:<10}{100 * t['keep']:>5.0f}%{t['kept_images']:>8}  "
-                     f"{t['final_mean']:.2f} +- {spread:.2f}  {curve:>18}  {t['seeds']}")
+                     f"{t['final_mean']:.2f} +- {spread:.2f}  {curve:>18}{pixel:>12}  {t['seeds']}")
     return "\n".join(lines)
 
 
@@ -114,6 +125,15 @@ def main() -> None:
         return
     header = {"benchmark": "pruning_study", "method": "dm", "preset": a.preset, "dataset": a.dataset, "ipc": a.ipc,
               **machine(a.device)}
+    loaded: list[Any] = []
+
+    def real() -> Any:
+        if not loaded:
+            from hyperdm.distill.data import load_dataset
+
+            loaded.append(load_dataset(a.dataset, a.data_root))
+        return loaded[0]
+
     plan: list[tuple[str, str, float, int]] = []
     for seed in a.seeds:
         if a.mmd:
@@ -130,14 +150,19 @@ def main() -> None:
         old = store.get(rid)
         if same_settings(old, want):
             print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)
+            run = Path(a.work) / rid.replace("/", "-")
+            if "synthetic_mean_pixel" not in old and (run / "synthetic.pt").exists():  # rows saved before it was recorded
+                store.put({**old, "synthetic_mean_pixel": synthetic_mean_pixel(run, real())}, header, summary)
             continue
-        m, wall = distill_resumable(cfg, Path(a.work) / rid.replace("/", "-"))
+        out = Path(a.work) / rid.replace("/", "-")
+        m, wall = distill_resumable(cfg, out)
         final = m["evals"][-1]["ConvNet"]
         n_train = m.get("real_images_used")
         row = {"id": rid, "matcher": matcher, "score": score, "keep": keep, "seed": seed, "threads": torch.get_num_threads(),
                **want, "kept_images": n_train, "accs": final["accs"], "mean": final["mean"], "std": final["std"],
                "evals": m["evals"], "stability_last": stability(m["evals"], a.last), "distill_seconds": m["distill_seconds"],
-               "wall_seconds_with_eval": wall, "loss_per_class": m["loss_per_class"]}
+               "wall_seconds_with_eval": wall, "loss_per_class": m["loss_per_class"],
+               "synthetic_mean_pixel": synthetic_mean_pixel(out, real())}
         print(f"{rid}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %, curve std "
               f"{row['stability_last']}, {wall:.0f} s", flush=True)
         store.put(row, header, summary)

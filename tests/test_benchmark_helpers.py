@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -84,6 +85,20 @@ def test_pruning_stability_is_the_std_of_the_last_evaluations():
     (t,) = pruning_study.summarise(rows, 3)
     assert t["final_mean"] == pytest.approx(79.0) and t["final_std_over_seeds"] == pytest.approx(1.0)
     assert t["curve_std_last"] == pytest.approx(((0.0 + 4.0 + 4.0) / 3) ** 0.5)
+    assert t["synthetic_mean_pixel"] is None  # not recorded in every row: no number
+    (t,) = pruning_study.summarise([{**r, "synthetic_mean_pixel": p} for r, p in zip(rows, (0.2, 0.3))], 3)
+    assert t["synthetic_mean_pixel"] == pytest.approx(0.25)
+
+
+def test_synthetic_mean_pixel_reads_the_run_on_the_pixel_scale(tmp_path):
+    from hyperdm.distill.data import DatasetInfo, RealData
+
+    info = DatasetInfo(name="t", channels=1, im_size=(2, 2), num_classes=2, mean=(0.5,), std=(0.25,), class_names=("a", "b"))
+    real = RealData(info=info, train_images=torch.zeros(2, 1, 2, 2), train_labels=torch.tensor([0, 1]),
+                    test_images=torch.zeros(2, 1, 2, 2), test_labels=torch.tensor([0, 1]), root=str(tmp_path))
+    images = torch.tensor([[[[0.0, 1.0], [2.0, -2.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])  # pixels 0.5 + 0.25 * x
+    torch.save({"data": [[images, torch.tensor([0, 1])]]}, tmp_path / "synthetic.pt")
+    assert pruning_study.synthetic_mean_pixel(tmp_path, real) == pytest.approx(0.5 + 0.25 * 5.0 / 8)
 
 
 def test_sensitivity_variants_change_one_setting_each():
