@@ -15,7 +15,7 @@ Prints the table with the paper's numbers beside ours.
     python benchmarks/reproduce.py --preset paper --methods dm --ipcs 10 --device cuda    # the full protocol
     python benchmarks/reproduce.py --methods dm --shard 0/2 --threads 1 & \
     python benchmarks/reproduce.py --methods dm --shard 1/2 --threads 1                   # two shards, one file
-    python benchmarks/reproduce.py --table-only                                           # print the saved table
+    python benchmarks/reproduce.py --table-only [--markdown]                              # print the saved table
 
 Results: ``benchmarks/results/reproduce_<dataset>_<preset>_<device>.json``. Accuracy per
 (method, matcher, IPC) is the mean +- std over seeds of each seed's final evaluation (the mean
@@ -119,7 +119,9 @@ def verdicts(table: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def format_table(table: list[dict[str, Any]]) -> str:
+def format_table(table: list[dict[str, Any]], markdown: bool = False) -> str:
+    if markdown:
+        return format_markdown(table)
     lines = [f"{'method':<14}{'IPC':>4}  {'ours (%)':<16}{'seeds':>6}  {'paper (%)':<12}  per seed",
              "-" * 78]
     for t in table:
@@ -127,6 +129,16 @@ def format_table(table: list[dict[str, Any]]) -> str:
         paper = f"{t['paper_mean']:.1f} +- {t['paper_std']:.1f}" if t["paper_mean"] is not None else "-"
         per = ", ".join(f"{m:.2f}" for m in t["per_seed"])
         lines.append(f"{t['label']:<14}{t['ipc']:>4}  {ours:<16}{len(t['seeds']):>6}  {paper:<12}  {per}")
+    return "\n".join(lines)
+
+
+def format_markdown(table: list[dict[str, Any]]) -> str:
+    """The table as README prints it (a Markdown table, ``+-`` as in the text table)."""
+    lines = ["| method | IPC | ours (%) | per seed | paper (%) |", "|---|---|---|---|---|"]
+    for t in table:
+        ours = f"{t['mean']:.2f} +- {t['std']:.2f}" if t["std"] is not None else f"{t['mean']:.2f} (1 seed)"
+        paper = f"{t['paper_mean']:.1f} +- {t['paper_std']:.1f}" if t["paper_mean"] is not None else "-"
+        lines.append(f"| {t['label']} | {t['ipc']} | {ours} | {', '.join(f'{m:.2f}' for m in t['per_seed'])} | {paper} |")
     return "\n".join(lines)
 
 
@@ -152,6 +164,7 @@ def main() -> None:
     ap.add_argument("--work", default="runs/reproduce", help="run directories (a row's interrupted run there is continued)")
     ap.add_argument("--name", default=None, help="results file name (default reproduce_<dataset>_<preset>_<device>)")
     ap.add_argument("--table-only", action="store_true", help="print the table of the saved results and exit")
+    ap.add_argument("--markdown", action="store_true", help="with --table-only: print the table as Markdown (README's)")
     ap.add_argument("--shard", default="0/1", metavar="I/N", help="run rows I, I+N, I+2N, ... of the plan (default 0/1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     a = ap.parse_args()
@@ -164,7 +177,7 @@ def main() -> None:
     store = RowStore(a.name or f"reproduce_{a.dataset}_{a.preset}_{a.device.split(':')[0]}")
     if a.table_only:
         table = summarise(store.rows())
-        print(format_table(table))
+        print(format_table(table, markdown=a.markdown))
         print("\n".join(verdicts(table)))
         return
     header = {"benchmark": "reproduce", "preset": a.preset, "dataset": a.dataset, **machine(a.device)}

@@ -74,6 +74,10 @@ def test_reproduce_table_and_verdicts():
     assert any(s.startswith("DM IPC 1: HDD is level with MMD (+0.00 points") for s in v), v
     text = reproduce.format_table(table)
     assert "84.00 +- 0.82" in text and "84.0 +- 0.1" in text
+    md = reproduce.format_table(table, markdown=True).splitlines()
+    assert md[0] == "| method | IPC | ours (%) | per seed | paper (%) |" and len(md) == 2 + len(table)
+    assert "| DM with HDD | 10 | 84.00 +- 0.82 | 83.00, 84.00, 85.00 | 84.0 +- 0.1 |" in md
+    assert "| Random real | 10 | 73.00 (1 seed) | 73.00 | 73.8 +- 0.7 |" in md
 
 
 def test_pruning_stability_is_the_std_of_the_last_evaluations():
