@@ -710,7 +710,9 @@ def test_feature_centroid_mask_excludes_points(k, dtype, max_norm):
                 sub = v[i][mask[i]][None]
                 ws = None if weights is None else weights[i][mask[i]][None]
                 ref = L.feature_centroid(sub, k=k, max_norm=max_norm, weights=ws, hierarchical=hier)[0]
-                assert torch.allclose(fc[i], ref, rtol=64 * eps_of(torch.float64), atol=0), (i, fc[i], ref)
+                # normwise: summation order differs between the padded and the compacted batch (CPU-dependent)
+                tol = 64 * eps_of(torch.float64) * ref.abs().max().item()
+                assert torch.allclose(fc[i], ref, rtol=64 * eps_of(torch.float64), atol=tol), (i, (fc[i] - ref).abs().max())
             fc.sum().backward()
             assert torch.isfinite(padded.grad).all()
             assert (padded.grad[~mask] == 0).all(), "masked points must get zero gradient"
