@@ -106,6 +106,24 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def add_sweep_args(ap: Any, unit: str) -> None:
+    """``--shard``, ``--threads`` and ``--table-only``, shared by the resumable sweeps; ``unit`` names what is sharded."""
+    ap.add_argument("--shard", default="0/1", metavar="I/N", help=f"run {unit} I, I+N, I+2N, ... (default 0/1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
+    ap.add_argument("--table-only", action="store_true", help="print the table of the saved results and exit")
+
+
+def sweep_setup(ap: Any, a: Any) -> tuple[int, int]:
+    """Check ``--shard`` (a usage error names the fix), apply ``--threads``; return ``(shard, shards)``."""
+    try:
+        shard, shards = parse_shard(a.shard)
+    except ValueError as e:
+        ap.error(str(e))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    return shard, shards
+
+
 def distill_resumable(cfg: Any, out: Path) -> tuple[dict[str, Any], float]:
     """``hyperdm.distill`` into ``out``, continuing a run with the same settings that stopped there.
 

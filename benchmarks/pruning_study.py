@@ -32,7 +32,7 @@ import torch
 from hyperdm.distill import resolve
 from hyperdm.distill.presets import PRUNE_SCORES
 
-from _results import RowStore, distill_resumable, machine, parse_shard, same_settings
+from _results import RowStore, add_sweep_args, distill_resumable, machine, same_settings, sweep_setup
 
 KEYS = ("iterations", "batch_real", "eval_epochs", "eval_runs", "eval_every", "k", "scale", "lr_img", "prune_nets")
 
@@ -103,18 +103,11 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--work", default="runs/pruning", help="run directories (a row's interrupted run there is continued)")
     ap.add_argument("--name", default=None, help="results file name")
-    ap.add_argument("--shard", default="0/1", metavar="I/N", help="run rows I, I+N, ... of the plan (default 0/1)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of this process")
-    ap.add_argument("--table-only", action="store_true", help="print the table of the saved results and exit")
+    add_sweep_args(ap, "rows of the plan")
     a = ap.parse_args()
-    try:
-        shard, shards = parse_shard(a.shard)
-    except ValueError as e:
-        ap.error(str(e))
     if any(not 0 < f <= 1 for f in a.keeps):
         ap.error(f"--keeps takes fractions in (0, 1], e.g. 1 0.5 0.2 0.05; got {a.keeps}")
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    shard, shards = sweep_setup(ap, a)
     store = RowStore(a.name or f"pruning_{a.dataset}_ipc{a.ipc}_{a.preset}_{a.device.split(':')[0]}")
 
     def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

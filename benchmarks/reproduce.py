@@ -37,7 +37,7 @@ from hyperdm.distill.data import load_dataset
 from hyperdm.distill.evaluate import derive_seed, evaluate_synthetic
 from hyperdm.distill.loops.base import eval_config
 
-from _results import RowStore, distill_resumable, machine, parse_shard, same_settings
+from _results import RowStore, add_sweep_args, distill_resumable, machine, same_settings, sweep_setup
 
 #: paper Table 1, Fashion-MNIST, IPC 1 / 10 / 50: (mean, std) in %
 PAPER = {
@@ -163,17 +163,10 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--work", default="runs/reproduce", help="run directories (a row's interrupted run there is continued)")
     ap.add_argument("--name", default=None, help="results file name (default reproduce_<dataset>_<preset>_<device>)")
-    ap.add_argument("--table-only", action="store_true", help="print the table of the saved results and exit")
     ap.add_argument("--markdown", action="store_true", help="with --table-only: print the table as Markdown (README's)")
-    ap.add_argument("--shard", default="0/1", metavar="I/N", help="run rows I, I+N, I+2N, ... of the plan (default 0/1)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
+    add_sweep_args(ap, "rows of the plan")
     a = ap.parse_args()
-    try:
-        shard, shards = parse_shard(a.shard)
-    except ValueError as e:
-        ap.error(str(e))
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    shard, shards = sweep_setup(ap, a)
     store = RowStore(a.name or f"reproduce_{a.dataset}_{a.preset}_{a.device.split(':')[0]}")
     if a.table_only:
         table = summarise(store.rows())

@@ -34,7 +34,7 @@ import torch
 
 from hyperdm.distill import resolve
 
-from _results import RowStore, distill_resumable, machine, parse_shard, same_settings
+from _results import RowStore, add_sweep_args, distill_resumable, machine, same_settings, sweep_setup
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "mmd": ("mmd", {}),
@@ -89,16 +89,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--work", default="runs/sensitivity", help="run directories (a row's interrupted run there is continued)")
-    ap.add_argument("--shard", default="0/1", metavar="I/N", help="run variants I, I+N, ... of --variants (default 0/1)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of this process")
-    ap.add_argument("--table-only", action="store_true", help="print the table of the saved results and exit")
+    add_sweep_args(ap, "variants of --variants")
     a = ap.parse_args()
-    try:
-        shard, shards = parse_shard(a.shard)
-    except ValueError as e:
-        ap.error(str(e))
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    shard, shards = sweep_setup(ap, a)
     store = RowStore(f"sensitivity_{a.dataset}_ipc{a.ipc}_{a.preset}")
     if a.table_only:
         print(format_table(store.rows()))
