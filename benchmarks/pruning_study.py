@@ -141,13 +141,12 @@ def main() -> None:
             "prune_keep": keep if keep < 1 else None, "prune_score": score if keep < 1 else None})
         want = {key: getattr(cfg, key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
         old = store.get(rid)
+        out = Path(a.work) / rid.replace("/", "-")
         if same_settings(old, want):
             print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)
-            run = Path(a.work) / rid.replace("/", "-")
-            if "synthetic_mean_pixel" not in old and (run / "synthetic.pt").exists():  # rows saved before it was recorded
-                store.put({**old, "synthetic_mean_pixel": synthetic_mean_pixel(run, real())}, header, summary)
+            if "synthetic_mean_pixel" not in old and (out / "synthetic.pt").exists():  # rows saved before it was recorded
+                store.put({**old, "synthetic_mean_pixel": synthetic_mean_pixel(out, real())}, header, summary)
             continue
-        out = Path(a.work) / rid.replace("/", "-")
         m, wall = distill_resumable(cfg, out)
         final = m["evals"][-1]["ConvNet"]
         n_train = m.get("real_images_used")
