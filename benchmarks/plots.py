@@ -75,22 +75,48 @@ def curves(name: str) -> None:
 
 
 def curve_figure(res: dict[str, Any]) -> Any:
-    """The two-panel figure of :func:`curves` for a loaded pruning-study results dict."""
+    """The three-panel figure of :func:`curves` for a loaded pruning-study results dict.
+
+    Left: accuracy vs iteration, HDD against the MMD line at 100 %. Middle: HDD per kept fraction,
+    colour by score, line style by fraction. Right: final accuracy vs kept fraction, one line per
+    score (mean over seeds), all starting from the unpruned HDD row; the MMD line is dashed.
+    """
     rows = sorted(res["rows"], key=lambda r: (r["matcher"], -r["keep"], r["score"], r["seed"]))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    colour = {"radius": "tab:red", "centroid": "tab:orange", "random": "tab:blue", "none": "black"}
+    keeps = sorted({r["keep"] for r in rows if r["keep"] < 1}, reverse=True)
+    dash = {k: ["-", "--", ":", "-."][i % 4] for i, k in enumerate(keeps)}
     for r in rows:
         its = [e["iteration"] for e in r["evals"]]
         acc = [100 * e["ConvNet"]["mean"] for e in r["evals"]]
         if r["keep"] == 1:
             axes[0].plot(its, acc, "o-", label=f"{'DM + HDD' if r['matcher'] == 'hyperbolic' else 'DM (MMD)'}, seed {r['seed']}")
         if r["matcher"] == "hyperbolic":
-            style = {"radius": "-", "centroid": "--", "random": ":", "none": "-"}[r["score"]]
             label = "100 %" if r["keep"] == 1 else f"{100 * r['keep']:g} % {r['score']}"
-            axes[1].plot(its, acc, style, marker="o", ms=3, label=f"{label}, seed {r['seed']}")
+            axes[1].plot(its, acc, dash.get(r["keep"], "-"), color=colour[r["score"]], marker="o", ms=3,
+                         label=f"{label}, seed {r['seed']}")
+    final: dict[tuple[str, str, float], list[float]] = {}
+    for r in rows:
+        final.setdefault((r["matcher"], r["score"], r["keep"]), []).append(100 * r["evals"][-1]["ConvNet"]["mean"])
+    full = final.get(("hyperbolic", "none", 1))
+    for score in ("radius", "centroid", "random"):
+        pts = sorted((k, sum(v) / len(v)) for (m, s, k), v in final.items() if m == "hyperbolic" and s == score)
+        if full:
+            pts = [(1.0, sum(full) / len(full))] + pts
+        if len(pts) > 1 or (pts and pts[0][0] < 1):
+            xs, ys = zip(*sorted(pts))
+            axes[2].plot([100 * x for x in xs], ys, "o-", color=colour[score], label=score)
+    mmd = final.get(("mmd", "none", 1))
+    if mmd:
+        axes[2].axhline(sum(mmd) / len(mmd), color="gray", ls="--", label="MMD line, 100 %")
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("real data kept (%)")
+    axes[2].set_title("final accuracy by kept fraction (mean over seeds)", fontsize=9)
     axes[0].set_title(f"{res['dataset']} IPC {res['ipc']}, {res['preset']} preset: HDD vs the MMD line", fontsize=9)
     axes[1].set_title("DM + HDD on a pruned real set (kept fraction, score)", fontsize=9)
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_xlabel("distillation iteration")
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("ConvNet test accuracy (%), mean of the evaluation runs")

@@ -138,13 +138,19 @@ def test_pruning_curves_plot_the_saved_evaluations():
     res = {"dataset": "fashion-mnist", "ipc": 10, "preset": "cpu",
            "rows": [row("hyperbolic", "radius", 0.2, [0.70, 0.72]), row("mmd", "none", 1.0, [0.79, 0.81]),
                     row("hyperbolic", "none", 1.0, [0.78, 0.80]), row("hyperbolic", "random", 0.2, [0.75, 0.77])]}
+    res["rows"].append(dict(row("hyperbolic", "radius", 0.2, [0.60, 0.66]), seed=1))
     fig = plots.curve_figure(res)
-    left, right = fig.axes
+    left, right, by_keep = fig.axes
     got = {ln.get_label(): list(ln.get_ydata()) for ln in left.get_lines()}
     assert got == {"DM (MMD), seed 0": [79.0, 81.0], "DM + HDD, seed 0": [78.0, 80.0]}
     got = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in right.get_lines()}
     assert got == {"100 %, seed 0": ([100, 200], [78.0, 80.0]), "20 % radius, seed 0": ([100, 200], [70.0, 72.0]),
-                   "20 % random, seed 0": ([100, 200], [75.0, 77.0])}
+                   "20 % random, seed 0": ([100, 200], [75.0, 77.0]), "20 % radius, seed 1": ([100, 200], [60.0, 66.0])}
+    got = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in by_keep.get_lines()}
+    assert set(got) == {"radius", "random", "MMD line, 100 %"}  # no centroid rows, so no centroid line
+    assert got["radius"][0] == [20.0, 100.0] and got["radius"][1] == pytest.approx([69.0, 80.0])  # mean of seeds 0, 1
+    assert got["random"][1] == pytest.approx([77.0, 80.0])
+    assert got["MMD line, 100 %"][1] == pytest.approx([81.0, 81.0])
     import matplotlib.pyplot as plt
 
     plt.close(fig)
