@@ -13,7 +13,7 @@ Prints the table with the paper's numbers beside ours.
     python benchmarks/reproduce.py --preset cpu --methods dm --ipcs 10 1 --seeds 0 1 2   # ~50 min on 2 cores
     python benchmarks/reproduce.py --preset cpu --methods idm --ipcs 10 1 --seeds 0 1 2
     python benchmarks/reproduce.py --preset paper --methods dm --ipcs 10 --device cuda    # the full protocol
-    python benchmarks/reproduce.py --methods dm --shard 0/2 --threads 1 & \
+    python benchmarks/reproduce.py --methods dm --shard 0/2 --threads 1 &
     python benchmarks/reproduce.py --methods dm --shard 1/2 --threads 1                   # two shards, one file
     python benchmarks/reproduce.py --table-only [--markdown]                              # print the saved table
 

@@ -17,7 +17,7 @@ continues from its checkpoint, so sweeps can be run in pieces and in parallel (`
 
     python benchmarks/sensitivity.py --preset cpu --dataset fashion-mnist --ipc 10      # ~13 min per variant on 2 cores
     python benchmarks/sensitivity.py --variants no-clamp hdd float32                    # a subset, in this order
-    python benchmarks/sensitivity.py --variants k2 scale-auto --shard 0/2 --threads 1 & \
+    python benchmarks/sensitivity.py --variants k2 scale-auto --shard 0/2 --threads 1 &
     python benchmarks/sensitivity.py --variants k2 scale-auto --shard 1/2 --threads 1
     python benchmarks/sensitivity.py --table-only
 
