@@ -110,6 +110,9 @@ def curve_figure(res: dict[str, Any]) -> Any:
     if mmd:
         axes[2].axhline(sum(mmd) / len(mmd), color="gray", ls="--", label="MMD line, 100 %")
     axes[2].set_xscale("log")
+    ticks = sorted({100 * k for k in keeps} | {100.0})
+    axes[2].set_xticks(ticks, [f"{t:g}" for t in ticks])
+    axes[2].minorticks_off()
     axes[2].set_xlabel("real data kept (%)")
     axes[2].set_title("final accuracy by kept fraction (mean over seeds)", fontsize=9)
     axes[0].set_title(f"{res['dataset']} IPC {res['ipc']}, {res['preset']} preset: HDD vs the MMD line", fontsize=9)
@@ -118,7 +121,11 @@ def curve_figure(res: dict[str, Any]) -> Any:
         ax.set_xlabel("distillation iteration")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
+    lo, hi = axes[1].get_ylim()  # room under the curves for a two-column legend
+    axes[1].set_ylim(lo - 0.45 * (hi - lo), hi)
+    axes[1].legend(fontsize=6, ncol=2, loc="lower center")
     axes[0].set_ylabel("ConvNet test accuracy (%), mean of the evaluation runs")
     fig.tight_layout()
     return fig
