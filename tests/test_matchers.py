@@ -383,3 +383,30 @@ def test_auto_scale_bad_inputs():
         hyperbolic_matching_loss(real, real[:, :3], scale="auto")
     with pytest.raises(ValueError, match="must be a finite number >= 0"):
         HyperbolicMatcher(scale="Auto")
+
+
+# ---- k under a saturated clamp ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [0.5, 2.0, 3.0])
+def test_saturated_clamp_makes_k_a_loss_scale(k):
+    """With every |v| above max_norm*sqrt(k), each point is sqrt(k) times its k=1 twin, so the loss and
+    its gradient are exactly sqrt(k) times those at k=1 (why the k sweep tracks the lambda sweep)."""
+    g = torch.Generator().manual_seed(5)
+
+    def far(*shape):
+        v = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return v / v.norm(dim=-1, keepdim=True) * (20 + 30 * torch.rand(*shape[:-1], 1, generator=g, dtype=torch.float64))
+
+    real, syn = far(3, 40, 16), far(3, 5, 16).requires_grad_(True)
+    assert float(real.norm(dim=-1).min()) > 10 * math.sqrt(3.0)
+    loss_k = hyperbolic_matching_loss(real, syn, k=k, scale=40.0, max_norm=10.0)
+    loss_1 = hyperbolic_matching_loss(real, syn, k=1.0, scale=40.0, max_norm=10.0)
+    (grad_k,) = torch.autograd.grad(loss_k, syn)
+    (grad_1,) = torch.autograd.grad(loss_1, syn)
+    assert float(loss_k.detach()) == pytest.approx(math.sqrt(k) * float(loss_1.detach()), rel=1e-9)
+    torch.testing.assert_close(grad_k, math.sqrt(k) * grad_1, rtol=1e-8, atol=1e-12)
+    syn = syn.detach()
+    exact_k = float(hyperbolic_matching_loss(real, syn, k=k, scale=40.0, max_norm=None))  # no clamp: k is geometry
+    exact_1 = float(hyperbolic_matching_loss(real, syn, k=1.0, scale=40.0, max_norm=None))
+    assert abs(exact_k - math.sqrt(k) * exact_1) > 1e-3 * exact_k
