@@ -100,12 +100,13 @@ def curve_figure(res: dict[str, Any]) -> Any:
         final.setdefault((r["matcher"], r["score"], r["keep"]), []).append(100 * r["evals"][-1]["ConvNet"]["mean"])
     full = final.get(("hyperbolic", "none", 1))
     for score in ("radius", "centroid", "random"):
-        pts = sorted((k, sum(v) / len(v)) for (m, s, k), v in final.items() if m == "hyperbolic" and s == score)
+        pts = [(k, sum(v) / len(v)) for (m, s, k), v in final.items() if m == "hyperbolic" and s == score]
+        if not pts:
+            continue
         if full:
-            pts = [(1.0, sum(full) / len(full))] + pts
-        if len(pts) > 1 or (pts and pts[0][0] < 1):
-            xs, ys = zip(*sorted(pts))
-            axes[2].plot([100 * x for x in xs], ys, "o-", color=colour[score], label=score)
+            pts.append((1.0, sum(full) / len(full)))
+        xs, ys = zip(*sorted(pts))
+        axes[2].plot([100 * x for x in xs], ys, "o-", color=colour[score], label=score)
     mmd = final.get(("mmd", "none", 1))
     if mmd:
         axes[2].axhline(sum(mmd) / len(mmd), color="gray", ls="--", label="MMD line, 100 %")
