@@ -79,7 +79,7 @@ def curve_figure(res: dict[str, Any]) -> Any:
 
     Left: accuracy vs iteration, HDD against the MMD line at 100 %. Middle: HDD per kept fraction,
     colour by score, line style by fraction. Right: final accuracy vs kept fraction, one line per
-    score (mean over seeds), all starting from the unpruned HDD row; the MMD line is dashed.
+    score and seed, ending at that seed's unpruned HDD row; the MMD line is a grey dashed line.
     """
     rows = sorted(res["rows"], key=lambda r: (r["matcher"], -r["keep"], r["score"], r["seed"]))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -95,27 +95,24 @@ def curve_figure(res: dict[str, Any]) -> Any:
             label = "100 %" if r["keep"] == 1 else f"{100 * r['keep']:g} % {r['score']}"
             axes[1].plot(its, acc, dash.get(r["keep"], "-"), color=colour[r["score"]], marker="o", ms=3,
                          label=f"{label}, seed {r['seed']}")
-    final: dict[tuple[str, str, float], list[float]] = {}
-    for r in rows:
-        final.setdefault((r["matcher"], r["score"], r["keep"]), []).append(100 * r["evals"][-1]["ConvNet"]["mean"])
-    full = final.get(("hyperbolic", "none", 1))
-    for score in ("radius", "centroid", "random"):
-        pts = [(k, sum(v) / len(v)) for (m, s, k), v in final.items() if m == "hyperbolic" and s == score]
-        if not pts:
-            continue
-        if full:
-            pts.append((1.0, sum(full) / len(full)))
-        xs, ys = zip(*sorted(pts))
-        axes[2].plot([100 * x for x in xs], ys, "o-", color=colour[score], label=score)
-    mmd = final.get(("mmd", "none", 1))
-    if mmd:
-        axes[2].axhline(sum(mmd) / len(mmd), color="gray", ls="--", label="MMD line, 100 %")
+    final = {(r["matcher"], r["score"], r["keep"], r["seed"]): 100 * r["evals"][-1]["ConvNet"]["mean"] for r in rows}
+    for score in ("radius", "centroid", "random"):  # one line per score and seed, from that seed's 100 % row
+        for i, seed in enumerate(sorted({sd for (m, s, k, sd) in final if m == "hyperbolic" and s == score})):
+            pts = [(k, a) for (m, s, k, sd), a in final.items() if m == "hyperbolic" and s == score and sd == seed]
+            if ("hyperbolic", "none", 1.0, seed) in final:
+                pts.append((1.0, final[("hyperbolic", "none", 1.0, seed)]))
+            xs, ys = zip(*sorted(pts))
+            axes[2].plot([100 * x for x in xs], ys, ["o-", "s--", "^:", "v-."][i % 4], color=colour[score],
+                         label=f"{score}, seed {seed}")
+    for (m, s, k, seed), a in final.items():
+        if m == "mmd":
+            axes[2].axhline(a, color="gray", ls="--", lw=1, label=f"MMD line, 100 %, seed {seed}")
     axes[2].set_xscale("log")
     ticks = sorted({100 * k for k in keeps} | {100.0})
     axes[2].set_xticks(ticks, [f"{t:g}" for t in ticks])
     axes[2].minorticks_off()
     axes[2].set_xlabel("real data kept (%)")
-    axes[2].set_title("final accuracy by kept fraction (mean over seeds)", fontsize=9)
+    axes[2].set_title("final accuracy by kept fraction (per score and seed)", fontsize=9)
     axes[0].set_title(f"{res['dataset']} IPC {res['ipc']}, {res['preset']} preset: HDD vs the MMD line", fontsize=9)
     axes[1].set_title("DM + HDD on a pruned real set (kept fraction, score)", fontsize=9)
     for ax in axes[:2]:

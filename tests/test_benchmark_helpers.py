@@ -147,10 +147,11 @@ def test_pruning_curves_plot_the_saved_evaluations():
     assert got == {"100 %, seed 0": ([100, 200], [78.0, 80.0]), "20 % radius, seed 0": ([100, 200], [70.0, 72.0]),
                    "20 % random, seed 0": ([100, 200], [75.0, 77.0]), "20 % radius, seed 1": ([100, 200], [60.0, 66.0])}
     got = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in by_keep.get_lines()}
-    assert set(got) == {"radius", "random", "MMD line, 100 %"}  # no centroid rows, so no centroid line
-    assert got["radius"][0] == [20.0, 100.0] and got["radius"][1] == pytest.approx([69.0, 80.0])  # mean of seeds 0, 1
-    assert got["random"][1] == pytest.approx([77.0, 80.0])
-    assert got["MMD line, 100 %"][1] == pytest.approx([81.0, 81.0])
+    assert set(got) == {"radius, seed 0", "radius, seed 1", "random, seed 0", "MMD line, 100 %, seed 0"}  # no centroid rows
+    assert got["radius, seed 0"] == ([20.0, 100.0], [72.0, 80.0])  # ends at the seed's own 100 % row
+    assert got["radius, seed 1"] == ([20.0], [66.0])  # seed 1 has no 100 % row: nothing borrowed from seed 0
+    assert got["random, seed 0"][1] == [77.0, 80.0]
+    assert got["MMD line, 100 %, seed 0"][1] == [81.0, 81.0]
     import matplotlib.pyplot as plt
 
     plt.close(fig)
