@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _results  # noqa: E402
+import convergence  # noqa: E402
 import pruning_study  # noqa: E402
 import reproduce  # noqa: E402
 
@@ -155,3 +156,37 @@ def test_pruning_curves_plot_the_saved_evaluations():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def _conv_row(variant, ipc, seed, it, acc):
+    return {"id": f"dm/{variant}/ipc{ipc}/seed{seed}/it{it}", "variant": variant, "ipc": ipc, "seed": seed,
+            "iteration": it, "accuracy": acc}
+
+
+def test_convergence_table_pairs_seeds_and_skips_unpaired():
+    rows = [_conv_row("mmd", 1, 0, 200, 70.0), _conv_row("mmd", 1, 1, 200, 72.0),
+            _conv_row("hyperbolic", 1, 0, 200, 71.0), _conv_row("hyperbolic", 1, 1, 200, 71.0),
+            _conv_row("hyperbolic", 1, 2, 200, 90.0),  # no MMD partner: in the mean, not in the differences
+            _conv_row("mmd", 10, 0, 500, 80.0)]
+    table = {(e["variant"], e["ipc"], e["iteration"]): e for e in convergence.table(rows)}
+    hdd = table[("hyperbolic", 1, 200)]
+    assert hdd["seeds"] == [0, 1, 2] and hdd["mean"] == pytest.approx(232 / 3)
+    assert hdd["paired_seeds"] == [0, 1] and hdd["diff_per_seed"] == [1.0, -1.0]
+    assert hdd["diff_mean"] == 0.0 and hdd["diff_std"] == pytest.approx(2 ** 0.5)
+    assert table[("mmd", 10, 500)]["std"] == 0.0 and "diff_mean" not in table[("mmd", 10, 500)]
+    text = convergence.format_table(convergence.table(rows), markdown=True)
+    assert "| hyperbolic | 1 | 200 | 0,1,2 | 77.33 +- 10.97 | +1.00, -1.00 | +0.00 +- 1.41 |" in text
+
+
+def test_convergence_harvests_only_runs_with_the_same_settings(tmp_path):
+    want = {key: None for key in convergence.KEYS}
+    want.update(iterations=2000, ipc=1, seed=0, batch_real=64, lr_img=1.0, eval_epochs=300, eval_runs=2,
+                match_dtype="float32")
+    cfg = {**want, "matcher": "mmd", "k": 1.0, "scale": 20.0, "max_norm": 10.0}  # unused by mmd: not compared
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    evals = [{"iteration": 200, "ConvNet": {"mean": 0.7, "std": 0.01, "accs": [0.69, 0.71]}}]
+    (tmp_path / "metrics.json").write_text(json.dumps({"evals": evals, "final": False, "distill_seconds": 12.0}))
+    rows = convergence.rows_of_run(tmp_path, "mmd", want)
+    assert [(r["id"], r["accuracy"], r["runs"], r["run_finished"]) for r in rows] == [
+        ("dm/mmd/ipc1/seed0/it200", pytest.approx(70.0), [pytest.approx(69.0), pytest.approx(71.0)], False)]
+    assert convergence.rows_of_run(tmp_path, "mmd", {**want, "iterations": 200}) == []

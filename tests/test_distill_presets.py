@@ -1,5 +1,7 @@
 """Presets: the paper's Tables 5/6 transcribed, provenance recorded, bad input rejected."""
 
+import json
+
 import pytest
 
 from hyperdm.distill.presets import PAPER_HDD, DistillConfig, paper_row, resolve
@@ -68,6 +70,17 @@ def test_cpu_preset_is_reduced_and_evaluates_at_end():
     assert cfg.iterations < 1000 and cfg.eval_epochs < 1000
     assert cfg.eval_iterations() == [cfg.iterations]
     assert (cfg.k, cfg.scale) == (1, 40)  # Fashion-MNIST IPC 10 row
+
+
+def test_eval_at_adds_evaluations_and_survives_a_round_trip():
+    cfg = resolve(preset="cpu", overrides={"iterations": 2000, "eval_at": [1000, 200, 500, 2000, 5000]})
+    assert cfg.eval_iterations() == [200, 500, 1000, 2000]  # sorted, the last once, beyond the run dropped
+    again = DistillConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again.eval_at == (1000, 200, 500, 2000, 5000) and again.eval_iterations() == cfg.eval_iterations()
+    both = resolve(preset="paper", overrides={"iterations": 5000, "eval_at": [500]})
+    assert both.eval_iterations() == [500, 2000, 4000, 5000]
+    with pytest.raises(ValueError, match="eval_at must list iterations >= 1"):
+        resolve(preset="cpu", overrides={"eval_at": [0]})
 
 
 def test_overrides_win_and_are_recorded():

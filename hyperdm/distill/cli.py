@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dsa", dest="dsa_strategy", metavar="STRATEGY",
                    help="DSA strategy (default color_crop_cutout_flip_scale_rotate; 'none' disables)")
     d.add_argument("--eval-every", type=int, help="evaluate every N iterations (0: only at the end)")
+    d.add_argument("--eval-at", dest="eval_at", type=int, nargs="+", metavar="IT",
+                   help="also evaluate at these iterations (e.g. 200 500 1000)")
     d.add_argument("--eval-epochs", type=int, help="epochs of each evaluation training (paper 1,000; cpu 300)")
     d.add_argument("--eval-runs", type=int, help="fresh networks per evaluation (paper 3; cpu 2; 0 skips evaluation)")
     d.add_argument("--arch", dest="eval_archs", nargs="+", metavar="NAME",
@@ -160,7 +162,7 @@ def _distill(a: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         name: getattr(a, name)
         for name in ("iterations", "batch_real", "lr_img", "k", "scale", "match_dtype", "model", "init", "dsa_strategy",
-                     "eval_every", "eval_epochs", "eval_runs", "eval_archs", "checkpoint_every", "prune_keep", "prune_score",
+                     "eval_every", "eval_at", "eval_epochs", "eval_runs", "eval_archs", "checkpoint_every", "prune_keep", "prune_score",
                      "partition", "ce_weight", "net_num", "model_train_steps", "net_batch", "experts", "expert_epochs",
                      "expert_per_class", "expert_seed", "expert_dir", "iter_calib", "match_dsa",
                      "compile_matcher")

@@ -110,6 +110,7 @@ class DistillConfig:
     compile_matcher: bool = False  # torch.compile the hyperbolic matcher (same loss; pays on GPUs)
     # evaluation
     eval_every: int = 2000
+    eval_at: tuple[int, ...] = ()  # further iterations to evaluate at (besides every eval_every and the last)
     eval_epochs: int = 1000
     eval_runs: int = 3
     eval_archs: tuple[str, ...] = ("ConvNet",)
@@ -129,20 +130,22 @@ class DistillConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["eval_archs"] = list(self.eval_archs)
+        d["eval_at"] = list(self.eval_at)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
-        if "eval_archs" in d:
-            d["eval_archs"] = tuple(d["eval_archs"])
+        for name in ("eval_archs", "eval_at"):
+            if name in d:
+                d[name] = tuple(d[name])
         return cls(**d)
 
     def eval_iterations(self) -> list[int]:
         """Iterations at which the synthetic set is evaluated (always including the last)."""
         its = list(range(0, self.iterations, self.eval_every)) if self.eval_every > 0 else []
-        its = [i for i in its if i > 0]
+        its = [i for i in its if i > 0] + [i for i in self.eval_at if 0 < i < self.iterations]
         return sorted(set(its + [self.iterations]))
 
     def summary(self) -> str:
@@ -366,7 +369,7 @@ def resolve(
     for name, value in overrides.items():
         if not hasattr(cfg, name) or name == "sources":
             raise ValueError(f"unknown setting {name!r}")
-        if name == "eval_archs":
+        if name in ("eval_archs", "eval_at"):
             value = tuple(value)
         setattr(cfg, name, value)
         src[name] = "command line / override"
@@ -391,6 +394,8 @@ def validate(cfg: DistillConfig) -> None:
     need(cfg.max_norm is None or cfg.max_norm > 0, f"max_norm must be > 0 or None; got {cfg.max_norm}.")
     need(cfg.match_dtype in ("float32", "float64"), f"match_dtype must be float32 or float64; got {cfg.match_dtype!r}.")
     need(cfg.eval_epochs >= 0 and cfg.eval_runs >= 0, "eval_epochs and eval_runs must be >= 0.")
+    need(all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in cfg.eval_at),
+         f"eval_at must list iterations >= 1 (e.g. 200 500 1000); got {list(cfg.eval_at)}.")
     need(cfg.checkpoint_every >= 1, f"checkpoint_every must be >= 1; got {cfg.checkpoint_every}.")
     need(cfg.init in ("real", "noise"), f"init must be 'real' or 'noise'; got {cfg.init!r}.")
     need(

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 _CHECKPOINT_FORMAT = 1
 # settings that do not change what the images become; every other DistillConfig field must match on --resume
-_MAY_CHANGE_ON_RESUME = frozenset({"preset", "eval_every", "eval_epochs", "eval_runs", "eval_archs", "eval_lr", "eval_batch",
+_MAY_CHANGE_ON_RESUME = frozenset({"preset", "eval_every", "eval_at", "eval_epochs", "eval_runs", "eval_archs", "eval_lr", "eval_batch",
                                    "checkpoint_every", "device", "data_root", "download", "expert_dir", "compile_matcher",
                                    "sources"})
 

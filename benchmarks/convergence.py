@@ -1,0 +1,243 @@
+"""Does HDD pay off with longer distillation? Accuracy against iterations, DM with the MMD line and with HDD.
+
+Each run is one ``hyperdm.distill`` DM run of the ``cpu`` preset (64 real images per class,
+300-epoch evaluation x 2 runs) lengthened to ``--iterations`` (default 2,000) and evaluated at
+``--eval-at`` (default 200, 500, 1,000) and at the end. HDD uses the paper's row for the dataset
+and IPC (Fashion-MNIST: k 1, lambda 20 at IPC 1 and 40 at IPC 10, the exp-map clamp, float64
+matching). Optional variants change one HDD setting: ``no-clamp`` (the exact exp-map) and
+``scale-double`` (lambda x2).
+
+One row per (method, matcher, variant, IPC, seed, iteration), with the evaluation runs
+themselves. Rows are merged into the results file under a lock as each evaluation lands
+(read from the run directory's ``metrics.json``), so a stopped study loses at most the
+iterations since the last evaluation: the next start continues each run from its checkpoint.
+``--shard I/N`` splits the runs between processes.
+
+    python benchmarks/convergence.py --threads 1                                 # 12 runs, ~20 h on one core
+    python benchmarks/convergence.py --ipcs 10 --variants no-clamp scale-double  # the follow-up settings
+    python benchmarks/convergence.py --harvest-only     # merge the evaluations of unfinished runs, then print
+    python benchmarks/convergence.py --table-only [--markdown]
+
+Results: ``benchmarks/results/convergence_<dataset>_cpu.json`` and ``.png`` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from hyperdm.distill import resolve
+
+from _results import RESULTS, RowStore, add_sweep_args, distill_resumable, machine, sweep_setup
+
+#: variant -> (matcher, the one setting changed from the published HDD row)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mmd": ("mmd", {}),
+    "hyperbolic": ("hyperbolic", {}),
+    "no-clamp": ("hyperbolic", {"max_norm": None}),
+    "scale-double": ("hyperbolic", {"scale": 2.0}),  # a factor of the row's lambda
+}
+#: settings recorded in every row; a run directory holding other values is not harvested
+KEYS = ("iterations", "batch_real", "lr_img", "k", "scale", "max_norm", "match_dtype", "eval_epochs", "eval_runs", "seed", "ipc")
+
+
+def configure(variant: str, ipc: int, seed: int, a: argparse.Namespace) -> Any:
+    """The resolved config of one run: the ``cpu`` preset, ``--iterations`` long, evaluated at ``--eval-at``."""
+    matcher, change = VARIANTS[variant]
+    cfg = resolve(preset="cpu", method="dm", matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={
+        "device": a.device, "seed": seed, "data_root": a.data_root, "iterations": a.iterations, "eval_at": a.eval_at})
+    for key, value in change.items():  # set directly: None (no clamp) is not an override to resolve()
+        setattr(cfg, key, value * cfg.scale if key == "scale" else value)
+        cfg.sources[key] = f"convergence variant {variant}"
+    return cfg
+
+
+def settings(cfg: Any) -> dict[str, Any]:
+    out = {key: getattr(cfg, key) for key in KEYS}
+    if cfg.matcher == "mmd":
+        out.update(k=None, scale=None, max_norm=None)
+    return out
+
+
+def run_dir(a: argparse.Namespace, variant: str, ipc: int, seed: int) -> Path:
+    return Path(a.work) / f"dm-{variant}-ipc{ipc}-seed{seed}"
+
+
+def rows_of_run(path: Path, variant: str, want: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per evaluation saved in the run directory ``path`` (none if it holds other settings)."""
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+        m = json.loads((path / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return []
+    have = {key: cfg.get(key) for key in KEYS}
+    if cfg.get("matcher") == "mmd":
+        have.update(k=None, scale=None, max_norm=None)
+    if have != want:
+        return []
+    matcher = VARIANTS[variant][0]
+    rows = []
+    for e in m.get("evals", []):
+        r = e["ConvNet"]
+        rows.append({
+            "id": f"dm/{variant}/ipc{want['ipc']}/seed{want['seed']}/it{e['iteration']}", "method": "dm", "matcher": matcher,
+            "variant": variant, "ipc": want["ipc"], "seed": want["seed"], "iteration": e["iteration"],
+            "accuracy": 100 * r["mean"], "runs": [100 * v for v in r["accs"]], **{f"run_{k}": v for k, v in want.items()},
+            "matcher_scale": m.get("matcher_scale"), "run_finished": bool(m.get("final")),
+            "run_distill_seconds": m.get("distill_seconds") if m.get("final") else None,
+        })
+    return rows
+
+
+def harvest(store: RowStore, header: dict[str, Any], path: Path, variant: str, want: dict[str, Any],
+            extra: Optional[dict[str, Any]] = None) -> int:
+    """Merge the evaluations found in ``path`` into the results file; returns how many rows were new or changed."""
+    have = {r["id"]: r for r in store.rows()}
+    n = 0
+    for row in rows_of_run(path, variant, want):
+        old = have.get(row["id"], {})
+        row = {**old, **row, **(extra or {})}  # keep a wall time recorded earlier
+        if row != old:
+            store.put(row, header, summary)
+            n += 1
+    return n
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (variant, IPC, iteration): accuracy mean +- std over seeds; for HDD variants the paired difference to MMD."""
+    by = {(r["variant"], r["ipc"], r["iteration"], r["seed"]): r["accuracy"] for r in rows}
+    out = []
+    for variant, ipc, it in sorted({k[:3] for k in by}, key=lambda k: (k[1], list(VARIANTS).index(k[0]), k[2])):
+        seeds = sorted(s for (v, i, t, s) in by if (v, i, t) == (variant, ipc, it))
+        accs = [by[(variant, ipc, it, s)] for s in seeds]
+        entry: dict[str, Any] = {"variant": variant, "ipc": ipc, "iteration": it, "seeds": seeds, "per_seed": accs}
+        entry["mean"], entry["std"] = _mean_std(accs)
+        if variant != "mmd":
+            paired = [s for s in seeds if ("mmd", ipc, it, s) in by]
+            diffs = [by[(variant, ipc, it, s)] - by[("mmd", ipc, it, s)] for s in paired]
+            entry["paired_seeds"], entry["diff_per_seed"] = paired, diffs
+            if diffs:
+                entry["diff_mean"], entry["diff_std"] = _mean_std(diffs)
+        out.append(entry)
+    return out
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"table": table(rows)}
+
+
+def format_table(entries: list[dict[str, Any]], markdown: bool = False) -> str:
+    head = ["variant", "IPC", "iteration", "seeds", "accuracy (%)", "minus MMD per seed", "minus MMD (mean +- std)"]
+    lines = []
+    for e in entries:
+        diffs = ", ".join(f"{d:+.2f}" for d in e.get("diff_per_seed", [])) or "-"
+        dm = f"{e['diff_mean']:+.2f} +- {e['diff_std']:.2f}" if "diff_mean" in e else "-"
+        lines.append([e["variant"], str(e["ipc"]), str(e["iteration"]), ",".join(map(str, e["seeds"])),
+                      f"{e['mean']:.2f} +- {e['std']:.2f}", diffs, dm])
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(x) + " |" for x in lines])
+    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(x, widths)) for x in [head, ["-" * w for w in widths]] + lines)
+
+
+def figure(entries: list[dict[str, Any]], path: Path) -> Optional[Path]:
+    """Accuracy against iterations, mean +- std over seeds, one line per variant, one panel per IPC."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is missing (pip install \".[distill]\"); no figure")
+        return None
+    ipcs = sorted({e["ipc"] for e in entries})
+    if not ipcs:
+        return None
+    fig, axes = plt.subplots(1, len(ipcs), figsize=(5.2 * len(ipcs), 4), squeeze=False)
+    colours = {"mmd": "tab:blue", "hyperbolic": "tab:red", "no-clamp": "tab:orange", "scale-double": "tab:purple"}
+    names = {"mmd": "DM (MMD line)", "hyperbolic": "DM + HDD", "no-clamp": "DM + HDD, exact exp-map",
+             "scale-double": "DM + HDD, lambda x2"}
+    for ax, ipc in zip(axes[0], ipcs):
+        for variant in VARIANTS:
+            pts = sorted((e["iteration"], e["mean"], e["std"], len(e["seeds"])) for e in entries
+                         if e["ipc"] == ipc and e["variant"] == variant)
+            if not pts:
+                continue
+            its, mean, std, n = zip(*pts)
+            ax.errorbar(its, mean, yerr=std, marker="o", capsize=3, color=colours[variant],
+                        label=f"{names[variant]} ({min(n)}-{max(n)} seeds)" if min(n) != max(n) else f"{names[variant]} ({n[0]} seeds)")
+        ax.set_xscale("log")
+        ax.set_xlabel("distillation iterations")
+        ax.set_ylabel("ConvNet test accuracy (%)")
+        ax.set_title(f"Fashion-MNIST, DM, IPC {ipc}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Accuracy against iterations (cpu preset lengthened; mean +- std over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"saved {path}")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=["mmd", "hyperbolic"], choices=list(VARIANTS))
+    ap.add_argument("--iterations", type=int, default=2000)
+    ap.add_argument("--eval-at", type=int, nargs="+", default=[200, 500, 1000])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--work", default="runs/convergence", help="run directories (an interrupted run there is continued)")
+    ap.add_argument("--harvest-only", action="store_true", help="merge the evaluations saved in the run directories and exit")
+    ap.add_argument("--markdown", action="store_true", help="with --table-only: a Markdown table")
+    add_sweep_args(ap, "runs")
+    a = ap.parse_args()
+    shard, shards = sweep_setup(ap, a)
+    store = RowStore(f"convergence_{a.dataset}_cpu")
+    png = RESULTS / f"convergence_{a.dataset}_cpu.png"
+    if a.table_only:
+        print(format_table(table(store.rows()), a.markdown))
+        return
+    header = {"benchmark": "convergence", "method": "dm", "preset": "cpu", "dataset": a.dataset, **machine(a.device)}
+    runs = [(v, ipc, seed) for ipc in a.ipcs for seed in a.seeds for v in a.variants]
+    for variant, ipc, seed in runs:  # evaluations left by earlier, stopped sittings
+        cfg = configure(variant, ipc, seed, a)
+        harvest(store, header, run_dir(a, variant, ipc, seed), variant, settings(cfg))
+    if not a.harvest_only:
+        for variant, ipc, seed in runs[shard::shards]:
+            cfg = configure(variant, ipc, seed, a)
+            want = settings(cfg)
+            path = run_dir(a, variant, ipc, seed)
+            done = {r["iteration"] for r in store.rows() if r["id"].startswith(f"dm/{variant}/ipc{ipc}/seed{seed}/")
+                    and r.get("run_finished")}
+            if set(cfg.eval_iterations()) <= done:
+                print(f"{variant} ipc {ipc} seed {seed}: done, skipped", flush=True)
+                continue
+            t0 = time.perf_counter()
+            print(f"{variant} ipc {ipc} seed {seed}: running in {path}", flush=True)
+            m, wall = distill_resumable(cfg, path)
+            extra = {"run_wall_seconds_this_sitting": wall, "threads": torch.get_num_threads(),
+                     "run_distill_seconds": m["distill_seconds"]}
+            harvest(store, header, path, variant, want, extra)
+            accs = ", ".join(f"it {e['iteration']}: {100 * e['ConvNet']['mean']:.2f}" for e in m["evals"])
+            print(f"{variant} ipc {ipc} seed {seed}: {accs}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    entries = table(store.rows())
+    print(format_table(entries))
+    figure(entries, png)
+
+
+if __name__ == "__main__":
+    main()
