@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from . import lorentz
+from . import fused, lorentz
 
 __all__ = ["hyperbolic_matching_loss", "mmd_matching_loss", "REDUCTIONS"]
 
@@ -188,9 +188,9 @@ def _hyperbolic_per_class(
     hierarchical: bool,
     reduce: Optional[lorentz.Reduce] = None,
 ) -> Tensor:
-    cr = lorentz.feature_centroid(real, k=k, max_norm=max_norm, hierarchical=hierarchical, mask=rmask, reduce=reduce)
-    cs = lorentz.feature_centroid(syn, k=k, max_norm=max_norm, hierarchical=hierarchical, mask=smask)
-    return (scale * lorentz.dist(cr, cs, k=k)).to(real.dtype)
+    d = fused.hdd_distance(real, syn, k=k, max_norm=max_norm, hierarchical=hierarchical, real_mask=rmask, syn_mask=smask,
+                           reduce=reduce)
+    return (scale * d).to(real.dtype)
 
 
 def _mmd_per_class(
