@@ -39,6 +39,14 @@ __all__ = [
     "radius0",
     "feature_centroid",
     "SAFE_RADIUS",
+    "tangent_inner",
+    "proju",
+    "egrad2rgrad",
+    "expmap",
+    "logmap",
+    "logmap0back",
+    "transp",
+    "transp_follow",
 ]
 
 Curvature = Union[float, Tensor]
@@ -405,3 +413,198 @@ def feature_centroid(
     spread = spread * (points > 1)
     c = _law(m0, ms, a_minus, a_plus, b_sum, spread, sk)
     return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Tangent vectors at a general point (used by :class:`hyperdm.StableLorentz`).
+#
+# A tangent vector ``u`` at ``x`` is an ambient vector of R^(D+1) with ``<x,u>_L = 0``. These
+# functions read only the space parts ``x_s`` and ``u_s``: ``x_0 = sqrt(k + |x_s|^2)`` and
+# ``u_0 = <x_s,u_s> / x_0`` are implied, and every tangent vector they return carries exactly
+# that time part (so it is tangent to rounding, however far out ``x`` lies). With ``x̂ = x_s/|x_s|``
+# the space part splits into a radial and a sideways component, ``u_s = beta x̂ + u_perp``, and
+# the metric is diagonal there:
+#
+#     <u,v>_x = u_perp . v_perp + (k / x_0^2) beta_u beta_v .
+#
+# The textbook forms subtract ambient numbers of size ``x_0^2 / k = cosh(r/sqrt k)^2`` instead.
+# ---------------------------------------------------------------------------------------------
+
+
+def _kk(k: Curvature, like: Tensor) -> Tensor:
+    """k as a tensor on ``like``'s device and dtype."""
+    return torch.as_tensor(k if isinstance(k, Tensor) else float(k)).to(device=like.device, dtype=like.dtype)
+
+
+def _radial(xs: Tensor) -> tuple[Tensor, Tensor]:
+    """``(|x_s|, x̂)`` with ``x̂ = 0`` (finite gradient) where ``x_s = 0``."""
+    r = torch.linalg.vector_norm(xs, dim=-1, keepdim=True)
+    return r, xs / torch.where(r > 0, r, torch.ones_like(r))
+
+
+def _with_time(xs: Tensor, us: Tensor, x0: Tensor) -> Tensor:
+    """The tangent vector at ``x`` with space part ``us``: ``(<x_s,u_s>/x_0, u_s)``."""
+    return torch.cat(((xs * us).sum(-1, keepdim=True) / x0, us), dim=-1)
+
+
+def _tanhc_half(t: Tensor) -> Tensor:
+    """tanh(t/2)/t, equal to 1/2 - t^2/24 + O(t^4) near 0; finite gradient everywhere."""
+    small = t.abs() < _small(t.dtype)
+    ts = torch.where(small, torch.ones_like(t), t)
+    return torch.where(small, 0.5 - t * t / 24.0, torch.tanh(ts / 2.0) / ts)
+
+
+def tangent_inner(x: Tensor, u: Tensor, v: Optional[Tensor] = None, *, k: Curvature, keepdim: bool = False) -> Tensor:
+    r"""Riemannian inner product :math:`\langle u, v\rangle_x` of tangent vectors at ``x``.
+
+    .. math::
+        \langle u,v\rangle_x = -u_0 v_0 + u_s\cdot v_s
+        = u_\perp\cdot v_\perp + \frac{k}{x_0^2}\,\beta_u \beta_v ,
+
+    with ``beta = x̂ . u_s`` and ``u_perp = u_s - beta x̂`` (``x̂ = x_s/|x_s|``). Stable form: the
+    right-hand side is a sum of a sideways and a radial term, never the difference
+    ``u_s.v_s - u_0 v_0`` of two numbers ``cosh(r/sqrt k)^2`` times larger than a radial
+    vector's squared length. Only space parts are read (time parts are implied by tangency).
+    ``v=None`` means ``v = u``.
+    """
+    v = u if v is None else v
+    xs, us, vs = x[..., 1:], u[..., 1:], v[..., 1:]
+    r, xh = _radial(xs)
+    bu, bv = (xh * us).sum(-1, keepdim=True), (xh * vs).sum(-1, keepdim=True)
+    kk = _kk(k, x)
+    out = ((us - bu * xh) * (vs - bv * xh)).sum(-1, keepdim=True) + kk / (kk + r.square()) * bu * bv
+    return out if keepdim else out.squeeze(-1)
+
+
+def proju(x: Tensor, v: Tensor, *, k: Curvature) -> Tensor:
+    r"""Minkowski-orthogonal projection of an ambient vector ``v`` onto the tangent space at ``x``.
+
+    .. math:: \Pi_x(v) = v + \langle x, v\rangle_L\, x / k
+
+    The space part is ``v_s + <x,v>_L x_s / k`` (``x_0`` implied, ``v_0`` read); the time part
+    returned is the one tangency implies, ``<x_s, Pi_s>/x_0``.
+    """
+    xs, vs = x[..., 1:], v[..., 1:]
+    kk = _kk(k, x)
+    x0 = torch.sqrt(kk + xs.square().sum(-1, keepdim=True))
+    xv = (xs * vs).sum(-1, keepdim=True) - x0 * v[..., :1]
+    return _with_time(xs, vs + xv / kk * xs, x0)
+
+
+def egrad2rgrad(x: Tensor, g: Tensor, *, k: Curvature) -> Tensor:
+    r"""Riemannian gradient at ``x`` of a function whose ambient (Euclidean) gradient is ``g``.
+
+    The function restricted to the hyperboloid, as a function of ``x_s`` alone (``x_0`` depends
+    on it), has gradient ``ĝ = g_s + (g_0/x_0) x_s``; the metric in these coordinates is
+    ``I - x_s x_s^T / x_0^2``, whose inverse ``I + x_s x_s^T / k`` gives
+
+    .. math:: \operatorname{grad} f(x)_s = \hat g + \frac{\langle x_s, \hat g\rangle}{k}\, x_s ,
+
+    a sum of ``ĝ`` and a non-negative multiple of its radial part (no cancellation). It equals
+    geoopt's ``Pi_x(diag(-1, 1, ..., 1) g)``. ``g`` is not modified.
+    """
+    xs, gs = x[..., 1:], g[..., 1:]
+    kk = _kk(k, x)
+    x0 = torch.sqrt(kk + xs.square().sum(-1, keepdim=True))
+    gh = gs + g[..., :1] / x0 * xs
+    return _with_time(xs, gh + (xs * gh).sum(-1, keepdim=True) / kk * xs, x0)
+
+
+def expmap(x: Tensor, u: Tensor, *, k: Curvature) -> Tensor:
+    r"""Exponential map at a point ``x`` of a tangent vector ``u`` (both ambient, R^(D+1)).
+
+    .. math::
+        \exp_x(u) = \cosh(t)\, x + \frac{\sinh t}{t}\, u,\qquad t = \|u\|_x/\sqrt{k}.
+
+    Stable form. With ``x = sqrt(k) (cosh a, sinh a x̂)`` and ``u_s = beta x̂ + u_perp``, the
+    radial speed is ``rho = beta sqrt(k)/x_0`` and ``|u|_x^2 = rho^2 + |u_perp|^2``
+    (:func:`tangent_inner`). The result's space part is
+
+    .. math:: y_s = \sqrt{k}\,X\,\hat x + \frac{\sinh t}{t}\, u_\perp,\qquad
+              X = \cosh t \sinh a + c \sinh t \cosh a,\quad c = \rho/\|u\|_x .
+
+    Moving outwards (``c >= 0``) ``X`` is a sum of non-negative terms. Moving inwards it is
+    evaluated as ``sinh(a - t) + (1 + c) sinh t cosh a`` with ``1 + c = |u_perp|^2 / (|u|(|u| - rho))``,
+    so a geodesic that passes the origin does not subtract two numbers of size ``e^(a+t)``. The
+    time part is ``sqrt(k + |y_s|^2)``. Only space parts are read.
+    """
+    sk = _sqrt_k(k, x)
+    xs, us = x[..., 1:], u[..., 1:]
+    r, xh = _radial(xs)
+    x0 = torch.sqrt(sk.square() + r.square())
+    beta = (xh * us).sum(-1, keepdim=True)
+    perp = us - beta * xh
+    sigma2 = perp.square().sum(-1, keepdim=True)
+    rho = beta * sk / x0
+    n = _safe_sqrt(rho.square() + sigma2)
+    t = n / sk
+    s = _sinhc(t)
+    outward = r * torch.cosh(t) + beta * s
+    inward_den = torch.where(rho < 0, n - rho, torch.ones_like(n))
+    inward = sk * torch.sinh(torch.asinh(r / sk) - t) + sigma2 * s * x0 / (sk * inward_den)
+    ys = torch.where(rho < 0, inward, outward) * xh + s * perp
+    return torch.cat((torch.sqrt(sk.square() + ys.square().sum(-1, keepdim=True)), ys), dim=-1)
+
+
+def logmap(x: Tensor, y: Tensor, *, k: Curvature) -> Tensor:
+    r"""Logarithmic map: the tangent vector at ``x`` whose :func:`expmap` is ``y``.
+
+    .. math::
+        \log_x(y) = \frac{t}{\sinh t}\,\big(y - \cosh(t)\, x\big),\qquad t = d(x,y)/\sqrt{k}.
+
+    Stable form: ``t`` from :func:`dist`; the space part of ``y - cosh(t) x`` is evaluated as
+    ``(y_s - x_s) - 2 sinh(t/2)^2 x_s``, the difference of the two points plus a term of second
+    order, instead of ``y_s + <x,y>_L x_s / k`` (whose two terms are ``cosh(r)^2`` times larger
+    than the result for nearby points). The time part is implied by tangency.
+    """
+    sk = _sqrt_k(k, x)
+    xs = x[..., 1:]
+    t = dist(x, y, k=k, keepdim=True).to(x.dtype) / sk
+    w = (y[..., 1:] - xs) - 2.0 * torch.sinh(t / 2.0).square() * xs
+    x0 = torch.sqrt(sk.square() + xs.square().sum(-1, keepdim=True))
+    return _with_time(xs, w / _sinhc(t), x0)
+
+
+def transp_follow(x: Tensor, u: Tensor, v: Tensor, *, k: Curvature, y: Optional[Tensor] = None) -> Tensor:
+    r"""Parallel transport of ``v`` (tangent at ``x``) along the geodesic ``exp_x(s u)``, ``s`` in [0, 1].
+
+    .. math::
+        P(v) = v + \frac{\langle y, v\rangle_L}{k - \langle x, y\rangle_L}\,(x + y)
+             = v + \frac{\tanh(t/2)}{t}\,\frac{\langle u, v\rangle_x}{k}\,(x + y),
+        \qquad y = \exp_x(u),\ t = \|u\|_x/\sqrt{k},
+
+    using ``<y,v>_L = (sinh t / t) <u,v>_x`` and ``k - <x,y>_L = k (1 + cosh t)``: the
+    coefficient comes from the tangent-space product (:func:`tangent_inner`) and never from the
+    Minkowski product of two far-out points. ``y`` may be passed when already known. The time
+    part of the result is the one tangency at ``y`` implies.
+    """
+    y = expmap(x, u, k=k) if y is None else y
+    kk = _kk(k, x)
+    uv = tangent_inner(x, u, v, k=k, keepdim=True)
+    t = torch.sqrt(tangent_inner(x, u, k=k, keepdim=True).clamp_min(0.0)) / kk.sqrt()
+    ps = v[..., 1:] + _tanhc_half(t) * uv / kk * (x[..., 1:] + y[..., 1:])
+    ys = y[..., 1:]
+    return _with_time(ys, ps, torch.sqrt(kk + ys.square().sum(-1, keepdim=True)))
+
+
+def transp(x: Tensor, y: Tensor, v: Tensor, *, k: Curvature) -> Tensor:
+    r"""Parallel transport of ``v`` from ``x`` to ``y`` along their geodesic: :func:`transp_follow`
+    with ``u = logmap(x, y)``."""
+    return transp_follow(x, logmap(x, y, k=k), v, k=k, y=y)
+
+
+def logmap0back(x: Tensor, *, k: Curvature) -> Tensor:
+    r"""``log_x(o)``: the tangent vector at ``x`` pointing to the origin, of length ``d(o, x)``.
+
+    .. math::
+        \log_x(o) = -\sqrt{k}\,a\,(\sinh a,\ \cosh a\,\hat x),\qquad
+        (\log_x o)_s = -\frac{\operatorname{asinh}(s)}{s}\,\frac{x_0}{\sqrt{k}}\, x_s,
+
+    with ``a = asinh(s)``, ``s = |x_s|/sqrt(k)``; ``asinh(s)/s`` by its series near 0. The time
+    part is implied by tangency.
+    """
+    sk = _sqrt_k(k, x)
+    xs = x[..., 1:]
+    r = torch.linalg.vector_norm(xs, dim=-1, keepdim=True)
+    x0 = torch.sqrt(sk.square() + r.square())
+    return _with_time(xs, -_asinhc(r / sk) * (x0 / sk) * xs, x0)
