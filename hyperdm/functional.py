@@ -138,6 +138,16 @@ def _reduce(per_class: Tensor, reduction: str, single: bool) -> Tensor:
 
 
 def _finite_or_raise(loss: Tensor, real: Tensor, syn: Tensor, what: str) -> None:
+    """Raise a ValueError naming the bad side if ``loss`` is NaN/inf (one host read).
+
+    On CUDA tensors and under ``torch.compile`` the check stays on the device instead
+    (``torch._assert_async``): no host sync and no graph break; a non-finite loss then fails
+    the stream with a message that says what to check.
+    """
+    if loss.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(torch.isfinite(loss).all(), f"hyperdm: the {what} loss is not finite: check the real and "
+                            "synthetic features for NaN/inf (a diverged synthetic set, or a learning rate that is too high)")
+        return
     if bool(torch.isfinite(loss).all()):
         return
     for name, x in (("real", real), ("syn", syn)):

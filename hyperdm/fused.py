@@ -52,7 +52,6 @@ is one more row of the forward mat-vec, so no extra pass.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Union
 
 import torch
@@ -63,183 +62,195 @@ from . import lorentz
 __all__ = ["hdd_distance", "CHUNK_ELEMENTS"]
 
 #: Largest ``[C, n, D]`` slice the exact spread of a no-grad side processes at once (elements).
-CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS = 1 << 21
 
 _F64 = torch.float64
+_TINY = 1e-300  # radii below this (in units of sqrt(k)) are this: sinh(t)/t is then exactly 1
 
 
-def _where_pos(x: Tensor) -> Tensor:
-    return torch.where(x > 0, x, torch.ones_like(x))
+class _Pair:
+    """Forward quantities of both sides, real first: per-point ``[C, N + M]``, per side ``[C, 2, ...]`` (float64)."""
 
-
-class _Side:
-    """Per-point scalars and per-class sums of one side of the loss (everything float64 except ``v``)."""
-
-    def __init__(self, v: Tensor, mask: Optional[Tensor], sk: Tensor, tmax: float, hierarchical: bool,
-                 reduce: Optional[lorentz.Reduce], rows_for_k: bool, chunked: bool) -> None:
-        n = torch.linalg.vector_norm(v, dim=-1)                                    # pass 1
-        n64 = n.to(_F64)
-        t = n64 / sk
-        tc = t.clamp(max=tmax)
-        free = (t < tmax).to(_F64)                                                # radius not clamped
-        w = torch.ones_like(tc) if not hierarchical else 1.0 / lorentz._sinhc(tc)
+    def __init__(self, real: Tensor, syn: Tensor, sk: Union[float, Tensor], tmax: float, hierarchical: bool,
+                 mask: Optional[Tensor], reduce: Optional[lorentz.Reduce], k_rows: bool, chunk_real: bool) -> None:
+        N, M = real.shape[-2], syn.shape[-2]
+        dt = real.dtype
+        n_dt = torch.cat((torch.linalg.vector_norm(real, dim=-1), torch.linalg.vector_norm(syn, dim=-1)), dim=-1)  # pass 1
+        n = n_dt if dt == _F64 else n_dt.to(_F64)
+        t = n / sk
+        tc = t.clamp(_TINY, tmax)
+        free = t < tmax                                                   # radius not clamped: it moves
         if mask is not None:
-            w = w * mask
             tc = tc * mask
-        wsum = w.sum(-1, keepdim=True)
-        top = tc.amax(-1, keepdim=True)
-        if reduce is not None:
-            wsum, top = reduce(wsum, "sum"), reduce(top, "max")
-        w = w / wsum
-        e_plus = w * torch.exp(tc - top)                                           # w e^{t-T}
-        e_minus = w * torch.exp(-tc - top)                                         # w e^{-t-T}
-        half = -torch.expm1(-2.0 * tc) / 2.0                                       # (1 - e^{-2t}) / 2
-        b = e_plus * half                                                          # w sinh(t) e^{-T}
-        c = (e_plus + e_minus) / 2.0                                               # w cosh(t) e^{-T}
-        small = t < lorentz._small(_F64)
-        one = torch.ones_like(t)
-        ratio = torch.where(small, 1.0 - t + (2.0 / 3.0) * t * t, half / torch.where(small, one, t))
-        gamma = e_plus * ratio / sk                                                # b / n, finite at n = 0
+        if reduce is None:
+            top = tc.amax(-1, keepdim=True)
+        else:  # every rank scales the real sums alike
+            top = torch.maximum(reduce(tc[:, :N].amax(-1, keepdim=True), "max"), tc[:, N:].amax(-1, keepdim=True))
+        etop = torch.exp(-top)
+        b = torch.sinh(tc) * etop                                         # w sinh(t) e^{-T}
+        c = torch.cosh(tc) * etop                                         # w cosh(t) e^{-T}
+        em = torch.exp(-tc) * etop                                        # w e^{-t-T}
         h = None
-        if hierarchical:  # w(t) = t / sinh(t): h = w'/w = 1/t - coth(t), -t/3 near 0
-            h = torch.where(small, -t / 3.0, 1.0 / torch.where(small, one, t) - 1.0 / torch.tanh(torch.where(small, one, tc)))
-        # d(b)/dt, d(e^{+-t})/dt with the weight's derivative: the radial weights of the backward
-        cb = c if h is None else c + h * b
-        # pass 2: one batched mat-vec; a second row gives the real side's share of the k-gradient
-        coef = gamma.unsqueeze(-2)
-        if rows_for_k:
-            coef = torch.cat((coef, (free * cb).unsqueeze(-2)), dim=-2)
-        sums = (coef.to(v.dtype) @ v).to(_F64)
-        ms = sums[..., 0, :]
-        scal = torch.stack((b.sum(-1), e_minus.sum(-1), e_plus.sum(-1), (w > 0).sum(-1).to(_F64)), dim=-1)
-        if reduce is not None:
-            d = ms.shape[-1]
-            ms, scal = reduce(torch.cat((ms, scal), dim=-1), "sum").split([d, 4], dim=-1)
-        bsum, a_minus, a_plus, points = scal.unbind(-1)
-        multi = (points > 1).to(_F64)  # one point has no spread; rounding would leave eps^2 there
-        # pass 3: the exact spread |u_i - u~|^2 about u~ = m_s / B
-        ut = (ms / _where_pos(bsum).unsqueeze(-1)).to(v.dtype).unsqueeze(-2)
-        ncol = n.unsqueeze(-1)
-        if chunked and v.shape[-2] > 1 and v.numel() > CHUNK_ELEMENTS:
-            step = max(1, CHUNK_ELEMENTS // max(1, v.shape[0] * v.shape[-1]))
-            dev = torch.cat([torch.linalg.vector_norm(torch.baddbmm(vc, nc, -ut), dim=-1)
-                             for vc, nc in zip(v.split(step, dim=-2), ncol.split(step, dim=-2))], dim=-1)
+        if hierarchical:  # w(t) = t / sinh(t); h = w'/w = 1/t - coth(t) (-t/3 near 0), for the backward
+            w = 1.0 / lorentz._sinhc(tc)
+            small = tc < lorentz._small(_F64)
+            safe = torch.where(small, torch.ones_like(tc), tc)
+            h = torch.where(small, -tc / 3.0, 1.0 / safe - 1.0 / torch.tanh(safe))
+            w = w if mask is None else w * mask
         else:
-            dev = torch.linalg.vector_norm(torch.baddbmm(v, ncol, -ut), dim=-1)
-        sp = (dev.to(_F64) / _where_pos(n64)).square() * multi.unsqueeze(-1)
-        spread = (b * sp).sum(-1)
+            w = mask
+        if w is not None:
+            b, c, em = b * w, c * w, em * w
+        nsafe = n.clamp_min(_TINY * sk)
+        gamma = b / nsafe                                                 # coefficient of v_i in m_s
+        cb = c if h is None else c + h * b                                # d(w sinh t)/dt e^{-T}
+        # per-side sums of b, c, e^{-t}
+        sums = torch.stack([x.sum(-1) for x in torch.stack((b, c, em), dim=1).split([N, M], dim=-1)], dim=1)
+        # pass 2: the weighted sums m_s (a second real row for the k-gradient of a no-grad real side)
+        g_r, g_s = gamma.to(dt).split([N, M], dim=-1)
+        rows_r = g_r.unsqueeze(1)
+        if k_rows:
+            rows_r = torch.cat((rows_r, (free * cb)[:, :N].to(dt).unsqueeze(1)), dim=1)
+        m_r = torch.bmm(rows_r, real)
+        ms = torch.cat((m_r[:, :1], torch.bmm(g_s.unsqueeze(1), syn)), dim=1).to(_F64)
+        self.ksum = m_r[:, 1].to(_F64) if k_rows else None
         if reduce is not None:
-            spread = reduce(spread, "sum")
-        q = a_minus * a_plus + bsum * spread
-        self.n, self.free, self.gamma, self.cb = n64, free, gamma, cb
-        self.ms, self.q, self.multi = ms, q, multi
-        self.ys = sk * ms / q.sqrt().unsqueeze(-1)  # the centroid's space part (its time part is implied)
-        # dQ/dt_i (through A-, A+, B and the spread), the radial part of every point's gradient
-        hm = -1.0 if h is None else h - 1.0
-        hp = 1.0 if h is None else h + 1.0
-        self.dq = (a_plus.unsqueeze(-1) * e_minus * hm + a_minus.unsqueeze(-1) * e_plus * hp
-                   + (spread.unsqueeze(-1) + bsum.unsqueeze(-1) * sp) * cb)
-        self.kdot: Optional[tuple[Tensor, Tensor]] = None
-        if rows_for_k:  # sum_i free_i n_i dQ_i and sum_i free_i cb_i v_i, for the k-gradient of a no-grad side
-            ksum, kq = sums[..., 1, :], (free * n64 * self.dq).sum(-1, keepdim=True)
+            D = ms.shape[-1]
+            both = reduce(torch.cat((ms[:, 0], sums[:, 0]), dim=-1), "sum")
+            ms = torch.stack((both[:, :D], ms[:, 1]), dim=1)
+            sums = torch.stack((both[:, D:], sums[:, 1]), dim=1)
+            if self.ksum is not None:
+                self.ksum = reduce(self.ksum, "sum")
+        bsum = sums[..., 0]
+        # pass 3: the exact spread |u_i - u~|^2, u~ = m_s / B, as |v_i - n_i u~|^2 / n_i^2
+        nut = (ms / -bsum.unsqueeze(-1)).to(dt)
+        n_r, n_s = n_dt.unsqueeze(-1).split([N, M], dim=1)
+        u_r, u_s = nut.split(1, dim=1)
+        if chunk_real and N > 1 and real.numel() > CHUNK_ELEMENTS:
+            step = max(1, CHUNK_ELEMENTS // max(1, real.shape[0] * real.shape[-1]))
+            dev_r = torch.cat([torch.linalg.vector_norm(torch.baddbmm(vc, nc, u_r), dim=-1)
+                               for vc, nc in zip(real.split(step, dim=1), n_r.split(step, dim=1))], dim=-1)
+        else:
+            dev_r = torch.linalg.vector_norm(torch.baddbmm(real, n_r, u_r), dim=-1)
+        dev = torch.cat((dev_r, torch.linalg.vector_norm(torch.baddbmm(syn, n_s, u_s), dim=-1)), dim=-1)
+        sp = (dev.to(_F64) / nsafe).square()
+        # one point has no spread (rounding of u and u~ would leave eps^2 there)
+        if mask is not None:
+            counts = torch.stack([x.sum(-1) for x in mask.split([N, M], dim=-1)], dim=-1)
             if reduce is not None:
-                d = ksum.shape[-1]
-                ksum, kq = reduce(torch.cat((ksum, kq), dim=-1), "sum").split([d, 1], dim=-1)
-            self.kdot = (kq.squeeze(-1), ksum)
+                counts = torch.stack((reduce(counts[:, 0], "sum"), counts[:, 1]), dim=-1)
+            sp = sp * torch.cat(((counts[:, :1] > 1).expand(-1, N), (counts[:, 1:] > 1).expand(-1, M)), dim=-1)
+        elif (N == 1 and reduce is None) or M == 1:
+            sp = sp * torch.tensor([float(N > 1 or reduce is not None)] * N + [float(M > 1)] * M, dtype=_F64,
+                                   device=sp.device)
+        spread = torch.stack([x.sum(-1) for x in (b * sp).split([N, M], dim=-1)], dim=-1)
+        if reduce is not None:
+            spread = torch.stack((reduce(spread[:, 0], "sum"), spread[:, 1]), dim=-1)
+        a_plus = sums[..., 1] + bsum
+        q = sums[..., 2] * a_plus + bsum * spread                          # -<m,m>_L, cancellation-free
+        self.ys = ms * (sk / q.sqrt()).unsqueeze(-1)                       # centroids' space parts [C, 2, D]
+        self.N, self.M = N, M
+        self.ms, self.q, self.sp = ms, q, sp
+        # what the backward reads per point, stacked once: [C, 8 or 9, N + M]
+        self.points = torch.stack((n, nsafe, gamma, free.to(_F64), cb, em, b + c, sp) + (() if h is None else (h,)), dim=1)
+        self.sides = torch.stack((a_plus, sums[..., 2], bsum, spread), dim=-1)      # [C, 2, 4]
+        # the distance, by the chord form of lorentz.dist
+        ny = torch.linalg.vector_norm(self.ys, dim=-1)
+        self.ab = ny / sk
+        self.u = self.ys / ny.clamp_min(_TINY).unsqueeze(-1)
+        self.diff = self.u[:, 0] - self.u[:, 1]
+        self.chord2 = self.diff.square().sum(-1)
+        ash = torch.asinh(self.ab)
+        self.delta = ash[:, 0] - ash[:, 1]
+        self.qd = torch.sinh(self.delta / 2.0).square() + self.ab.prod(-1) * self.chord2 / 4.0
+        self.d = (2.0 * sk) * torch.asinh(self.qd.clamp_min(0.0).sqrt())
 
-    def weights(self, gam: Tensor, sk: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """From ``Γ = dd/dy_s`` (``y_s`` this side's centroid space part): ``κ``, ``λ`` and ``H``."""
-        kappa = sk / self.q.sqrt()
-        lam = (gam * self.ys).sum(-1) / (2.0 * self.q)
-        hvec = kappa.unsqueeze(-1) * gam + (2.0 * lam * self.multi).unsqueeze(-1) * self.ms
-        return kappa, lam, hvec
+    def side_points(self, i: int) -> tuple[Tensor, ...]:
+        """Side ``i``'s per-point rows: n, nsafe, gamma, free, cb, e^{-t}, e^{t}, spread [, h] (each ``[C, N or M]``)."""
+        return (self.points[..., : self.N] if i == 0 else self.points[..., self.N :]).unbind(1)
 
-    def grad_v(self, v: Tensor, gam: Tensor, sk: Tensor, go: Tensor) -> tuple[Tensor, Tensor]:
-        """``go`` times the gradient of the distance with respect to ``v`` (in ``v``'s dtype), and
-        ``sum_i v_i . grad_i`` of the distance itself (for ``k``)."""
-        kappa, lam, hvec = self.weights(gam, sk)
-        proj = (v @ torch.stack((gam, hvec), dim=-1).to(v.dtype)).to(_F64)        # v_i . Γ, v_i . H
-        inv_n = 1.0 / _where_pos(self.n)
-        radial = self.free * (kappa.unsqueeze(-1) * self.cb * proj[..., 0] * inv_n - lam.unsqueeze(-1) * self.dq) / sk
-        coef_v = (radial - self.gamma * proj[..., 1] * inv_n) * inv_n
-        g = go.unsqueeze(-1)
+    @staticmethod
+    def dq(pts: tuple[Tensor, ...], sides: Tensor) -> Tensor:
+        """dQ/dt_j of one side's points (through A-, A+, B and the spread): their radial weights in the backward."""
+        _, _, _, _, cb, em, bc, sp, *h = pts
+        a_plus, a_minus, bsum, spread = sides.unsqueeze(-1).unbind(1)
+        out = (spread + bsum * sp) * cb
+        if not h:
+            return out + a_minus * bc - a_plus * em
+        return out + a_minus * bc * (h[0] + 1.0) + a_plus * em * (h[0] - 1.0)
+
+    def chord_grad(self, i: int) -> Tensor:
+        r"""``dd/dy_s`` of side ``i`` (0 real, 1 syn), ``[C, D]``; 0 where the centroids coincide.
+
+        With ``q`` the chord term of :func:`hyperdm.lorentz.dist`, ``a``/``b`` the radii
+        (``sinh`` of them over ``sqrt(k)``) and ``u`` the directions of this side and the other,
+        ``dd/dy = (sinh(ρ - ρ_other) u / cosh(ρ) - a_other (u_other - u)) / (2 sqrt(q (1 + q)))``; ``u_other - u`` is read from the stored difference (no cancellation).
+        """
+        q = self.qd
+        f = torch.where(q > 0, (q * (1.0 + q)).clamp_min(_TINY).rsqrt(), 0.0) * 0.5
+        own, other = self.ab[:, i], self.ab[:, 1 - i]
+        delta = self.delta if i == 0 else -self.delta
+        to_other = self.diff if i == 1 else -self.diff
+        radial = torch.sinh(delta) / torch.sqrt(1.0 + own * own)
+        return (f * radial).unsqueeze(-1) * self.u[:, i] - (f * other).unsqueeze(-1) * to_other
+
+    def grad_v(self, i: int, v: Optional[Tensor], gam: Tensor, sk: Union[float, Tensor], go: Tensor,
+               need_k: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """``go`` times the gradient of the distance with respect to side ``i``'s features ``v`` (``v``'s dtype;
+        None without ``v``), and ``sum_j v_j . grad_j`` of the distance itself when ``need_k`` (for ``k``; a
+        no-grad real side reads it from the forward's second row)."""
+        q, ys, ms = self.q[:, i], self.ys[:, i], self.ms[:, i]
+        kappa = sk / q.sqrt()
+        lam = (gam * ys).sum(-1) / (2.0 * q)
+        hvec = kappa.unsqueeze(-1) * gam + (2.0 * lam).unsqueeze(-1) * ms
+        pts = self.side_points(i)
+        n, nsafe, gamma, free, cb = pts[:5]
+        dq = self.dq(pts, self.sides[:, i])
+        if v is None:  # the real side without grad: only its share of the k-gradient
+            assert self.ksum is not None
+            kq = (free * n * dq).sum(-1)
+            return None, (kappa * (self.ksum * gam).sum(-1) - lam * kq) / sk
         dt = v.dtype
-        grad = torch.baddbmm((coef_v * g).to(dt).unsqueeze(-1) * v, (self.gamma * g).to(dt).unsqueeze(-1),
-                             hvec.to(dt).unsqueeze(-2))
-        return grad, (self.n * radial).sum(-1)
-
-    def vdot_no_grad(self, gam: Tensor, sk: Tensor) -> Tensor:
-        """``sum_i v_i . grad_i`` of a side without grad, from the sums kept by the forward."""
-        kappa, lam, _ = self.weights(gam, sk)
-        kq, ksum = self.kdot
-        return (kappa * (ksum * gam).sum(-1) - lam * kq) / sk
-
-
-def _chord(xs: Tensor, ys: Tensor, sk: Tensor) -> tuple[Tensor, ...]:
-    """Pieces of :func:`hyperdm.lorentz.dist`'s stable form for two points given by their space parts."""
-    a = torch.linalg.vector_norm(xs, dim=-1) / sk
-    b = torch.linalg.vector_norm(ys, dim=-1) / sk
-    ux = xs / _where_pos(a * sk).unsqueeze(-1)
-    uy = ys / _where_pos(b * sk).unsqueeze(-1)
-    diff = ux - uy
-    chord2 = diff.square().sum(-1)
-    delta = torch.asinh(a) - torch.asinh(b)
-    q = torch.sinh(delta / 2.0).square() + a * b * chord2 / 4.0
-    return a, b, ux, uy, diff, chord2, delta, q
-
-
-def _chord_grads(xs: Tensor, ys: Tensor, sk: Tensor) -> tuple[Tensor, Tensor]:
-    """``(dd/dx_s, dd/dy_s)`` of ``d = 2 sqrt(k) asinh(sqrt(q))``; 0 where the points coincide."""
-    a, b, ux, uy, diff, chord2, delta, q = _chord(xs, ys, sk)
-    pos = q > 0
-    f = torch.where(pos, 1.0 / torch.sqrt(torch.where(pos, q * (1.0 + q), torch.ones_like(q))), torch.zeros_like(q))
-    sd = torch.sinh(delta) / 2.0
-    dqa = sd / torch.sqrt(1.0 + a * a) + b * chord2 / 4.0
-    dqb = -sd / torch.sqrt(1.0 + b * b) + a * chord2 / 4.0
-    # tangential parts of dq/du: -(b/2)(u_y - (u_y.u_x)u_x) for x, from the difference (no cancellation)
-    perp_x = -diff - (-(diff * ux).sum(-1, keepdim=True)) * ux          # u_y - u_x minus its u_x component
-    perp_y = diff - (diff * uy).sum(-1, keepdim=True) * uy              # u_x - u_y minus its u_y component
-    gx = f.unsqueeze(-1) * (dqa.unsqueeze(-1) * ux - (b / 2.0).unsqueeze(-1) * perp_x)
-    gy = f.unsqueeze(-1) * (dqb.unsqueeze(-1) * uy - (a / 2.0).unsqueeze(-1) * perp_y)
-    return gx, gy
+        pg, ph = torch.bmm(v, torch.stack((gam, hvec), dim=-1).to(dt)).to(_F64).unbind(-1)   # v . Γ, v . H
+        radial = free * (kappa.unsqueeze(-1) * cb * pg / nsafe - lam.unsqueeze(-1) * dq) / sk
+        g = go.unsqueeze(-1)
+        coef_v = (radial - gamma * ph / nsafe) * (g / nsafe)
+        grad = torch.baddbmm(coef_v.to(dt).unsqueeze(-1) * v, (gamma * g).to(dt).unsqueeze(-1), hvec.to(dt).unsqueeze(1))
+        return grad, (n * radial).sum(-1) if need_k else None
 
 
 class _HDDDistance(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, real: Tensor, syn: Tensor, k: Tensor, rmask: Optional[Tensor], smask: Optional[Tensor],
-                tmax: float, hierarchical: bool, reduce: Optional[lorentz.Reduce]) -> Tensor:
-        sk = k.to(_F64).sqrt()
-        need_k = ctx.needs_input_grad[2]
-        r = _Side(real, rmask, sk, tmax, hierarchical, reduce, rows_for_k=need_k and not ctx.needs_input_grad[0],
-                  chunked=not ctx.needs_input_grad[0])
-        s = _Side(syn, smask, sk, tmax, hierarchical, None, rows_for_k=need_k and not ctx.needs_input_grad[1],
-                  chunked=not ctx.needs_input_grad[1])
-        *_, q = _chord(r.ys, s.ys, sk)
-        d = 2.0 * sk * torch.asinh(lorentz._safe_sqrt(q))
-        ctx.sides = (r, s)
-        ctx.sk = sk
-        ctx.k_dtype, ctx.k_shape = k.dtype, k.shape
-        ctx.save_for_backward(real if ctx.needs_input_grad[0] else None, syn if ctx.needs_input_grad[1] else None, d)
-        return d
+    def forward(ctx: Any, real: Tensor, syn: Tensor, k: Optional[Tensor], kf: float, rmask: Optional[Tensor],
+                smask: Optional[Tensor], tmax: float, hierarchical: bool, reduce: Optional[lorentz.Reduce]) -> Tensor:
+        sk: Union[float, Tensor] = kf ** 0.5 if k is None else k.to(_F64).sqrt()
+        need_r, need_s, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        mask = None
+        if rmask is not None or smask is not None:
+            mask = torch.cat((rmask if rmask is not None else real.new_ones(real.shape[:2], dtype=_F64),
+                              smask if smask is not None else syn.new_ones(syn.shape[:2], dtype=_F64)), dim=-1)
+        p = _Pair(real, syn, sk, tmax, hierarchical, mask, reduce, k_rows=need_k and not need_r, chunk_real=not need_r)
+        ctx.pair, ctx.sk = p, sk
+        if k is not None:
+            ctx.k_dtype, ctx.k_shape = k.dtype, k.shape
+        ctx.save_for_backward(real if need_r else None, syn if need_s else None)
+        return p.d
 
     @staticmethod
     def backward(ctx: Any, grad_d: Tensor) -> tuple[Optional[Tensor], ...]:
-        real, syn, d = ctx.saved_tensors
-        r, s = ctx.sides
-        sk = ctx.sk
+        real, syn = ctx.saved_tensors
+        p, sk = ctx.pair, ctx.sk
         go = grad_d.to(_F64)
-        out: list[Optional[Tensor]] = [None] * 8
         need_k = ctx.needs_input_grad[2]
-        gam_r, gam_s = _chord_grads(r.ys, s.ys, sk)
-        vdot = torch.zeros_like(d)
-        for i, (side, gam, v) in enumerate(((r, gam_r, real), (s, gam_s, syn))):
-            if v is not None:
-                out[i], vd = side.grad_v(v, gam, sk, go)
-                vdot = vdot + vd
-            elif need_k:
-                vdot = vdot + side.vdot_no_grad(gam, sk)
+        out: list[Optional[Tensor]] = [None] * 9
+        vdot: Any = 0.0
+        for i, v in enumerate((real, syn)):
+            if v is not None or (need_k and i == 0):
+                out[i], vd = p.grad_v(i, v, p.chord_grad(i), sk, go, need_k)
+                if need_k:
+                    vdot = vdot + vd
         if need_k:
-            dk = (go * (d - vdot)).sum() / (2.0 * sk * sk)
+            dk = (go * (p.d - vdot)).sum() / (2.0 * sk * sk)
             out[2] = dk.to(ctx.k_dtype).reshape(ctx.k_shape)
         return tuple(out)
 
@@ -270,8 +281,8 @@ def hdd_distance(
             "distributed matching reduces only the real side, which must not require grad; compute real "
             "features under torch.no_grad() (as DM does) or detach them."
         )
-    kt = k.to(real.device) if isinstance(k, Tensor) else torch.tensor(float(k), dtype=_F64, device=real.device)
+    kt, kf = (k.to(real.device), 0.0) if isinstance(k, Tensor) else (None, float(k))
     tmax = float(lorentz.SAFE_RADIUS if max_norm is None else min(float(max_norm), lorentz.SAFE_RADIUS))
     rm = None if real_mask is None else real_mask.to(_F64)
     sm = None if syn_mask is None else syn_mask.to(_F64)
-    return _HDDDistance.apply(real, syn, kt, rm, sm, tmax, bool(hierarchical), reduce)
+    return _HDDDistance.apply(real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce)
