@@ -68,6 +68,25 @@ _F64 = torch.float64
 _TINY = 1e-300  # radii below this (in units of sqrt(k)) are this: sinh(t)/t is then exactly 1
 
 
+def _chunked_spread(v: Tensor, n: Tensor, nut: Tensor) -> Tensor:
+    """``|v_i + n_i nut|`` per point of ``v`` ``[C, N, D]`` in slices of at most :data:`CHUNK_ELEMENTS` elements.
+
+    Slices are whole classes (contiguous in memory) when a class fits, else row blocks of one class.
+    """
+    C, N, D = v.shape
+    per_class = N * D
+    if per_class <= CHUNK_ELEMENTS:
+        g = max(1, CHUNK_ELEMENTS // per_class)
+        parts = [torch.linalg.vector_norm(torch.baddbmm(vc, nc, uc), dim=-1)
+                 for vc, nc, uc in zip(v.split(g), n.split(g), nut.split(g))]
+        return torch.cat(parts)
+    step = max(1, CHUNK_ELEMENTS // D)
+    rows = [torch.cat([torch.linalg.vector_norm(torch.baddbmm(vc, nc, nut[c : c + 1]), dim=-1)
+                       for vc, nc in zip(v[c : c + 1].split(step, dim=1), n[c : c + 1].split(step, dim=1))], dim=-1)
+            for c in range(C)]
+    return torch.cat(rows)
+
+
 class _Pair:
     """Forward quantities of both sides, real first: per-point ``[C, N + M]``, per side ``[C, 2, ...]`` (float64)."""
 
@@ -127,9 +146,7 @@ class _Pair:
         n_r, n_s = n_dt.unsqueeze(-1).split([N, M], dim=1)
         u_r, u_s = nut.split(1, dim=1)
         if chunk_real and N > 1 and real.numel() > CHUNK_ELEMENTS:
-            step = max(1, CHUNK_ELEMENTS // max(1, real.shape[0] * real.shape[-1]))
-            dev_r = torch.cat([torch.linalg.vector_norm(torch.baddbmm(vc, nc, u_r), dim=-1)
-                               for vc, nc in zip(real.split(step, dim=1), n_r.split(step, dim=1))], dim=-1)
+            dev_r = _chunked_spread(real, n_r, u_r)
         else:
             dev_r = torch.linalg.vector_norm(torch.baddbmm(real, n_r, u_r), dim=-1)
         dev = torch.cat((dev_r, torch.linalg.vector_norm(torch.baddbmm(syn, n_s, u_s), dim=-1)), dim=-1)

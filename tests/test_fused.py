@@ -140,13 +140,17 @@ class _Ops(TorchDispatchMode):
     def __init__(self, big: torch.Tensor) -> None:
         super().__init__()
         self.big = big
-        self.largest = 0
+        self.largest = 0  # the largest output that is not the big tensor or a view of it
+        self.largest_from_big = 0  # the largest output of an op that reads the big tensor
         self.reads: collections.Counter = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         flat = [a for a in list(args) + list((kwargs or {}).values()) if isinstance(a, torch.Tensor)]
+        outs = [o for o in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(o, torch.Tensor)]
         if any(a.untyped_storage().data_ptr() == self.big.untyped_storage().data_ptr() for a in flat):
+            self.largest_from_big = max([self.largest_from_big] + [o.numel() for o in outs if o.untyped_storage().data_ptr()
+                                                                   != self.big.untyped_storage().data_ptr()])
             if func.overloadpacket not in (torch.ops.aten.split, torch.ops.aten.split_with_sizes, torch.ops.aten.slice):
                 self.reads[str(func.overloadpacket).split(".")[-1]] += 1
         for o in out if isinstance(out, (tuple, list)) else [out]:
@@ -155,9 +159,10 @@ class _Ops(TorchDispatchMode):
         return out
 
 
-def test_real_side_without_grad_keeps_no_graph_and_no_full_temporary(monkeypatch):
-    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 4096)
-    real = _features(4, 64, 40, scale=3.0, seed=11, dtype=torch.float32)  # 10,240 elements: 3 chunks
+@pytest.mark.parametrize("chunk,blocks", [(4096, 4), (1024, 12)])  # whole classes; row blocks of each class
+def test_real_side_without_grad_keeps_no_graph_and_no_full_temporary(monkeypatch, chunk, blocks):
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk)
+    real = _features(4, 64, 40, scale=3.0, seed=11, dtype=torch.float32)  # 2,560 elements per class
     syn = _features(4, 3, 40, scale=3.0, seed=12, dtype=torch.float32).requires_grad_()
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
@@ -165,8 +170,11 @@ def test_real_side_without_grad_keeps_no_graph_and_no_full_temporary(monkeypatch
             d = fused.hdd_distance(real, syn, k=1.0)
     assert not [t for t in saved if t.numel() >= real.numel()]  # autograd keeps nothing of the real side's size
     assert ops.largest < real.numel()  # no [C, N, D] temporary
-    # the passes over the real features: the norms, one mat-vec, the exact spread in chunks
-    assert ops.reads == {"linalg_vector_norm": 1, "bmm": 1, "baddbmm": 3}, ops.reads
+    assert ops.largest_from_big <= chunk  # the spread pass writes one slice at a time
+    # the passes over the real features: the norms, one mat-vec, the exact spread in slices
+    assert ops.reads == {"linalg_vector_norm": 1, "bmm": 1, "baddbmm": blocks}, ops.reads
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 1 << 30)
+    torch.testing.assert_close(fused.hdd_distance(real, syn, k=1.0), d, rtol=0, atol=0)  # the slicing changes nothing
     (g,) = torch.autograd.grad(d.sum(), syn)
     assert torch.isfinite(g).all()
 
