@@ -19,7 +19,8 @@ Conventions shared by the methods (see :mod:`hyperdm.lorentz`):
 * ``dim`` may be any axis of the inputs (geoopt's own forms honour it only in some methods).
 
 geoopt 0.5.1 calls the deprecated ``torch.jit.script`` while it is imported (torch >= 2.9 warns
-about it); that one warning is silenced around the import here and nowhere else.
+about it, as a DeprecationWarning or, from 2.14, a FutureWarning); that one message is silenced
+around the import here and nowhere else.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from torch import Tensor
 from . import lorentz as L
 
 with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+    # torch 2.9 - 2.13 say it with a DeprecationWarning, 2.14 with a FutureWarning: match the message only.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
     import geoopt
 
 __all__ = ["StableLorentz"]
