@@ -140,11 +140,14 @@ def _reduce(per_class: Tensor, reduction: str, single: bool) -> Tensor:
 def _finite_or_raise(loss: Tensor, real: Tensor, syn: Tensor, what: str) -> None:
     """Raise a ValueError naming the bad side if ``loss`` is NaN/inf (one host read).
 
-    On CUDA tensors and under ``torch.compile`` the check stays on the device instead
-    (``torch._assert_async``): no host sync and no graph break; a non-finite loss then fails
-    the stream with a message that says what to check.
+    On CUDA tensors the check stays on the device instead (``torch._assert_async``): no host
+    sync; a non-finite loss then fails the stream with a message that says what to check.
+    Under ``torch.compile`` on the CPU it is left out (no graph break; Inductor's CPU code would
+    abort the process on a failed device assert): a non-finite loss is then returned as is.
     """
-    if loss.is_cuda or torch.compiler.is_compiling():
+    if not loss.is_cuda and torch.compiler.is_compiling():
+        return
+    if loss.is_cuda:
         torch._assert_async(torch.isfinite(loss).all(), f"hyperdm: the {what} loss is not finite: check the real and "
                             "synthetic features for NaN/inf (a diverged synthetic set, or a learning rate that is too high)")
         return
@@ -197,9 +200,10 @@ def _hyperbolic_per_class(
     max_norm: Optional[float],
     hierarchical: bool,
     reduce: Optional[lorentz.Reduce] = None,
+    use_fused: Union[bool, str] = "auto",
 ) -> Tensor:
     d = fused.hdd_distance(real, syn, k=k, max_norm=max_norm, hierarchical=hierarchical, real_mask=rmask, syn_mask=smask,
-                           reduce=reduce)
+                           reduce=reduce, fused=use_fused)
     return (scale * d).to(real.dtype)
 
 
@@ -249,6 +253,7 @@ def hyperbolic_matching_loss(
     syn_labels: Optional[Tensor] = None,
     check_finite: bool = True,
     process_group: Any = None,
+    fused: Union[bool, str] = "auto",
 ) -> Tensor:
     r"""HDD matching loss: ``scale * d_L(centroid(exp_o(real)), centroid(exp_o(syn)))`` per class.
 
@@ -269,6 +274,12 @@ def hyperbolic_matching_loss(
     real centroids are those of the real features of every rank (:mod:`hyperdm.distributed`); the
     synthetic side is local. Needs ``[C, N, D]`` (or ``[N, D]``) features and real features
     without grad.
+
+    The loss is one autograd function with an analytic backward (:mod:`hyperdm.fused`): real
+    features without grad keep no autograd graph. ``fused="auto"`` (default) computes the real
+    side with a Triton kernel (one pass over the real features) on CUDA tensors when ``triton``
+    is importable and the call is the DM case (real features without grad, no labels/masks, not
+    hierarchical, a fixed ``k``, one process); ``True`` requires the kernel, ``False`` never uses it.
     """
     _check_reduction(reduction)
     _check_k(k)
@@ -277,7 +288,7 @@ def hyperbolic_matching_loss(
     reduce = _reducer(process_group, real_labels)
     r, rm, s, sm, single = _group(real, syn, real_labels, syn_labels)
     per_class = _hyperbolic_per_class(r, rm, s, sm, k=k, scale=scale, max_norm=max_norm, hierarchical=hierarchical,
-                                      reduce=reduce)
+                                      reduce=reduce, use_fused=fused)
     loss = _reduce(per_class, reduction, single)
     if check_finite:
         _finite_or_raise(loss, r, s, "hyperbolic matching")

@@ -91,7 +91,10 @@ class _Pair:
     """Forward quantities of both sides, real first: per-point ``[C, N + M]``, per side ``[C, 2, ...]`` (float64)."""
 
     def __init__(self, real: Tensor, syn: Tensor, sk: Union[float, Tensor], tmax: float, hierarchical: bool,
-                 mask: Optional[Tensor], reduce: Optional[lorentz.Reduce], k_rows: bool, chunk_real: bool) -> None:
+                 mask: Optional[Tensor], reduce: Optional[lorentz.Reduce], k_rows: bool, chunk_real: bool,
+                 real_summary: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> None:
+        if real_summary is not None:  # the real side comes summarised (Triton kernel): per-point work for syn only
+            real = real[:, :0]
         N, M = real.shape[-2], syn.shape[-2]
         dt = real.dtype
         n_dt = torch.cat((torch.linalg.vector_norm(real, dim=-1), torch.linalg.vector_norm(syn, dim=-1)), dim=-1)  # pass 1
@@ -140,6 +143,9 @@ class _Pair:
             sums = torch.stack((both[:, D:], sums[:, 1]), dim=1)
             if self.ksum is not None:
                 self.ksum = reduce(self.ksum, "sum")
+        if real_summary is not None:
+            ms = torch.stack((real_summary[0], ms[:, 1]), dim=1)
+            sums = torch.stack((real_summary[1], sums[:, 1]), dim=1)
         bsum = sums[..., 0]
         # pass 3: the exact spread |u_i - u~|^2, u~ = m_s / B, as |v_i - n_i u~|^2 / n_i^2
         nut = (ms / -bsum.unsqueeze(-1)).to(dt)
@@ -152,15 +158,22 @@ class _Pair:
         dev = torch.cat((dev_r, torch.linalg.vector_norm(torch.baddbmm(syn, n_s, u_s), dim=-1)), dim=-1)
         sp = (dev.to(_F64) / nsafe).square()
         # one point has no spread (rounding of u and u~ would leave eps^2 there)
+        # (the backward drops the spread's derivative there too: self.multi, per side)
+        self.multi: tuple[Union[float, Tensor], Union[float, Tensor]]
         if mask is not None:
             counts = torch.stack([x.sum(-1) for x in mask.split([N, M], dim=-1)], dim=-1)
             if reduce is not None:
                 counts = torch.stack((reduce(counts[:, 0], "sum"), counts[:, 1]), dim=-1)
-            sp = sp * torch.cat(((counts[:, :1] > 1).expand(-1, N), (counts[:, 1:] > 1).expand(-1, M)), dim=-1)
-        elif (N == 1 and reduce is None) or M == 1:
-            sp = sp * torch.tensor([float(N > 1 or reduce is not None)] * N + [float(M > 1)] * M, dtype=_F64,
-                                   device=sp.device)
+            many = (counts > 1).to(_F64)
+            self.multi = (many[:, 0], many[:, 1])
+            sp = sp * torch.cat((many[:, :1].expand(-1, N), many[:, 1:].expand(-1, M)), dim=-1)
+        else:
+            self.multi = (float(N > 1 or reduce is not None or real_summary is not None), float(M > 1))
+            if self.multi != (1.0, 1.0):
+                sp = sp * torch.tensor([self.multi[0]] * N + [self.multi[1]] * M, dtype=_F64, device=sp.device)
         spread = torch.stack([x.sum(-1) for x in (b * sp).split([N, M], dim=-1)], dim=-1)
+        if real_summary is not None:
+            spread = torch.stack((real_summary[2], spread[:, 1]), dim=-1)
         if reduce is not None:
             spread = torch.stack((reduce(spread[:, 0], "sum"), spread[:, 1]), dim=-1)
         a_plus = sums[..., 1] + bsum
@@ -219,7 +232,7 @@ class _Pair:
         q, ys, ms = self.q[:, i], self.ys[:, i], self.ms[:, i]
         kappa = sk / q.sqrt()
         lam = (gam * ys).sum(-1) / (2.0 * q)
-        hvec = kappa.unsqueeze(-1) * gam + (2.0 * lam).unsqueeze(-1) * ms
+        hvec = kappa.unsqueeze(-1) * gam + (2.0 * lam * self.multi[i]).unsqueeze(-1) * ms
         pts = self.side_points(i)
         n, nsafe, gamma, free, cb = pts[:5]
         dq = self.dq(pts, self.sides[:, i])
@@ -239,14 +252,21 @@ class _Pair:
 class _HDDDistance(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, real: Tensor, syn: Tensor, k: Optional[Tensor], kf: float, rmask: Optional[Tensor],
-                smask: Optional[Tensor], tmax: float, hierarchical: bool, reduce: Optional[lorentz.Reduce]) -> Tensor:
+                smask: Optional[Tensor], tmax: float, hierarchical: bool, reduce: Optional[lorentz.Reduce],
+                use_kernel: bool) -> Tensor:
         sk: Union[float, Tensor] = kf ** 0.5 if k is None else k.to(_F64).sqrt()
         need_r, need_s, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         mask = None
         if rmask is not None or smask is not None:
             mask = torch.cat((rmask if rmask is not None else real.new_ones(real.shape[:2], dtype=_F64),
                               smask if smask is not None else syn.new_ones(syn.shape[:2], dtype=_F64)), dim=-1)
-        p = _Pair(real, syn, sk, tmax, hierarchical, mask, reduce, k_rows=need_k and not need_r, chunk_real=not need_r)
+        summary = None
+        if use_kernel:
+            from . import triton_kernels
+
+            summary = triton_kernels.real_summary(real, sk=float(sk), tmax=tmax)
+        p = _Pair(real, syn, sk, tmax, hierarchical, mask, reduce, k_rows=need_k and not need_r, chunk_real=not need_r,
+                  real_summary=summary)
         ctx.pair, ctx.sk = p, sk
         if k is not None:
             ctx.k_dtype, ctx.k_shape = k.dtype, k.shape
@@ -259,7 +279,7 @@ class _HDDDistance(torch.autograd.Function):
         p, sk = ctx.pair, ctx.sk
         go = grad_d.to(_F64)
         need_k = ctx.needs_input_grad[2]
-        out: list[Optional[Tensor]] = [None] * 9
+        out: list[Optional[Tensor]] = [None] * 10
         vdot: Any = 0.0
         for i, v in enumerate((real, syn)):
             if v is not None or (need_k and i == 0):
@@ -282,6 +302,7 @@ def hdd_distance(
     real_mask: Optional[Tensor] = None,
     syn_mask: Optional[Tensor] = None,
     reduce: Optional[lorentz.Reduce] = None,
+    fused: Union[bool, str] = "auto",
 ) -> Tensor:
     r"""Per-class geodesic distance ``[C]`` (float64) between the Law centroids of ``exp_o(real)`` and ``exp_o(syn)``.
 
@@ -292,6 +313,12 @@ def hdd_distance(
     ``[C, M]`` exclude padded rows (which must be zero); ``reduce`` all-reduces the real side's
     sums over processes (real features without grad only). Gradients reach ``real``, ``syn``
     and ``k`` as they require; see the module docstring for the forms.
+
+    ``fused`` selects the Triton kernel of :mod:`hyperdm.triton_kernels` for the real side:
+    ``"auto"`` (default) uses it on CUDA tensors when ``triton`` is importable and the call is the
+    DM case it covers (real features without grad, no masks, not hierarchical, a fixed ``k``,
+    a single process); ``True`` requires it (an error says why it cannot run); ``False`` never
+    uses it.
     """
     if reduce is not None and real.requires_grad:
         raise ValueError(
@@ -300,6 +327,33 @@ def hdd_distance(
         )
     kt, kf = (k.to(real.device), 0.0) if isinstance(k, Tensor) else (None, float(k))
     tmax = float(lorentz.SAFE_RADIUS if max_norm is None else min(float(max_norm), lorentz.SAFE_RADIUS))
+    use_kernel = _kernel_choice(fused, real, syn, k, real_mask, syn_mask, hierarchical, reduce)
     rm = None if real_mask is None else real_mask.to(_F64)
     sm = None if syn_mask is None else syn_mask.to(_F64)
-    return _HDDDistance.apply(real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce)
+    return _HDDDistance.apply(real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce, use_kernel)
+
+
+def _kernel_choice(fused: Union[bool, str], real: Tensor, syn: Tensor, k: Union[float, Tensor], real_mask: Optional[Tensor],
+                   syn_mask: Optional[Tensor], hierarchical: bool, reduce: Optional[lorentz.Reduce]) -> bool:
+    if fused is False:
+        return False
+    if fused not in (True, "auto"):
+        raise ValueError(f"fused must be 'auto', True or False; got {fused!r}.")
+    from . import triton_kernels
+
+    why = None
+    if triton_kernels._triton() is None:
+        why = "needs triton (pip install triton)"
+    elif not (real.is_cuda or (fused is True and triton_kernels.interpreting())):
+        why = "needs CUDA tensors (CPU tensors only under Triton's interpreter, TRITON_INTERPRET=1)"
+    elif real.requires_grad or (isinstance(k, Tensor) and k.requires_grad):
+        why = "covers real features without grad and a fixed k"
+    elif real_mask is not None or syn_mask is not None or hierarchical or reduce is not None:
+        why = "covers unmasked [C, N, D] features, hierarchical=False and a single process"
+    elif torch.compiler.is_compiling():
+        why = "is not traced by torch.compile"
+    if why is None:
+        return True
+    if fused is True:
+        raise ValueError(f"fused=True: the Triton kernel {why}; pass fused='auto' or False to use the PyTorch path.")
+    return False

@@ -62,10 +62,21 @@ class HyperbolicMatcher(nn.Module):
             :mod:`hyperdm.distributed`), the synthetic side stays local, so the loss and the
             synthetic gradient equal single-process ones on the union of the real data, on every
             rank. ``scale="auto"`` then picks the same lambda on every rank.
+        fused: the Triton kernel for the real side (one pass over the real features, no
+            temporaries; :mod:`hyperdm.triton_kernels`). ``"auto"`` (default): used on CUDA
+            tensors when ``triton`` is importable and the call is the DM case it covers (real
+            features without grad, ``[C, N, D]`` or ``[N, D]`` inputs, ``hierarchical=False``, a
+            fixed ``k``, no ``process_group``); otherwise the PyTorch path. ``True``: always (an
+            error says why it cannot run); ``False``: never. Both compute the same loss.
 
-    Sync-free: with ``[C, N, D]`` inputs and ``check_finite=False`` the forward and backward
-    never read a tensor value on the host (a profiler test checks this), so a CUDA stream is
-    never stalled. Flat features with labels need one sync (the class counts set the shapes).
+    The loss is one autograd function with an analytic backward (:mod:`hyperdm.fused`): real
+    features without grad keep no autograd graph and no ``[C, N, D]`` temporary.
+
+    Sync-free: with ``[C, N, D]`` inputs the forward and backward never read a tensor value on
+    the host with ``check_finite=False``, nor with the default check on CUDA tensors, where it
+    stays on the device (``torch._assert_async``); a profiler test checks this. On the CPU the
+    check reads one scalar. Flat features with labels need one sync (the class counts set the
+    shapes). ``torch.compile(fullgraph=True)`` traces the default matcher without graph breaks.
 
     Call with ``real [N, D], syn [M, D]`` (one class), ``real [C, N, D], syn [C, M, D]``
     (all classes at once), or flat features with ``real_labels=``/``syn_labels=``.
@@ -83,6 +94,7 @@ class HyperbolicMatcher(nn.Module):
         check_finite: bool = True,
         compile: bool = False,
         process_group: Any = None,
+        fused: Union[bool, str] = "auto",
     ) -> None:
         super().__init__()
         F._check_k(k)
@@ -106,6 +118,9 @@ class HyperbolicMatcher(nn.Module):
         self.check_finite = bool(check_finite)
         self.compile = bool(compile)
         self.process_group = process_group
+        if fused not in ("auto", True, False):
+            raise ValueError(f"fused must be 'auto', True or False; got {fused!r}.")
+        self.fused = fused
         if self.learn_k:
             self.log_k = nn.Parameter(torch.tensor(math.log(float(k)), dtype=torch.float64))
         else:
@@ -130,7 +145,8 @@ class HyperbolicMatcher(nn.Module):
             self._choose_scale(r, rm, s, sm, reduce)
         assert self.scale is not None
         args = (r, rm, s, sm)
-        kwargs = dict(k=self.k, scale=self.scale, max_norm=self.max_norm, hierarchical=self.hierarchical)
+        kwargs = dict(k=self.k, scale=self.scale, max_norm=self.max_norm, hierarchical=self.hierarchical,
+                      use_fused=self.fused)
         if reduce is not None:
             kwargs["reduce"] = reduce
         per_class = _run_compiled(*args, **kwargs) if self.compile else F._hyperbolic_per_class(*args, **kwargs)
@@ -165,6 +181,7 @@ class HyperbolicMatcher(nn.Module):
             f"k={k}, scale={scale}, max_norm={self.max_norm}, hierarchical={self.hierarchical}, "
             f"reduction={self.reduction!r}" + (", compile=True" if self.compile else "")
             + (", process_group=set" if self.process_group is not None else "")
+            + (f", fused={self.fused!r}" if self.fused != "auto" else "")
         )
 
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+# Triton kernels run on CPU tensors only under Triton's interpreter, which must be on before triton is
+# first imported (torch.compile may import it): on for the whole session on machines without CUDA.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 

@@ -93,3 +93,25 @@ def test_compile_failure_names_the_fix(monkeypatch):
     real, syn = _features()
     with pytest.raises(RuntimeError, match="compile=False"):
         HyperbolicMatcher(compile=True)(real, syn)
+
+
+def test_default_matcher_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) of a function calling HyperbolicMatcher() with its defaults (finite check on):
+    no graph break (fullgraph would raise), the same loss and gradient as eager. On CUDA the check is a device-side
+    assert; on the CPU, compiled, it is left out."""
+    real, syn = _features()
+    matcher = HyperbolicMatcher()
+
+    def step(r, s):
+        return matcher(r, s)
+
+    compiled = torch.compile(step, fullgraph=True)
+    le, ge = _forward_backward(step, real, syn)()
+    lc, gc = _forward_backward(compiled, real, syn)()
+    torch.testing.assert_close(lc, le, rtol=1e-12, atol=0)
+    torch.testing.assert_close(gc, ge, rtol=1e-10, atol=1e-14)
+    bad = real.clone()
+    bad[0, 0, 0] = float("nan")
+    assert torch.isnan(compiled(bad, syn))  # on the CPU the compiled check is left out: NaN comes back as is
+    with pytest.raises(ValueError, match="real features contain 1 NaN"):  # eager keeps the clear error
+        step(bad, syn)
