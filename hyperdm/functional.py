@@ -244,7 +244,7 @@ def hyperbolic_matching_loss(
     real: Tensor,
     syn: Tensor,
     *,
-    k: Union[float, Tensor] = 1.0,
+    k: Union[float, Tensor, None] = None,
     scale: float = 20.0,
     max_norm: Optional[float] = 10.0,
     hierarchical: bool = False,
@@ -254,6 +254,7 @@ def hyperbolic_matching_loss(
     check_finite: bool = True,
     process_group: Any = None,
     fused: Union[bool, str] = "auto",
+    manifold: Any = None,
 ) -> Tensor:
     r"""HDD matching loss: ``scale * d_L(centroid(exp_o(real)), centroid(exp_o(syn)))`` per class.
 
@@ -280,8 +281,16 @@ def hyperbolic_matching_loss(
     side with a Triton kernel (one pass over the real features) on CUDA tensors when ``triton``
     is importable and the call is the DM case (real features without grad, no labels/masks, not
     hierarchical, a fixed ``k``, one process); ``True`` requires the kernel, ``False`` never uses it.
+
+    ``k`` defaults to 1; ``manifold`` (a ``geoopt.Lorentz``, e.g. :class:`hyperdm.StableLorentz`)
+    supplies it instead, as ``manifold.k`` (its gradient reaches a learnable ``k``).
     """
     _check_reduction(reduction)
+    if manifold is not None:
+        if k is not None:
+            raise ValueError("pass the curvature once: either k= or manifold=, not both.")
+        k = manifold.k
+    k = 1.0 if k is None else k
     _check_k(k)
     _check_scale(scale)
     _check_max_norm(max_norm)

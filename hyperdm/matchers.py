@@ -47,7 +47,13 @@ class HyperbolicMatcher(nn.Module):
             root count more; with the clamp, every clamped point gets the same weight).
         reduction: ``"sum"`` over classes (DM sums per-class losses), ``"mean"`` or
             ``"none"`` (returns ``[C]``).
-        learn_k: make ``k`` a parameter, stored as ``log k`` so it stays positive.
+        learn_k: make ``k`` a parameter: geoopt's learnable ``k`` of a
+            :class:`hyperdm.StableLorentz` the matcher creates (``self.manifold.k``); its gradient
+            is computed analytically. A step that makes it ``<= 0`` is refused with an error.
+        manifold: take ``k`` from a geoopt Lorentz manifold instead, e.g.
+            ``HyperbolicMatcher(manifold=hyperdm.StableLorentz(k, learnable=True))`` (one source of
+            truth: the matcher reads ``manifold.k`` on every call, and its gradient reaches it).
+            Give either ``manifold`` or ``k``/``learn_k``.
         check_finite: raise a clear error instead of returning a NaN/inf loss (one
             scalar test per call: the only host-device sync of the ``[C, N, D]`` path;
             the toolkit's loops pass ``False`` and check the loss they read anyway).
@@ -84,7 +90,7 @@ class HyperbolicMatcher(nn.Module):
 
     def __init__(
         self,
-        k: float = 1.0,
+        k: Optional[float] = None,
         scale: Union[float, str] = 20.0,
         *,
         max_norm: Optional[float] = 10.0,
@@ -95,8 +101,19 @@ class HyperbolicMatcher(nn.Module):
         compile: bool = False,
         process_group: Any = None,
         fused: Union[bool, str] = "auto",
+        manifold: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
+        if manifold is not None:
+            if k is not None or learn_k:
+                raise ValueError("pass the curvature once: either manifold=StableLorentz(k, learnable=...) or k= / learn_k=, "
+                                 "not both.")
+            from .manifold import geoopt
+
+            if not isinstance(manifold, geoopt.Lorentz):
+                raise ValueError(f"manifold must be a geoopt.Lorentz (e.g. hyperdm.StableLorentz(k)); got {type(manifold).__name__}.")
+            F._check_k(manifold.k)
+        k = 1.0 if k is None else k
         F._check_k(k)
         if compile and process_group is not None:
             raise ValueError("compile=True and process_group cannot be combined yet; drop one of them "
@@ -114,22 +131,25 @@ class HyperbolicMatcher(nn.Module):
         self.max_norm = None if max_norm is None else float(max_norm)
         self.hierarchical = bool(hierarchical)
         self.reduction = reduction
-        self.learn_k = bool(learn_k)
+        if learn_k and manifold is None:  # geoopt's learnable k, on a StableLorentz the matcher owns
+            from .manifold import StableLorentz
+
+            manifold = StableLorentz(torch.tensor(float(k), dtype=torch.float64), learnable=True)
+        #: the Lorentz manifold that holds k, when given or learned (one source of truth for k)
+        self.manifold = manifold
+        self.learn_k = manifold is not None and bool(manifold.k.requires_grad)
         self.check_finite = bool(check_finite)
         self.compile = bool(compile)
         self.process_group = process_group
         if fused not in ("auto", True, False):
             raise ValueError(f"fused must be 'auto', True or False; got {fused!r}.")
         self.fused = fused
-        if self.learn_k:
-            self.log_k = nn.Parameter(torch.tensor(math.log(float(k)), dtype=torch.float64))
-        else:
-            self._k = float(k)
+        self._k = float(k)
 
     @property
     def k(self) -> Union[float, Tensor]:
-        """Current ``k`` (a tensor when ``learn_k``): points satisfy ``<x,x>_L = -k``."""
-        return self.log_k.exp() if self.learn_k else self._k
+        """Current ``k``: points satisfy ``<x,x>_L = -k``; the manifold's tensor when one holds it."""
+        return self.manifold.k if self.manifold is not None else self._k
 
     def forward(
         self,
@@ -141,6 +161,10 @@ class HyperbolicMatcher(nn.Module):
     ) -> Tensor:
         reduce = F._reducer(self.process_group, real_labels)
         r, rm, s, sm, single = F._group(real, syn, real_labels, syn_labels)
+        if self.learn_k and not self.manifold.k.is_cuda and not torch.compiler.is_compiling():
+            if not bool(self.manifold.k.detach() > 0):  # a CPU scalar: no device sync
+                raise ValueError(f"the learned k went to {float(self.manifold.k.detach()):g}; k must stay > 0 (geoopt's "
+                                 "curvature parameter): lower the learning rate of k or bound it after each step.")
         if self.scale is None:
             self._choose_scale(r, rm, s, sm, reduce)
         assert self.scale is not None
@@ -172,7 +196,7 @@ class HyperbolicMatcher(nn.Module):
         log.info("HyperbolicMatcher scale='auto': lambda = %.6g (first batch: MMD %.6g / distance %.6g)", self.scale, m, d)
 
     def extra_repr(self) -> str:
-        k = f"{float(self.k.detach() if self.learn_k else self.k):g}" + (" (learned)" if self.learn_k else "")
+        k = f"{float(self.k.detach() if isinstance(self.k, Tensor) else self.k):g}" + (" (learned)" if self.learn_k else "")
         if self.auto_scale:
             scale = "'auto'" + ("" if self.scale is None else f" (chose {self.scale:g})")
         else:

@@ -241,21 +241,55 @@ def test_single_far_point_without_clamp_is_exact():
 # ----------------------------------------------------------------------------- modules
 
 
-def test_learn_k_stays_positive_and_trains():
+def test_learn_k_is_geoopts_learnable_k_and_trains():
     m = HyperbolicMatcher(k=2.0, learn_k=True)
-    assert [n for n, _ in m.named_parameters()] == ["log_k"]
+    assert [n for n, _ in m.named_parameters()] == ["manifold.k"]
+    assert isinstance(m.manifold, hyperdm.StableLorentz) and m.manifold.k.dtype == torch.float64
     assert abs(float(m.k.detach()) - 2.0) < 1e-12
     real = features(2, 16, 8, seed=22)
     syn = features(2, 2, 8, seed=23)
     m(real, syn).backward()
-    assert m.log_k.grad is not None and torch.isfinite(m.log_k.grad)
-    with torch.no_grad():
-        m.log_k -= 100.0  # any step keeps k > 0
-    assert float(m.k.detach()) > 0 and torch.isfinite(m(real, syn))
+    assert m.manifold.k.grad is not None and torch.isfinite(m.manifold.k.grad) and m.manifold.k.grad != 0
     m2 = HyperbolicMatcher(learn_k=True)
     m2.load_state_dict(m.state_dict())
     assert float(m2.k.detach()) == float(m.k.detach())
     assert "learned" in repr(m) and "k=" in repr(HyperbolicMatcher())
+    with torch.no_grad():
+        m.manifold.k -= 100.0  # a step that leaves k <= 0 is refused with the fix
+    with pytest.raises(ValueError, match="learned k went to -98"):
+        m(real, syn)
+
+
+def test_manifold_is_the_one_source_of_k():
+    real = features(2, 16, 8, seed=24)
+    syn = features(2, 3, 8, seed=25).requires_grad_()
+    man = hyperdm.StableLorentz(torch.tensor(1.7, dtype=torch.float64), learnable=True)
+    by_manifold = HyperbolicMatcher(manifold=man, scale=3.0)
+    by_k = HyperbolicMatcher(1.7, 3.0)
+    loss = by_manifold(real, syn)
+    torch.testing.assert_close(loss, by_k(real, syn), rtol=1e-14, atol=0)
+    torch.testing.assert_close(hyperbolic_matching_loss(real, syn, manifold=man, scale=3.0), loss, rtol=1e-14, atol=0)
+    # the gradient reaches the manifold's k and equals the float64 finite difference
+    (gk,) = torch.autograd.grad(loss, man.k)
+    h = 1e-6
+    fd = (hyperbolic_matching_loss(real, syn, k=1.7 + h, scale=3.0) - hyperbolic_matching_loss(real, syn, k=1.7 - h, scale=3.0)) / (2 * h)
+    assert abs(float(gk) - float(fd)) <= 1e-6 * max(1.0, abs(float(fd)))
+    # geoopt's optimiser moves k, and the matcher follows
+    import geoopt
+
+    opt = geoopt.optim.RiemannianAdam(by_manifold.parameters(), lr=0.1)
+    opt.zero_grad()
+    by_manifold(real, syn).backward()
+    opt.step()
+    assert abs(float(by_manifold.k.detach()) - 1.7) > 1e-3
+    torch.testing.assert_close(by_manifold(real, syn), HyperbolicMatcher(float(man.k.detach()), 3.0)(real, syn),
+                               rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="pass the curvature once"):
+        HyperbolicMatcher(2.0, manifold=man)
+    with pytest.raises(ValueError, match="pass the curvature once"):
+        hyperbolic_matching_loss(real, syn, k=2.0, manifold=man)
+    with pytest.raises(ValueError, match="must be a geoopt.Lorentz"):
+        HyperbolicMatcher(manifold=torch.nn.Linear(2, 2))
 
 
 def test_float16_features_are_upcast():
