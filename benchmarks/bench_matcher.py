@@ -136,7 +136,7 @@ def op_counts(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> dict[str, in
             "host_syncs": sum(o in ("_local_scalar_dense", "item", "is_nonzero") for o in c.ops)}
 
 
-def make_variants(dtype: torch.dtype, compiled: bool = False) -> dict[str, LossFn]:
+def make_variants(dtype: torch.dtype, compiled: bool = False, cuda: bool = False) -> dict[str, LossFn]:
     out: dict[str, LossFn] = {
         "hdd": hyperdm.HyperbolicMatcher(),
         "hdd_nocheck": hyperdm.HyperbolicMatcher(check_finite=False),
@@ -146,6 +146,9 @@ def make_variants(dtype: torch.dtype, compiled: bool = False) -> dict[str, LossF
     }
     if compiled:
         out["hdd_compiled"] = hyperdm.HyperbolicMatcher(check_finite=False, compile=True)
+    if cuda:  # the PyTorch path and the Triton kernel, each forced
+        out["hdd_eager"] = hyperdm.HyperbolicMatcher(check_finite=False, fused=False)
+        out["hdd_triton"] = hyperdm.HyperbolicMatcher(check_finite=False, fused=True)
     return out
 
 
@@ -163,6 +166,14 @@ def fwd_bwd(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
 
 
 def timed(fn: LossFn, real: torch.Tensor, syn: torch.Tensor, device: torch.device) -> float:
+    if device.type == "cuda":  # CUDA events: the GPU's own clock around the launches
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        _sync(device)
+        start.record()
+        fwd_bwd(fn, real, syn)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
     _sync(device)
     t0 = time.perf_counter()
     fwd_bwd(fn, real, syn)
@@ -297,13 +308,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             "mmd": loss_and_grad(hyperdm.MMDMatcher(), real64.to(device), ref_syn),
         }
         ref_of = {"hdd": "hdd", "hdd_nocheck": "hdd", "naive_geoopt": "hdd", "mmd": "mmd", "mmd_line": "mmd",
-                  "hdd_compiled": "hdd"}
+                  "hdd_compiled": "hdd", "hdd_eager": "hdd", "hdd_triton": "hdd"}
 
         for dname in args.dtypes:
             dtype = DTYPES[dname]
             real = real64.to(device=device, dtype=dtype)
             syn = syn64.to(device=device, dtype=dtype).requires_grad_(True)
-            fns = make_variants(dtype, compiled=args.compiled)
+            fns = make_variants(dtype, compiled=args.compiled, cuda=device.type == "cuda")
 
             losses, grads, first_call_s = {}, {}, {}
             for name, fn in fns.items():
@@ -353,6 +364,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 **({"hdd_compiled_over_hdd_nocheck": med["hdd_compiled"] / med["hdd_nocheck"],
                     "hdd_compiled_over_mmd": med["hdd_compiled"] / med["mmd"],
                     "compile_s": first_call_s["hdd_compiled"]} if "hdd_compiled" in med else {}),
+                **({"hdd_triton_over_mmd_line": med["hdd_triton"] / med["mmd_line"],
+                    "hdd_eager_over_mmd_line": med["hdd_eager"] / med["mmd_line"]} if "hdd_triton" in med else {}),
             })
             agreement.append({
                 "dtype": dname, "M": M,

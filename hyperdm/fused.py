@@ -342,7 +342,9 @@ def _kernel_choice(fused: Union[bool, str], real: Tensor, syn: Tensor, k: Union[
     from . import triton_kernels
 
     why = None
-    if triton_kernels._triton() is None:
+    if torch.compiler.is_compiling():
+        why = "is not traced by torch.compile"
+    elif triton_kernels._triton() is None:
         why = "needs triton (pip install triton)"
     elif not (real.is_cuda or (fused is True and triton_kernels.interpreting())):
         why = "needs CUDA tensors (CPU tensors only under Triton's interpreter, TRITON_INTERPRET=1)"
@@ -350,8 +352,6 @@ def _kernel_choice(fused: Union[bool, str], real: Tensor, syn: Tensor, k: Union[
         why = "covers real features without grad and a fixed k"
     elif real_mask is not None or syn_mask is not None or hierarchical or reduce is not None:
         why = "covers unmasked [C, N, D] features, hierarchical=False and a single process"
-    elif torch.compiler.is_compiling():
-        why = "is not traced by torch.compile"
     if why is None:
         return True
     if fused is True:
