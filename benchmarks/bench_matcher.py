@@ -274,7 +274,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--feat-norm", type=float, default=25.0, help="typical feature norm (default 25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compiled", action="store_true", help="add the torch.compile variant hdd_compiled")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
