@@ -222,15 +222,27 @@ class FeatureBank:
             scores, labels = gather_strided(scores, total, process_group), gather_strided(labels, total, process_group)
         return select(scores, keep=keep, labels=labels if per_class else None)
 
+    @staticmethod
+    def _files(path: Union[str, Path]) -> tuple[Path, Path]:
+        """``<path>.npy`` and ``<path>.json``, keeping every character of ``path`` (``bank_0.5`` -> ``bank_0.5.npy``;
+        a trailing ``.npy`` / ``.json`` is replaced)."""
+        path = Path(path)
+        name = path.name
+        for ext in (".npy", ".json"):
+            if name.endswith(ext) and len(name) > len(ext):
+                name = name[: -len(ext)]
+                break
+        return path.with_name(name + ".npy"), path.with_name(name + ".json")
+
     def save(self, path: Union[str, Path]) -> None:
         """Write ``<path>.npy`` (features) and ``<path>.json`` (labels, dtype)."""
-        path = Path(path)
-        np.save(path.with_suffix(".npy"), np.asarray(self._features))
-        path.with_suffix(".json").write_text(json.dumps({"labels": self.labels.tolist()}))
+        npy, js = self._files(path)
+        np.save(npy, np.asarray(self._features))
+        js.write_text(json.dumps({"labels": self.labels.tolist()}))
 
     @classmethod
     def load(cls, path: Union[str, Path], *, mmap: bool = True) -> "FeatureBank":
-        path = Path(path)
-        feats = np.load(path.with_suffix(".npy"), mmap_mode="r" if mmap else None)
-        labels = torch.tensor(json.loads(path.with_suffix(".json").read_text())["labels"], dtype=torch.long)
+        npy, js = cls._files(path)
+        feats = np.load(npy, mmap_mode="r" if mmap else None)
+        labels = torch.tensor(json.loads(js.read_text())["labels"], dtype=torch.long)
         return cls(feats, labels)

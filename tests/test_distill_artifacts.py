@@ -31,7 +31,7 @@ def test_synthetic_round_trip_in_reference_format(tmp_path):
     images = torch.randn(6, 1, 28, 28)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     rd.save_synthetic(images, labels, dataset="fashion-mnist", normalised=True)
-    obj = torch.load(rd.synthetic, weights_only=False)
+    obj = torch.load(rd.synthetic, weights_only=True)
     assert isinstance(obj["data"], list) and len(obj["data"][0]) == 2  # {'data': [[images, labels]]}
     assert torch.equal(obj["data"][0][0], images) and torch.equal(obj["data"][0][1], labels)
     x, y, meta = A.load_synthetic(rd.path)  # run directory
@@ -93,3 +93,68 @@ def test_checkpoint_round_trip(tmp_path):
     rd.save_checkpoint({"iteration": 3, "images": torch.arange(4.0)})
     st = rd.load_checkpoint()
     assert st["iteration"] == 3 and torch.equal(st["images"], torch.arange(4.0))
+
+
+def test_output_names_keep_what_was_typed(tmp_path):
+    assert A.output_path(tmp_path / "kept_0.01", ".npy").name == "kept_0.01.npy"
+    assert A.output_path(tmp_path / "kept_0.5", ".json").name == "kept_0.5.json"
+    assert A.output_path(tmp_path / "kept.npy", ".json", strip=(".npy", ".json")).name == "kept.json"
+    assert A.output_path(tmp_path / "kept.npy", ".npy", strip=(".npy", ".json")).name == "kept.npy"
+    assert A.output_path(tmp_path / "v1.2.tar", ".npy", strip=(".npy",)).name == "v1.2.tar.npy"
+
+
+def test_load_torch_file_reads_plain_content_in_both_torch_formats(tmp_path):
+    obj = {"data": [[torch.arange(6.0).view(1, 1, 2, 3), torch.tensor([2])]], "accs_all_exps": {"ConvNet": [0.5]}, "n": None}
+    for zip_format in (True, False):
+        p = tmp_path / f"f{zip_format}.pt"
+        torch.save(obj, p, _use_new_zipfile_serialization=zip_format)
+        back = A.load_torch_file(p)
+        assert torch.equal(back["data"][0][0], obj["data"][0][0]) and back["accs_all_exps"] == {"ConvNet": [0.5]}
+
+
+def test_load_torch_file_names_what_is_wrong(tmp_path):
+    p = tmp_path / "x.pt"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        A.load_torch_file(p)
+    p.write_bytes(b"")
+    with pytest.raises(A.CorruptFileError, match=r"x.pt is empty \(0 bytes\), not a thing"):
+        A.load_torch_file(p, what="a thing")
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    with pytest.raises(A.CorruptFileError, match="is not a PyTorch file"):
+        A.load_torch_file(tmp_path / "a.npy")
+    with pytest.raises(IsADirectoryError):
+        A.load_torch_file(tmp_path)
+
+
+def test_run_dir_is_created_by_the_first_write_and_refuses_results(tmp_path):
+    rd = A.RunDir(tmp_path / "run")
+    assert not rd.path.exists() and rd.refusal(resume=False, overwrite=False) is None
+    A.write_json(rd.metrics, {"loss": []})
+    assert rd.existing() == ["metrics.json"]
+    assert "already holds a run (metrics.json); pass --resume" in rd.refusal(resume=False, overwrite=False)
+    assert rd.refusal(resume=True, overwrite=False) is None and rd.refusal(resume=False, overwrite=True) is None
+    rd.save_synthetic(torch.zeros(1, 1, 2, 2), torch.zeros(1))
+    assert "no checkpoint.pt to resume from" in rd.refusal(resume=True, overwrite=False)
+    (rd.path / ".checkpoint.pt.x1.tmp").write_bytes(b"half")
+    (rd.path / "mine.txt").write_text("keep")
+    rd.clear()
+    assert sorted(p.name for p in rd.path.iterdir()) == ["mine.txt"]
+    f = tmp_path / "file"
+    f.write_text("")
+    assert "is a file, not a directory" in A.RunDir(f).refusal(resume=False, overwrite=False)
+
+
+def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    p = tmp_path / "x.json"
+    A.write_json(p, {"a": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        A.write_json(p, {"a": 2})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(p)
+    assert json.loads(p.read_text()) == {"a": 1} and [f.name for f in tmp_path.iterdir()] == ["x.json"]

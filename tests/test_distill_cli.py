@@ -131,3 +131,109 @@ def test_compile_matcher_reaches_the_run_and_gives_the_plain_loss(tmp_path, tiny
         assert ("compile=True" in cfg["matcher_repr"]) is bool(flag)
         losses[bool(flag)] = json.loads((run / "metrics.json").read_text())["loss"]
     assert np.allclose(losses[True], losses[False], rtol=1e-9, atol=0), losses
+
+
+# ---------------------------------------------------------------------------------------------
+# checks before work, one error boundary, --version, --log-level anywhere, honest sources
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, says", [
+    (["distill", "--eval-every", "-5"], "argument --eval-every: must be >= 0, got -5"),
+    (["distill", "--iterations", "-1"], "argument --iterations: must be >= 0, got -1"),
+    (["distill", "--lr-img", "inf"], "argument --lr-img: must be a finite number > 0, got 'inf'"),
+    (["distill", "--scale", "nan"], "argument --scale: expected a finite number >= 0 or 'auto', got 'nan'"),
+    (["distill", "--prune-keep", "0"], "argument --prune-keep: must be a fraction in (0, 1]"),
+    (["evaluate", "x", "--epochs", "-5"], "argument --epochs: must be >= 1, got -5"),
+    (["evaluate", "x", "--runs", "0"], "argument --runs: must be >= 1, got 0"),
+    (["prune", "--keep", "0", "--out", "k"], "argument --keep: must be a fraction in (0, 1] (0.2 keeps 20 % of each class), got '0'"),
+    (["prune", "--keep", "1.5", "--out", "k"], "argument --keep: must be a fraction in (0, 1]"),
+    (["prune", "--keep", "0.2", "--nets", "0", "--out", "k"], "argument --nets: must be >= 1, got 0"),
+])
+def test_bad_values_are_refused_by_the_parser_in_one_line(args, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err
+    assert len(err.strip().splitlines()) == 1 and "--help" in err  # one line, no screenful of usage
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("work started before the checks")
+
+    monkeypatch.setattr("hyperdm.distill.data.load_dataset", refuse)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["distill", "--arch", "FooNet"], "unknown architecture 'FooNet'; valid names: ConvNet, AlexNet, VGG11, ResNet18"),
+    (["distill", "--model", "FooNet"], "unknown architecture 'FooNet'"),
+    (["evaluate", "{tmp}/x.pt", "--arch", "FooNet"], "unknown architecture 'FooNet'"),
+    (["distill", "--resume", "--overwrite"], "pass one of them"),
+    (["plot", "{tmp}/typo"], "no run directory at {tmp}/typo; pass a directory written by `hyperdm distill`."),
+    (["evaluate", "{tmp}/missing.pt"], "no synthetic set at {tmp}/missing.pt"),
+])
+def test_bad_names_fail_before_any_work_and_leave_nothing(tmp_path, capsys, no_work, args, says):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    before = sorted(tmp_path.iterdir())
+    assert main([*args, "--out", str(tmp_path / "out")] if args[0] == "distill" else args) == 2
+    err = capsys.readouterr().err
+    assert f"hyperdm {args[0]}: error: " in err and says.replace("{tmp}", str(tmp_path)) in err
+    assert sorted(tmp_path.iterdir()) == before  # no run directory, no typo directory
+
+
+def test_plot_of_a_file_says_to_pass_its_directory(tmp_path, capsys):
+    (tmp_path / "res.pt").write_bytes(b"")
+    assert main(["plot", str(tmp_path / "res.pt")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'res.pt'} is a file; `hyperdm plot` redraws the figures of a run directory" in err
+    assert "File exists" not in err
+
+
+def test_version_and_log_level_before_or_after_the_subcommand(capsys):
+    import hyperdm
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"hyperdm {hyperdm.__version__}"
+    parser = build_parser()
+    assert parser.parse_args(["--log-level", "ERROR", "distill"]).log_level == "ERROR"
+    assert parser.parse_args(["distill", "--log-level", "ERROR"]).log_level == "ERROR"
+    assert parser.parse_args(["distill"]).log_level == "INFO"
+    assert parser.parse_args(["prune", "--keep", "0.2", "--out", "k", "--debug"]).debug is True
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    def bug(*a, **k):
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr("hyperdm.distill.presets.resolve", bug)
+    assert main(["distill", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == ("hyperdm distill: internal error: RuntimeError: something nobody expected. This is a bug in "
+                           "hyperdm; run again with --debug for the traceback and report it.")
+    assert main(["distill", "--out", str(tmp_path / "r"), "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "something nobody expected" in err
+
+
+def test_sources_say_command_line_only_for_what_was_typed(tmp_path, tiny_fmnist_root, monkeypatch):
+    monkeypatch.setattr("hyperdm.distill.plots.plot_poincare", lambda *a, **k: None)
+    common = ["--log-level", "WARNING", "distill", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "0",
+              "--eval-runs", "0", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    src = json.loads((tmp_path / "a" / "config.json").read_text())["sources"]
+    assert "seed" not in src and "device" not in src and "download" not in src  # the defaults: never typed
+    assert src["iterations"] == src["data_root"] == "command line / override"
+    assert main([*common, "--out", str(tmp_path / "b"), "--seed", "0", "--device", "cpu"]) == 0
+    src = json.loads((tmp_path / "b" / "config.json").read_text())["sources"]
+    assert src["seed"] == src["device"] == "command line / override"
+
+
+def test_warning_level_hides_the_run_log_lines_on_the_console(tmp_path, tiny_fmnist_root, capsys, monkeypatch):
+    monkeypatch.setattr("hyperdm.distill.plots.plot_poincare", lambda *a, **k: None)
+    assert main(["distill", "--log-level", "WARNING", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations",
+                 "0", "--eval-runs", "0", "--no-progress", "--out", str(tmp_path / "r")]) == 0
+    assert " INFO " not in capsys.readouterr().err
+    assert "INFO" in (tmp_path / "r" / "run.log").read_text()  # the run's own log keeps everything

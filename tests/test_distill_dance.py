@@ -196,7 +196,7 @@ def test_interrupted_expert_training_resumes_bit_for_bit(tmp_path, monkeypatch):
     monkeypatch.undo()
     d = next((tmp_path / "killed").iterdir())
     assert (d / "expert000.partial.pt").exists() and not (d / "expert000.pt").exists()
-    assert torch.load(d / "expert000.partial.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(d / "expert000.partial.pt", weights_only=True)["epoch"] == 1
     resumed, _ = load_or_train_experts(x, y, info, cfg, root=tmp_path / "killed", progress=False)
     assert not (d / "expert000.partial.pt").exists() and (d / "expert000.pt").exists()
     assert all(torch.equal(clean[0].trained[k], resumed[0].trained[k]) for k in clean[0].trained)

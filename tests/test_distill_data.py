@@ -671,12 +671,21 @@ def test_indices_by_class():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_real_fashion_mnist_from_system_path(tmp_path):
-    if not all((DEBIAN_FMNIST / f).is_file() for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                                                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")):
+def _debian_fmnist_installed() -> bool:
+    return all((DEBIAN_FMNIST / f).is_file() for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
+
+
+def test_real_fashion_mnist_from_system_path(tmp_path, monkeypatch, caplog):
+    if not _debian_fmnist_installed():
         pytest.skip(f"{DEBIAN_FMNIST} not installed (apt-get install dataset-fashion-mnist)")
-    real = load_dataset("fashion-mnist", tmp_path)  # nothing under tmp_path: falls through to the system copy
+    monkeypatch.delenv("HYPERDM_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./data here: the default search goes on to the system copy, and says so
+    with caplog.at_level(logging.WARNING, logger="hyperdm.distill.data"):
+        real = load_dataset("fashion-mnist")
     assert Path(real.root) == DEBIAN_FMNIST
+    said = [r for r in caplog.records if r.levelno == logging.WARNING and str(DEBIAN_FMNIST) in r.getMessage()]
+    assert said and "--data-root" in said[0].getMessage()
     assert real.train_images.shape == (60000, 1, 28, 28) and real.test_images.shape == (10000, 1, 28, 28)
     assert real.info.num_classes == 10 and real.info.im_size == (28, 28)
     assert torch.bincount(real.train_labels, minlength=10).tolist() == [6000] * 10
@@ -687,3 +696,74 @@ def test_real_fashion_mnist_from_system_path(tmp_path):
     assert abs(real.train_images.std().item() - 1.0) < 0.01
     px = real.denormalise(real.train_images[:100])
     assert px.min().item() == pytest.approx(0.0, abs=1e-6) and px.max().item() == pytest.approx(1.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# an explicit root is the only place searched; the restricted unpickler
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["missing root", "empty root", "one file missing"])
+def test_explicit_root_never_falls_back_to_the_system_copy(tmp_path, rng, monkeypatch, how):
+    monkeypatch.delenv("HYPERDM_DATA", raising=False)
+    root = tmp_path / "root"
+    if how == "empty root":
+        root.mkdir()
+    if how == "one file missing":
+        write_idx_set(root / "FashionMNIST" / "raw", rng)
+        (root / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_dataset("fashion-mnist", root)
+    msg = str(e.value)
+    assert f"not found under --data-root {root}" in msg
+    if how == "missing root":
+        assert "does not exist" in msg
+    if how == "one file missing":
+        assert f"{root / 'FashionMNIST' / 'raw'}  - lacks t10k-labels-idx1-ubyte[.gz]" in msg
+    assert f"  {DEBIAN_FMNIST}  -" not in msg  # the system copy was not searched
+
+
+def test_env_root_is_explicit_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERDM_DATA", str(tmp_path / "nothing-here"))
+    with pytest.raises(DatasetNotFoundError, match="not found under HYPERDM_DATA"):
+        load_dataset("fashion-mnist")
+
+
+class _Payload:
+    """Unpickling this calls ``pathlib.Path.touch`` on a marker file: code a data file must never run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path, rng):
+    d, *_ = write_cifar10(tmp_path, rng)
+    marker = tmp_path / "ran"
+    dump({b"labels": [0], b"data": np.zeros((1, 3072), np.uint8), b"x": _Payload(marker)}, d / "test_batch")
+    with pytest.raises(D.UnsafePickleError, match=r"refused to read .*test_batch: the pickle asks for "):
+        load_dataset("cifar10", tmp_path)
+    assert not marker.exists()
+    # the same pickle, unrestricted, does run it: the test would notice a loader that lets it through
+    with open(d / "test_batch", "rb") as f:
+        pickle.load(f, encoding="bytes")
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_of_every_pickle_protocol_load(tmp_path, rng, protocol, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "dump", lambda obj, path: path.write_bytes(pickle.dumps(obj, protocol=protocol)))
+    d, img, lab, _, _ = write_cifar10(tmp_path, rng)
+    real = load_dataset("cifar10", tmp_path)
+    assert real.train_labels.tolist() == lab
+    np.testing.assert_allclose(real.denormalise(real.train_images).numpy(), img.transpose(0, 3, 1, 2) / 255.0, atol=1e-6)
+
+
+def test_truncated_cifar_batch_names_the_file(tmp_path, rng):
+    d, *_ = write_cifar10(tmp_path, rng)
+    raw = (d / "data_batch_3").read_bytes()
+    (d / "data_batch_3").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"data_batch_3: not a readable pickle batch"):
+        load_dataset("cifar10", tmp_path)

@@ -144,11 +144,22 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     loop = DMLoop(tiny_cfg("mmd", iterations=10, eval_runs=0), small(FMNIST), str(out), matcher=_NaNAfter(5), progress=False)
     with pytest.raises(NonFiniteLossError, match="iteration 5.*last good checkpoint \\(iteration 4\\)"):
         loop.run()
-    st = torch.load(out / "checkpoint.pt", weights_only=False)
+    st = torch.load(out / "checkpoint.pt", weights_only=True)
     assert st["iteration"] == 4 and torch.isfinite(st["images"]).all()
     m = json.loads((out / "metrics.json").read_text())
     assert "stopped" in m and len(m["loss"]) == 5
     assert not (out / "synthetic.pt").exists()
+
+
+@needs_fmnist
+def test_nan_before_the_first_checkpoint_does_not_point_at_one(tmp_path):
+    out = tmp_path / "run"
+    loop = DMLoop(tiny_cfg("mmd", iterations=10, eval_runs=0), small(FMNIST), str(out), matcher=_NaNAfter(0), progress=False)
+    with pytest.raises(NonFiniteLossError, match="iteration 0; stopped before the first checkpoint, so there is nothing to "
+                                                 "resume.*--overwrite"):
+        loop.run()
+    assert not (out / "checkpoint.pt").exists()
+    assert "stopped before the first checkpoint" in json.loads((out / "metrics.json").read_text())["stopped"]
 
 
 @needs_fmnist
@@ -174,7 +185,7 @@ def test_prune_keep_restricts_the_real_pool(tmp_path):
     loop.run()
     assert loop.kept is not None and loop.kept.numel() == 10 * 10
     assert [int(i.numel()) for i in loop.class_indices] == [10] * 10
-    st = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    st = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert torch.equal(st["kept"], loop.kept)
 
 
@@ -213,7 +224,7 @@ def kill_and_resume(full_args, killed_args, killed: Path, *, at: int, timeout: f
         ck = killed / "checkpoint.pt"
         if ck.exists():
             try:
-                if torch.load(ck, weights_only=False)["iteration"] >= at:
+                if torch.load(ck, weights_only=True)["iteration"] >= at:
                     break
             except Exception:  # a reader may race the atomic rename on some filesystems; try again
                 pass
@@ -222,7 +233,7 @@ def kill_and_resume(full_args, killed_args, killed: Path, *, at: int, timeout: f
     os.kill(q.pid, signal.SIGKILL)
     q.wait()
     assert not (killed / "synthetic.pt").exists()
-    done = torch.load(killed / "checkpoint.pt", weights_only=False)["iteration"]
+    done = torch.load(killed / "checkpoint.pt", weights_only=True)["iteration"]
     r = _cli([*killed_args, "--resume"])
     _, err = r.communicate(timeout=300)
     assert r.returncode == 0, err
@@ -253,7 +264,7 @@ def test_scale_auto_starts_at_the_mmd_line_and_is_kept_by_the_checkpoint(tmp_pat
     mmd = DMLoop(tiny_cfg("mmd", iterations=1, eval_runs=0), real, str(tmp_path / "mmd"), progress=False).run()
     assert m["loss"][0] == pytest.approx(mmd["loss"][0], rel=1e-5)
     again = DMLoop(tiny_cfg(scale="auto", iterations=2, eval_runs=0), real, str(tmp_path / "again"), progress=False)
-    again._resume(torch.load(tmp_path / "hdd" / "checkpoint.pt", weights_only=False))
+    again._resume(torch.load(tmp_path / "hdd" / "checkpoint.pt", weights_only=True))
     assert again.matcher.scale == lam  # restored, not chosen again from another batch
 
 

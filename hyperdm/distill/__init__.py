@@ -11,14 +11,16 @@ from .presets import DistillConfig, resolve
 __all__ = ["DistillConfig", "resolve", "distill"]
 
 
-def distill(cfg: DistillConfig, out: str, *, resume: bool = False, progress: bool = True, matcher=None) -> dict:
+def distill(cfg: DistillConfig, out: str, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+            matcher=None) -> dict:
     """Run one distillation as configured (load data, loop, evaluate, artifacts); returns the metrics.
 
     ``matcher`` replaces the matcher ``cfg`` asks for (any module ``matcher(real, syn) -> loss``
-    taking ``[C, N, D]`` features).
+    taking ``[C, N, D]`` features). A directory ``out`` that holds a run is refused
+    (FileExistsError) unless ``resume`` (continue it) or ``overwrite`` (replace its run files).
     """
     from .data import load_dataset
     from .loops import get_loop
 
     real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-    return get_loop(cfg.method)(cfg, real, out, matcher=matcher, progress=progress).run(resume=resume)
+    return get_loop(cfg.method)(cfg, real, out, matcher=matcher, progress=progress).run(resume=resume, overwrite=overwrite)

@@ -1,12 +1,22 @@
-"""``hyperdm`` command line: ``distill``, ``evaluate``, ``prune``, ``plot`` (also ``python -m hyperdm``)."""
+"""``hyperdm`` command line: ``distill``, ``evaluate``, ``prune``, ``plot`` (also ``python -m hyperdm``).
+
+Every command checks its arguments and the resources they name (settings, architecture names,
+the device, the output paths, the input files) before any work, and writes nothing when a check
+fails. One error boundary (:func:`main`) turns every expected failure into one line on stderr
+that names the problem and the fix, with exit status 2; an unexpected one prints one line and
+exits 1, and ``--debug`` shows its traceback. Results are never replaced without ``--overwrite``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -24,34 +34,91 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage of ``distill`` alone is a screenful)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_common_args(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """--log-level and --debug, accepted before and after the subcommand (the subcommand's copies default to
+    'not given', so they never undo the top-level ones)."""
+    p.add_argument("--log-level", default="INFO" if top else argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="console log level (default INFO)")
+    p.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                   help="show the Python traceback of an error (for bug reports)")
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, metavar="DIR",
-                   help="where the datasets live (default: $HYPERDM_DATA, else ./data); Fashion-MNIST is also "
-                        "found in the torchvision layout DIR/FashionMNIST/raw and in /usr/share/datasets/fashion-mnist")
+                   help="where the datasets live (default: $HYPERDM_DATA, else ./data, then system copies such as "
+                        "/usr/share/datasets/fashion-mnist); a root given here (or in $HYPERDM_DATA) is the only place "
+                        "searched. Fashion-MNIST is found in the torchvision layout DIR/FashionMNIST/raw")
     p.add_argument("--download", action="store_true",
                    help="fetch Fashion-MNIST / MNIST from their canonical source if missing (nothing is downloaded without it)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0); same seed on CPU = same images")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--seed", type=int, default=None, help="seed of every random choice (default 0); same seed on CPU = same images")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the log still reports progress)")
+    _add_common_args(p, top=False)
 
 
 def _scale_arg(text: str) -> Any:
     if text == "auto":
         return "auto"
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 or 'auto', got {text!r}")
+    return value
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.2, got {text!r}") from None
+    if not 0 < value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1] (0.2 keeps 20 % of each class), got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .presets import METHODS, MATCHERS, PRESETS, PRUNE_SCORES
 
-    parser = argparse.ArgumentParser(
+    from .. import __version__
+
+    parser = _Parser(
         prog="hyperdm", description="Hyperbolic dataset distillation (HDD) toolkit.", epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="console log level")
+    parser.add_argument("--version", action="version", version=f"hyperdm {__version__}", help="print the version and exit")
+    _add_common_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{distill,evaluate,prune,plot}")
 
     d = sub.add_parser("distill", help="distil a synthetic set, evaluate it, write the run directory",
@@ -68,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", choices=PRESETS, default="cpu",
                    help="paper: the paper's Tables 5/6 and full protocol (20,000 iterations, 1,000-epoch evaluation); "
                         "cpu: a reduced protocol a 2-core machine finishes in minutes (default)")
-    d.add_argument("--iterations", type=int, help="distillation iterations (paper 20,000; cpu 200)")
+    d.add_argument("--iterations", type=_int_at_least(0), help="distillation iterations (paper 20,000; cpu 200)")
     d.add_argument("--batch-real", type=int, help="real images per class per iteration (paper 256; cpu 64)")
-    d.add_argument("--lr-img", type=float, help="SGD learning rate of the images (paper table; DM 1)")
-    d.add_argument("--k", type=float, help="hyperbolic: geoopt's curvature parameter k > 0 (curvature -1/k)")
+    d.add_argument("--lr-img", type=_positive_float, help="SGD learning rate of the images (paper table; DM 1)")
+    d.add_argument("--k", type=_positive_float, help="hyperbolic: geoopt's curvature parameter k > 0 (curvature -1/k)")
     d.add_argument("--scale", type=_scale_arg, metavar="LAMBDA|auto",
                    help="hyperbolic: the paper's lambda, multiplying the geodesic distance; 'auto': MMD / distance of "
                         "the first batch, so the loss starts at the MMD line's magnitude")
-    d.add_argument("--max-norm", type=float,
+    d.add_argument("--max-norm", type=_positive_float,
                    help="hyperbolic: exp-map clamp of |v|/sqrt(k) (official code: 10); --no-clamp removes it")
     d.add_argument("--no-clamp", action="store_true", help="hyperbolic: exact exp-map (not the method as published)")
     d.add_argument("--match-dtype", choices=["float32", "float64"], help="dtype of the matching (paper HDD: float64)")
@@ -86,11 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--init", choices=["real", "noise"], help="initialise from random real images (default) or noise")
     d.add_argument("--dsa", dest="dsa_strategy", metavar="STRATEGY",
                    help="DSA strategy (default color_crop_cutout_flip_scale_rotate; 'none' disables)")
-    d.add_argument("--eval-every", type=int, help="evaluate every N iterations (0: only at the end)")
+    d.add_argument("--eval-every", type=_int_at_least(0), help="evaluate every N iterations (0: only at the end)")
     d.add_argument("--eval-at", dest="eval_at", type=int, nargs="+", metavar="IT",
                    help="also evaluate at these iterations (e.g. 200 500 1000)")
-    d.add_argument("--eval-epochs", type=int, help="epochs of each evaluation training (paper 1,000; cpu 300)")
-    d.add_argument("--eval-runs", type=int, help="fresh networks per evaluation (paper 3; cpu 2; 0 skips evaluation)")
+    d.add_argument("--eval-epochs", type=_int_at_least(0), help="epochs of each evaluation training (paper 1,000; cpu 300)")
+    d.add_argument("--eval-runs", type=_int_at_least(0), help="fresh networks per evaluation (paper 3; cpu 2; 0 skips evaluation)")
     d.add_argument("--arch", dest="eval_archs", nargs="+", metavar="NAME",
                    help="evaluation architectures: ConvNet AlexNet VGG11 ResNet18 (default ConvNet)")
     d.add_argument("--partition", type=int, help="idm, dance: each stored image holds a PxP grid of sub-images (IDM: 2; Dance: --factor 2)")
@@ -108,14 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--iter-calib", type=int, help="dance: calibration passes per iteration (Dance: 1; 0 disables)")
     d.add_argument("--match-dsa", metavar="STRATEGY",
                    help="DSA strategy of the matching step only (default: --dsa; Dance: color_crop_cutout)")
-    d.add_argument("--checkpoint-every", type=int, help="write checkpoint.pt every N iterations (atomic)")
-    d.add_argument("--prune-keep", type=float, metavar="F",
+    d.add_argument("--checkpoint-every", type=_int_at_least(1), help="write checkpoint.pt every N iterations (atomic)")
+    d.add_argument("--prune-keep", type=_fraction, metavar="F",
                    help="hierarchical pruning: keep the fraction F of each class closest to the root (e.g. 0.2)")
     d.add_argument("--prune-score", choices=PRUNE_SCORES,
                    help="pruning score (default radius; random: the uniform baseline, no network)")
     d.add_argument("--out", default=None, metavar="DIR",
                    help="run directory (default runs/<method>-<matcher>-<dataset>-ipc<N>-seed<S>)")
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace the run files already in --out (without it, or --resume, an existing run is refused)")
     _add_data_args(d)
 
     e = sub.add_parser("evaluate", help="evaluate a synthetic set with the standard protocol",
@@ -123,42 +192,76 @@ def build_parser() -> argparse.ArgumentParser:
                                    "batch 256, lr x0.1 at half, DSA) and report final-epoch test accuracy, mean +- std.")
     e.add_argument("path", help="a run directory or a synthetic .pt ({'data': [[images, labels]]})")
     e.add_argument("--dataset", help="dataset of the test set (default: from the run's config.json or the .pt)")
-    e.add_argument("--epochs", type=int, default=1000, help="training epochs (default 1000, the standard protocol)")
-    e.add_argument("--runs", type=int, default=3, help="fresh networks per architecture (default 3)")
+    e.add_argument("--epochs", type=_int_at_least(1), default=1000, help="training epochs (default 1000, the standard protocol)")
+    e.add_argument("--runs", type=_int_at_least(1), default=3, help="fresh networks per architecture (default 3)")
     e.add_argument("--arch", nargs="+", default=["ConvNet"], metavar="NAME", help="ConvNet AlexNet VGG11 ResNet18")
     e.add_argument("--dsa", default="color_crop_cutout_flip_scale_rotate", help="DSA strategy during training ('none' disables)")
     e.add_argument("--out", default=None, metavar="FILE", help="write the results as JSON here (default: print only)")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
     _add_data_args(e)
 
     p = sub.add_parser("prune", help="rank real images by hyperbolic radius and keep a fraction",
                        description="Score every training image by its hyperbolic radius (or distance to its class "
                                    "centroid) under random ConvNets and save the kept indices (.npy and .json).")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset to prune")
-    p.add_argument("--keep", type=float, required=True, help="fraction of each class to keep, e.g. 0.2")
+    p.add_argument("--keep", type=_fraction, required=True, help="fraction of each class to keep, in (0, 1], e.g. 0.2")
     p.add_argument("--score", choices=PRUNE_SCORES, default="radius",
                    help="ranking score (default radius; random: uniform per class, the baseline)")
-    p.add_argument("--nets", type=int, default=3, help="random ConvNets to average the score over (default 3)")
-    p.add_argument("--k", type=float, default=1.0, help="geoopt's curvature parameter k (curvature -1/k)")
-    p.add_argument("--out", required=True, metavar="FILE", help="output path; writes FILE.npy (indices) and FILE.json")
+    p.add_argument("--nets", type=_int_at_least(1), default=3, help="random ConvNets to average the score over (default 3)")
+    p.add_argument("--k", type=_positive_float, default=1.0, help="geoopt's curvature parameter k (curvature -1/k)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="output name; writes FILE.npy (indices) and FILE.json, keeping FILE as typed (kept_0.01 -> kept_0.01.npy)")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE.npy / FILE.json if they exist (refused otherwise)")
     _add_data_args(p)
 
-    q = sub.add_parser("plot", help="redraw a run's figures (grid, Poincare disk, loss curve)")
-    q.add_argument("run", help="a run directory")
+    q = sub.add_parser("plot", help="redraw a run's figures (grid, Poincare disk, loss curve)",
+                       description="Redraw synthetic.png, poincare.png and loss.png of a run directory from its "
+                                   "synthetic.pt and metrics.json (the figures are replaced; the results are only read).")
+    q.add_argument("run", help="a run directory written by `hyperdm distill`")
     _add_data_args(q)
     return parser
 
 
 def _setup_logging(level: str) -> None:
+    """The console log at ``level``; the handler has the level itself, so run.log (which records INFO while a run
+    lasts) never brings INFO lines to a console asked for WARNING."""
     root = logging.getLogger("hyperdm")
-    if not any(getattr(h, "_hyperdm_console", False) for h in root.handlers):
+    console = [h for h in root.handlers if getattr(h, "_hyperdm_console", False)]
+    if not console:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         h._hyperdm_console = True  # type: ignore[attr-defined]
         root.addHandler(h)
+        console = [h]
+    for h in console:
+        if h.stream is not sys.stderr:  # main() called again (tests, notebooks) after sys.stderr was replaced
+            h.stream = sys.stderr  # not setStream(): it flushes the old stream, which may be closed
+        h.setLevel(getattr(logging, level))
     root.setLevel(getattr(logging, level))
 
 
+def _fill_defaults(a: argparse.Namespace) -> None:
+    """Record which of the shared options were typed (``a.given``), then fill in their defaults."""
+    a.given = {name for name in ("seed", "device", "data_root") if getattr(a, name, None) is not None}
+    if getattr(a, "seed", None) is None:
+        a.seed = 0
+    if getattr(a, "device", None) is None:
+        a.device = "cpu"
+
+
 def _distill(a: argparse.Namespace) -> int:
+    from .artifacts import RunDir, check_writable
+    from .data import load_dataset
+    from .loops import get_loop
+    from .parallel import check_device, joined
+    from .presets import resolve
+
+    # ---- every check before any work; nothing is written when one fails
+    if a.no_clamp and a.max_norm is not None:
+        raise ValueError("--no-clamp and --max-norm contradict each other; pass one of them.")
+    if a.resume and a.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
+    check_device(a.device)
     overrides: dict[str, Any] = {
         name: getattr(a, name)
         for name in ("iterations", "batch_real", "lr_img", "k", "scale", "match_dtype", "model", "init", "dsa_strategy",
@@ -167,34 +270,35 @@ def _distill(a: argparse.Namespace) -> int:
                      "expert_per_class", "expert_seed", "expert_dir", "iter_calib", "match_dsa",
                      "compile_matcher")
     }
-    if a.no_clamp and a.max_norm is not None:
-        raise ValueError("--no-clamp and --max-norm contradict each other; pass one of them.")
     overrides["max_norm"] = a.max_norm  # None means "not given" to resolve(); --no-clamp is applied below
     for name in ("dsa_strategy", "match_dsa"):
         if overrides[name] == "none":
             overrides[name] = ""
-    from .parallel import joined
-
-    with joined(a.device) as (par, device):  # under torchrun: join the process group, cuda -> cuda:LOCAL_RANK
-        if not par.is_main:  # rank 0 speaks for the run
-            logging.getLogger("hyperdm").setLevel(logging.WARNING)
-        return _distill_run(a, overrides, par, device)
-
-
-def _distill_run(a: argparse.Namespace, overrides: dict[str, Any], par: Any, device: str) -> int:
-    from .data import load_dataset
-    from .loops import get_loop
-    from .presets import resolve
-    overrides.update(seed=a.seed, device=device, data_root=a.data_root, download=a.download)
+    # only what was typed is labelled "command line" in the settings table
+    overrides.update({name: getattr(a, name) for name in ("seed", "device", "data_root") if name in a.given})
+    if a.download:
+        overrides["download"] = True
     cfg = resolve(preset=a.preset, method=a.method, matcher=a.matcher, dataset=a.dataset, ipc=a.ipc, overrides=overrides)
     if a.no_clamp:
         cfg.max_norm = None
         cfg.sources["max_norm"] = "command line: --no-clamp (exact exp-map; not the method as published)"
     loop_cls = get_loop(cfg.method)
     out = a.out or f"runs/{cfg.method}-{cfg.matcher}-{cfg.dataset}-ipc{cfg.ipc}-seed{cfg.seed}"
-    real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-    loop = loop_cls(cfg, real, out, progress=not a.no_progress)
-    metrics = loop.run(resume=a.resume)
+    rd = RunDir(out)
+    why = rd.refusal(resume=a.resume, overwrite=a.overwrite)
+    if why:
+        raise FileExistsError(why)
+    check_writable(rd.path)
+    if a.resume and rd.checkpoint.exists():
+        rd.check_checkpoint()  # container and CRC checks now; the loop reads it (weights_only) before distilling
+
+    with joined(cfg.device) as (par, device):  # under torchrun: join the process group, cuda -> cuda:LOCAL_RANK
+        if not par.is_main:  # rank 0 speaks for the run
+            logging.getLogger("hyperdm").setLevel(logging.WARNING)
+        cfg.device = device
+        real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+        loop = loop_cls(cfg, real, out, progress=not a.no_progress)
+        metrics = loop.run(resume=a.resume, overwrite=a.overwrite)
     if not par.is_main:
         return 0
     print(f"run directory: {Path(out).resolve()}")
@@ -207,28 +311,34 @@ def _distill_run(a: argparse.Namespace, overrides: dict[str, Any], par: Any, dev
 
 
 def _evaluate(a: argparse.Namespace) -> int:
-    from .artifacts import load_synthetic, write_json
+    from .artifacts import check_new_files, load_synthetic, write_json
     from .data import load_dataset
-    from .evaluate import EvalConfig, evaluate_synthetic
+    from .evaluate import EvalConfig, check_synthetic, evaluate_synthetic
 
-    images, labels, meta = load_synthetic(a.path)
-    dataset = a.dataset or (meta.get("config") or {}).get("dataset") or meta.get("dataset")
-    if not dataset:
+    cfg = EvalConfig(epochs=a.epochs, runs=a.runs, archs=tuple(a.arch), seed=a.seed, device=a.device,
+                     dsa_strategy="" if a.dsa == "none" else a.dsa)
+    cfg.validate()  # epochs, runs, architecture names, DSA strategy, device
+    out = Path(a.out) if a.out else None
+    if out is not None:
+        check_new_files([out], overwrite=a.overwrite)
+    images, labels, meta = load_synthetic(a.path)  # weights_only=True: nothing in the file runs
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    dataset = a.dataset or config.get("dataset") or meta.get("dataset")
+    if not dataset or not isinstance(dataset, str):
         raise ValueError(f"{a.path} does not say which dataset it was distilled from; pass --dataset NAME.")
+    if meta.get("normalised") is False:
+        raise ValueError("this synthetic set is stored in pixel scale; hyperdm evaluates normalised images.")
     real = load_dataset(dataset, a.data_root, download=a.download)
     if tuple(images.shape[1:]) != (real.info.channels, *real.info.im_size):
         raise ValueError(f"the synthetic images are {tuple(images.shape[1:])} but {real.info.name} images are "
                          f"{(real.info.channels, *real.info.im_size)}; pass the right --dataset.")
-    if meta.get("normalised") is False:
-        raise ValueError("this synthetic set is stored in pixel scale; hyperdm evaluates normalised images.")
     images, labels = _as_training_set(images, labels, meta)
-    cfg = EvalConfig(epochs=a.epochs, runs=a.runs, archs=tuple(a.arch), seed=a.seed, device=a.device,
-                     dsa_strategy="" if a.dsa == "none" else a.dsa)
+    check_synthetic(images, labels, real.info)
     res = evaluate_synthetic(images, labels, real.test_images, real.test_labels, real.info, cfg, progress=not a.no_progress)
     for arch, r in res.items():
         print(f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % ({len(r['accs'])} runs, {a.epochs} epochs, final epoch)")
-    if a.out:
-        write_json(a.out, {"path": str(a.path), "dataset": real.info.name, "eval": {
+    if out is not None:
+        write_json(out, {"path": str(a.path), "dataset": real.info.name, "eval": {
             "epochs": a.epochs, "runs": a.runs, "seed": a.seed}, "results": res})
     return 0
 
@@ -237,7 +347,10 @@ def _as_training_set(images: Any, labels: Any, meta: dict[str, Any]) -> tuple[An
     """Expand a partitioned set (``partition`` in its .pt) into the images it trains on."""
     from .synset import expand
 
-    partition = int(meta.get("partition", 1))
+    partition = meta.get("partition", 1)
+    if not isinstance(partition, int) or isinstance(partition, bool) or partition < 1:
+        raise ValueError(f"the set's 'partition' must be an integer >= 1 (1: plain images; 2: IDM / Dance 2x2 grids); "
+                         f"got {partition!r}.")
     if partition > 1:
         images, labels = expand(images, labels, partition)
         log.info("expanded the %dx%d-partitioned set to %d training images", partition, partition, images.shape[0])
@@ -249,11 +362,15 @@ def _prune(a: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .artifacts import atomic_write_bytes, write_json
+    from .artifacts import atomic_write_bytes, check_new_files, output_path, write_json
     from .data import load_dataset
-    from .parallel import joined
+    from .parallel import check_device, joined
     from .prune import prune_indices
 
+    check_device(a.device)
+    # the names keep what was typed: kept_0.01 -> kept_0.01.npy (a trailing .npy / .json is replaced)
+    npy, js = (output_path(a.out, ext, strip=(".npy", ".json")) for ext in (".npy", ".json"))
+    check_new_files([npy, js], overwrite=a.overwrite)
     real = load_dataset(a.dataset, a.data_root, download=a.download)
     info = real.info
     with joined(a.device) as (par, device):  # under torchrun each rank scores its stride of the images
@@ -262,25 +379,43 @@ def _prune(a: argparse.Namespace) -> int:
                              seed=a.seed, device=device)
     if not par.is_main:
         return 0
-    out = Path(a.out)
     buf = io.BytesIO()
     np.save(buf, kept.numpy().astype(np.int64))
-    atomic_write_bytes(out.with_suffix(".npy"), buf.getvalue())
-    write_json(out.with_suffix(".json"), {"dataset": info.name, "keep": a.keep, "score": a.score, "nets": a.nets, "k": a.k,
-                                         "seed": a.seed, "kept": int(kept.numel()), "total": int(real.train_labels.numel())})
-    print(f"kept {kept.numel()} of {real.train_labels.numel()} images -> {out.with_suffix('.npy')}")
+    npy_existed = npy.exists()
+    atomic_write_bytes(npy, buf.getvalue())
+    try:
+        write_json(js, {"dataset": info.name, "keep": a.keep, "score": a.score, "nets": a.nets, "k": a.k,
+                        "seed": a.seed, "kept": int(kept.numel()), "total": int(real.train_labels.numel())})
+    except BaseException:
+        if not npy_existed:  # no half pair: the .npy alone would look like a finished result
+            npy.unlink(missing_ok=True)
+        raise
+    print(f"kept {kept.numel()} of {real.train_labels.numel()} images -> {npy}")
     return 0
 
 
 def _plot(a: argparse.Namespace) -> int:
-    from .artifacts import RunDir, load_synthetic, read_json
+    from .artifacts import RunDir, check_writable, load_synthetic, read_json
     from .data import load_dataset
     from .plots import plot_loss, plot_poincare
 
-    rd = RunDir(a.run)
+    run = Path(a.run)
+    if not run.exists():
+        raise FileNotFoundError(f"no run directory at {run}; pass a directory written by `hyperdm distill`.")
+    if not run.is_dir():
+        raise NotADirectoryError(f"{run} is a file; `hyperdm plot` redraws the figures of a run directory: pass the "
+                                 f"directory that holds the run (for a synthetic .pt alone, `hyperdm evaluate {run}`).")
+    rd = RunDir(run)
+    if not rd.synthetic.exists():
+        raise FileNotFoundError(f"{run} holds no synthetic.pt, so it is not a finished run directory; pass one written "
+                                "by `hyperdm distill` (or finish the run with `hyperdm distill ... --resume`).")
+    check_writable(run, what="the run directory", fix="copy the run directory to a writable disk and plot the copy")
     images, labels, meta = load_synthetic(rd.path)
-    cfg = meta.get("config") or {}
-    real = load_dataset(cfg.get("dataset") or meta["dataset"], a.data_root or cfg.get("data_root"), download=a.download)
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    dataset = cfg.get("dataset") or meta.get("dataset")
+    if not dataset or not isinstance(dataset, str):
+        raise ValueError(f"{run} does not say which dataset it was distilled from (no config.json).")
+    real = load_dataset(dataset, a.data_root or cfg.get("data_root"), download=a.download)
     rd.save_grid(real.denormalise(images), nrow=int(cfg.get("ipc") or meta.get("ipc") or 10))
     shown, shown_labels = _as_training_set(images, labels, meta)
     plot_poincare(real, shown, shown_labels, rd.poincare, k=float(cfg.get("k", 1.0)), max_norm=cfg.get("max_norm", 10.0),
@@ -291,24 +426,60 @@ def _plot(a: argparse.Namespace) -> int:
     return 0
 
 
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "distill": _distill, "evaluate": _evaluate, "prune": _prune, "plot": _plot}
+
+#: what to do about an OSError, by errno
+_OS_FIXES = {
+    errno.ENOSPC: "no finished file was changed; free some space or choose --out on another disk",
+    errno.EDQUOT: "no finished file was changed; free some space or choose --out on another disk",
+    errno.EROFS: "the file system is read-only; choose --out on a writable disk",
+    errno.EACCES: "choose --out in a directory you may write to (or fix its permissions)",
+    errno.EPERM: "choose --out in a directory you may write to (or fix its permissions)",
+}
+
+
+def _expected_message(e: BaseException) -> Optional[str]:
+    """The one-line message of an expected failure, or None for a bug."""
+    from .loops import NonFiniteLossError
+
+    if isinstance(e, NonFiniteLossError):
+        return f"stopped: {e}"
+    if isinstance(e, OSError):
+        if e.errno is None or not e.strerror:  # raised by hyperdm with a whole sentence
+            return str(e)
+        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        fix = _OS_FIXES.get(e.errno)
+        return f"{text}; {fix}." if fix else f"{text}."
+    if isinstance(e, (ValueError, NotImplementedError, ImportError)):
+        return str(e)
+    if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (a RuntimeError)
+        return (f"out of memory on the device: {str(e).splitlines()[0]}; lower --batch-real or --ipc, or use a device with "
+                "more memory.")
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one ``hyperdm`` command; returns the exit status (0, 2 for an expected failure, 1 for a bug, 130 for Ctrl-C)."""
     parser = build_parser()
     a = parser.parse_args(argv)
     _setup_logging(a.log_level)
-    from .data import DatasetNotFoundError
-    from .loops import NonFiniteLossError
-
+    _fill_defaults(a)
     try:
-        return {"distill": _distill, "evaluate": _evaluate, "prune": _prune, "plot": _plot}[a.command](a)
-    except NonFiniteLossError as e:
-        print(f"hyperdm: stopped: {e}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, DatasetNotFoundError, ImportError) as e:
-        print(f"hyperdm {a.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _COMMANDS[a.command](a)
     except KeyboardInterrupt:
         print("hyperdm: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the one error boundary of the command line
+        msg = _expected_message(e)
+        if a.debug:
+            traceback.print_exc()
+        if msg is None:
+            print(f"hyperdm {a.command}: internal error: {type(e).__name__}: {e}. This is a bug in hyperdm; run again with "
+                  "--debug for the traceback and report it.", file=sys.stderr)
+            return 1
+        print(f"hyperdm {a.command}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,15 +7,20 @@ normalised with the per-channel mean/std the DatasetCondensation line of work us
 Where the files are looked for: ``root`` (``--data-root`` on the command line), else the
 environment variable ``HYPERDM_DATA``, else ``./data``.  For each dataset a short list of
 candidate directories under that root (and the root itself) is tried in order and the first one
-that holds every file is used; :class:`DatasetNotFoundError` lists every directory tried.
+that holds every file is used; :class:`DatasetNotFoundError` lists every directory tried and what
+each one lacks.  A root that was given (``root`` or ``HYPERDM_DATA``) is the only place searched.
+Without one, the search goes on to system-wide copies (Debian's Fashion-MNIST), and the directory
+chosen is logged at WARNING level, so a run never trains on data from somewhere the user did
+not expect without saying so.
 
 Formats read (no torchvision needed):
 
 * Fashion-MNIST / MNIST: the idx files (plain or ``.gz``), e.g. torchvision's ``<root>/FashionMNIST/raw``
   or Debian's ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
   These two can be downloaded with ``download=True`` (``--download``); nothing else downloads.
-* CIFAR-10 / CIFAR-100: the "python version" pickle batches.  Pickle files can run code when read:
-  only point this at copies you trust.
+* CIFAR-10 / CIFAR-100: the "python version" pickle batches, read by a restricted unpickler that
+  builds only numpy arrays, numbers, strings, bytes, lists and dicts (a pickle that asks for
+  anything else, e.g. a function to call, is refused before it runs).
 * SVHN: the cropped-digit ``train_32x32.mat`` / ``test_32x32.mat`` (needs scipy).
 * Tiny ImageNet: ``tiny-imagenet-200`` as distributed (the ``val`` split is the test split).
 * ImageWoof / ImageNette / any ImageFolder tree: ``train/<class>/*`` and ``val/<class>/*``,
@@ -168,10 +173,13 @@ def canonical_name(name: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve_root(root: str | os.PathLike | None) -> Path:
+def _resolve_root(root: str | os.PathLike | None) -> tuple[Path, Optional[str]]:
+    """The data root and who chose it: ``"--data-root"`` (the argument), ``"HYPERDM_DATA"``, or ``None`` (the default)."""
+    given: Optional[str] = "--data-root"
     if root is None:
-        root = os.environ.get("HYPERDM_DATA") or "./data"
-    return Path(os.path.expanduser(os.fspath(root))).absolute()
+        env = os.environ.get("HYPERDM_DATA")
+        root, given = (env, "HYPERDM_DATA") if env else ("./data", None)
+    return Path(os.path.expanduser(os.fspath(root))).absolute(), given
 
 
 def _unique(paths: Sequence[Path]) -> list[Path]:
@@ -305,9 +313,41 @@ def _download_idx(target: Path, base_url: str, name: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+#: the only globals a CIFAR batch may name: numpy's array / dtype / scalar reconstructors and bytes decoding
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class UnsafePickleError(ValueError):
+    """A dataset pickle asked for a global outside the allowed numpy reconstructors; nothing in it ran."""
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Builds numpy arrays, numbers, strings, bytes, lists and dicts; refuses every other global."""
+
+    def find_class(self, module: str, name: str):  # noqa: D102 - pickle's hook
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise UnsafePickleError(f"{module}.{name}")
+        if module.startswith("numpy.core") and hasattr(np, "_core"):  # numpy 2 moved numpy.core to numpy._core
+            module = "numpy._core" + module[len("numpy.core"):]
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        obj = pickle.load(f, encoding="bytes")  # noqa: S301 - the dataset's own format
+    try:
+        with open(path, "rb") as f:
+            obj = _DataUnpickler(f, encoding="bytes").load()
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"refused to read {path}: the pickle asks for {e}, which is not part of a dataset "
+                                "batch (only numpy arrays, numbers, strings and lists/dicts load), and could run "
+                                "code. Replace the file with a copy from the dataset's own download.") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as e:
+        raise ValueError(f"{path}: not a readable pickle batch ({type(e).__name__}: {e}); the file is truncated or "
+                         "damaged. Replace it with a copy from the dataset's own download.") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return obj
@@ -370,7 +410,10 @@ def _read_image(path: Path, size: int) -> np.ndarray:
 def _read_images(paths: Sequence[Path], size: int) -> np.ndarray:
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     for i, p in enumerate(paths):
-        out[i] = _read_image(p, size)
+        try:
+            out[i] = _read_image(p, size)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError (an OSError), truncated data
+            raise ValueError(f"{p}: not a readable image ({e}); remove or replace the file.") from None
     return out
 
 
@@ -400,6 +443,8 @@ class _Spec:
     how_to_get: Callable[[Path], str]
     download_url: Optional[str] = None
     download_dir: Optional[Callable[[Path], Path]] = None
+    #: system-wide copies, searched only when no root was given
+    fallbacks: tuple[str, ...] = ()
 
 
 def _missing_files(d: Path, names: Sequence[str], dirs: Sequence[str] = ()) -> list[str]:
@@ -410,8 +455,7 @@ def _missing_files(d: Path, names: Sequence[str], dirs: Sequence[str] = ()) -> l
 
 
 def _fmnist_candidates(root: Path) -> list[Path]:
-    return [root / "FashionMNIST" / "raw", root / "fashion-mnist", root / "FashionMNIST", root,
-            Path(SYSTEM_FASHION_MNIST_DIR)]
+    return [root / "FashionMNIST" / "raw", root / "fashion-mnist", root / "FashionMNIST", root]
 
 
 def _mnist_candidates(root: Path) -> list[Path]:
@@ -476,7 +520,11 @@ def _svhn_load(d: Path, image_size: Optional[int]) -> _Loaded:
     out: list[np.ndarray] = []
     for split in ("train", "test"):
         path = d / f"{split}_32x32.mat"
-        m = sio.loadmat(str(path))
+        try:
+            m = sio.loadmat(str(path))
+        except (ValueError, TypeError, OSError, EOFError, NotImplementedError) as e:
+            raise ValueError(f"{path}: not a readable .mat file ({e}); the file is truncated or damaged. Replace it "
+                             "with a copy from the dataset's own download.") from None
         if "X" not in m or "y" not in m:
             raise ValueError(f"{path}: expected variables 'X' and 'y'")
         x, y = np.asarray(m["X"]), np.asarray(m["y"]).reshape(-1).astype(np.int64)
@@ -579,7 +627,7 @@ _SPECS: dict[str, _Spec] = {
     "fashion-mnist": _Spec(
         "fashion-mnist", "Fashion-MNIST", (0.2861,), (0.3530,), _fmnist_candidates, _idx_missing,
         _idx_loader("fashion-mnist", _FASHION_CLASSES), _fmnist_how,
-        FASHION_MNIST_URL, lambda r: r / "FashionMNIST" / "raw"),
+        FASHION_MNIST_URL, lambda r: r / "FashionMNIST" / "raw", (SYSTEM_FASHION_MNIST_DIR,)),
     "mnist": _Spec(
         "mnist", "MNIST", (0.1307,), (0.3081,), _mnist_candidates, _idx_missing,
         _idx_loader("mnist", _DIGITS), _mnist_how, MNIST_URL, lambda r: r / "MNIST" / "raw"),
@@ -625,10 +673,15 @@ _SPECS: dict[str, _Spec] = {
 # --------------------------------------------------------------------------------------------
 
 
-def _find(spec: _Spec, root: Path) -> tuple[Optional[Path], list[tuple[Path, list[str]]]]:
+def _candidates(spec: _Spec, root: Path, given: Optional[str]) -> list[Path]:
+    """Directories to search: under ``root`` only when a root was given, then the system-wide copies otherwise."""
+    return _unique(spec.candidates(root) + ([] if given else [Path(f) for f in spec.fallbacks]))
+
+
+def _find(spec: _Spec, root: Path, given: Optional[str] = None) -> tuple[Optional[Path], list[tuple[Path, list[str]]]]:
     """The first usable candidate directory, and what every tried one lacked."""
     tried: list[tuple[Path, list[str]]] = []
-    for d in _unique(spec.candidates(root)):
+    for d in _candidates(spec, root, given):
         missing = spec.missing(d) if d.is_dir() else ["(directory does not exist)"]
         if not missing:
             return d, tried
@@ -636,14 +689,25 @@ def _find(spec: _Spec, root: Path) -> tuple[Optional[Path], list[tuple[Path, lis
     return None, tried
 
 
-def _not_found(spec: _Spec, root: Path, tried: list[tuple[Path, list[str]]]) -> DatasetNotFoundError:
-    lines = [f"{spec.title} ({spec.name}) not found. Looked in:"]
+def _not_found(spec: _Spec, root: Path, tried: list[tuple[Path, list[str]]], given: Optional[str]) -> DatasetNotFoundError:
+    if given:
+        head = (f"{spec.title} ({spec.name}) not found under {given} {root}"
+                + (" (the directory does not exist)" if not root.exists() else "") + ". Looked in:")
+    else:
+        head = f"{spec.title} ({spec.name}) not found. Looked in:"
+    if given and not root.exists():
+        tried = []  # every candidate lies under the missing root
+    lines = [head[: -len(" Looked in:")] if not tried else head]
     for d, missing in tried:
         why = missing[0] if missing == ["(directory does not exist)"] else "lacks " + ", ".join(missing)
         lines.append(f"  {d}  - {why}")
     lines.append(spec.how_to_get(root))
-    lines.append(f"Use --data-root DIR (or the environment variable HYPERDM_DATA; default ./data) to say where "
-                 f"the data lives; the root searched was {root}.")
+    if given and spec.fallbacks:
+        lines.append(f"A given root is the only place searched (system copies such as {', '.join(spec.fallbacks)} are "
+                     "used only without --data-root / HYPERDM_DATA): fix the root, or leave it out.")
+    elif not given:
+        lines.append(f"Use --data-root DIR (or the environment variable HYPERDM_DATA; default ./data) to say where "
+                     f"the data lives; the root searched was {root}.")
     return DatasetNotFoundError("\n".join(lines))
 
 
@@ -662,19 +726,23 @@ def load_dataset(
     datasets (default 128); the fixed-size datasets only accept their native size.
     """
     spec = _SPECS[canonical_name(name)]
-    root_path = _resolve_root(root)
+    root_path, given = _resolve_root(root)
     if download and spec.download_url is None:
-        where = ", ".join(str(d) for d in _unique(spec.candidates(root_path)))
+        where = ", ".join(str(d) for d in _candidates(spec, root_path, given))
         raise ValueError(f"download=True (--download) is not supported for {spec.title}; only fashion-mnist and "
                          f"mnist can be downloaded. {spec.how_to_get(root_path)} Directories searched: {where}.")
-    found, tried = _find(spec, root_path)
+    found, tried = _find(spec, root_path, given)
     if found is None and download:
         assert spec.download_dir is not None and spec.download_url is not None
         _download_idx(spec.download_dir(root_path), spec.download_url, spec.name)
-        found, tried = _find(spec, root_path)
+        found, tried = _find(spec, root_path, given)
     if found is None:
-        raise _not_found(spec, root_path, tried)
-    logger.info("loading %s from %s", spec.name, found)
+        raise _not_found(spec, root_path, tried, given)
+    if given:
+        logger.info("loading %s from %s (%s %s)", spec.name, found, given, root_path)
+    else:
+        logger.warning("loading %s from %s: no --data-root given (nor HYPERDM_DATA), so the default search chose "
+                       "it; pass --data-root to choose", spec.name, found)
     xtr, ytr, xte, yte, class_names = spec.load(found, image_size)
     num_classes = len(class_names)
     if xtr.shape[1:] != xte.shape[1:]:

@@ -27,7 +27,7 @@ from .augment import dsa
 from .data import DatasetInfo
 from .models import seeded_network
 
-__all__ = ["EvalConfig", "train_and_test", "evaluate_synthetic", "accuracy", "derive_seed", "progress_bar"]
+__all__ = ["EvalConfig", "train_and_test", "evaluate_synthetic", "check_synthetic", "accuracy", "derive_seed", "progress_bar"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,27 @@ class EvalConfig:
     seed: int = 0
     device: str = "cpu"
     test_batch: int = 1024
+
+    def validate(self) -> None:
+        """Raise ValueError naming the fix for any setting that cannot give an accuracy."""
+        from .models import check_architecture
+        from .parallel import check_device
+
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs (--epochs) must be an integer >= 1; got {self.epochs!r}.")
+        if not isinstance(self.runs, int) or self.runs < 1:
+            raise ValueError(f"runs (--runs) must be an integer >= 1 (the accuracy is a mean over runs); got {self.runs!r}.")
+        if not (math.isfinite(self.lr) and self.lr > 0) or self.batch < 1 or self.test_batch < 1:
+            raise ValueError("lr must be a finite number > 0, batch and test_batch >= 1.")
+        if not self.archs:
+            raise ValueError("archs (--arch) must name at least one architecture.")
+        for a in self.archs:
+            check_architecture(a)
+        if self.dsa_strategy:
+            from .augment import parse_strategy
+
+            parse_strategy(self.dsa_strategy)
+        check_device(self.device)
 
 
 def accuracy(net: nn.Module, images: Tensor, labels: Tensor, *, batch: int = 1024, device: str = "cpu") -> float:
@@ -143,7 +164,17 @@ def evaluate_synthetic(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate with ``cfg.runs`` fresh networks per architecture. Returns, per arch, the
-    accuracies of every run (final epoch), their mean and population std (as the reference's np.std)."""
+    accuracies of every run (final epoch), their mean and population std (as the reference's np.std).
+
+    Checks first (ValueError): the settings (:meth:`EvalConfig.validate`), images ``[N, C, H, W]``
+    of the dataset's shape, one label per image, every label a class of ``info``."""
+    cfg.validate()
+    if archs is not None:
+        from .models import check_architecture
+
+        for a in archs:
+            check_architecture(a)
+    check_synthetic(images, labels, info)
     out: dict[str, Any] = {}
     for arch in archs or cfg.archs:
         runs = []
@@ -164,6 +195,21 @@ def evaluate_synthetic(
         if accs:
             log.info("eval %s: %.2f +- %.2f %% over %d runs (%d epochs)", arch, 100 * out[arch]["mean"], 100 * out[arch]["std"], len(accs), cfg.epochs)
     return out
+
+
+def check_synthetic(images: Tensor, labels: Tensor, info: DatasetInfo) -> None:
+    """Raise ValueError unless ``images`` / ``labels`` can train a network for dataset ``info``."""
+    want = (info.channels, *info.im_size)
+    if images.dim() != 4 or tuple(images.shape[1:]) != want:
+        raise ValueError(f"the synthetic images are {tuple(images.shape)} but {info.name} images are {want}; "
+                         "pass the --dataset they were distilled from.")
+    if labels.dim() != 1 or labels.numel() != images.shape[0]:
+        raise ValueError(f"expected one label per image; got labels {tuple(labels.shape)} for {images.shape[0]} images.")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("the synthetic images contain NaN/inf; evaluate a set from a good checkpoint instead.")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= info.num_classes):
+        raise ValueError(f"labels must be classes 0..{info.num_classes - 1} of {info.name}; found "
+                         f"{int(labels.min())}..{int(labels.max())}. Pass the --dataset the set was distilled from.")
 
 
 def progress_bar(total: int, desc: str, enabled: bool, *, initial: int = 0, leave: bool = True):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .artifacts import atomic_save, write_json
+from .artifacts import CorruptFileError, UnsafeFileError, atomic_save, load_torch_file, write_json
 from .augment import DSAParams, cutmix, dsa
 from .data import DatasetInfo
 from .evaluate import derive_seed, progress_bar
@@ -151,6 +151,18 @@ def _cpu_state(net: torch.nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 
 
+def _load_cached(path: Path) -> dict:
+    """A cached expert file, read safely (``weights_only=True``); a damaged one names the fix (delete it: it is retrained)."""
+    try:
+        state = load_torch_file(path, what="a cached Dance expert")
+    except (CorruptFileError, UnsafeFileError) as e:
+        raise type(e)(f"{e} Delete it (rm {path}); the expert is trained again.") from None
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        raise CorruptFileError(f"{path} is not a hyperdm expert file (format {_FORMAT}); delete it (rm {path}) and it is "
+                               "trained again.")
+    return state
+
+
 def train_expert(i: int, images: Tensor, labels: Tensor, info: DatasetInfo, cfg: ExpertConfig, directory: Path, *,
                  device: str = "cpu", bar=None) -> Expert:
     """Train expert ``i`` (continuing from its partial file if one is there) and write ``expertNNN.pt``."""
@@ -160,7 +172,7 @@ def train_expert(i: int, images: Tensor, labels: Tensor, info: DatasetInfo, cfg:
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start, acc = 0, 0.0
     if partial.exists():
-        state = torch.load(partial, map_location="cpu", weights_only=False)
+        state = _load_cached(partial)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         init, start, acc = state["init"], int(state["epoch"]), float(state["train_acc"])
@@ -208,7 +220,7 @@ def load_or_train_experts(images: Tensor, labels: Tensor, info: DatasetInfo, cfg
     todo = [i for i in range(cfg.count) if i not in have]
     experts: list[Optional[Expert]] = [None] * cfg.count
     for i in have:
-        s = torch.load(directory / f"expert{i:03d}.pt", map_location="cpu", weights_only=False)
+        s = _load_cached(directory / f"expert{i:03d}.pt")
         experts[i] = Expert(init=s["init"], trained=s["trained"], train_acc=float(s["train_acc"]))
     if todo:
         log.info("experts: training %d %s on %d real images for %d epochs each (cache: %s)",

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvNet", "AlexNet", "VGG11", "ResNet18", "ARCHITECTURES", "get_network", "seeded_network"]
+__all__ = ["ConvNet", "AlexNet", "VGG11", "ResNet18", "ARCHITECTURES", "get_network", "seeded_network", "check_architecture"]
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +247,24 @@ def get_network(name: str, channels: int, num_classes: int, im_size: tuple[int, 
     (batch / layer / no norm), VGG11BN, ResNet18BN. ``kwargs`` go to the constructor; an alias's
     own setting (depth, norm) may not be contradicted by them.
     """
-    key = name.lower().replace("-", "").replace("_", "")
+    cls, forced = _parse(name)
     im_size = (int(im_size[0]), int(im_size[1]))
+    for k, v in forced.items():
+        if k in kwargs and kwargs[k] != v:
+            raise ValueError(f"{name!r} sets {k}={v!r} but {k}={kwargs[k]!r} was passed.")
+    net = cls(channels, num_classes, im_size, **{**kwargs, **forced})
+    logger.debug("built %s for %dx%dx%d, %d classes (embed_dim %d)", name, channels, *im_size, num_classes, net.embed_dim)
+    return net
+
+
+def check_architecture(name: str) -> None:
+    """Raise the ValueError :func:`get_network` would raise for an unknown ``name``, without building anything."""
+    _parse(name)
+
+
+def _parse(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
+    """The class and the settings an architecture name stands for."""
+    key = str(name).lower().replace("-", "").replace("_", "")
     forced: dict[str, Any] = {}
     cls: type[nn.Module]
     if key == "convnet":
@@ -268,12 +284,7 @@ def get_network(name: str, channels: int, num_classes: int, im_size: tuple[int, 
         forced = {"norm": "batchnorm"} if key.endswith("bn") else {}
     else:
         raise ValueError(f"unknown architecture {name!r}; valid names: {', '.join(ARCHITECTURES)} (aliases: {_ALIASES}).")
-    for k, v in forced.items():
-        if k in kwargs and kwargs[k] != v:
-            raise ValueError(f"{name!r} sets {k}={v!r} but {k}={kwargs[k]!r} was passed.")
-    net = cls(channels, num_classes, im_size, **{**kwargs, **forced})
-    logger.debug("built %s for %dx%dx%d, %d classes (embed_dim %d)", name, channels, *im_size, num_classes, net.embed_dim)
-    return net
+    return cls, forced
 
 
 def seeded_network(name: str, channels: int, num_classes: int, im_size: tuple[int, int], *, seed: int, **kwargs: Any) -> nn.Module:

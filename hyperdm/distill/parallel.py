@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Parallel", "init_from_env", "joined", "shutdown"]
+__all__ = ["Parallel", "check_device", "init_from_env", "joined", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,38 @@ class Parallel:
         box = [obj]
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
+
+
+def check_device(device: str) -> torch.device:
+    """``torch.device(device)`` after checking that this machine has it; a ValueError names the fix otherwise.
+
+    ``cpu`` always works; ``cuda`` / ``cuda:N`` need a CUDA build of torch and a visible GPU ``N``;
+    ``mps`` needs Apple's Metal backend. Under torchrun ``cuda`` means ``cuda:LOCAL_RANK``.
+    """
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N (N-th GPU) or mps.") from None
+    if d.type == "cpu":
+        return d
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (f"this torch build ({torch.__version__}) has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible (torch.cuda.is_available() is False)")
+            raise ValueError(f"--device {device}: {why}; use --device cpu, or run on a machine with an NVIDIA GPU "
+                             "and torch's CUDA build.")
+        n = torch.cuda.device_count()
+        index = d.index if d.index is not None else int(os.environ.get("LOCAL_RANK", "0"))
+        if index >= n:
+            raise ValueError(f"--device {device}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
+                             f"(cuda:0 to cuda:{n - 1}); pick one of them.")
+        return d
+    if d.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"--device {device}: Apple's Metal (MPS) backend is not available here; use --device cpu.")
+        return d
+    raise ValueError(f"--device {device}: hyperdm runs on cpu, cuda or mps; use one of them.")
 
 
 def init_from_env(device: str) -> tuple[Parallel, str]:

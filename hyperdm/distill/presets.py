@@ -11,6 +11,7 @@ the paper prints it in a column headed "K". ``scale`` is the paper's lambda.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -149,12 +150,13 @@ class DistillConfig:
         return sorted(set(its + [self.iterations]))
 
     def summary(self) -> str:
-        lines = [f"{'setting':<16} {'value':<40} source"]
+        width = max(len(f.name) for f in dataclasses.fields(self))
+        lines = [f"{'setting':<{width}} {'value':<40} source"]
         for f in dataclasses.fields(self):
             if f.name == "sources":
                 continue
             v = getattr(self, f.name)
-            lines.append(f"{f.name:<16} {str(v):<40} {self.sources.get(f.name, 'default')}")
+            lines.append(f"{f.name:<{width}} {str(v):<40} {self.sources.get(f.name, 'default')}")
         return "\n".join(lines)
 
 
@@ -385,15 +387,29 @@ def validate(cfg: DistillConfig) -> None:
         if not cond:
             raise ValueError(msg)
 
-    need(cfg.iterations >= 0, f"iterations must be >= 0; got {cfg.iterations}.")
-    need(cfg.batch_real >= 1, f"batch_real must be >= 1; got {cfg.batch_real}.")
-    need(cfg.lr_img > 0, f"lr_img must be > 0; got {cfg.lr_img}.")
-    need(cfg.k > 0, f"k (geoopt's curvature parameter, curvature -1/k) must be > 0; got {cfg.k}.")
-    need(cfg.scale == "auto" or (isinstance(cfg.scale, (int, float)) and cfg.scale >= 0),
-         f"scale (lambda) must be a number >= 0 or 'auto'; got {cfg.scale!r}.")
-    need(cfg.max_norm is None or cfg.max_norm > 0, f"max_norm must be > 0 or None; got {cfg.max_norm}.")
+    def finite(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    need(cfg.iterations >= 0, f"iterations (--iterations) must be >= 0; got {cfg.iterations}.")
+    need(cfg.batch_real >= 1, f"batch_real (--batch-real) must be >= 1; got {cfg.batch_real}.")
+    need(finite(cfg.lr_img) and cfg.lr_img > 0, f"lr_img (--lr-img) must be > 0 and finite; got {cfg.lr_img}.")
+    need(finite(cfg.momentum_img) and 0 <= cfg.momentum_img < 1, f"momentum_img must lie in [0, 1); got {cfg.momentum_img}.")
+    need(finite(cfg.k) and cfg.k > 0, f"k (--k; geoopt's curvature parameter, curvature -1/k) must be > 0 and finite; got {cfg.k}.")
+    need(cfg.scale == "auto" or (finite(cfg.scale) and cfg.scale >= 0),
+         f"scale (--scale, lambda) must be >= 0 and finite, or 'auto'; got {cfg.scale!r}.")
+    need(cfg.max_norm is None or (finite(cfg.max_norm) and cfg.max_norm > 0),
+         f"max_norm (--max-norm) must be > 0 and finite, or None (--no-clamp); got {cfg.max_norm}.")
     need(cfg.match_dtype in ("float32", "float64"), f"match_dtype must be float32 or float64; got {cfg.match_dtype!r}.")
-    need(cfg.eval_epochs >= 0 and cfg.eval_runs >= 0, "eval_epochs and eval_runs must be >= 0.")
+    need(cfg.eval_every >= 0, f"eval_every (--eval-every) must be >= 0 (0: evaluate only at the end); got {cfg.eval_every}.")
+    need(cfg.eval_epochs >= 0 and cfg.eval_runs >= 0,
+         f"eval_epochs (--eval-epochs) and eval_runs (--eval-runs) must be >= 0 (0 runs: no evaluation); got "
+         f"{cfg.eval_epochs} and {cfg.eval_runs}.")
+    need(finite(cfg.eval_lr) and cfg.eval_lr > 0 and cfg.eval_batch >= 1, "eval_lr must be a finite number > 0 and eval_batch >= 1.")
+    need(len(cfg.eval_archs) >= 1, "eval_archs (--arch) must name at least one architecture.")
+    from .models import check_architecture  # raises ValueError listing the valid names
+
+    for name in (cfg.model, *cfg.eval_archs):
+        check_architecture(name)
     need(all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in cfg.eval_at),
          f"eval_at must list iterations >= 1 (e.g. 200 500 1000); got {list(cfg.eval_at)}.")
     need(cfg.checkpoint_every >= 1, f"checkpoint_every must be >= 1; got {cfg.checkpoint_every}.")
@@ -403,7 +419,8 @@ def validate(cfg: DistillConfig) -> None:
         f"prune_keep must be a fraction in (0, 1] (e.g. 0.2 keeps 20%); got {cfg.prune_keep}.",
     )
     need(cfg.partition >= 1, f"partition must be >= 1; got {cfg.partition}.")
-    need(cfg.ce_weight >= 0, f"ce_weight must be >= 0; got {cfg.ce_weight}.")
+    need(finite(cfg.ce_weight) and cfg.ce_weight >= 0, f"ce_weight must be >= 0 and finite; got {cfg.ce_weight}.")
+    need(finite(cfg.lr_net) and cfg.lr_net > 0, f"lr_net must be > 0 and finite; got {cfg.lr_net}.")
     need(cfg.net_num >= 1 and cfg.net_initial >= 1 and cfg.net_generate_interval >= 1,
          "net_num, net_initial and net_generate_interval must be >= 1.")
     need(cfg.train_net_num >= 1 and cfg.fetch_net_num >= 0 and cfg.model_train_steps >= 0 and cfg.net_batch >= 1,
@@ -416,7 +433,7 @@ def validate(cfg: DistillConfig) -> None:
     need(cfg.match_aug_mode in ("S", "M"), f"match_aug_mode must be 'S' (one DSA group) or 'M' (all groups); got {cfg.match_aug_mode!r}.")
     need(cfg.experts >= 1 and cfg.expert_epochs >= 1 and cfg.expert_batch >= 1,
          "experts, expert_epochs and expert_batch must be >= 1.")
-    need(cfg.expert_lr > 0, f"expert_lr must be > 0; got {cfg.expert_lr}.")
+    need(finite(cfg.expert_lr) and cfg.expert_lr > 0, f"expert_lr must be > 0 and finite; got {cfg.expert_lr}.")
     need(cfg.expert_per_class is None or cfg.expert_per_class >= 1,
          f"expert_per_class must be >= 1 (or None for every training image); got {cfg.expert_per_class}.")
     need(cfg.iter_calib >= 0, f"iter_calib must be >= 0; got {cfg.iter_calib}.")

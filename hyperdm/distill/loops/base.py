@@ -29,12 +29,12 @@ from torch import Tensor, nn
 
 from ... import __version__
 from ...matchers import HyperbolicMatcher, MMDMatcher
-from ..artifacts import RunDir, storage_sizes, write_json
+from ..artifacts import CorruptFileError, RunDir, UnsafeFileError, storage_sizes, write_json
 from ..augment import DSAParams, dsa
 from ..data import RealData
 from ..evaluate import EvalConfig, derive_seed, evaluate_synthetic, progress_bar
 from ..models import seeded_network
-from ..parallel import Parallel
+from ..parallel import Parallel, check_device
 from ..prune import prune_indices
 from ..presets import DistillConfig, validate
 from ..synset import expand, pack
@@ -95,8 +95,8 @@ class DistillLoop:
         validate(cfg)
         self.cfg = cfg
         self.real = real
-        self.run_dir = RunDir(out)
-        self.device = torch.device(cfg.device)
+        self.run_dir = RunDir(out)  # created by run(), after every check
+        self.device = check_device(cfg.device)
         self.num_classes = real.info.num_classes
         self.par = Parallel.current()
         self.progress = progress and self.par.is_main  # one progress bar per run: rank 0's
@@ -123,6 +123,7 @@ class DistillLoop:
                 f"ipc={cfg.ipc} needs {need} real images per class to initialise from, but the smallest class of "
                 f"{real.info.name} has {smallest} training images; use --ipc <= {smallest // (need // cfg.ipc)}."
             )
+        self._check_architectures()
         self.match_strategy = cfg.dsa_strategy if cfg.match_dsa is None else cfg.match_dsa
         self.match_params = DSAParams(aug_mode=cfg.match_aug_mode)
         self.syn_labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(cfg.ipc)
@@ -130,6 +131,20 @@ class DistillLoop:
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.metrics: dict[str, Any] = {"loss": [], "evals": [], "distill_seconds": 0.0, "images_seen": 0}
         self.kept: Optional[Tensor] = None
+
+    def _check_architectures(self) -> None:
+        """Build the distillation model and every evaluation architecture once for this dataset's images and
+        forward one blank image, so that a network that cannot take them fails now, not after the distillation."""
+        info = self.real.info
+        blank = torch.zeros(1, info.channels, *info.im_size)
+        for name in dict.fromkeys((self.cfg.model, *self.cfg.eval_archs)):
+            try:
+                net = seeded_network(name, info.channels, info.num_classes, info.im_size, seed=0).eval()
+                with torch.no_grad():
+                    net(blank)
+            except (RuntimeError, ValueError) as e:
+                raise ValueError(f"architecture {name} cannot run on {info.name} images "
+                                 f"({info.channels}x{info.im_size[0]}x{info.im_size[1]}): {e}; choose another --model / --arch.") from None
 
     # ---- pieces the methods call -------------------------------------------------------------
 
@@ -286,6 +301,31 @@ class DistillLoop:
         if self.par.is_main:  # rank 0 writes for all
             self.run_dir.save_checkpoint(self._state(it))
 
+    def _load_state(self) -> Optional[dict[str, Any]]:
+        """The checkpoint of this run directory (None if there is none), checked for format and shapes."""
+        rd = self.run_dir
+        state = rd.load_checkpoint()  # weights_only=True after the container checks; names the fix when damaged
+        if state is None:
+            return None
+        fix = rd.damaged_checkpoint_fix()
+        lacks = [k for k in ("format", "iteration", "images", "labels", "optimizer", "matcher", "metrics", "config")
+                 if k not in state]
+        if lacks:
+            raise CorruptFileError(f"{rd.checkpoint} is not a hyperdm checkpoint (it lacks {', '.join(lacks)}). {fix}")
+        if state.get("format") != _CHECKPOINT_FORMAT:
+            raise CorruptFileError(f"{rd.checkpoint} has checkpoint format {state.get('format')!r}; this hyperdm "
+                                   f"({__version__}) reads format {_CHECKPOINT_FORMAT}. {fix}")
+        try:
+            DistillConfig.from_dict(state["config"])
+        except (TypeError, ValueError, AttributeError) as e:
+            raise CorruptFileError(f"{rd.checkpoint}: its settings cannot be read ({e}). {fix}") from None
+        images = state.get("images")
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] != self.num_classes * self.cfg.ipc:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise CorruptFileError(f"{rd.checkpoint}: its images are {shape}, not {self.num_classes * self.cfg.ipc} "
+                                   f"images of {self.real.info.name}. {fix}")
+        return state
+
     def _resume(self, state: dict[str, Any]) -> int:
         old = DistillConfig.from_dict(state["config"])
         changed = [f.name for f in dataclasses.fields(DistillConfig)
@@ -337,24 +377,42 @@ class DistillLoop:
         entry = {"iteration": it, **{a: {k: v for k, v in r.items() if k != "runs"} for a, r in res.items()}}
         return entry
 
-    def run(self, *, resume: bool = False) -> dict[str, Any]:
-        """Distil, evaluate at ``cfg.eval_iterations()``, write every artifact. Returns the metrics as written to metrics.json."""
+    def run(self, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Distil, evaluate at ``cfg.eval_iterations()``, write every artifact. Returns the metrics as written to metrics.json.
+
+        ``resume``: continue from the run directory's checkpoint (a fresh start if it has none).
+        ``overwrite``: remove the run files already in the directory and start over. Without either, a
+        directory that holds run files is refused (FileExistsError) before anything is written, and a
+        damaged checkpoint is refused (CorruptFileError) before the log is touched.
+        """
+        if resume and overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
         cfg = self.cfg
         rd = self.run_dir
+        state, problem = None, None
+        if self.par.is_main:  # rank 0 reads the run directory and tells the others
+            try:
+                why = rd.refusal(resume=resume, overwrite=overwrite)
+                if why:
+                    raise FileExistsError(why)
+                state = self._load_state() if resume else None
+            except (FileExistsError, CorruptFileError, UnsafeFileError) as e:
+                problem = e
+        state, problem = self.par.broadcast((state, problem))
+        if problem is not None:
+            raise problem
+        if self.par.is_main:
+            if overwrite:
+                rd.clear()
+            elif resume:
+                rd.remove_stale_temps()  # left by a write that a SIGKILL interrupted
+            rd.path.mkdir(parents=True, exist_ok=True)
         with rd.logging_to_file() if self.par.is_main else contextlib.nullcontext():
             log.info("hyperdm %s: %s with the %s matcher on %s, IPC %d, preset %s%s\n%s",
                      __version__, cfg.method, cfg.matcher, cfg.dataset, cfg.ipc, cfg.preset,
                      f", {self.par.world} processes (torch.distributed)" if self.par.enabled else "", cfg.summary())
-            state, problem = None, None
-            if self.par.is_main:  # rank 0 reads the run directory and tells the others
-                state = rd.load_checkpoint() if resume else None
-                if resume and state is None:
-                    log.info("--resume: no checkpoint in %s yet; starting from the beginning", rd.path)
-                if state is None and not resume and rd.checkpoint.exists():
-                    problem = f"{rd.path} already holds a run (checkpoint.pt); pass --resume to continue it or choose another --out."
-            state, problem = self.par.broadcast((state, problem))
-            if problem:
-                raise FileExistsError(problem)
+            if resume and state is None:
+                log.info("--resume: no checkpoint in %s yet; starting from the beginning", rd.path)
             if state is not None:
                 start = self._resume(state)
             else:
@@ -405,8 +463,12 @@ class DistillLoop:
                         log.info("iteration %d/%d  loss per class %.4g  %.2f it/s  ETA %.0f s (distillation only)  checkpoint saved",
                                  it, cfg.iterations, value / self.num_classes, rate, eta)
             except NonFiniteLossError as e:
-                msg = (f"{e}; stopped. The last good checkpoint (iteration {last_good}) is kept in {rd.checkpoint}. "
-                       "Lower --lr-img or --scale, check the data, or resume from the checkpoint with other settings in a new run.")
+                if rd.checkpoint.exists():
+                    msg = (f"{e}; stopped. The last good checkpoint (iteration {last_good}) is kept in {rd.checkpoint}. "
+                           "Lower --lr-img or --scale, check the data, or resume from the checkpoint with other settings in a new run.")
+                else:
+                    msg = (f"{e}; stopped before the first checkpoint, so there is nothing to resume. Lower --lr-img or "
+                           "--scale or check the data, then start again with --overwrite (or another --out).")
                 log.error(msg)
                 self.metrics["stopped"] = msg
                 self._write_metrics(final=False)
