@@ -163,7 +163,7 @@ def figure(entries: list[dict[str, Any]], path: Path) -> Optional[Path]:
     ipcs = sorted({e["ipc"] for e in entries})
     if not ipcs:
         return None
-    fig, axes = plt.subplots(1, len(ipcs), figsize=(5.2 * len(ipcs), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(ipcs), figsize=(max(6.4, 5.2 * len(ipcs)), 4.3), squeeze=False)
     colours = {"mmd": "tab:blue", "hyperbolic": "tab:red", "no-clamp": "tab:orange", "scale-double": "tab:purple"}
     names = {"mmd": "DM (MMD line)", "hyperbolic": "DM + HDD", "no-clamp": "DM + HDD, exact exp-map",
              "scale-double": "DM + HDD, lambda x2"}
@@ -174,15 +174,18 @@ def figure(entries: list[dict[str, Any]], path: Path) -> Optional[Path]:
             if not pts:
                 continue
             its, mean, std, n = zip(*pts)
-            ax.errorbar(its, mean, yerr=std, marker="o", capsize=3, color=colours[variant],
-                        label=f"{names[variant]} ({min(n)}-{max(n)} seeds)" if min(n) != max(n) else f"{names[variant]} ({n[0]} seeds)")
+            seeds = f"{min(n)}-{max(n)} seeds" if min(n) != max(n) else f"{n[0]} seed{'s' if n[0] > 1 else ''}"
+            ax.errorbar(its, mean, yerr=std, marker="o", capsize=3, color=colours[variant], label=f"{names[variant]} ({seeds})")
         ax.set_xscale("log")
+        shown = sorted({e["iteration"] for e in entries if e["ipc"] == ipc})
+        ax.set_xticks(shown, [str(t) for t in shown])
+        ax.minorticks_off()
         ax.set_xlabel("distillation iterations")
         ax.set_ylabel("ConvNet test accuracy (%)")
         ax.set_title(f"Fashion-MNIST, DM, IPC {ipc}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Accuracy against iterations (cpu preset lengthened; mean +- std over seeds)", fontsize=10)
+    fig.suptitle("Accuracy against iterations\n(cpu preset, lengthened; mean +- std over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
