@@ -18,7 +18,7 @@ inputs are inspected to say which side is at fault (one host sync per call on CU
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -294,11 +294,41 @@ def hyperbolic_matching_loss(
     _check_k(k)
     _check_scale(scale)
     _check_max_norm(max_norm)
+    return _hyperbolic_loss(real, syn, k=k, scale=scale, max_norm=max_norm, hierarchical=hierarchical, reduction=reduction,
+                            real_labels=real_labels, syn_labels=syn_labels, check_finite=check_finite,
+                            process_group=process_group, fused=fused)
+
+
+def _hyperbolic_loss(
+    real: Tensor,
+    syn: Tensor,
+    *,
+    k: Union[float, Tensor],
+    scale: Union[float, Callable[..., float]],
+    max_norm: Optional[float],
+    hierarchical: bool,
+    reduction: str,
+    real_labels: Optional[Tensor],
+    syn_labels: Optional[Tensor],
+    check_finite: bool,
+    process_group: Any,
+    fused: Union[bool, str],
+    per_class: Optional[Callable[..., Tensor]] = None,
+) -> Tensor:
+    """The one path of the hyperbolic loss, shared by :func:`hyperbolic_matching_loss` and
+    :class:`hyperdm.HyperbolicMatcher` (arguments already checked): group, per-class distances, reduce, check.
+
+    ``scale`` may be a callable ``(real, real_mask, syn, syn_mask, reduce) -> lambda`` on the grouped features
+    (the matcher's ``scale="auto"``); ``per_class`` replaces :func:`_hyperbolic_per_class` (its compiled twin).
+    """
     reduce = _reducer(process_group, real_labels)
     r, rm, s, sm, single = _group(real, syn, real_labels, syn_labels)
-    per_class = _hyperbolic_per_class(r, rm, s, sm, k=k, scale=scale, max_norm=max_norm, hierarchical=hierarchical,
-                                      reduce=reduce, use_fused=fused)
-    loss = _reduce(per_class, reduction, single)
+    if callable(scale):
+        scale = scale(r, rm, s, sm, reduce)
+    kwargs: dict[str, Any] = dict(k=k, scale=scale, max_norm=max_norm, hierarchical=hierarchical, use_fused=fused)
+    if reduce is not None:
+        kwargs["reduce"] = reduce
+    loss = _reduce((per_class or _hyperbolic_per_class)(r, rm, s, sm, **kwargs), reduction, single)
     if check_finite:
         _finite_or_raise(loss, r, s, "hyperbolic matching")
     return loss

@@ -159,27 +159,18 @@ class HyperbolicMatcher(nn.Module):
         real_labels: Optional[Tensor] = None,
         syn_labels: Optional[Tensor] = None,
     ) -> Tensor:
-        reduce = F._reducer(self.process_group, real_labels)
-        r, rm, s, sm, single = F._group(real, syn, real_labels, syn_labels)
         if self.learn_k and not self.manifold.k.is_cuda and not torch.compiler.is_compiling():
             if not bool(self.manifold.k.detach() > 0):  # a CPU scalar: no device sync
                 raise ValueError(f"the learned k went to {float(self.manifold.k.detach()):g}; k must stay > 0 (geoopt's "
                                  "curvature parameter): lower the learning rate of k or bound it after each step.")
-        if self.scale is None:
-            self._choose_scale(r, rm, s, sm, reduce)
-        assert self.scale is not None
-        args = (r, rm, s, sm)
-        kwargs = dict(k=self.k, scale=self.scale, max_norm=self.max_norm, hierarchical=self.hierarchical,
-                      use_fused=self.fused)
-        if reduce is not None:
-            kwargs["reduce"] = reduce
-        per_class = _run_compiled(*args, **kwargs) if self.compile else F._hyperbolic_per_class(*args, **kwargs)
-        loss = F._reduce(per_class, self.reduction, single)
-        if self.check_finite:
-            F._finite_or_raise(loss, r, s, "hyperbolic matching")
-        return loss
+        return F._hyperbolic_loss(
+            real, syn, k=self.k, scale=self._choose_scale if self.scale is None else self.scale, max_norm=self.max_norm,
+            hierarchical=self.hierarchical, reduction=self.reduction, real_labels=real_labels, syn_labels=syn_labels,
+            check_finite=self.check_finite, process_group=self.process_group, fused=self.fused,
+            per_class=_run_compiled if self.compile else None,
+        )
 
-    def _choose_scale(self, r: Tensor, rm: Optional[Tensor], s: Tensor, sm: Optional[Tensor], reduce: Any = None) -> None:
+    def _choose_scale(self, r: Tensor, rm: Optional[Tensor], s: Tensor, sm: Optional[Tensor], reduce: Any = None) -> float:
         """``scale="auto"``: lambda = total MMD / total centroid distance of this (the first) batch. One host sync."""
         with torch.no_grad():
             dist = F._hyperbolic_per_class(r, rm, s, sm, k=self.k, scale=1.0, max_norm=self.max_norm,
@@ -194,6 +185,7 @@ class HyperbolicMatcher(nn.Module):
         self.scale = m / d
         self.chosen_scale.fill_(self.scale)
         log.info("HyperbolicMatcher scale='auto': lambda = %.6g (first batch: MMD %.6g / distance %.6g)", self.scale, m, d)
+        return self.scale
 
     def extra_repr(self) -> str:
         k = f"{float(self.k.detach() if isinstance(self.k, Tensor) else self.k):g}" + (" (learned)" if self.learn_k else "")
