@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from hyperdm.distill.data import load_dataset
-from hyperdm.distill.evaluate import derive_seed
+from hyperdm.distill.seeding import derive_seed
 from hyperdm.distill.loops import DMLoop
 from hyperdm.distill.presets import resolve
 

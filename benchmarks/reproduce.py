@@ -34,7 +34,8 @@ import torch
 
 from hyperdm.distill import resolve
 from hyperdm.distill.data import load_dataset
-from hyperdm.distill.evaluate import derive_seed, evaluate_synthetic
+from hyperdm.distill.evaluate import evaluate_synthetic
+from hyperdm.distill.seeding import Stream, derive_seed
 from hyperdm.distill.loops.base import eval_config
 
 from _results import RowStore, add_sweep_args, distill_resumable, machine, same_settings, sweep_setup
@@ -75,7 +76,7 @@ def run_distill(method: str, matcher: str, ipc: int, seed: int, a: argparse.Name
 def run_random(ipc: int, seed: int, a: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     """``ipc`` random real images per class, evaluated exactly as a DM run with ``cfg`` evaluates its synthetic set."""
     real = load_dataset(a.dataset, a.data_root)
-    gen = torch.Generator().manual_seed(derive_seed(seed, 303))
+    gen = torch.Generator().manual_seed(derive_seed(seed, Stream.INIT))
     idx = torch.cat([(lab := torch.nonzero(real.train_labels == c).squeeze(1))[torch.randperm(lab.numel(), generator=gen)[:ipc]]
                      for c in range(real.info.num_classes)])
     t0 = time.perf_counter()

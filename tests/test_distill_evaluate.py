@@ -82,3 +82,13 @@ def test_bad_input():
 def test_derive_seed_is_stable():
     assert E.derive_seed(0) == E.derive_seed(0) and E.derive_seed(0, 1) != E.derive_seed(1, 0)
     assert E.derive_seed(1, 2, 3) == 2347502745480893085  # fixed across versions: resumed runs depend on it
+
+
+def test_named_streams_are_distinct_and_keep_their_values():
+    from hyperdm.distill.seeding import Stream
+
+    assert len({int(s) for s in Stream}) == len(Stream)  # @unique: no two streams share a value
+    # the values the toolkit always used for these streams (resumed runs and pinned results depend on them)
+    assert (Stream.NETWORK, Stream.SAMPLE, Stream.INIT, Stream.EVAL) == (101, 202, 303, 404)
+    assert (Stream.EXPERT_NET, Stream.EXPERT_EPOCH, Stream.EXPERT_DATA, Stream.PRUNE_SAMPLE) == (505, 606, 707, 102)
+    assert E.derive_seed(5, Stream.NETWORK, 0) == E.derive_seed(5, 101, 0)

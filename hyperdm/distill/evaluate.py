@@ -26,18 +26,11 @@ from torch import Tensor, nn
 from .augment import dsa
 from .data import DatasetInfo
 from .models import seeded_network
+from .seeding import Stream, derive_seed, progress_bar
 
 __all__ = ["EvalConfig", "train_and_test", "evaluate_synthetic", "check_synthetic", "accuracy", "derive_seed", "progress_bar"]
 
 log = logging.getLogger(__name__)
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across runs, platforms and processes)."""
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 @dataclass
@@ -106,8 +99,8 @@ def train_and_test(
     if not torch.isfinite(images).all():
         raise ValueError("the synthetic images contain NaN/inf; evaluate a good checkpoint instead.")
     device = cfg.device
-    gen = torch.Generator().manual_seed(derive_seed(seed, 1))
-    net = seeded_network(arch, info.channels, info.num_classes, info.im_size, seed=derive_seed(seed, 2)).to(device)
+    gen = torch.Generator().manual_seed(derive_seed(seed, Stream.EVAL_ORDER))
+    net = seeded_network(arch, info.channels, info.num_classes, info.im_size, seed=derive_seed(seed, Stream.EVAL_NET)).to(device)
     x_all, y_all = images.detach().to(device), labels.detach().to(device)
     lr = cfg.lr
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -212,12 +205,3 @@ def check_synthetic(images: Tensor, labels: Tensor, info: DatasetInfo) -> None:
                          f"{int(labels.min())}..{int(labels.max())}. Pass the --dataset the set was distilled from.")
 
 
-def progress_bar(total: int, desc: str, enabled: bool, *, initial: int = 0, leave: bool = True):
-    """A tqdm bar with ETA, or None when disabled or tqdm (part of the [distill] extra) is missing."""
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc=desc, leave=leave, dynamic_ncols=True)

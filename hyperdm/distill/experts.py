@@ -39,7 +39,7 @@ from torch import Tensor
 from .artifacts import CorruptFileError, UnsafeFileError, atomic_save, load_torch_file, write_json
 from .augment import DSAParams, cutmix, dsa
 from .data import DatasetInfo
-from .evaluate import derive_seed, progress_bar
+from .seeding import Stream, derive_seed, progress_bar
 from .models import seeded_network
 
 __all__ = ["ExpertConfig", "Expert", "default_cache_root", "expert_dir", "load_or_train_experts", "train_expert",
@@ -106,7 +106,7 @@ def subset_per_class(labels: Tensor, per_class: Optional[int], num_classes: int,
     """Indices of ``per_class`` random images of every class (sorted), or of every image when None."""
     if per_class is None:
         return torch.arange(labels.numel())
-    gen = torch.Generator().manual_seed(derive_seed(seed, 707))
+    gen = torch.Generator().manual_seed(derive_seed(seed, Stream.EXPERT_DATA))
     picks = []
     for c in range(num_classes):
         idx = torch.nonzero(labels.cpu() == c).squeeze(1)
@@ -167,7 +167,7 @@ def train_expert(i: int, images: Tensor, labels: Tensor, info: DatasetInfo, cfg:
                  device: str = "cpu", bar=None) -> Expert:
     """Train expert ``i`` (continuing from its partial file if one is there) and write ``expertNNN.pt``."""
     final, partial = directory / f"expert{i:03d}.pt", directory / f"expert{i:03d}.partial.pt"
-    net = seeded_network(cfg.model, info.channels, info.num_classes, info.im_size, seed=derive_seed(cfg.seed, i, 505)).to(device)
+    net = seeded_network(cfg.model, info.channels, info.num_classes, info.im_size, seed=derive_seed(cfg.seed, i, Stream.EXPERT_NET)).to(device)
     init = _cpu_state(net)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start, acc = 0, 0.0
@@ -184,7 +184,7 @@ def train_expert(i: int, images: Tensor, labels: Tensor, info: DatasetInfo, cfg:
     for e in range(start, cfg.epochs):
         for g in opt.param_groups:
             g["lr"] = expert_lr(cfg, e)
-        acc = _epoch(net, opt, x_all, y_all, cfg, torch.Generator().manual_seed(derive_seed(cfg.seed, i, e, 606)))
+        acc = _epoch(net, opt, x_all, y_all, cfg, torch.Generator().manual_seed(derive_seed(cfg.seed, i, e, Stream.EXPERT_EPOCH)))
         if e + 1 < cfg.epochs:
             atomic_save({"format": _FORMAT, "epoch": e + 1, "init": init, "net": _cpu_state(net),
                          "opt": opt.state_dict(), "train_acc": acc}, partial)

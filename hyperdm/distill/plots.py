@@ -13,7 +13,7 @@ from torch import Tensor
 from ..lorentz import centroid, expmap0, to_poincare
 from .artifacts import atomic_write_bytes
 from .data import RealData
-from .evaluate import derive_seed
+from .seeding import Stream, derive_seed
 from .models import seeded_network
 
 __all__ = ["poincare_coordinates", "plot_poincare", "plot_loss"]
@@ -64,8 +64,8 @@ def plot_poincare(
     import matplotlib.pyplot as plt
 
     info = real.info
-    net = seeded_network(model, info.channels, info.num_classes, info.im_size, seed=derive_seed(seed, 505)).eval()
-    gen = torch.Generator().manual_seed(derive_seed(seed, 506))
+    net = seeded_network(model, info.channels, info.num_classes, info.im_size, seed=derive_seed(seed, Stream.POINCARE_NET)).eval()
+    gen = torch.Generator().manual_seed(derive_seed(seed, Stream.POINCARE_SAMPLE))
     groups, kinds = [], []
     shown = list(range(min(classes, info.num_classes)))
     with torch.no_grad():

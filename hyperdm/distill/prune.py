@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..pruning import FeatureBank, select
 from .data import DatasetInfo
-from .evaluate import derive_seed
+from .seeding import Stream, derive_seed
 from .models import seeded_network
 from .parallel import Parallel
 
@@ -18,7 +18,7 @@ __all__ = ["prune_indices", "pruning_network_seed"]
 
 def pruning_network_seed(seed: int, t: int) -> int:
     """Seed of the ``t``-th random scoring network of a run with ``seed``."""
-    return derive_seed(seed, -1, 101, t)
+    return derive_seed(seed, -1, Stream.NETWORK, t)
 
 
 def prune_indices(
@@ -46,7 +46,7 @@ def prune_indices(
     gathered, so every rank keeps the same images as a single process would, in ``1/W`` of the time.
     """
     if score == "random":
-        gen = torch.Generator().manual_seed(derive_seed(seed, -1, 102))
+        gen = torch.Generator().manual_seed(derive_seed(seed, -1, Stream.PRUNE_SAMPLE))
         return select(torch.rand(labels.numel(), generator=gen, dtype=torch.float64), keep=keep, labels=labels.cpu())
     extractors = []
     for t in range(nets):

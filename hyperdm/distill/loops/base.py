@@ -32,7 +32,8 @@ from ...matchers import HyperbolicMatcher, MMDMatcher
 from ..artifacts import CorruptFileError, RunDir, UnsafeFileError, storage_sizes, write_json
 from ..augment import DSAParams, dsa
 from ..data import RealData
-from ..evaluate import EvalConfig, derive_seed, evaluate_synthetic, progress_bar
+from ..evaluate import EvalConfig, evaluate_synthetic
+from ..seeding import Stream, derive_seed, progress_bar
 from ..models import seeded_network
 from ..parallel import Parallel, check_device
 from ..prune import prune_indices
@@ -67,7 +68,7 @@ def eval_config(cfg: DistillConfig, *, device: Optional[str] = None) -> EvalConf
     """The evaluation a run with ``cfg`` performs (epochs, runs, lr, batch, DSA, architectures, seed)."""
     return EvalConfig(
         epochs=cfg.eval_epochs, runs=cfg.eval_runs, lr=cfg.eval_lr, batch=cfg.eval_batch, dsa_strategy=cfg.dsa_strategy,
-        archs=tuple(cfg.eval_archs), seed=derive_seed(cfg.seed, 404), device=device or cfg.device,
+        archs=tuple(cfg.eval_archs), seed=derive_seed(cfg.seed, Stream.EVAL), device=device or cfg.device,
     )
 
 
@@ -153,7 +154,7 @@ class DistillLoop:
         mode on the run's device; its parameters are frozen unless ``trainable``."""
         info = self.real.info
         net = seeded_network(model or self.cfg.model, info.channels, info.num_classes, info.im_size,
-                             seed=derive_seed(self.cfg.seed, it, 101, tag))
+                             seed=derive_seed(self.cfg.seed, it, Stream.NETWORK, tag))
         net = net.to(self.device).train()
         for p in net.parameters():
             p.requires_grad_(trainable)
@@ -161,7 +162,7 @@ class DistillLoop:
 
     def generator(self, it: int, *, tag: int = 0) -> torch.Generator:
         """The CPU generator for iteration ``it`` (real batches, DSA seeds)."""
-        return torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, 202, tag))
+        return torch.Generator().manual_seed(derive_seed(self.cfg.seed, it, Stream.SAMPLE, tag))
 
     def sample_real(self, c: int, n: int, gen: torch.Generator) -> Tensor:
         """``min(n, class size)`` random real images of class ``c``, without replacement."""
@@ -251,7 +252,7 @@ class DistillLoop:
 
     def _init_synthetic(self) -> None:
         cfg = self.cfg
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 303))
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.INIT))
         f = self.partition
         if cfg.init == "real":  # partitioned sets: f*f different real images, down-sampled into the cells
             syn = torch.cat([pack(self.sample_real(c, f * f * cfg.ipc, gen), f) for c in range(self.num_classes)])

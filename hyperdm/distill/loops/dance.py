@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..evaluate import derive_seed
+from ..seeding import Stream, derive_seed
 from ..experts import Expert, ExpertConfig, load_or_train_experts
 from ..synset import expand
 from .base import DistillLoop
@@ -135,7 +135,7 @@ class DanceLoop(DistillLoop):
         for p in range(cfg.iter_calib):  # inter-class view: calibrate through the trained expert
             for c in range(self.num_classes):
                 x_syn, y_syn = self._syn_expanded(c)
-                syn = self.augment(x_syn, derive_seed(cfg.seed, it, 7, p, c))
+                syn = self.augment(x_syn, derive_seed(cfg.seed, it, Stream.DANCE_PART, p, c))
                 calib += self.image_step(F.cross_entropy(self.expert_net(syn), y_syn), it)
         if cfg.iter_calib > 0:
             self.metrics.setdefault("calibration_loss", []).append(calib / (cfg.iter_calib * self.num_classes))

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..evaluate import derive_seed
+from ..seeding import derive_seed
 from .base import DistillLoop, per_sample_network
 
 __all__ = ["DMLoop"]

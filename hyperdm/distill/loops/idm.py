@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluate import derive_seed
+from ..seeding import derive_seed
 from ..synset import expand
 from .base import DistillLoop
 
