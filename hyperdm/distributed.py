@@ -32,6 +32,15 @@ def check_process_group(group: Any) -> None:
         )
 
 
+def check_no_grad(real: Tensor) -> None:
+    """Distributed matching reduces only the real side, which must not require grad: say so, with the fix."""
+    if real.requires_grad:
+        raise ValueError(
+            "distributed matching reduces only the real side, which must not require grad; compute real "
+            "features under torch.no_grad() (as DM does) or detach them."
+        )
+
+
 def all_reduce_fn(group: Optional[Any] = None) -> Reduce:
     """``reduce(x, op)`` for :func:`hyperdm.lorentz.feature_centroid`: sum or max over the ranks of ``group``.
 
@@ -41,11 +50,7 @@ def all_reduce_fn(group: Optional[Any] = None) -> Reduce:
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
     def reduce(x: Tensor, op: str) -> Tensor:
-        if x.requires_grad:
-            raise ValueError(
-                "distributed matching reduces only the real side, which must not require grad; compute real "
-                "features under torch.no_grad() (as DM does) or detach them."
-            )
+        check_no_grad(x)
         y = x.detach().clone().contiguous()
         dist.all_reduce(y, op=ops[op], group=group)
         return y

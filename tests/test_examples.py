@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from test_reference_patches import hunks_are_well_formed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,21 +66,7 @@ def test_reference_patch_is_well_formed():
     files = re.findall(r"^\+\+\+ b/(\S+)", text, flags=re.M)
     assert files == ["main_DM.py", "networks.py", "utils.py"]
     lines = text.split("\n")
-    i, hunks = 0, 0
-    while i < len(lines):
-        m = re.match(r"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@", lines[i])
-        i += 1
-        if not m:
-            continue
-        hunks += 1
-        old, new = int(m.group(1) or 1), int(m.group(2) or 1)
-        while old > 0 or new > 0:
-            tag = lines[i][:1]
-            assert tag in (" ", "-", "+"), (i, lines[i])
-            old -= tag in (" ", "-")
-            new -= tag in (" ", "+")
-            i += 1
-        assert old == 0 and new == 0
+    hunks = hunks_are_well_formed(text)
     assert hunks >= 6
     added = "\n".join(l for l in lines if l.startswith("+"))
     assert added.count("matcher(output_real") == 2 and "HyperbolicMatcher(k=args.hdd_k" in added
