@@ -18,6 +18,8 @@ inputs are inspected to say which side is at fault (one host sync per call on CU
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -151,7 +153,7 @@ def _finite_or_raise(loss: Tensor, real: Tensor, syn: Tensor, what: str) -> None
         torch._assert_async(torch.isfinite(loss).all(), f"hyperdm: the {what} loss is not finite: check the real and "
                             "synthetic features for NaN/inf (a diverged synthetic set, or a learning rate that is too high)")
         return
-    if bool(torch.isfinite(loss).all()):
+    if math.isfinite((loss.sum() if loss.dim() else loss).item()):  # a sum of finite values is finite
         return
     for name, x in (("real", real), ("syn", syn)):
         bad = ~torch.isfinite(x)
@@ -202,9 +204,12 @@ def _hyperbolic_per_class(
     reduce: Optional[lorentz.Reduce] = None,
     use_fused: Union[bool, str] = "auto",
 ) -> Tensor:
-    d = fused.hdd_distance(real, syn, k=k, max_norm=max_norm, hierarchical=hierarchical, real_mask=rmask, syn_mask=smask,
-                           reduce=reduce, fused=use_fused)
-    return (scale * d).to(real.dtype)
+    if isinstance(scale, Tensor):  # a computed lambda (scale="auto"): applied outside, in float64
+        d = fused.hdd_distance(real, syn, k=k, max_norm=max_norm, hierarchical=hierarchical, real_mask=rmask,
+                               syn_mask=smask, reduce=reduce, fused=use_fused)
+        return (scale * d).to(real.dtype)
+    return fused.hdd_distance(real, syn, k=k, max_norm=max_norm, hierarchical=hierarchical, real_mask=rmask,
+                              syn_mask=smask, reduce=reduce, fused=use_fused, scale=scale, dtype=real.dtype)
 
 
 def _mmd_per_class(

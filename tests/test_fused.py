@@ -172,7 +172,7 @@ def test_real_side_without_grad_keeps_no_graph_and_no_full_temporary(monkeypatch
     assert ops.largest < real.numel()  # no [C, N, D] temporary
     assert ops.largest_from_big <= chunk  # the spread pass writes one slice at a time
     # the passes over the real features: the norms, one mat-vec, the exact spread in slices
-    assert ops.reads == {"linalg_vector_norm": 1, "bmm": 1, "baddbmm": blocks}, ops.reads
+    assert ops.reads == {"linalg_vector_norm": 1, "bmm": 1, "addcmul": blocks}, ops.reads
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 1 << 30)
     torch.testing.assert_close(fused.hdd_distance(real, syn, k=1.0), d, rtol=0, atol=0)  # the slicing changes nothing
     (g,) = torch.autograd.grad(d.sum(), syn)
@@ -181,7 +181,8 @@ def test_real_side_without_grad_keeps_no_graph_and_no_full_temporary(monkeypatch
 
 def test_dispatched_op_count_of_the_default_matcher():
     """Forward + backward of HyperbolicMatcher() on [C, N, D] features: a bounded number of ATen ops (the
-    autograd composition dispatched 414 on [10, 256, 2048] features), so a GPU launches that many kernels at most."""
+    autograd composition dispatched 414 on [10, 256, 2048] features; this path 162 on torch 2.13), so a GPU launches
+    that many kernels at most."""
     from hyperdm import HyperbolicMatcher
 
     class Count(TorchDispatchMode):
@@ -196,4 +197,4 @@ def test_dispatched_op_count_of_the_default_matcher():
     with Count():
         loss = HyperbolicMatcher(check_finite=False)(real, syn)
         torch.autograd.grad(loss, syn)
-    assert 50 < Count.n <= 200, Count.n
+    assert 50 < Count.n <= 175, Count.n
