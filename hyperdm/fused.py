@@ -77,7 +77,8 @@ CHUNK_ELEMENTS = 1 << 21
 _F64 = torch.float64
 _TINY = 1e-300  # radii below this (in units of sqrt(k)) are this: sinh(t)/t is then exactly 1
 # Up to this clamp radius (in units of sqrt(k)) the per-point weights need no rescaling: sinh(40) ~ 1e17
-# keeps every float32 mat-vec sum finite, and the float64 scalars have room to e^{600}.
+# keeps every float32 mat-vec sum finite, and the float64 scalars have room to e^{600} (half-precision
+# features are always rescaled).
 _UNSCALED_RADIUS = 40.0
 
 
@@ -126,7 +127,7 @@ class _Pair:
         if mask is not None:
             tc = tc * mask
         b, c, em = torch.sinh(tc), torch.cosh(tc), torch.exp(-tc)
-        if tmax > _UNSCALED_RADIUS:  # scale each class by e^{-T}, T its largest t (the centroid is scale invariant)
+        if tmax > _UNSCALED_RADIUS or dt not in (torch.float32, _F64):  # scale each class by e^{-T}, T its largest t
             if reduce is None:
                 top = tc.amax(-1, keepdim=True)
             else:  # every rank scales the real sums alike
