@@ -126,7 +126,9 @@ class _Pair:
         tc = (n / sk).clamp(_TINY, tmax)                                  # t; below tmax the point moves radially
         if mask is not None:
             tc = tc * mask
-        b, c, em = torch.sinh(tc), torch.cosh(tc), torch.exp(-tc)
+        em = torch.exp(-tc)
+        b = torch.sinh(tc)
+        c = b + em                                                        # cosh(t), without cancellation
         if tmax > _UNSCALED_RADIUS or dt not in (torch.float32, _F64):  # scale each class by e^{-T}, T its largest t
             if reduce is None:
                 top = tc.amax(-1, keepdim=True)
