@@ -18,13 +18,10 @@ import statistics
 import tempfile
 import time
 
-
+from _results import machine, save
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.loops import get_loop
 from hyperdm.distill.presets import paper_row, resolve
-
-from _results import machine, save
-
 
 
 class _FirstCallDone(Exception):
@@ -70,14 +67,28 @@ def main() -> None:
                 continue
             t0 = time.perf_counter()
             lams = [first_call_scale(method, a.dataset, ipc, s, real, a.device)[0] for s in a.seeds]
-            r = {"method": method, "ipc": ipc, "k": row.k, "paper_lambda": row.scale, "auto_lambdas": lams,
-                 "auto_mean": statistics.mean(lams), "auto_std": statistics.pstdev(lams),
-                 "ratio_auto_to_paper": statistics.mean(lams) / row.scale, "seconds": time.perf_counter() - t0}
+            r = {
+                "method": method,
+                "ipc": ipc,
+                "k": row.k,
+                "paper_lambda": row.scale,
+                "auto_lambdas": lams,
+                "auto_mean": statistics.mean(lams),
+                "auto_std": statistics.pstdev(lams),
+                "ratio_auto_to_paper": statistics.mean(lams) / row.scale,
+                "seconds": time.perf_counter() - t0,
+            }
             rows.append(r)
-            print(f"{method:>4} ipc {ipc:>2} k {row.k:g}: paper lambda {row.scale:g}, auto {r['auto_mean']:.2f} +- "
-                  f"{r['auto_std']:.2f} over {len(lams)} seeds (auto / paper = {r['ratio_auto_to_paper']:.2f})", flush=True)
-    save(f"auto_scale_{a.dataset}", {"benchmark": "auto_scale", "dataset": a.dataset, "seeds": a.seeds, **machine(a.device),
-                                    "rows": rows})
+            print(
+                f"{method:>4} ipc {ipc:>2} k {row.k:g}: paper lambda {row.scale:g}, auto {r['auto_mean']:.2f} +- "
+                f"{r['auto_std']:.2f} over {len(lams)} seeds (auto / paper = {r['ratio_auto_to_paper']:.2f})",
+                flush=True,
+            )
+    save(
+        f"auto_scale_{a.dataset}",
+        {"benchmark": "auto_scale", "dataset": a.dataset, "seeds": a.seeds, **machine(a.device), "rows": rows},
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -38,12 +38,11 @@ from pathlib import Path
 
 import torch
 
+from _results import machine, save
 from hyperdm.distill.data import load_dataset
-from hyperdm.distill.seeding import derive_seed
 from hyperdm.distill.loops import DMLoop
 from hyperdm.distill.presets import resolve
-
-from _results import machine, save
+from hyperdm.distill.seeding import derive_seed
 
 VARIANTS = ("batched-mmd", "per-class-mmd", "batched-hyperbolic", "per-class-hyperbolic")
 
@@ -72,9 +71,20 @@ def per_class_loss(loop: DMLoop, it: int) -> torch.Tensor:
 
 def make_loop(matcher: str, a: argparse.Namespace, real, out: str) -> DMLoop:
     """``matcher``: mmd, hyperbolic, or compiled (hyperbolic through torch.compile)."""
-    cfg = resolve(preset="paper", method="dm", matcher="hyperbolic" if matcher == "compiled" else matcher, dataset=a.dataset,
-                  ipc=a.ipc, overrides={"batch_real": a.batch_real, "device": a.device, "seed": a.seed, "eval_runs": 0,
-                                        "compile_matcher": matcher == "compiled"})
+    cfg = resolve(
+        preset="paper",
+        method="dm",
+        matcher="hyperbolic" if matcher == "compiled" else matcher,
+        dataset=a.dataset,
+        ipc=a.ipc,
+        overrides={
+            "batch_real": a.batch_real,
+            "device": a.device,
+            "seed": a.seed,
+            "eval_runs": 0,
+            "compile_matcher": matcher == "compiled",
+        },
+    )
     loop = DMLoop(cfg, real, out, progress=False)
     loop._init_synthetic()
     return loop
@@ -101,16 +111,39 @@ def rss_bytes() -> int:
 
 def class_subset(real, per_class: int):
     """``per_class`` training images of every class (enough for the loop's sampling), no test set."""
-    idx = torch.cat([torch.nonzero(real.train_labels == c).squeeze(1)[:per_class] for c in range(real.info.num_classes)])
-    return dataclasses.replace(real, train_images=real.train_images[idx].clone(), train_labels=real.train_labels[idx].clone(),
-                               test_images=real.test_images[:1].clone(), test_labels=real.test_labels[:1].clone())
+    idx = torch.cat(
+        [torch.nonzero(real.train_labels == c).squeeze(1)[:per_class] for c in range(real.info.num_classes)]
+    )
+    return dataclasses.replace(
+        real,
+        train_images=real.train_images[idx].clone(),
+        train_labels=real.train_labels[idx].clone(),
+        test_images=real.test_images[:1].clone(),
+        test_labels=real.test_labels[:1].clone(),
+    )
 
 
 def child_peak(variant: str, a: argparse.Namespace, data_file: str) -> dict:
     """Run one variant in a fresh process on a small data file; its peak resident set minus its resident set
     just before the iterations is what the iterations add (CPU). The small file keeps loading below that peak."""
-    cmd = [sys.executable, __file__, "--peak-of", variant, "--peak-data", data_file, "--device", a.device,
-           "--ipc", str(a.ipc), "--batch-real", str(a.batch_real), "--dataset", a.dataset, "--seed", str(a.seed)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--peak-of",
+        variant,
+        "--peak-data",
+        data_file,
+        "--device",
+        a.device,
+        "--ipc",
+        str(a.ipc),
+        "--batch-real",
+        str(a.batch_real),
+        "--dataset",
+        a.dataset,
+        "--seed",
+        str(a.seed),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -176,11 +209,17 @@ def main() -> None:
     rows = {}
     for v in variants:
         med = statistics.median(times[v])
-        rows[v] = {"median_seconds": med, "all_seconds": times[v], "iterations_per_second": 1 / med,
-                   "images_per_second": per_it / med, "peak_memory_bytes": peaks.get(v),
-                   "peak_memory_kind": "cuda max_memory_allocated" if a.device.startswith("cuda")
-                   else "child process: peak RSS minus RSS before the iterations",
-                   "losses": losses[v]}
+        rows[v] = {
+            "median_seconds": med,
+            "all_seconds": times[v],
+            "iterations_per_second": 1 / med,
+            "images_per_second": per_it / med,
+            "peak_memory_bytes": peaks.get(v),
+            "peak_memory_kind": "cuda max_memory_allocated"
+            if a.device.startswith("cuda")
+            else "child process: peak RSS minus RSS before the iterations",
+            "losses": losses[v],
+        }
     for m in ("mmd", "hyperbolic"):
         b, p = rows[f"batched-{m}"], rows[f"per-class-{m}"]
         b["speedup_vs_per_class"] = p["median_seconds"] / b["median_seconds"]
@@ -190,18 +229,44 @@ def main() -> None:
             rows[v]["time_vs_batched_mmd"] = rows[v]["median_seconds"] / rows["batched-mmd"]["median_seconds"]
     if "batched-compiled" in rows:
         c, h = rows["batched-compiled"], rows["batched-hyperbolic"]
-        c["max_rel_loss_difference_vs_batched_hyperbolic"] = max(abs(x - y) / abs(y) for x, y in zip(c["losses"], h["losses"]))
+        c["max_rel_loss_difference_vs_batched_hyperbolic"] = max(
+            abs(x - y) / abs(y) for x, y in zip(c["losses"], h["losses"])
+        )
     for v, r in rows.items():
-        extra = "".join(f"  {k} {r[k]:.3g}" for k in ("speedup_vs_per_class", "time_vs_batched_mmd",
-                     "max_rel_loss_difference_vs_per_class", "max_rel_loss_difference_vs_batched_hyperbolic") if k in r)
+        extra = "".join(
+            f"  {k} {r[k]:.3g}"
+            for k in (
+                "speedup_vs_per_class",
+                "time_vs_batched_mmd",
+                "max_rel_loss_difference_vs_per_class",
+                "max_rel_loss_difference_vs_batched_hyperbolic",
+            )
+            if k in r
+        )
         mem = f"{r['peak_memory_bytes'] / 2**20:.0f} MiB" if r["peak_memory_bytes"] else "n/a"
-        print(f"{v:>22}: {r['median_seconds'] * 1000:8.1f} ms/it  {r['images_per_second']:8.0f} img/s  peak {mem}{extra}", flush=True)
-    save(f"loop_{a.device.split(':')[0]}", {
-        "benchmark": "bench_loop", "dataset": a.dataset, "ipc": a.ipc, "batch_real": a.batch_real,
-        "images_per_iteration": per_it, "rounds": a.rounds, "seed": a.seed, "model": loops["mmd"].cfg.model,
-        "k": loops["hyperbolic"].cfg.k, "scale": loops["hyperbolic"].cfg.scale,
-        "match_dtype_hyperbolic": loops["hyperbolic"].cfg.match_dtype, **machine(a.device), "rows": rows,
-    })
+        print(
+            f"{v:>22}: {r['median_seconds'] * 1000:8.1f} ms/it  {r['images_per_second']:8.0f} img/s  peak {mem}{extra}",
+            flush=True,
+        )
+    save(
+        f"loop_{a.device.split(':')[0]}",
+        {
+            "benchmark": "bench_loop",
+            "dataset": a.dataset,
+            "ipc": a.ipc,
+            "batch_real": a.batch_real,
+            "images_per_iteration": per_it,
+            "rounds": a.rounds,
+            "seed": a.seed,
+            "model": loops["mmd"].cfg.model,
+            "k": loops["hyperbolic"].cfg.k,
+            "scale": loops["hyperbolic"].cfg.scale,
+            "match_dtype_hyperbolic": loops["hyperbolic"].cfg.match_dtype,
+            **machine(a.device),
+            "rows": rows,
+        },
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -75,7 +75,10 @@ def test_convnet_layout() -> None:
     assert isinstance(ln, nn.GroupNorm) and ln.num_groups == 1
     assert isinstance(ConvNet(3, 10, (32, 32), norm="batchnorm").features[1], nn.BatchNorm2d)
     assert [type(m) for m in ConvNet(3, 10, (32, 32), norm="none", pool="maxpooling", act="sigmoid").features] == [
-        nn.Conv2d, nn.Sigmoid, nn.MaxPool2d] * 3
+        nn.Conv2d,
+        nn.Sigmoid,
+        nn.MaxPool2d,
+    ] * 3
     flat = ConvNet(3, 10, (8, 8), depth=2, pool="none", width=4)
     assert flat.embed_dim == 4 * 8 * 8
     assert isinstance(ConvNet(3, 10, (32, 32), act="leakyrelu").features[2], nn.LeakyReLU)
@@ -148,7 +151,9 @@ def test_get_network_names_and_aliases() -> None:
     assert get_network("ConvNet", 3, 10, (32, 32), width=16).embed_dim == 16 * 16
     assert any(isinstance(m, nn.BatchNorm2d) for m in get_network("VGG11BN", 3, 10, (32, 32)).modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in get_network("ResNet18BN", 3, 10, (32, 32)).modules())
-    assert any(isinstance(m, nn.BatchNorm2d) for m in get_network("ResNet18", 3, 10, (32, 32), norm="batchnorm").modules())
+    assert any(
+        isinstance(m, nn.BatchNorm2d) for m in get_network("ResNet18", 3, 10, (32, 32), norm="batchnorm").modules()
+    )
     assert not any(isinstance(m, nn.BatchNorm2d) for m in get_network("ResNet18", 3, 10, (32, 32)).modules())
 
     with pytest.raises(ValueError) as err:

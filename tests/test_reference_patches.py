@@ -86,9 +86,11 @@ def test_dance_patch():
     assert hunks_are_well_formed(raw) == 7
     mmd = "loss = torch.sum((feat.mean(0) - feat_tg.mean(0))**2)"
     assert removed(raw) == [
-        "def innerloss(img_real, img_syn, model):", mmd,
+        "def innerloss(img_real, img_syn, model):",
+        mmd,
         "loss = innerloss(img_aug[:n], img_aug[n:], model_interval)",
-        "cut_w = np.int(W * cut_rat)", "cut_h = np.int(H * cut_rat)",  # np.int is gone from NumPy >= 1.24
+        "cut_w = np.int(W * cut_rat)",
+        "cut_h = np.int(H * cut_rat)",  # np.int is gone from NumPy >= 1.24
     ]
     new = added(raw)
     assert new.count(mmd) == 1 and "if matcher is None:" in new and "loss = matcher(feat_tg, feat)" in new
@@ -118,7 +120,10 @@ def test_runner_stand_in_holds_real_images(tiny_fmnist_root):
     run = load_runner()
     raw = tiny_fmnist_root / "FashionMNIST" / "raw"
     run.FashionAsCIFAR10.source, run.FashionAsCIFAR10.per_class, run.FashionAsCIFAR10.test_size = raw, 3, 7
-    train, test = run.FashionAsCIFAR10("unused", train=True), run.FashionAsCIFAR10("unused", train=False, transform=np.asarray)
+    train, test = (
+        run.FashionAsCIFAR10("unused", train=True),
+        run.FashionAsCIFAR10("unused", train=False, transform=np.asarray),
+    )
     x, y = read_idx(raw / "train-images-idx3-ubyte.gz"), read_idx(raw / "train-labels-idx1-ubyte.gz")
     assert train.data.shape == (30, 32, 32, 3) and train.data.dtype == np.uint8 and len(test) == 7
     assert train.targets == [c for c in range(10) for _ in range(3)]

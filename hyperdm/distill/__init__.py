@@ -11,8 +11,9 @@ from .presets import DistillConfig, resolve
 __all__ = ["DistillConfig", "resolve", "distill"]
 
 
-def distill(cfg: DistillConfig, out: str, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-            matcher=None) -> dict:
+def distill(
+    cfg: DistillConfig, out: str, *, resume: bool = False, overwrite: bool = False, progress: bool = True, matcher=None
+) -> dict:
     """Run one distillation as configured (load data, loop, evaluate, artifacts); returns the metrics.
 
     ``matcher`` replaces the matcher ``cfg`` asks for (any module ``matcher(real, syn) -> loss``
@@ -23,4 +24,6 @@ def distill(cfg: DistillConfig, out: str, *, resume: bool = False, overwrite: bo
     from .loops import get_loop
 
     real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-    return get_loop(cfg.method)(cfg, real, out, matcher=matcher, progress=progress).run(resume=resume, overwrite=overwrite)
+    return get_loop(cfg.method)(cfg, real, out, matcher=matcher, progress=progress).run(
+        resume=resume, overwrite=overwrite
+    )

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,9 +43,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "STRATEGY_DEFAULT", "DSAParams", "dsa", "DSA", "GROUPS", "parse_strategy",
-    "brightness", "saturation", "contrast", "color", "flip", "affine", "scale", "rotate", "crop", "cutout", "noise",
-    "cutmix", "cutmix_box",
+    "STRATEGY_DEFAULT",
+    "DSAParams",
+    "dsa",
+    "DSA",
+    "GROUPS",
+    "parse_strategy",
+    "brightness",
+    "saturation",
+    "contrast",
+    "color",
+    "flip",
+    "affine",
+    "scale",
+    "rotate",
+    "crop",
+    "cutout",
+    "noise",
+    "cutmix",
+    "cutmix_box",
 ]
 
 logger = logging.getLogger(__name__)
@@ -305,7 +321,9 @@ def parse_strategy(strategy: str) -> list[str]:
     groups = [g for g in strategy.split("_") if g]
     bad = [g for g in groups if g not in GROUPS]
     if bad:
-        raise ValueError(f"unknown DSA group(s) {bad} in strategy {strategy!r}; valid groups: {', '.join(GROUPS)} (joined by '_').")
+        raise ValueError(
+            f"unknown DSA group(s) {bad} in strategy {strategy!r}; valid groups: {', '.join(GROUPS)} (joined by '_')."
+        )
     return groups
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 from torch import Tensor
 
 from ..pruning import FeatureBank, select
 from .data import DatasetInfo
-from .seeding import Stream, derive_seed
 from .models import seeded_network
 from .parallel import Parallel
+from .seeding import Stream, derive_seed
 
 __all__ = ["prune_indices", "pruning_network_seed"]
 
@@ -32,7 +30,7 @@ def prune_indices(
     k: float = 1.0,
     model: str = "ConvNet",
     seed: int = 0,
-    device: Optional[Union[str, torch.device]] = None,
+    device: str | torch.device | None = None,
     batch: int = 1024,
 ) -> Tensor:
     """Indices (ascending) of the ``keep`` fraction of each class closest to the root.
@@ -63,5 +61,12 @@ def prune_indices(
     bank = FeatureBank.build(batches(), extractors, device=device)
     if not par.enabled:
         return bank.select(keep, method=score, k=k, max_norm=None)
-    return bank.select(keep, method=score, k=k, max_norm=None, process_group=par.group, num_classes=info.num_classes,
-                       total=int(labels.numel())).to(labels.device)
+    return bank.select(
+        keep,
+        method=score,
+        k=k,
+        max_norm=None,
+        process_group=par.group,
+        num_classes=info.num_classes,
+        total=int(labels.numel()),
+    ).to(labels.device)
