@@ -116,7 +116,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def add_sweep_args(ap: Any, unit: str) -> None:
-    """``--shard``, ``--threads`` and ``--table-only``, shared by the resumable sweeps; ``unit`` names what is sharded."""
+    """``--shard``, ``--threads`` and ``--table-only``, shared by the resumable sweeps.
+
+    ``unit`` names what is sharded.
+    """
     ap.add_argument("--shard", default="0/1", metavar="I/N", help=f"run {unit} I, I+N, I+2N, ... (default 0/1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     ap.add_argument("--table-only", action="store_true", help="print the table of the saved results and exit")

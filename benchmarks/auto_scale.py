@@ -14,6 +14,7 @@ random network, real batch and initial set). Prints and saves
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -42,10 +43,8 @@ def first_call_scale(method: str, dataset: str, ipc: int, seed: int, real, devic
             raise _FirstCallDone
 
         loop.matcher.register_forward_hook(stop)
-        try:
+        with contextlib.suppress(_FirstCallDone):
             loop.step(0)
-        except _FirstCallDone:
-            pass
         return float(loop.matcher.scale), float(row.scale)
 
 

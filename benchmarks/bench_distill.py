@@ -63,7 +63,7 @@ def main() -> None:
         )
         real = load_dataset(cfg.dataset, cfg.data_root)
         t0 = time.perf_counter()
-        ex, where = load_or_train_experts(
+        ex, _where = load_or_train_experts(
             real.train_images,
             real.train_labels,
             real.info,

@@ -102,7 +102,8 @@ def main() -> None:
         memory[f"{name}_peak_rss_anon_bytes"] = mon.peak
         results[name] = {"n": int(out.numel()), "first": [float(v) for v in out[:3]]}
         print(
-            f"{name:>18}: {dt:8.2f} s  {a.rows / dt:12,.0f} rows/s  {a.rows * a.dim * 2 / dt / 2**30:6.2f} GiB/s of features"
+            f"{name:>18}: {dt:8.2f} s  {a.rows / dt:12,.0f} rows/s  "
+            f"{a.rows * a.dim * 2 / dt / 2**30:6.2f} GiB/s of features"
             f"  peak anonymous RSS {mon.peak / 2**20:8.0f} MiB",
             flush=True,
         )

@@ -16,7 +16,8 @@ Timings interleave the variants round by round in one process (warm-up first) an
 median. Peak memory: CUDA's ``max_memory_allocated`` per variant; on CPU the peak resident set of a
 fresh child process that runs only that variant (a process's peak never goes down, so one process
 cannot measure four; the child loads a small class-balanced subset so that loading peaks below the
-iterations, and reports the peak minus its resident set just before them). Prints and saves ``benchmarks/results/loop_<device>.json``.
+iterations, and reports the peak minus its resident set just before them). Prints and saves
+``benchmarks/results/loop_<device>.json``.
 
     python benchmarks/bench_loop.py --device cpu --ipc 10 --batch-real 256 --rounds 5
     python benchmarks/bench_loop.py --device cuda --rounds 20 --compiled
@@ -158,7 +159,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--compiled", action="store_true", help="add batched-compiled (HyperbolicMatcher(compile=True))")
-    ap.add_argument("--peak-of", choices=VARIANTS + ("batched-compiled",), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--peak-of", choices=(*VARIANTS, "batched-compiled"), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--peak-data", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     variants = VARIANTS + (("batched-compiled",) if a.compiled else ())
@@ -223,14 +224,16 @@ def main() -> None:
     for m in ("mmd", "hyperbolic"):
         b, p = rows[f"batched-{m}"], rows[f"per-class-{m}"]
         b["speedup_vs_per_class"] = p["median_seconds"] / b["median_seconds"]
-        b["max_rel_loss_difference_vs_per_class"] = max(abs(x - y) / abs(y) for x, y in zip(b["losses"], p["losses"]))
+        b["max_rel_loss_difference_vs_per_class"] = max(
+            abs(x - y) / abs(y) for x, y in zip(b["losses"], p["losses"], strict=True)
+        )
     for v in ("batched-hyperbolic", "batched-compiled"):
         if v in rows:
             rows[v]["time_vs_batched_mmd"] = rows[v]["median_seconds"] / rows["batched-mmd"]["median_seconds"]
     if "batched-compiled" in rows:
         c, h = rows["batched-compiled"], rows["batched-hyperbolic"]
         c["max_rel_loss_difference_vs_batched_hyperbolic"] = max(
-            abs(x - y) / abs(y) for x, y in zip(c["losses"], h["losses"])
+            abs(x - y) / abs(y) for x, y in zip(c["losses"], h["losses"], strict=True)
         )
     for v, r in rows.items():
         extra = "".join(

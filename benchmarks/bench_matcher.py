@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     mem_col = "cuda peak MiB" if device.type == "cuda" else "saved MiB"
     print()
     print(
-        f"{'dtype':<8}{'M':>4}  {'variant':<13}{'median ms':>10}{'IQR ms':>9}{mem_col:>14}{'loss':>20}{'rel vs f64 ref':>16}"
+        f"{'dtype':<8}{'M':>4}  {'variant':<13}{'median ms':>10}{'IQR ms':>9}{mem_col:>14}"
+        f"{'loss':>20}{'rel vs f64 ref':>16}"
     )
     for rec in records:
         mem = rec.get("cuda_peak_bytes", rec["saved_bytes_extra"]) / 2**20
@@ -451,8 +452,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{rec['dtype']:<8}{rec['M']:>4}  {rec['variant']:<13}{rec['median_ms']:>10.3f}{rec['iqr_ms']:>9.3f}"
             f"{mem:>14.3f}{rec['loss']:>20.12g}{rec['loss_rel_vs_reference']:>16.2e}"
         )
+    memory = (
+        "allocator peak above the inputs during fwd+bwd"
+        if device.type == "cuda"
+        else "storages saved for backward, inputs excluded"
+    )
     print(
-        f"(memory: {'allocator peak above the inputs during fwd+bwd' if device.type == 'cuda' else 'storages saved for backward, inputs excluded'}; "
+        f"(memory: {memory}; "
         "rel vs f64 ref: |loss - ref| / |ref|, ref = hyperdm HDD (MMD for mmd) in float64 on the same data)"
     )
     print()
@@ -460,16 +466,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{'dtype':<8}{'M':>4}  {'HDD/line':>9}{'HDD/MMD':>9}{'HDDnochk/MMD':>14}{'check cost':>12}{'naive/HDD':>11}"
         f"{'loss rel naive-HDD':>20}{'grad rel naive-HDD':>20}"
     )
-    for ra, ag in zip(ratios, agreement):
+    for ra, ag in zip(ratios, agreement, strict=True):
         print(
-            f"{ra['dtype']:<8}{ra['M']:>4}  {ra['hdd_over_mmd_line']:>9.2f}{ra['hdd_over_mmd']:>9.2f}{ra['hdd_nocheck_over_mmd']:>14.2f}"
+            f"{ra['dtype']:<8}{ra['M']:>4}  {ra['hdd_over_mmd_line']:>9.2f}{ra['hdd_over_mmd']:>9.2f}"
+            f"{ra['hdd_nocheck_over_mmd']:>14.2f}"
             f"{ra['hdd_over_hdd_nocheck']:>12.3f}{ra['naive_geoopt_over_hdd']:>11.1f}"
             f"{ag['loss_rel_naive_vs_hdd']:>20.2e}{ag['grad_rel_naive_vs_hdd']:>20.2e}"
         )
     for ra in ratios:
         if "hdd_compiled_over_hdd_nocheck" in ra:
             print(
-                f"{ra['dtype']:<8}{ra['M']:>4}  compiled/plain (both unchecked) {ra['hdd_compiled_over_hdd_nocheck']:.2f}, "
+                f"{ra['dtype']:<8}{ra['M']:>4}  "
+                f"compiled/plain (both unchecked) {ra['hdd_compiled_over_hdd_nocheck']:.2f}, "
                 f"compiled/MMD {ra['hdd_compiled_over_mmd']:.2f}, first call (compiling) {ra['compile_s']:.1f} s"
             )
     nh = [r["naive_geoopt_over_hdd"] for r in ratios]
@@ -522,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"feature norms: mean {statistics.mean(a['feature_norm_mean'] for a in agreement):.2f} "
-        f"(min {min(a['feature_norm_min'] for a in agreement):.2f}, max {max(a['feature_norm_max'] for a in agreement):.2f})"
+        f"(min {min(a['feature_norm_min'] for a in agreement):.2f}, "
+        f"max {max(a['feature_norm_max'] for a in agreement):.2f})"
     )
     print(f"total measurement time {elapsed:.1f} s")
 

@@ -196,9 +196,9 @@ def format_table(entries: list[dict[str, Any]], markdown: bool = False) -> str:
         return "\n".join(
             ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(x) + " |" for x in lines]
         )
-    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(x, widths)) for x in [head, ["-" * w for w in widths]] + lines
+        "  ".join(c.ljust(w) for c, w in zip(x, widths, strict=True)) for x in [head, ["-" * w for w in widths], *lines]
     )
 
 
@@ -223,7 +223,7 @@ def figure(entries: list[dict[str, Any]], path: Path) -> Path | None:
         "no-clamp": "DM + HDD, exact exp-map",
         "scale-double": "DM + HDD, lambda x2",
     }
-    for ax, ipc in zip(axes[0], ipcs):
+    for ax, ipc in zip(axes[0], ipcs, strict=True):
         for variant in VARIANTS:
             pts = sorted(
                 (e["iteration"], e["mean"], e["std"], len(e["seeds"]))
@@ -232,7 +232,7 @@ def figure(entries: list[dict[str, Any]], path: Path) -> Path | None:
             )
             if not pts:
                 continue
-            its, mean, std, n = zip(*pts)
+            its, mean, std, n = zip(*pts, strict=True)
             seeds = f"{min(n)}-{max(n)} seeds" if min(n) != max(n) else f"{n[0]} seed{'s' if n[0] > 1 else ''}"
             ax.errorbar(
                 its, mean, yerr=std, marker="o", capsize=3, color=colours[variant], label=f"{names[variant]} ({seeds})"

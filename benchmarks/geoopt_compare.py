@@ -17,11 +17,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import geoopt
 import mpmath
 import torch
 
 import hyperdm  # noqa: F401  (imports geoopt without its torch.jit.script warnings)
+
+# isort: split
+import geoopt
+
 from _results import machine, save
 from hyperdm import StableLorentz
 from hyperdm import lorentz as L
@@ -39,15 +42,15 @@ def _vec(t: torch.Tensor) -> list:
 
 
 def _point(xs: list, k) -> list:
-    return [mp.sqrt(k + sum(a * a for a in xs))] + xs
+    return [mp.sqrt(k + sum(a * a for a in xs)), *xs]
 
 
 def _tangent(x: list, us: list) -> list:
-    return [sum(a * b for a, b in zip(x[1:], us)) / x[0]] + us
+    return [sum(a * b for a, b in zip(x[1:], us, strict=True)) / x[0], *us]
 
 
 def _mink(a: list, b: list):
-    return -a[0] * b[0] + sum(p * q for p, q in zip(a[1:], b[1:]))
+    return -a[0] * b[0] + sum(p * q for p, q in zip(a[1:], b[1:], strict=True))
 
 
 def ref_dist(x: list, y: list, k):
@@ -57,17 +60,17 @@ def ref_dist(x: list, y: list, k):
 def ref_expmap(x: list, u: list, k) -> list:
     n = mp.sqrt(_mink(u, u))
     t = n / mp.sqrt(k)
-    return [mp.cosh(t) * a + mp.sinh(t) / t * b for a, b in zip(x, u)]
+    return [mp.cosh(t) * a + mp.sinh(t) / t * b for a, b in zip(x, u, strict=True)]
 
 
 def ref_logmap(x: list, y: list, k) -> list:
     t = ref_dist(x, y, k) / mp.sqrt(k)
-    return [t / mp.sinh(t) * (b - mp.cosh(t) * a) for a, b in zip(x, y)]
+    return [t / mp.sinh(t) * (b - mp.cosh(t) * a) for a, b in zip(x, y, strict=True)]
 
 
 def ref_transp(x: list, y: list, v: list, k) -> list:
     c = _mink(y, v) / (k - _mink(x, y))
-    return [a + c * (p + q) for a, p, q in zip(v, x, y)]
+    return [a + c * (p + q) for a, p, q in zip(v, x, y, strict=True)]
 
 
 def _rel(out: torch.Tensor, ref: list) -> float:
@@ -115,12 +118,12 @@ def case_expmap0(n: int, seed: int, k: float = 2.0, radius: float = 4.0, dtype=F
     for name, m in manifolds(k).items():
         y = m.expmap0(u)
 
-        def err(i: int) -> float:
+        def err(i: int, y: torch.Tensor = y) -> float:
             vs = _vec(v[i])
             nv = mp.sqrt(sum(a * a for a in vs))
             t = nv / mp.sqrt(k)
             ref = [mp.sqrt(k) * mp.cosh(t)] + [mp.sqrt(k) * mp.sinh(t) / nv * a for a in vs]
-            return float(max(abs(mp.mpf(float(p)) - q) for p, q in zip(y[i].double().tolist(), ref)))
+            return float(max(abs(mp.mpf(float(p)) - q) for p, q in zip(y[i].double().tolist(), ref, strict=True)))
 
         out[name] = worst(err, n)
     return {
@@ -174,10 +177,8 @@ def case_expmap(
 ) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     x = points(n, 16, radius, k, gen)
-    if inward:  # straight towards the origin and on past it, by `step` in all
-        u = L.logmap0back(x, k=k) * (step / radius)
-    else:
-        u = tangents(x, step, k, gen)
+    # inward: straight towards the origin and on past it, by `step` in all
+    u = L.logmap0back(x, k=k) * (step / radius) if inward else tangents(x, step, k, gen)
     x, u = x.to(dtype), u.to(dtype)
     out = {}
     refs = []
@@ -210,8 +211,8 @@ def case_radial_step(k: float = 2.0, radius: float = 10.0, step: float = 1e-2, d
             errs.append(float(abs(ref_dist(xr, yr, k) - step * sk) / (step * sk)))
         out[name] = max(errs)
     return {
-        "what": f"expmap, {str(dtype)[6:]}, hyperbolic line, radial steps of {step} sqrt(k) at radius {radius} sqrt(k), "
-        f"k = {k}: relative error of the distance travelled",
+        "what": f"expmap, {str(dtype)[6:]}, hyperbolic line, radial steps of {step} sqrt(k) "
+        f"at radius {radius} sqrt(k), k = {k}: relative error of the distance travelled",
         **out,
     }
 

@@ -112,11 +112,11 @@ def curve_figure(res: dict[str, Any]) -> Any:
             )
     final = {(r["matcher"], r["score"], r["keep"], r["seed"]): 100 * r["evals"][-1]["ConvNet"]["mean"] for r in rows}
     for score in ("radius", "centroid", "random"):  # one line per score and seed, from that seed's 100 % row
-        for i, seed in enumerate(sorted({sd for (m, s, k, sd) in final if m == "hyperbolic" and s == score})):
+        for i, seed in enumerate(sorted({sd for (m, s, _k, sd) in final if m == "hyperbolic" and s == score})):
             pts = [(k, a) for (m, s, k, sd), a in final.items() if m == "hyperbolic" and s == score and sd == seed]
             if ("hyperbolic", "none", 1.0, seed) in final:
                 pts.append((1.0, final[("hyperbolic", "none", 1.0, seed)]))
-            xs, ys = zip(*sorted(pts))
+            xs, ys = zip(*sorted(pts), strict=True)
             axes[2].plot(
                 [100 * x for x in xs],
                 ys,
@@ -124,7 +124,7 @@ def curve_figure(res: dict[str, Any]) -> Any:
                 color=colour[score],
                 label=f"{score}, seed {seed}",
             )
-    for (m, s, k, seed), a in final.items():
+    for (m, _s, _k, seed), a in final.items():
         if m == "mmd":
             axes[2].axhline(a, color="gray", ls="--", lw=1, label=f"MMD line, 100 %, seed {seed}")
     axes[2].set_xscale("log")

@@ -264,10 +264,7 @@ def main() -> None:
         if same_settings(old, want):
             print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)
             continue
-        if method == "random":
-            row = run_random(ipc, seed, a, cfg)
-        else:
-            row = run_distill(method, matcher, ipc, seed, a)
+        row = run_random(ipc, seed, a, cfg) if method == "random" else run_distill(method, matcher, ipc, seed, a)
         row = {
             "id": rid,
             "method": method,

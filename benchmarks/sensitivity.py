@@ -72,7 +72,8 @@ def configure(name: str, a: argparse.Namespace) -> Any:
 def format_table(rows: list[dict[str, Any]]) -> str:
     order = {v: i for i, v in enumerate(VARIANTS)}
     lines = [
-        f"{'variant':<13}{'k':>5}{'lambda':>9}{'clamp':>7}{'dtype':>9}  {'ConvNet acc (%)':<17}loss/class first -> last",
+        f"{'variant':<13}{'k':>5}{'lambda':>9}{'clamp':>7}{'dtype':>9}  "
+        f"{'ConvNet acc (%)':<17}loss/class first -> last",
         "-" * 86,
     ]
     for r in sorted(rows, key=lambda r: (r["seed"], order.get(r["variant"], 99))):
@@ -145,7 +146,8 @@ def main() -> None:
         }
         lam = f"  lambda {row['scale']:.4g}" if row["scale"] is not None else ""
         print(
-            f"{name:>12}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %  distill {row['distill_seconds']:.1f} s"
+            f"{name:>12}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %  "
+            f"distill {row['distill_seconds']:.1f} s"
             f"  loss/class {row['loss_per_class_first']:.4g} -> {row['loss_per_class_last']:.4g}{lam}",
             flush=True,
         )

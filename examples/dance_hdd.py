@@ -47,15 +47,15 @@ def main() -> None:
         },
     )
     print(
-        f"Dance settings: {cfg.experts} experts x {cfg.expert_epochs} epochs, multi-formation {cfg.partition}x{cfg.partition}, "
+        f"Dance settings: {cfg.experts} experts x {cfg.expert_epochs} epochs, "
+        f"multi-formation {cfg.partition}x{cfg.partition}, "
         f"{cfg.iter_calib} calibration pass(es) per iteration, lr_img {cfg.lr_img} (pixel units); "
         f"k={cfg.k} (geoopt's, curvature -1/k), lambda={cfg.scale}"
     )
     metrics = distill(cfg, a.out, progress=False)
     acc = metrics["experts"]["train_acc"]
-    print(
-        f"experts (last-epoch training accuracy): {', '.join(f'{100 * v:.1f}%' for v in acc)} in {metrics['experts']['dir']}"
-    )
+    accs = ", ".join(f"{100 * v:.1f}%" for v in acc)
+    print(f"experts (last-epoch training accuracy): {accs} in {metrics['experts']['dir']}")
     for e in metrics["evals"]:
         r = e["ConvNet"]
         print(

@@ -71,7 +71,8 @@ def main() -> None:
             for i in range(0, len(data.test_labels), 1000)
         ) / len(data.test_labels)
     print(
-        f"test accuracy after a {a.check_steps}-step check: {100 * acc:.2f}% (not the paper protocol; use `hyperdm evaluate`)"
+        f"test accuracy after a {a.check_steps}-step check: {100 * acc:.2f}% "
+        "(not the paper protocol; use `hyperdm evaluate`)"
     )
 
 

@@ -270,6 +270,7 @@ class StableLorentz(geoopt.Lorentz):
             )
         if weights is not None and weights.shape != x.shape[:-1]:
             raise ValueError(
-                f"weights must have x's shape without the coordinate axis, {tuple(x.shape[:-1])}; got {tuple(weights.shape)}"
+                f"weights must have x's shape without the coordinate axis, {tuple(x.shape[:-1])}; "
+                f"got {tuple(weights.shape)}"
             )
         return L.centroid(x, k=self.k, weights=weights, dim=d, keepdim=keepdim)

@@ -203,10 +203,10 @@ class FeatureBank:
     ) -> Tensor:
         """Per-sample score averaged over extractors: ``"radius"`` or ``"centroid"`` (distance to class centroid).
 
-        Reads ``chunk_size`` rows at a time (default: 2**24 values; float64 work arrays of ``chunk_size x D``), so a memmap
-        bank larger than RAM is scored without loading it. ``process_group``: this bank holds one
-        rank's shard of the samples; class centroids are taken over every rank's shard (pass
-        ``num_classes``); the scores returned are this shard's.
+        Reads ``chunk_size`` rows at a time (default: 2**24 values; float64 work arrays of
+        ``chunk_size x D``), so a memmap bank larger than RAM is scored without loading it.
+        ``process_group``: this bank holds one rank's shard of the samples; class centroids are
+        taken over every rank's shard (pass ``num_classes``); the scores returned are this shard's.
         """
         if method not in ("radius", "centroid"):
             raise ValueError(f"unknown method {method!r}; use 'radius' or 'centroid'.")

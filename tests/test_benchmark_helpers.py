@@ -108,7 +108,7 @@ def test_pruning_stability_is_the_std_of_the_last_evaluations():
     assert t["final_mean"] == pytest.approx(79.0) and t["final_std_over_seeds"] == pytest.approx(1.0)
     assert t["curve_std_last"] == pytest.approx(((0.0 + 4.0 + 4.0) / 3) ** 0.5)
     assert t["synthetic_mean_pixel"] is None  # not recorded in every row: no number
-    (t,) = pruning_study.summarise([{**r, "synthetic_mean_pixel": p} for r, p in zip(rows, (0.2, 0.3))], 3)
+    (t,) = pruning_study.summarise([{**r, "synthetic_mean_pixel": p} for r, p in zip(rows, (0.2, 0.3), strict=True)], 3)
     assert t["synthetic_mean_pixel"] == pytest.approx(0.25)
 
 

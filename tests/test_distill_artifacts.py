@@ -20,7 +20,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         A.write_json(p, {"a": 2})
     assert json.loads(p.read_text()) == {"a": 1}
     assert [f.name for f in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
@@ -163,7 +163,7 @@ def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypat
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(OSError) as e:
+    with pytest.raises(OSError, match=os.strerror(errno.ENOSPC)) as e:
         A.write_json(p, {"a": 2})
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(p)
     assert json.loads(p.read_text()) == {"a": 1} and [f.name for f in tmp_path.iterdir()] == ["x.json"]

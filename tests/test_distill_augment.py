@@ -37,7 +37,7 @@ def test_defaults_match_reference() -> None:
     assert STRATEGY_DEFAULT == "color_crop_cutout_flip_scale_rotate"
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.prob_flip = 1.0  # type: ignore[misc]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="aug_mode must be 'S'"):
         DSAParams(aug_mode="X")
 
 
@@ -97,7 +97,7 @@ def test_cpu_and_cuda_agree() -> None:
 # ---- siamese / per-image -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("group", SINGLE_GROUPS + [STRATEGY_DEFAULT])
+@pytest.mark.parametrize("group", [*SINGLE_GROUPS, STRATEGY_DEFAULT])
 def test_siamese_same_transform_for_batches_of_different_size(group: str) -> None:
     a, b = _images(2, seed=1), _images(5, seed=2)
     for seed in range(4):
@@ -118,8 +118,8 @@ def test_siamese_shares_and_non_siamese_varies_per_image(group: str) -> None:
 def test_non_siamese_flip_flips_some_images() -> None:
     x = _images(64, c=1, h=4, w=4)
     out = dsa(x, "flip", seed=0)
-    flipped = torch.tensor([torch.equal(o, f) for o, f in zip(out, x.flip(3))])
-    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, x)])
+    flipped = torch.tensor([torch.equal(o, f) for o, f in zip(out, x.flip(3), strict=True)])
+    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, x, strict=True)])
     assert bool((flipped ^ kept).all())
     assert 10 < int(flipped.sum()) < 54
     assert torch.equal(dsa(x, "flip", DSAParams(prob_flip=1.0), seed=0), x.flip(3))
@@ -282,11 +282,11 @@ def test_none_strategy_and_unknown_group() -> None:
     assert dsa(x, "") is x
     assert dsa(x, "none") is x
     assert DSA("none")(x) is x
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=r"unknown DSA group\(s\) \['blur'\]") as err:
         dsa(x, "color_blur")
     for g in SINGLE_GROUPS:
         assert g in str(err.value)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown DSA group\(s\) \['zoom'\]"):
         DSA("crop_zoom")
 
 

@@ -166,11 +166,11 @@ def test_datasets_tuple_and_unknown_name():
     )
     for n in DATASETS:
         assert canonical_name(n) == n
-    with pytest.raises(ValueError) as ei:
+    with pytest.raises(ValueError, match="unknown dataset 'cifar-11'") as ei:
         canonical_name("cifar-11")
     for n in DATASETS:
         assert n in str(ei.value)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet-1k'"):
         load_dataset("imagenet-1k", "/nonexistent")
 
 
@@ -268,9 +268,8 @@ def _corrupt_case(d: Path, rng, kind: str) -> str:
 @pytest.mark.parametrize("kind", ["magic", "bad-type", "truncated", "trailing", "header", "gzip", "count"])
 def test_corrupt_idx_raises_valueerror_naming_file(tmp_path, rng, kind):
     victim = _corrupt_case(tmp_path / "mnist", rng, kind)
-    with pytest.raises(ValueError) as ei:
+    with pytest.raises(ValueError, match=victim):
         load_dataset("mnist", tmp_path)
-    assert victim in str(ei.value)
 
 
 def test_idx_label_out_of_range(tmp_path, rng):
@@ -339,7 +338,7 @@ def test_cifar10(tmp_path, rng):
 
 def test_cifar10_download_not_supported(tmp_path, rng, no_network):
     write_cifar10(tmp_path, rng)
-    with pytest.raises(ValueError) as ei:
+    with pytest.raises(ValueError, match="not supported") as ei:
         load_dataset("cifar10", tmp_path, download=True)
     msg = str(ei.value)
     assert "not supported" in msg and "cifar-10-batches-py" in msg
@@ -703,7 +702,7 @@ def test_denormalise_round_trip(tmp_path, rng):
     assert out.shape == (3, 2, 2)
     assert out[0, 0, 0].item() == pytest.approx(10 * CIFAR10_STD[0] + CIFAR10_MEAN[0], abs=1e-6)
     assert out.max().item() > 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected images with 3 channels"):
         real.denormalise(torch.zeros(2, 1, 4, 4))
 
 
@@ -817,7 +816,7 @@ def test_cifar_batches_of_every_pickle_protocol_load(tmp_path, rng, protocol, mo
     monkeypatch.setattr(
         sys.modules[__name__], "dump", lambda obj, path: path.write_bytes(pickle.dumps(obj, protocol=protocol))
     )
-    d, img, lab, _, _ = write_cifar10(tmp_path, rng)
+    _d, img, lab, _, _ = write_cifar10(tmp_path, rng)
     real = load_dataset("cifar10", tmp_path)
     assert real.train_labels.tolist() == lab
     np.testing.assert_allclose(

@@ -126,6 +126,6 @@ def test_reference_patch_is_well_formed():
     lines = text.split("\n")
     hunks = hunks_are_well_formed(text)
     assert hunks >= 6
-    added = "\n".join(l for l in lines if l.startswith("+"))
+    added = "\n".join(line for line in lines if line.startswith("+"))
     assert added.count("matcher(output_real") == 2 and "HyperbolicMatcher(k=args.hdd_k" in added
     assert "\r\n" in text  # the reference files use CRLF line ends; the patch must keep them to apply

@@ -91,7 +91,10 @@ def one_error_line(err: str, command: str) -> str:
 
 @pytest.fixture(autouse=True)
 def _one_thread_no_figures(monkeypatch):
-    """One thread (bit-identical runs in and out of process) and no Poincare figure (seconds per run, not under test)."""
+    """One thread (bit-identical runs in and out of process) and no Poincare figure.
+
+    The figure takes seconds per run and is not under test.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     monkeypatch.setattr("hyperdm.distill.plots.plot_poincare", lambda *a, **k: None)
@@ -184,7 +187,7 @@ def read_only_dir(tmp_path, monkeypatch):
                 shutil.copytree(contents_from, d / contents_from.name)
             r = subprocess.run(["mount", "-o", "remount,ro", str(d)], capture_output=True)
             assert r.returncode == 0, r.stderr
-            with pytest.raises(OSError):  # really read-only, for root too
+            with pytest.raises(OSError, match="Read-only file system"):  # really read-only, for root too
                 (d / "probe").touch()
         else:
             if contents_from is not None:
@@ -302,10 +305,9 @@ def test_full_disk_on_a_real_tmpfs(tmp_path, tiny_fmnist_root, capsys):
         pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN and mount(8))")
     try:
         (disk / "finished.json").write_text('{"a finished result": true}\n')
-        with open(disk / "filler", "wb", buffering=0) as f:  # fill the disk to the last block
-            with contextlib.suppress(OSError):
-                while True:
-                    f.write(b"\0" * 4096)
+        with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):  # fill the disk
+            while True:
+                f.write(b"\0" * 4096)
         before = snapshot(disk)
         rc, err = run(
             capsys,

@@ -14,7 +14,6 @@ import math
 import subprocess
 import sys
 
-import geoopt  # after hyperdm, which imports it (tests/test_manifold.py::test_import_is_silent covers the import itself)
 import mpmath
 import pytest
 import torch
@@ -22,6 +21,9 @@ import torch
 import hyperdm
 from hyperdm import StableLorentz
 from hyperdm import lorentz as L
+
+# isort: split
+import geoopt  # after hyperdm, which imports it (test_import_is_silent below covers the import itself)
 
 F64 = torch.float64
 KS = [0.5, 2.0]
@@ -115,7 +117,7 @@ def test_is_a_geoopt_lorentz_with_k_like_geoopt():
     assert isinstance(m.k, torch.nn.Parameter) and not m.k.requires_grad
     assert m.k.dtype == g.k.dtype and float(m.k) == 2.0
     assert StableLorentz(k=torch.tensor(0.3, dtype=F64), learnable=True).k.requires_grad
-    assert [p for p in StableLorentz(learnable=True).parameters()][0].requires_grad
+    assert next(iter(StableLorentz(learnable=True).parameters())).requires_grad
 
 
 @pytest.mark.parametrize("k", [0.0, -1.0, float("nan"), float("inf"), [1.0, 2.0]])
@@ -251,7 +253,7 @@ def test_float32_dist_of_close_points_far_out(radius):
         ys = [mpmath.mpf(float(a)) for a in y32[i, 1:].double()]
         x0 = mpmath.sqrt(k + sum(a * a for a in xs))
         y0 = mpmath.sqrt(k + sum(a * a for a in ys))
-        ref = mpmath.sqrt(k) * mpmath.acosh((x0 * y0 - sum(a * b for a, b in zip(xs, ys))) / k)
+        ref = mpmath.sqrt(k) * mpmath.acosh((x0 * y0 - sum(a * b for a, b in zip(xs, ys, strict=True))) / k)
         assert abs(float(d[i]) - ref) <= 1e-6 * ref, (i, float(d[i]), float(ref))
         refs.append(float(ref))
     # the same inputs through geoopt's textbook form (documents what StableLorentz is for)
@@ -307,7 +309,7 @@ def test_float32_inner_of_radial_vectors_far_out():
         xs = [mpmath.mpf(float(a)) for a in x[i, 1:].double()]
         us = [mpmath.mpf(float(a)) for a in u[i, 1:].double()]
         x0sq = k + sum(a * a for a in xs)
-        ref = sum(a * a for a in us) - sum(a * b for a, b in zip(xs, us)) ** 2 / x0sq
+        ref = sum(a * a for a in us) - sum(a * b for a, b in zip(xs, us, strict=True)) ** 2 / x0sq
         assert abs(float(got[i]) - ref) <= 1e-6 * ref, (i, float(got[i]), float(ref))
 
 

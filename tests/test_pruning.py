@@ -121,7 +121,7 @@ def test_feature_bank_float16_memmap(tmp_path):
 
 
 def test_feature_bank_rejects_nan():
-    imgs, ys, ex, batches = _bank_inputs()
+    _imgs, _ys, ex, batches = _bank_inputs()
     bad = [(b[0].clone(), b[1]) for b in batches]
     bad[1][0][0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="batch 1"):

@@ -40,11 +40,11 @@ def hunks_are_well_formed(text: str) -> int:
 
 
 def added(text: str) -> str:
-    return "\n".join(l[1:] for l in text.split("\n") if l.startswith("+") and not l.startswith("+++"))
+    return "\n".join(line[1:] for line in text.split("\n") if line.startswith("+") and not line.startswith("+++"))
 
 
 def removed(text: str) -> list[str]:
-    return [l[1:].strip() for l in text.split("\n") if l.startswith("-") and not l.startswith("---")]
+    return [line[1:].strip() for line in text.split("\n") if line.startswith("-") and not line.startswith("---")]
 
 
 def rows_in(code: str) -> dict:
@@ -59,9 +59,9 @@ def test_idm_patch():
     assert re.findall(r"^\+\+\+ b/(\S+)", raw, flags=re.M) == ["IDM_cifar10.py"]
     assert hunks_are_well_formed(raw) == 3
     # IDM's files use CRLF line ends: every context, removed and added line keeps its \r, headers have none
-    body = [l for l in raw.split("\n") if l[:1] in (" ", "-", "+") and not l.startswith(("---", "+++"))]
-    assert body and all(l.endswith("\r") for l in body)
-    assert not any(l.endswith("\r") for l in raw.split("\n") if l.startswith(("---", "+++", "@@")))
+    body = [ln for ln in raw.split("\n") if ln[:1] in (" ", "-", "+") and not ln.startswith(("---", "+++"))]
+    assert body and all(ln.endswith("\r") for ln in body)
+    assert not any(ln.endswith("\r") for ln in raw.split("\n") if ln.startswith(("---", "+++", "@@")))
     text = raw.replace("\r", "")
     mmd = "loss_c += torch.sum((torch.mean(output_real, dim=0) - torch.mean(output_syn, dim=0))**2)"
     assert removed(text) == [mmd]  # the MMD line is the only line removed ...

@@ -31,7 +31,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def _umask() -> int:
@@ -329,7 +329,10 @@ def load_synthetic(path: PathLike) -> tuple[Tensor, Tensor, dict[str, Any]]:
 
 
 class _RunLogHandler(logging.FileHandler):
-    """The run.log handler: a failed write (a full disk) is reported once, in one line, not as a traceback per record."""
+    """The run.log handler: a failed write (a full disk) is reported once, in one line.
+
+    Not as a traceback per record.
+    """
 
     _warned = False
 
@@ -433,7 +436,10 @@ class RunDir:
         return state
 
     def check_checkpoint(self) -> None:
-        """The cheap part of :meth:`load_checkpoint` (size, format, CRC-32; nothing is unpickled), to fail before any work."""
+        """The cheap part of :meth:`load_checkpoint`, to fail before any work.
+
+        Checks size, format and CRC-32; nothing is unpickled.
+        """
         try:
             _check_torch_container(self.checkpoint, "a hyperdm checkpoint")
         except CorruptFileError as e:

@@ -193,7 +193,10 @@ def crop(x: Tensor, tx: Tensor | int, ty: Tensor | int) -> Tensor:
 
 
 def cutout(x: Tensor, cx: Tensor | int, cy: Tensor | int, size: tuple[int, int]) -> Tensor:
-    """Zero, per image, rows ``[cx - size[0]//2, cx - size[0]//2 + size[0])`` x columns likewise for ``cy``, clipped to the image."""
+    """Zero, per image, rows ``[cx - size[0]//2, cx - size[0]//2 + size[0])`` x columns likewise for ``cy``.
+
+    The square is clipped to the image.
+    """
     _, _, h, w = x.shape
     cx, cy = _per_image_long(cx, x), _per_image_long(cy, x)
     i = torch.arange(h, device=x.device).view(1, h, 1)

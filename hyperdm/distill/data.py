@@ -29,6 +29,7 @@ Formats read (no torchvision needed):
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -184,7 +185,10 @@ def canonical_name(name: str) -> str:
 
 
 def _resolve_root(root: str | os.PathLike | None) -> tuple[Path, str | None]:
-    """The data root and who chose it: ``"--data-root"`` (the argument), ``"HYPERDM_DATA"``, or ``None`` (the default)."""
+    """The data root and who chose it.
+
+    The second item is ``"--data-root"`` (the argument), ``"HYPERDM_DATA"``, or ``None`` (the default).
+    """
     given: str | None = "--data-root"
     if root is None:
         env = os.environ.get("HYPERDM_DATA")
@@ -313,10 +317,8 @@ def _download_idx(target: Path, base_url: str, name: str) -> None:
                 shutil.copyfileobj(resp, f)
             os.replace(tmp, dest)
         except BaseException as e:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             if isinstance(e, Exception):
                 raise DatasetNotFoundError(
                     f"{name}: downloading {url} failed ({e}); put the idx files in {target} "
@@ -426,8 +428,8 @@ def _read_image(path: Path, size: int) -> np.ndarray:
             if (nw, nh) != (w, h):
                 resample = getattr(Image, "Resampling", Image).BILINEAR
                 im = im.resize((nw, nh), resample)
-            left = int(round((nw - size) / 2.0))
-            top = int(round((nh - size) / 2.0))
+            left = round((nw - size) / 2.0)
+            top = round((nh - size) / 2.0)
             im = im.crop((left, top, left + size, top + size))
         arr = np.asarray(im, dtype=np.uint8)
     return arr.transpose(2, 0, 1)
@@ -535,7 +537,7 @@ def _cifar100_load(d: Path, image_size: int | None) -> _Loaded:
     return xtr, ytr, xte, yte, names
 
 
-_CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+_CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 _CIFAR100_FILES = ("train", "test", "meta")
 
 

@@ -217,7 +217,10 @@ class VGG11(_Embedder):
 
 
 class _BasicBlock(nn.Module):
-    """conv3x3(stride) -> norm -> ReLU -> conv3x3 -> norm, plus shortcut (1x1 conv + norm when the shape changes), ReLU."""
+    """conv3x3(stride) -> norm -> ReLU -> conv3x3 -> norm, plus shortcut, ReLU.
+
+    The shortcut is a 1x1 conv + norm when the shape changes, the identity otherwise.
+    """
 
     def __init__(self, cin: int, cout: int, stride: int, norm: str) -> None:
         super().__init__()

@@ -83,7 +83,7 @@ def plot_poincare(
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="black", lw=1))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (kind, c), p, m in zip(kinds, pts, cents):
+    for (kind, c), p, m in zip(kinds, pts, cents, strict=True):
         col = colors[c % len(colors)]
         name = info.class_names[c] if c < len(info.class_names) else str(c)
         if kind == "real":

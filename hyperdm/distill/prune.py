@@ -1,4 +1,7 @@
-"""Hierarchical pruning of a real training set (paper Sec. 4.3), shared by ``distill --prune-keep`` and ``hyperdm prune``."""
+"""Hierarchical pruning of a real training set (paper Sec. 4.3).
+
+Shared by ``distill --prune-keep`` and ``hyperdm prune``.
+"""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def expand(images: Tensor, labels: Tensor, partition: int = 1) -> tuple[Tensor, 
         raise ValueError(f"partition must be a positive integer; got {partition!r}.")
     if f == 1:
         return images, labels
-    n, c, h, w = images.shape
+    _n, _c, h, w = images.shape
     if h % f or w % f:
         raise ValueError(
             f"images of size {h}x{w} cannot be split into a {f}x{f} grid; use a partition that divides both."
