@@ -11,7 +11,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -99,7 +99,7 @@ class RowStore:
             save(self.name, {**header, "rows": rows, **summary(rows)})
 
 
-def same_settings(row: dict[str, Any] | None, want: dict[str, Any]) -> bool:
+def same_settings(row: dict[str, Any] | None, want: dict[str, Any]) -> TypeGuard[dict[str, Any]]:
     """True when a saved ``row`` exists and agrees with every setting in ``want``."""
     return row is not None and all(row.get(key) == v for key, v in want.items())
 

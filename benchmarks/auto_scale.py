@@ -20,6 +20,7 @@ import tempfile
 import time
 
 from _results import machine, save
+from hyperdm import HyperbolicMatcher
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.loops import get_loop
 from hyperdm.distill.presets import paper_row, resolve
@@ -32,6 +33,8 @@ class _FirstCallDone(Exception):
 def first_call_scale(method: str, dataset: str, ipc: int, seed: int, real, device: str) -> tuple[float, float]:
     """(lambda chosen on the first batch, the paper's lambda) for one seed."""
     row = paper_row(method, dataset, ipc)
+    if row is None:
+        raise ValueError(f"the paper has no lambda for {method} on {dataset} at IPC {ipc}; pick a row it reports.")
     over = {"scale": "auto", "seed": seed, "device": device, "eval_runs": 0}
     cfg = resolve(preset="paper", method=method, matcher="hyperbolic", dataset=dataset, ipc=ipc, overrides=over)
     with tempfile.TemporaryDirectory() as out:
@@ -42,10 +45,13 @@ def first_call_scale(method: str, dataset: str, ipc: int, seed: int, real, devic
         def stop(*_: object) -> None:  # lambda is chosen inside the first call; nothing after it is needed
             raise _FirstCallDone
 
-        loop.matcher.register_forward_hook(stop)
+        matcher = loop.matcher
+        assert isinstance(matcher, HyperbolicMatcher)
+        matcher.register_forward_hook(stop)
         with contextlib.suppress(_FirstCallDone):
             loop.step(0)
-        return float(loop.matcher.scale), float(row.scale)
+        assert matcher.scale is not None  # chosen by the first call
+        return float(matcher.scale), float(row.scale)
 
 
 def main() -> None:

@@ -36,12 +36,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from _results import machine, save
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.loops import DMLoop
+from hyperdm.distill.models import _Embedder
 from hyperdm.distill.presets import resolve
 from hyperdm.distill.seeding import derive_seed
 
@@ -57,6 +59,7 @@ def split_variant(v: str) -> tuple[str, str]:
 def per_class_loss(loop: DMLoop, it: int) -> torch.Tensor:
     """The reference's structure: one forward per class and one matcher call per class, summed."""
     net = loop.fresh_network(it)
+    assert isinstance(net, _Embedder)  # every architecture of the zoo
     gen = loop.generator(it)
     loss = torch.zeros((), device=loop.device)
     for c in range(loop.num_classes):
@@ -183,6 +186,7 @@ def main() -> None:
             for v in variants:
                 structure, matcher = split_variant(v)
                 loop = loops[matcher]
+                assert loop.syn is not None and loop.optimizer is not None  # set up by make_loop
                 images = loop.syn.detach().clone()  # every variant steps from the same images in a round
                 opt_state = loop.optimizer.state_dict()
                 if a.device.startswith("cuda"):
@@ -207,7 +211,7 @@ def main() -> None:
                 c = child_peak(v, a, data_file)
                 peaks[v] = c["peak_rss_bytes"] - c["rss_before_iterations_bytes"]
     per_it = loops["mmd"].images_per_iteration()
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for v in variants:
         med = statistics.median(times[v])
         rows[v] = {
@@ -235,20 +239,21 @@ def main() -> None:
         c["max_rel_loss_difference_vs_batched_hyperbolic"] = max(
             abs(x - y) / abs(y) for x, y in zip(c["losses"], h["losses"], strict=True)
         )
-    for v, r in rows.items():
+    for v, row in rows.items():
         extra = "".join(
-            f"  {k} {r[k]:.3g}"
+            f"  {k} {row[k]:.3g}"
             for k in (
                 "speedup_vs_per_class",
                 "time_vs_batched_mmd",
                 "max_rel_loss_difference_vs_per_class",
                 "max_rel_loss_difference_vs_batched_hyperbolic",
             )
-            if k in r
+            if k in row
         )
-        mem = f"{r['peak_memory_bytes'] / 2**20:.0f} MiB" if r["peak_memory_bytes"] else "n/a"
+        mem = f"{row['peak_memory_bytes'] / 2**20:.0f} MiB" if row["peak_memory_bytes"] else "n/a"
         print(
-            f"{v:>22}: {r['median_seconds'] * 1000:8.1f} ms/it  {r['images_per_second']:8.0f} img/s  peak {mem}{extra}",
+            f"{v:>22}: {row['median_seconds'] * 1000:8.1f} ms/it  {row['images_per_second']:8.0f} img/s  "
+            f"peak {mem}{extra}",
             flush=True,
         )
     save(

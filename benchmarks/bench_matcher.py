@@ -49,6 +49,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import geoopt
 import numpy as np
@@ -116,7 +117,9 @@ class _CountOps(TorchDispatchMode):
         super().__init__()
         self.ops: list[str] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         self.ops.append(str(func.overloadpacket).split(".")[-1])
         return func(*args, **(kwargs or {}))
 
@@ -231,6 +234,7 @@ def cuda_peak_bytes(fn: LossFn, real: torch.Tensor, syn: torch.Tensor, device: t
 
 def loss_and_grad(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> tuple[float, torch.Tensor]:
     loss = fwd_bwd(fn, real, syn)
+    assert syn.grad is not None  # syn requires grad
     g = syn.grad.detach().clone()
     syn.grad = None
     return float(loss.detach()), g

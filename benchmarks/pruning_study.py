@@ -184,9 +184,8 @@ def main() -> None:
         out = Path(a.work) / rid.replace("/", "-")
         if same_settings(old, want):
             print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)
-            if (
-                "synthetic_mean_pixel" not in old and (out / "synthetic.pt").exists()
-            ):  # rows saved before it was recorded
+            # rows saved before it was recorded
+            if "synthetic_mean_pixel" not in old and (out / "synthetic.pt").exists():
                 store.put({**old, "synthetic_mean_pixel": synthetic_mean_pixel(out, real())}, header, summary)
             continue
         m, wall = distill_resumable(cfg, out)

@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         opt = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
         opt.zero_grad()
         loss.backward()
+        assert syn.grad is not None
         print(f"{name}: loss {loss.item():.6g}, |grad wrt synthetic images| {syn.grad.norm().item():.6g}")
         opt.step()
 
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     syn = syn_init.clone().requires_grad_(True)
     loss = HyperbolicMatcher(max_norm=None)(real_feat, embed_syn(syn))
     loss.backward()
+    assert syn.grad is not None
     print(
         f"(for comparison, HyperbolicMatcher(max_norm=None), no clamp: loss {loss.item():.6g}, "
         f"|grad wrt synthetic images| {syn.grad.norm().item():.6g})"

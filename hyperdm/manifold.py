@@ -137,8 +137,10 @@ class StableLorentz(geoopt.Lorentz):
         v = None if v is None else _last(v, dim)
         return _reduced(L.tangent_inner(_last(x, dim), _last(u, dim), v, k=self.k, keepdim=True), dim, keepdim)
 
-    def inner0(self, v: Tensor = None, *, keepdim: bool = False, dim: int = -1) -> Tensor:
+    def inner0(self, v: Tensor | None = None, *, keepdim: bool = False, dim: int = -1) -> Tensor:
         r"""Minkowski product with the origin ``o = (sqrt k, 0)``: ``-sqrt(k) v_0``."""
+        if v is None:  # optional only in geoopt's signature, which this overrides
+            raise TypeError("inner0() needs v, the tangent vector(s) at the origin.")
         v = _last(v, dim)
         return _reduced(-L._sqrt_k(self.k, v) * v[..., :1], dim, keepdim)
 

@@ -154,7 +154,7 @@ class FeatureBank:
         npdt = np.float16 if dtype == torch.float16 else np.float32
         chunks: list[np.ndarray] = []
         labels: list[Tensor] = []
-        mm: np.ndarray | None = None
+        mm: np.memmap | None = None
         pos = 0
         with torch.no_grad():
             for b, (images, y) in enumerate(batches):
@@ -171,6 +171,7 @@ class FeatureBank:
                 arr = torch.stack(feats).float().cpu().numpy().astype(npdt)
                 if path is not None:
                     if mm is None:
+                        assert num_samples is not None  # checked above, with path
                         mm = np.lib.format.open_memmap(
                             str(path), mode="w+", dtype=npdt, shape=(len(extractors), num_samples, arr.shape[-1])
                         )
@@ -185,7 +186,7 @@ class FeatureBank:
                 pos += arr.shape[1]
                 log.debug("feature bank: %d samples", pos)
         if path is not None:
-            if pos != num_samples:
+            if mm is None or pos != num_samples:
                 raise ValueError(f"the stream yielded {pos} samples, not num_samples={num_samples}.")
             mm.flush()
             return cls(mm, torch.cat(labels))

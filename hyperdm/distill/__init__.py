@@ -6,13 +6,26 @@ cross-architecture zoo), :mod:`.augment` (DSA), :mod:`.evaluate` (the standard p
 :mod:`.loops` (DM; IDM and Dance plug into the same base), :mod:`.plots`, :mod:`.cli`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .presets import DistillConfig, resolve
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["DistillConfig", "resolve", "distill"]
 
 
 def distill(
-    cfg: DistillConfig, out: str, *, resume: bool = False, overwrite: bool = False, progress: bool = True, matcher=None
+    cfg: DistillConfig,
+    out: str,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    matcher: nn.Module | None = None,
 ) -> dict:
     """Run one distillation as configured (load data, loop, evaluate, artifacts); returns the metrics.
 

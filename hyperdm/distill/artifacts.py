@@ -176,10 +176,11 @@ def check_writable(path: PathLike, *, what: str = "--out", fix: str | None = Non
         fd, tmp = tempfile.mkstemp(dir=base, prefix=".hyperdm-write-check-", suffix=".tmp")
     except OSError as e:
         if fix is None:
-            fix = {
+            fixes: dict[int | None, str] = {
                 errno.EROFS: f"the file system is read-only; choose {what} on a writable disk",
                 errno.ENOSPC: f"the disk is full; free some space or choose {what} on another disk",
-            }.get(e.errno, f"choose {what} in a directory you may write to")
+            }
+            fix = fixes.get(e.errno, f"choose {what} in a directory you may write to")
         raise NotWritableError(f"{what} {path}: cannot create files in {base} ({e.strerror}); {fix}.") from None
     os.close(fd)
     with contextlib.suppress(OSError):

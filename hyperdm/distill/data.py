@@ -43,6 +43,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -353,7 +355,7 @@ class UnsafePickleError(ValueError):
 class _DataUnpickler(pickle.Unpickler):
     """Builds numpy arrays, numbers, strings, bytes, lists and dicts; refuses every other global."""
 
-    def find_class(self, module: str, name: str):  # pickle.Unpickler's hook
+    def find_class(self, module: str, name: str) -> Any:  # pickle.Unpickler's hook
         if (module, name) not in _PICKLE_ALLOWED:
             raise UnsafePickleError(f"{module}.{name}")
         if module.startswith("numpy.core") and hasattr(np, "_core"):  # numpy 2 moved numpy.core to numpy._core
@@ -406,7 +408,7 @@ def _names(meta: dict, key: bytes, path: Path) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 
 
-def _pil():
+def _pil() -> ModuleType:
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - Pillow is a declared extra

@@ -272,7 +272,7 @@ class ResNet18(_Embedder):
 _ALIASES = "ConvNetD<depth> (e.g. ConvNetD4, ConvNetD5), ConvNetBN, ConvNetLN, ConvNetNN, VGG11BN, ResNet18BN"
 
 
-def get_network(name: str, channels: int, num_classes: int, im_size: tuple[int, int], **kwargs: Any) -> nn.Module:
+def get_network(name: str, channels: int, num_classes: int, im_size: tuple[int, int], **kwargs: Any) -> _Embedder:
     """Build architecture ``name`` (case-insensitive; '-' and '_' ignored).
 
     Names: ConvNet, AlexNet, VGG11, ResNet18 (``ARCHITECTURES``) and the aliases ConvNetD<depth>
@@ -297,11 +297,11 @@ def check_architecture(name: str) -> None:
     _parse(name)
 
 
-def _parse(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
+def _parse(name: str) -> tuple[type[_Embedder], dict[str, Any]]:
     """The class and the settings an architecture name stands for."""
     key = str(name).lower().replace("-", "").replace("_", "")
     forced: dict[str, Any] = {}
-    cls: type[nn.Module]
+    cls: type[_Embedder]
     if key == "convnet":
         cls = ConvNet
     elif (m := re.fullmatch(r"convnetd(\d+)", key)) is not None:
@@ -326,7 +326,7 @@ def _parse(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
 
 def seeded_network(
     name: str, channels: int, num_classes: int, im_size: tuple[int, int], *, seed: int, **kwargs: Any
-) -> nn.Module:
+) -> _Embedder:
     """:func:`get_network` initialised from ``torch.manual_seed(seed)`` on the CPU, without touching the
     caller's global RNG state; the same seed gives the same weights on every device."""
     with torch.random.fork_rng(devices=[]):

@@ -5,6 +5,8 @@ Shared by ``distill --prune-keep`` and ``hyperdm prune``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -57,7 +59,7 @@ def prune_indices(
     par = Parallel.current()
     mine_x, mine_y = (images[par.rank :: par.world], labels[par.rank :: par.world]) if par.enabled else (images, labels)
 
-    def batches():
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(0, mine_y.numel(), batch):
             yield mine_x[i : i + batch], mine_y[i : i + batch]
 
