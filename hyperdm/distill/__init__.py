@@ -6,13 +6,27 @@ cross-architecture zoo), :mod:`.augment` (DSA), :mod:`.evaluate` (the standard p
 :mod:`.loops` (DM; IDM and Dance plug into the same base), :mod:`.plots`, :mod:`.cli`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .presets import DistillConfig, resolve
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["DistillConfig", "resolve", "distill"]
 
 
-def distill(cfg: DistillConfig, out: str, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-            matcher=None) -> dict:
+def distill(
+    cfg: DistillConfig,
+    out: str,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    matcher: nn.Module | None = None,
+) -> dict:
     """Run one distillation as configured (load data, loop, evaluate, artifacts); returns the metrics.
 
     ``matcher`` replaces the matcher ``cfg`` asks for (any module ``matcher(real, syn) -> loss``
@@ -23,4 +37,6 @@ def distill(cfg: DistillConfig, out: str, *, resume: bool = False, overwrite: bo
     from .loops import get_loop
 
     real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-    return get_loop(cfg.method)(cfg, real, out, matcher=matcher, progress=progress).run(resume=resume, overwrite=overwrite)
+    return get_loop(cfg.method)(cfg, real, out, matcher=matcher, progress=progress).run(
+        resume=resume, overwrite=overwrite
+    )
