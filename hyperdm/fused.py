@@ -62,7 +62,7 @@ is one more row of the forward mat-vec, so no extra pass.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -95,14 +95,28 @@ def _spread_norms(v: Tensor, n: Tensor, ut: Tensor, chunked: bool) -> Tensor:
     if N * D <= CHUNK_ELEMENTS:
         g = CHUNK_ELEMENTS // (N * D)
         buf = torch.empty(g, N, D, dtype=v.dtype, device=v.device)
-        return torch.cat([torch.linalg.vector_norm(torch.addcmul(vc, nc, uc, value=-1.0, out=buf[: vc.shape[0]]), dim=-1)
-                          for vc, nc, uc in zip(v.split(g), n.split(g), ut.split(g))])
+        return torch.cat(
+            [
+                torch.linalg.vector_norm(torch.addcmul(vc, nc, uc, value=-1.0, out=buf[: vc.shape[0]]), dim=-1)
+                for vc, nc, uc in zip(v.split(g), n.split(g), ut.split(g), strict=True)
+            ]
+        )
     step = max(1, CHUNK_ELEMENTS // D)
     buf = torch.empty(1, step, D, dtype=v.dtype, device=v.device)
-    return torch.cat([torch.cat([torch.linalg.vector_norm(torch.addcmul(vc, nc, ut[c : c + 1], value=-1.0,
-                                                                        out=buf[:, : vc.shape[1]]), dim=-1)
-                                 for vc, nc in zip(v[c : c + 1].split(step, dim=1), n[c : c + 1].split(step, dim=1))], dim=-1)
-                      for c in range(C)])
+    return torch.cat(
+        [
+            torch.cat(
+                [
+                    torch.linalg.vector_norm(
+                        torch.addcmul(vc, nc, ut[c : c + 1], value=-1.0, out=buf[:, : vc.shape[1]]), dim=-1
+                    )
+                    for vc, nc in zip(v[c : c + 1].split(step, dim=1), n[c : c + 1].split(step, dim=1), strict=True)
+                ],
+                dim=-1,
+            )
+            for c in range(C)
+        ]
+    )
 
 
 def _per_side_sums(x: Tensor, N: int, M: int) -> Tensor:
@@ -113,30 +127,44 @@ def _per_side_sums(x: Tensor, N: int, M: int) -> Tensor:
 class _Pair:
     """Forward quantities of both sides, real first: per-point ``[C, N + M]``, per side ``[C, 2, ...]`` (float64)."""
 
-    def __init__(self, real: Tensor, syn: Tensor, sk: Union[float, Tensor], tmax: float, hierarchical: bool,
-                 mask: Optional[Tensor], reduce: Optional[lorentz.Reduce], k_rows: bool, chunk_real: bool,
-                 real_summary: Optional[tuple[Tensor, Tensor, Tensor]] = None, keep: bool = True,
-                 scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        real: Tensor,
+        syn: Tensor,
+        sk: float | Tensor,
+        tmax: float,
+        hierarchical: bool,
+        mask: Tensor | None,
+        reduce: lorentz.Reduce | None,
+        k_rows: bool,
+        chunk_real: bool,
+        real_summary: tuple[Tensor, Tensor, Tensor] | None = None,
+        keep: bool = True,
+        scale: float = 1.0,
+    ) -> None:
         if real_summary is not None:  # the real side comes summarised (Triton kernel): per-point work for syn only
             real = real[:, :0]
         N, M = real.shape[-2], syn.shape[-2]
         dt = real.dtype
-        n_dt = torch.cat((torch.linalg.vector_norm(real, dim=-1), torch.linalg.vector_norm(syn, dim=-1)), dim=-1)  # pass 1
+        n_dt = torch.cat(
+            (torch.linalg.vector_norm(real, dim=-1), torch.linalg.vector_norm(syn, dim=-1)), dim=-1
+        )  # pass 1
         n = n_dt.to(_F64)
-        tc = (n / sk).clamp(_TINY, tmax)                                  # t; below tmax the point moves radially
+        tc = (n / sk).clamp(_TINY, tmax)  # t; below tmax the point moves radially
         if mask is not None:
             tc = tc * mask
         em = torch.exp(-tc)
         b = torch.sinh(tc)
-        c = b + em                                                        # cosh(t), without cancellation
+        c = b + em  # cosh(t), without cancellation
         if tmax > _UNSCALED_RADIUS or dt not in (torch.float32, _F64):  # scale each class by e^{-T}, T its largest t
             if reduce is None:
                 top = tc.amax(-1, keepdim=True)
             else:  # every rank scales the real sums alike
                 top = torch.maximum(reduce(tc[:, :N].amax(-1, keepdim=True), "max"), tc[:, N:].amax(-1, keepdim=True))
             etop = torch.exp(-top)
-            b, c, em = b * etop, c * etop, em * etop                      # w sinh(t) e^{-T}, w cosh(t) e^{-T}, w e^{-t-T}
+            b, c, em = b * etop, c * etop, em * etop  # w sinh(t) e^{-T}, w cosh(t) e^{-T}, w e^{-t-T}
         h = None
+        w: Tensor | None = None
         if hierarchical:  # w(t) = t / sinh(t); h = w'/w = 1/t - coth(t) (-t/3 near 0), for the backward
             w = 1.0 / lorentz._sinhc(tc)
             small = tc < lorentz._small(_F64)
@@ -148,10 +176,10 @@ class _Pair:
         if w is not None:
             b, c, em = b * w, c * w, em * w
         nsafe = n.clamp_min(_TINY * sk)
-        gamma = b / nsafe                                                 # coefficient of v_i in m_s
-        cb = c if h is None else c + h * b                                # d(w sinh t)/dt e^{-T}
+        gamma = b / nsafe  # coefficient of v_i in m_s
+        cb = c if h is None else c + h * b  # d(w sinh t)/dt e^{-T}
         # per-side sums of b, c, e^{-t}
-        sums = _per_side_sums(torch.stack((b, c, em), dim=1), N, M).transpose(1, 2)          # [C, 2, 3]
+        sums = _per_side_sums(torch.stack((b, c, em), dim=1), N, M).transpose(1, 2)  # [C, 2, 3]
         # pass 2: the weighted sums m_s (a second real row for the k-gradient of a no-grad real side)
         g_r, g_s = gamma.to(dt).split([N, M], dim=-1)
         rows_r = g_r.unsqueeze(1)
@@ -179,7 +207,7 @@ class _Pair:
         sp = (dev.to(_F64) / nsafe).square()
         # one point has no spread (rounding of u and u~ would leave eps^2 there)
         # (the backward drops the spread's derivative there too: self.multi, per side)
-        self.multi: tuple[Union[float, Tensor], Union[float, Tensor]]
+        self.multi: tuple[float | Tensor, float | Tensor]
         if mask is not None:
             counts = _per_side_sums(mask, N, M)
             if reduce is not None:
@@ -197,9 +225,9 @@ class _Pair:
         if reduce is not None:
             spread = torch.stack((reduce(spread[:, 0], "sum"), spread[:, 1]), dim=-1)
         a_plus = sums[..., 1] + bsum
-        q = torch.addcmul(sums[..., 2] * a_plus, bsum, spread)             # -<m,m>_L, cancellation-free
-        self.kappa = sk * q.rsqrt()                                        # sqrt(k) / sqrt(Q)
-        self.ys = ms * self.kappa.unsqueeze(-1)                            # centroids' space parts [C, 2, D]
+        q = torch.addcmul(sums[..., 2] * a_plus, bsum, spread)  # -<m,m>_L, cancellation-free
+        self.kappa = sk * q.rsqrt()  # sqrt(k) / sqrt(Q)
+        self.ys = ms * self.kappa.unsqueeze(-1)  # centroids' space parts [C, 2, D]
         # the distance, by the chord form of lorentz.dist
         ny = torch.linalg.vector_norm(self.ys, dim=-1)
         self.ab = ny / sk
@@ -207,17 +235,21 @@ class _Pair:
         self.diff = self.u[:, 0] - self.u[:, 1]
         ash = torch.asinh(self.ab)
         self.delta = ash[:, 0] - ash[:, 1]
-        self.qd = torch.addcmul(torch.sinh(self.delta * 0.5).square(), self.ab.prod(-1),
-                                torch.linalg.vector_norm(self.diff, dim=-1).square(), value=0.25)
+        self.qd = torch.addcmul(
+            torch.sinh(self.delta * 0.5).square(),
+            self.ab.prod(-1),
+            torch.linalg.vector_norm(self.diff, dim=-1).square(),
+            value=0.25,
+        )
         self.scale = scale
-        self.d = (2.0 * scale * sk) * torch.asinh(self.qd.sqrt())          # scale * d; qd >= 0 (non-negative terms)
+        self.d = (2.0 * scale * sk) * torch.asinh(self.qd.sqrt())  # scale * d; qd >= 0 (non-negative terms)
         if keep:  # what the backward reads
             self.N, self.M, self.tmax = N, M, tmax
             self.ms, self.q = ms, q
             self.cosh = torch.cosh(ash)
             # per point, stacked once: [C, 7 or 8, N + M]
             self.points = torch.stack((nsafe, gamma, tc, cb, em, b + c, sp) + (() if h is None else (h,)), dim=1)
-            self.sides = torch.stack((a_plus, sums[..., 2], bsum, spread), dim=-1)      # [C, 2, 4]
+            self.sides = torch.stack((a_plus, sums[..., 2], bsum, spread), dim=-1)  # [C, 2, 4]
 
     def side_points(self, i: int) -> tuple[Tensor, ...]:
         """Side ``i``'s per-point rows: nsafe, gamma, t, cb, e^{-t}, e^{t}, spread [, h] (each ``[C, N or M]``)."""
@@ -249,18 +281,23 @@ class _Pair:
         radial = f * torch.sinh(self.delta) / self.cosh[:, i]
         return torch.addcmul(radial.unsqueeze(-1) * self.u[:, i], (f * self.ab[:, 1 - i]).unsqueeze(-1), self.diff)
 
-    def grad_v(self, i: int, v: Optional[Tensor], gam: Tensor, sk: Union[float, Tensor], go: Tensor,
-               need_k: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    def grad_v(
+        self, i: int, v: Tensor | None, gam: Tensor, sk: float | Tensor, go: Tensor, need_k: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
         """``go`` times the gradient of the distance with respect to side ``i``'s features ``v`` (``v``'s dtype;
         None without ``v``), and ``sum_j v_j . grad_j`` of the distance itself when ``need_k`` (for ``k``; a
         no-grad real side reads it from the forward's second row)."""
         ys, ms, kappa = self.ys[:, i], self.ms[:, i], self.kappa[:, i]
-        lam2 = torch.linalg.vecdot(gam, ys) / self.q[:, i]                 # 2 lambda
+        lam2 = torch.linalg.vecdot(gam, ys) / self.q[:, i]  # 2 lambda
         multi = self.multi[i]
-        hvec = torch.addcmul(kappa.unsqueeze(-1) * gam, (lam2 if isinstance(multi, float) and multi == 1.0 else lam2 * multi).unsqueeze(-1), ms)
+        hvec = torch.addcmul(
+            kappa.unsqueeze(-1) * gam,
+            (lam2 if isinstance(multi, float) and multi == 1.0 else lam2 * multi).unsqueeze(-1),
+            ms,
+        )
         pts = self.side_points(i)
         nsafe, gamma, tc, cb = pts[:4]
-        free = tc < self.tmax                                              # radius not clamped: it moves
+        free = tc < self.tmax  # radius not clamped: it moves
         dq = self.dq(pts, self.sides[:, i])
         ks, ls = (kappa / sk).unsqueeze(-1), (lam2 * (0.5 / sk)).unsqueeze(-1)
         if v is None:  # the real side without grad: only its share of the k-gradient
@@ -268,32 +305,63 @@ class _Pair:
             kq = (free * nsafe * dq).sum(-1)
             return None, (kappa * torch.linalg.vecdot(self.ksum, gam) - 0.5 * lam2 * kq) / sk
         dt = v.dtype
-        pg, ph = torch.bmm(v, torch.stack((gam, hvec), dim=-1).to(dt)).to(_F64).unbind(-1)   # v . Γ, v . H
+        pg, ph = torch.bmm(v, torch.stack((gam, hvec), dim=-1).to(dt)).to(_F64).unbind(-1)  # v . Γ, v . H
         radial = torch.addcmul(ks * cb * pg / nsafe, ls, dq, value=-1.0) * free
         g = go.unsqueeze(-1)
         coef_v = torch.addcdiv(radial, gamma * ph, nsafe, value=-1.0) * (g / nsafe)
-        grad = torch.baddbmm(coef_v.to(dt).unsqueeze(-1) * v, (gamma * g).to(dt).unsqueeze(-1), hvec.to(dt).unsqueeze(1))
+        grad = torch.baddbmm(
+            coef_v.to(dt).unsqueeze(-1) * v, (gamma * g).to(dt).unsqueeze(-1), hvec.to(dt).unsqueeze(1)
+        )
         return grad, (nsafe * radial).sum(-1) if need_k else None
 
 
 class _HDDDistance(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, real: Tensor, syn: Tensor, k: Optional[Tensor], kf: float, rmask: Optional[Tensor],
-                smask: Optional[Tensor], tmax: float, hierarchical: bool, reduce: Optional[lorentz.Reduce],
-                use_kernel: bool, scale: float, out_dtype: torch.dtype) -> Tensor:
-        sk: Union[float, Tensor] = kf ** 0.5 if k is None else k.to(_F64).sqrt()
+    def forward(
+        ctx: Any,
+        real: Tensor,
+        syn: Tensor,
+        k: Tensor | None,
+        kf: float,
+        rmask: Tensor | None,
+        smask: Tensor | None,
+        tmax: float,
+        hierarchical: bool,
+        reduce: lorentz.Reduce | None,
+        use_kernel: bool,
+        scale: float,
+        out_dtype: torch.dtype,
+    ) -> Tensor:
+        sk: float | Tensor = kf**0.5 if k is None else k.to(_F64).sqrt()
         need_r, need_s, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         mask = None
         if rmask is not None or smask is not None:
-            mask = torch.cat((rmask if rmask is not None else real.new_ones(real.shape[:2], dtype=_F64),
-                              smask if smask is not None else syn.new_ones(syn.shape[:2], dtype=_F64)), dim=-1)
+            mask = torch.cat(
+                (
+                    rmask if rmask is not None else real.new_ones(real.shape[:2], dtype=_F64),
+                    smask if smask is not None else syn.new_ones(syn.shape[:2], dtype=_F64),
+                ),
+                dim=-1,
+            )
         summary = None
         if use_kernel:
             from . import triton_kernels
 
             summary = triton_kernels.real_summary(real, sk=float(sk), tmax=tmax)
-        p = _Pair(real, syn, sk, tmax, hierarchical, mask, reduce, k_rows=need_k and not need_r, chunk_real=not need_r,
-                  real_summary=summary, keep=need_r or need_s or need_k, scale=scale)
+        p = _Pair(
+            real,
+            syn,
+            sk,
+            tmax,
+            hierarchical,
+            mask,
+            reduce,
+            k_rows=need_k and not need_r,
+            chunk_real=not need_r,
+            real_summary=summary,
+            keep=need_r or need_s or need_k,
+            scale=scale,
+        )
         ctx.pair, ctx.sk = p, sk
         if k is not None:
             ctx.k_dtype, ctx.k_shape = k.dtype, k.shape
@@ -301,12 +369,12 @@ class _HDDDistance(torch.autograd.Function):
         return p.d.to(out_dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_d: Tensor) -> tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, grad_d: Tensor) -> tuple[Tensor | None, ...]:
         real, syn = ctx.saved_tensors
         p, sk = ctx.pair, ctx.sk
         go = grad_d.to(_F64)  # the scale is in the chord gradient and in p.d
         need_k = ctx.needs_input_grad[2]
-        out: list[Optional[Tensor]] = [None] * 12
+        out: list[Tensor | None] = [None] * 12
         vdot: Any = 0.0
         for i, v in enumerate((real, syn)):
             if v is not None or (need_k and i == 0):
@@ -323,13 +391,13 @@ def hdd_distance(
     real: Tensor,
     syn: Tensor,
     *,
-    k: Union[float, Tensor],
-    max_norm: Optional[float] = 10.0,
+    k: float | Tensor,
+    max_norm: float | None = 10.0,
     hierarchical: bool = False,
-    real_mask: Optional[Tensor] = None,
-    syn_mask: Optional[Tensor] = None,
-    reduce: Optional[lorentz.Reduce] = None,
-    fused: Union[bool, str] = "auto",
+    real_mask: Tensor | None = None,
+    syn_mask: Tensor | None = None,
+    reduce: lorentz.Reduce | None = None,
+    fused: bool | str = "auto",
     scale: float = 1.0,
     dtype: torch.dtype = _F64,
 ) -> Tensor:
@@ -362,11 +430,21 @@ def hdd_distance(
     use_kernel = _kernel_choice(fused, real, syn, k, real_mask, syn_mask, hierarchical, reduce)
     rm = None if real_mask is None else real_mask.to(_F64)
     sm = None if syn_mask is None else syn_mask.to(_F64)
-    return _HDDDistance.apply(real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce, use_kernel, float(scale), dtype)
+    return _HDDDistance.apply(
+        real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce, use_kernel, float(scale), dtype
+    )
 
 
-def _kernel_choice(fused: Union[bool, str], real: Tensor, syn: Tensor, k: Union[float, Tensor], real_mask: Optional[Tensor],
-                   syn_mask: Optional[Tensor], hierarchical: bool, reduce: Optional[lorentz.Reduce]) -> bool:
+def _kernel_choice(
+    fused: bool | str,
+    real: Tensor,
+    syn: Tensor,
+    k: float | Tensor,
+    real_mask: Tensor | None,
+    syn_mask: Tensor | None,
+    hierarchical: bool,
+    reduce: lorentz.Reduce | None,
+) -> bool:
     if fused is False:
         return False
     if fused not in (True, "auto"):
