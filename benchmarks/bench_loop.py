@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from _results import machine, save
-from hyperdm.distill.data import load_dataset
+from hyperdm.distill.data import DatasetInfo, RealData, load_dataset
 from hyperdm.distill.loops import DMLoop
 from hyperdm.distill.models import _Embedder
 from hyperdm.distill.presets import resolve
@@ -127,6 +127,23 @@ def class_subset(real, per_class: int):
     )
 
 
+def save_subset(real: RealData, path: str) -> None:
+    """Write ``real`` as plain tensors and values, so the child reads it back with ``weights_only=True``."""
+    torch.save(
+        {
+            **{f.name: getattr(real, f.name) for f in dataclasses.fields(real) if f.name != "info"},
+            "info": dataclasses.asdict(real.info),
+        },
+        path,
+    )
+
+
+def load_subset(path: str) -> RealData:
+    """Read what :func:`save_subset` wrote (``torch.load(weights_only=True)``)."""
+    d = torch.load(path, weights_only=True)
+    return RealData(**{**d, "info": DatasetInfo(**d["info"])})
+
+
 def child_peak(variant: str, a: argparse.Namespace, data_file: str) -> dict:
     """Run one variant in a fresh process on a small data file; its peak resident set minus its resident set
     just before the iterations is what the iterations add (CPU). The small file keeps loading below that peak."""
@@ -169,7 +186,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if a.peak_of:  # child: one variant on the small data file, report what the iterations add to the RSS
             structure, matcher = split_variant(a.peak_of)
-            real = torch.load(a.peak_data, weights_only=False)
+            real = load_subset(a.peak_data)
             loop = make_loop(matcher, a, real, tmp)
             before = rss_bytes()
             for it in range(2):
@@ -206,7 +223,7 @@ def main() -> None:
                     losses[v].append(value)
         if not a.device.startswith("cuda"):
             data_file = f"{tmp}/subset.pt"
-            torch.save(class_subset(real, 2 * a.batch_real), data_file)
+            save_subset(class_subset(real, 2 * a.batch_real), data_file)
             for v in variants:
                 c = child_peak(v, a, data_file)
                 peaks[v] = c["peak_rss_bytes"] - c["rss_before_iterations_bytes"]
