@@ -24,13 +24,26 @@ __all__ = ["all_reduce_fn", "check_process_group", "gather_strided", "reduce_cen
 
 
 def check_process_group(group: Any) -> None:
-    """Raise a clear error unless ``torch.distributed`` is initialised (``group`` is then used as given)."""
+    """Raise a clear error unless ``torch.distributed`` is initialised and ``group`` is a process group
+    this process belongs to (an all-reduce over a group without this process would silently do nothing)."""
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError(
             "process_group was given but torch.distributed is not initialised; call "
             "torch.distributed.init_process_group(...) first (torchrun sets the environment for it), "
             "or pass process_group=None for single-process matching."
         )
+    if isinstance(group, dist.ProcessGroup):
+        return
+    if isinstance(group, int) and group == dist.GroupMember.NON_GROUP_MEMBER:
+        raise ValueError(
+            f"process_group: rank {dist.get_rank()} is not a member of this group (torch.distributed.new_group "
+            "returns this placeholder to the ranks it leaves out); pass a group that holds every rank taking "
+            "part, e.g. torch.distributed.group.WORLD."
+        )
+    raise ValueError(
+        f"process_group must be a torch.distributed process group (torch.distributed.group.WORLD, or one "
+        f"made by torch.distributed.new_group); got {type(group).__name__}."
+    )
 
 
 def check_no_grad(real: Tensor) -> None:
