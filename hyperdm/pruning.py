@@ -277,7 +277,8 @@ class FeatureBank:
         return path.with_name(name + ".npy"), path.with_name(name + ".json")
 
     def save(self, path: str | Path) -> None:
-        """Write ``<path>.npy`` (features) and ``<path>.json`` (labels, dtype)."""
+        """Write ``<path>.npy`` (the features ``[E, N, D]``, in their own dtype, which the ``.npy`` header
+        records) and ``<path>.json`` (the labels). :meth:`load` reads both back unchanged."""
         npy, js = self._files(path)
         np.save(npy, np.asarray(self._features))
         js.write_text(json.dumps({"labels": self.labels.tolist()}))
