@@ -12,10 +12,10 @@ rank alike. Use it as ``HyperbolicMatcher(..., process_group=torch.distributed.g
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
-import torch.distributed as dist
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from .lorentz import CentroidSums, Reduce
@@ -55,7 +55,7 @@ def check_no_grad(real: Tensor) -> None:
         )
 
 
-def all_reduce_fn(group: Optional[Any] = None) -> Reduce:
+def all_reduce_fn(group: Any | None = None) -> Reduce:
     """``reduce(x, op)`` for :func:`hyperdm.lorentz.feature_centroid`: sum or max over the ranks of ``group``.
 
     Returns a new tensor (the input is not modified). Only for tensors without autograd history:
@@ -101,11 +101,12 @@ def reduce_centroid_sums(sums: CentroidSums, reduce: Reduce) -> CentroidSums:
     ut_r = sums.ms / torch.where(sums.b > 0, sums.b, torch.ones_like(sums.b))
     own = share * (sums.spread + sums.b * (ut_r - ut).square().sum(-1, keepdim=True))
     spread = reduce(own, "sum") * inv
-    return CentroidSums(weight=weight, top=top, m0=m0, ms=ms, a_minus=a_minus, a_plus=a_plus, b=b, spread=spread,
-                        points=points)
+    return CentroidSums(
+        weight=weight, top=top, m0=m0, ms=ms, a_minus=a_minus, a_plus=a_plus, b=b, spread=spread, points=points
+    )
 
 
-def gather_strided(local: Tensor, total: int, group: Optional[Any] = None) -> Tensor:
+def gather_strided(local: Tensor, total: int, group: Any | None = None) -> Tensor:
     """Reassemble a tensor sharded by stride: rank ``r`` of ``W`` holds rows ``r, r+W, r+2W, ...`` of ``total``.
 
     Every rank gets the whole ``[total, ...]`` tensor, rows in global order (one ``all_gather``;

@@ -20,7 +20,8 @@ and divisions at zero with a "double ``where``" so that gradients stay finite.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -52,7 +53,7 @@ __all__ = [
     "transp_follow",
 ]
 
-Curvature = Union[float, Tensor]
+Curvature = float | Tensor
 #: ``reduce(tensor, op)`` with op ``"sum"`` or ``"max"``: combines per-group partial results of several
 #: processes (see :mod:`hyperdm.distributed`); ``None`` means this process holds every point.
 Reduce = Callable[[Tensor, str], Tensor]
@@ -108,7 +109,7 @@ def inner(x: Tensor, y: Tensor, *, keepdim: bool = False) -> Tensor:
     return out if keepdim else out.squeeze(-1)
 
 
-def expmap0(v: Tensor, *, k: Curvature, max_norm: Optional[float] = None) -> Tensor:
+def expmap0(v: Tensor, *, k: Curvature, max_norm: float | None = None) -> Tensor:
     r"""Exponential map at the origin :math:`o = (\sqrt{k}, 0)` of a feature ``v`` in R^D.
 
     .. math::
@@ -180,9 +181,9 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False) -> Tensor
         \frac{\|x-y\|_L^2}{4k} = \sinh^2\!\frac{t_x-t_y}{2}
         + \frac{|x_s|\,|y_s|}{k}\,\frac{\|u_x-u_y\|^2}{4},
 
-    so the radial and angular parts never cancel against each other: not near zero distance (where ``acosh`` loses half the digits
-    and ``-<x,y>`` rounds below ``k``), not for far points (where ``|x_s-y_s|^2 - (x_0-y_0)^2``
-    subtracts numbers of size ``k cosh(t)^2``). Only the space parts are read (``x_0`` is
+    so the radial and angular parts never cancel against each other: not near zero distance (where
+    ``acosh`` loses half the digits and ``-<x,y>`` rounds below ``k``), not for far points (where
+    ``|x_s-y_s|^2 - (x_0-y_0)^2`` subtracts numbers of size ``k cosh(t)^2``). Only the space parts are read (``x_0`` is
     implied by the hyperboloid). The result is exactly 0, with gradient 0, at ``x == y``.
     The difference of the two directions ``u_x - u_y`` does cancel for nearly coincident
     points, so lower-precision inputs are evaluated in float64 (then cast back): the
@@ -241,7 +242,7 @@ def hierarchical_weight(r: Tensor, *, k: Curvature) -> Tensor:
     return 1.0 / _sinhc(r / _sqrt_k(k, r))
 
 
-def radius0(v: Tensor, *, k: Curvature, max_norm: Optional[float] = None) -> Tensor:
+def radius0(v: Tensor, *, k: Curvature, max_norm: float | None = None) -> Tensor:
     r"""``dist0(expmap0(v, k=k, max_norm=max_norm), k=k)`` without forming the point.
 
     The exp-map at the origin is a radial isometry, so the radius is
@@ -271,7 +272,7 @@ def centroid(
     x: Tensor,
     *,
     k: Curvature,
-    weights: Optional[Tensor] = None,
+    weights: Tensor | None = None,
     dim: int = -2,
     keepdim: bool = False,
 ) -> Tensor:
@@ -355,10 +356,10 @@ def feature_centroid_sums(
     v: Tensor,
     *,
     k: Curvature,
-    max_norm: Optional[float] = None,
-    weights: Optional[Tensor] = None,
+    max_norm: float | None = None,
+    weights: Tensor | None = None,
     hierarchical: bool = False,
-    mask: Optional[Tensor] = None,
+    mask: Tensor | None = None,
 ) -> CentroidSums:
     r"""The :class:`CentroidSums` of the features ``v`` ``[..., N, D]`` of each group (this process's points).
 
@@ -369,8 +370,14 @@ def feature_centroid_sums(
     if v.dim() != 3:
         lead = v.shape[:-2]
         flat = lambda a: None if a is None else a.reshape(-1, a.shape[-1])  # noqa: E731
-        sums = feature_centroid_sums(v.reshape(-1, *v.shape[-2:]), k=k, max_norm=max_norm, weights=flat(weights),
-                                     hierarchical=hierarchical, mask=flat(mask))
+        sums = feature_centroid_sums(
+            v.reshape(-1, *v.shape[-2:]),
+            k=k,
+            max_norm=max_norm,
+            weights=flat(weights),
+            hierarchical=hierarchical,
+            mask=flat(mask),
+        )
         return CentroidSums(*(x.reshape(*lead, x.shape[-1]) for x in sums))
     if mask is not None:
         v = torch.where(mask.unsqueeze(-1), v, torch.zeros_like(v))
@@ -390,12 +397,12 @@ def feature_centroid_sums(
     top = tc.amax(-1, keepdim=True).detach()
     e_plus = w * torch.exp(tc - top)
     e_minus = w * torch.exp(-tc - top)
-    half_one_minus = -torch.expm1(-2.0 * tc) / 2.0          # (1 - e^{-2t}) / 2
-    b = e_plus * half_one_minus                            # w sinh(t) e^{-top}
+    half_one_minus = -torch.expm1(-2.0 * tc) / 2.0  # (1 - e^{-2t}) / 2
+    b = e_plus * half_one_minus  # w sinh(t) e^{-top}
     small = t < _small(wd)
     t_safe = torch.where(small, torch.ones_like(t), t)
     ratio = torch.where(small, 1.0 - t + (2.0 / 3.0) * t * t, half_one_minus / t_safe)
-    gamma = e_plus * ratio / sk                            # coefficient of v_i in m_s
+    gamma = e_plus * ratio / sk  # coefficient of v_i in m_s
     ms = (gamma.to(v.dtype).unsqueeze(-2) @ v).squeeze(-2).to(wd)
     m0 = ((e_plus + e_minus) / 2.0).sum(-1, keepdim=True)
     b_sum = b.sum(-1, keepdim=True)
@@ -427,11 +434,11 @@ def feature_centroid(
     v: Tensor,
     *,
     k: Curvature,
-    max_norm: Optional[float] = None,
-    weights: Optional[Tensor] = None,
+    max_norm: float | None = None,
+    weights: Tensor | None = None,
     hierarchical: bool = False,
-    mask: Optional[Tensor] = None,
-    reduce: Optional[Reduce] = None,
+    mask: Tensor | None = None,
+    reduce: Reduce | None = None,
 ) -> Tensor:
     r"""``centroid(expmap0(v, k=k, max_norm=max_norm), k=k)`` of features, fused.
 
@@ -466,8 +473,13 @@ def feature_centroid(
         lead = v.shape[:-2]
         flat = lambda a: None if a is None else a.reshape(-1, a.shape[-1])  # noqa: E731
         c = feature_centroid(
-            v.reshape(-1, *v.shape[-2:]), k=k, max_norm=max_norm, weights=flat(weights),
-            hierarchical=hierarchical, mask=flat(mask), reduce=reduce,
+            v.reshape(-1, *v.shape[-2:]),
+            k=k,
+            max_norm=max_norm,
+            weights=flat(weights),
+            hierarchical=hierarchical,
+            mask=flat(mask),
+            reduce=reduce,
         )
         return c.reshape(*lead, c.shape[-1])
     sums = feature_centroid_sums(v, k=k, max_norm=max_norm, weights=weights, hierarchical=hierarchical, mask=mask)
@@ -517,7 +529,7 @@ def _tanhc_half(t: Tensor) -> Tensor:
     return torch.where(small, 0.5 - t * t / 24.0, torch.tanh(ts / 2.0) / ts)
 
 
-def tangent_inner(x: Tensor, u: Tensor, v: Optional[Tensor] = None, *, k: Curvature, keepdim: bool = False) -> Tensor:
+def tangent_inner(x: Tensor, u: Tensor, v: Tensor | None = None, *, k: Curvature, keepdim: bool = False) -> Tensor:
     r"""Riemannian inner product :math:`\langle u, v\rangle_x` of tangent vectors at ``x``.
 
     .. math::
@@ -628,7 +640,7 @@ def logmap(x: Tensor, y: Tensor, *, k: Curvature) -> Tensor:
     return _with_time(xs, w / _sinhc(t), x0)
 
 
-def transp_follow(x: Tensor, u: Tensor, v: Tensor, *, k: Curvature, y: Optional[Tensor] = None) -> Tensor:
+def transp_follow(x: Tensor, u: Tensor, v: Tensor, *, k: Curvature, y: Tensor | None = None) -> Tensor:
     r"""Parallel transport of ``v`` (tangent at ``x``) along the geodesic ``exp_x(s u)``, ``s`` in [0, 1].
 
     .. math::

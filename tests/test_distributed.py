@@ -12,12 +12,16 @@ import torch.multiprocessing as mp
 
 from hyperdm import HyperbolicMatcher, MMDMatcher, hyperbolic_matching_loss
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+)
 
 # name -> matcher factory taking a process group (None: single process)
 MATCHERS = {
     "hdd": lambda g: HyperbolicMatcher(k=1.0, scale=20.0, process_group=g),
-    "hdd-noclamp-hier-k2": lambda g: HyperbolicMatcher(k=2.0, scale=3.0, max_norm=None, hierarchical=True, process_group=g),
+    "hdd-noclamp-hier-k2": lambda g: HyperbolicMatcher(
+        k=2.0, scale=3.0, max_norm=None, hierarchical=True, process_group=g
+    ),
     "hdd-auto": lambda g: HyperbolicMatcher(scale="auto", process_group=g),
     "hdd-none": lambda g: HyperbolicMatcher(reduction="none", process_group=g),
     "mmd": lambda g: MMDMatcher(process_group=g),
@@ -61,10 +65,16 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         results["auto_scale"] = m.scale
         errors = {}
         for name, call in {
-            "labels": lambda: hyperbolic_matching_loss(shard.flatten(0, 1), syn.flatten(0, 1), process_group=dist.group.WORLD,
-                                                       real_labels=torch.arange(3).repeat_interleave(shard.shape[1]),
-                                                       syn_labels=torch.arange(3).repeat_interleave(2)),
-            "real_grad": lambda: HyperbolicMatcher(process_group=dist.group.WORLD)(shard.clone().requires_grad_(True), syn),
+            "labels": lambda: hyperbolic_matching_loss(
+                shard.flatten(0, 1),
+                syn.flatten(0, 1),
+                process_group=dist.group.WORLD,
+                real_labels=torch.arange(3).repeat_interleave(shard.shape[1]),
+                syn_labels=torch.arange(3).repeat_interleave(2),
+            ),
+            "real_grad": lambda: HyperbolicMatcher(process_group=dist.group.WORLD)(
+                shard.clone().requires_grad_(True), syn
+            ),
         }.items():
             try:
                 call()
@@ -89,8 +99,9 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
 
         bank = FeatureBank(feats[:, rank::2].numpy(), labels[rank::2])
         for method in ("radius", "centroid"):
-            results[f"bank_{method}"] = bank.select(0.3, method=method, process_group=dist.group.WORLD, num_classes=5,
-                                                     total=labels.numel())
+            results[f"bank_{method}"] = bank.select(
+                0.3, method=method, process_group=dist.group.WORLD, num_classes=5, total=labels.numel()
+            )
         results["bank_centroid_scores"] = bank.scores("centroid", process_group=dist.group.WORLD, num_classes=5)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
@@ -161,4 +172,3 @@ def test_sharded_feature_bank_selects_what_one_process_selects(two_ranks, method
         for rank in range(2):
             torch.testing.assert_close(two_ranks[rank]["bank_centroid_scores"], ref[rank::2], rtol=1e-10, atol=1e-12)
         assert not torch.allclose(FeatureBank(feats[:, 0::2].numpy(), labels[0::2]).scores("centroid"), ref[0::2])
-

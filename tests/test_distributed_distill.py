@@ -16,7 +16,9 @@ import torch.distributed as dist
 from hyperdm.distill.augment import dsa
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+)
 
 
 def test_siamese_dsa_commutes_with_striding_the_batch():
@@ -36,8 +38,14 @@ def test_each_rank_forwards_its_stride_of_the_real_batch(tmp_path, tiny_fmnist_r
     from hyperdm.distill.parallel import Parallel
     from hyperdm.distill.presets import resolve
 
-    cfg = resolve(preset="cpu", method="dm", matcher="mmd", dataset="fashion-mnist", ipc=1,
-                  overrides={"data_root": str(tiny_fmnist_root), "batch_real": 6, "eval_runs": 0})
+    cfg = resolve(
+        preset="cpu",
+        method="dm",
+        matcher="mmd",
+        dataset="fashion-mnist",
+        ipc=1,
+        overrides={"data_root": str(tiny_fmnist_root), "batch_real": 6, "eval_runs": 0},
+    )
     seen = []
 
     def recorder(real, syn, **kw):
@@ -56,24 +64,59 @@ def test_each_rank_forwards_its_stride_of_the_real_batch(tmp_path, tiny_fmnist_r
 
 
 def _distill(args, out, *, procs=None, **kw):
-    cmd = [sys.executable, "-m", "hyperdm", "--log-level", "WARNING", "distill", *args, "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hyperdm",
+        "--log-level",
+        "WARNING",
+        "distill",
+        *args,
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     if procs:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
-               "-m", "hyperdm", *cmd[3:]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={procs}",
+            "-m",
+            "hyperdm",
+            *cmd[3:],
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, **kw)
 
 
 def test_two_processes_give_the_one_process_synthetic_set(tmp_path, tiny_fmnist_root):
-    args = ["--data-root", str(tiny_fmnist_root), "--ipc", "2", "--iterations", "3", "--batch-real", "6",
-            "--eval-runs", "0", "--checkpoint-every", "1", "--seed", "3"]
+    args = [
+        "--data-root",
+        str(tiny_fmnist_root),
+        "--ipc",
+        "2",
+        "--iterations",
+        "3",
+        "--batch-real",
+        "6",
+        "--eval-runs",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--seed",
+        "3",
+    ]
     one = _distill(args, tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]
     two = _distill(args, tmp_path / "two", procs=2)
     assert two.returncode == 0, two.stderr[-3000:]
     zero = _distill([*args[:5], "0", *args[6:]], tmp_path / "zero")  # --iterations 0: the initial images
     assert zero.returncode == 0, zero.stderr[-3000:]
-    s0, s1, s2 = (torch.load(tmp_path / d / "synthetic.pt", weights_only=False)["data"][0][0] for d in ("zero", "one", "two"))
+    s0, s1, s2 = (
+        torch.load(tmp_path / d / "synthetic.pt", weights_only=False)["data"][0][0] for d in ("zero", "one", "two")
+    )
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m2["processes"] == 2 and "processes" not in m1
@@ -89,14 +132,34 @@ def test_two_processes_give_the_one_process_synthetic_set(tmp_path, tiny_fmnist_
 def test_idm_two_processes_give_the_one_process_synthetic_set(tmp_path, tiny_fmnist_root):
     """IDM: matching batches and the queue networks' training batches are split; every copy of a queue network
     takes the single-process step (gradients all-reduced), so the runs agree up to float rounding."""
-    args = ["--method", "idm", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "2", "--batch-real", "6",
-            "--net-batch", "10", "--model-train-steps", "2", "--eval-runs", "0", "--seed", "2"]
+    args = [
+        "--method",
+        "idm",
+        "--data-root",
+        str(tiny_fmnist_root),
+        "--ipc",
+        "1",
+        "--iterations",
+        "2",
+        "--batch-real",
+        "6",
+        "--net-batch",
+        "10",
+        "--model-train-steps",
+        "2",
+        "--eval-runs",
+        "0",
+        "--seed",
+        "2",
+    ]
     runs = {}
     for name, procs in (("one", None), ("two", 2)):
         r = _distill(args, tmp_path / name, procs=procs)
         assert r.returncode == 0, r.stderr[-3000:]
-        runs[name] = (torch.load(tmp_path / name / "synthetic.pt", weights_only=False)["data"][0][0],
-                      json.loads((tmp_path / name / "metrics.json").read_text())["loss"])
+        runs[name] = (
+            torch.load(tmp_path / name / "synthetic.pt", weights_only=False)["data"][0][0],
+            json.loads((tmp_path / name / "metrics.json").read_text())["loss"],
+        )
     (s1, l1), (s2, l2) = runs["one"], runs["two"]
     # After one iteration the two runs' images are bit-identical here. From the second on, float32 differences of
     # the split queue-network batches grow, and much faster on some CPUs: on an AMD EPYC the second step already
@@ -107,14 +170,36 @@ def test_idm_two_processes_give_the_one_process_synthetic_set(tmp_path, tiny_fmn
 
 def test_dance_two_processes_give_the_one_process_synthetic_set(tmp_path, tiny_fmnist_root):
     """Dance: rank 0 trains the experts into the cache, the other rank loads them; real batches are split."""
-    args = ["--method", "dance", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "2", "--batch-real", "6",
-            "--experts", "2", "--expert-epochs", "1", "--expert-per-class", "10", "--eval-runs", "0", "--seed", "4"]
+    args = [
+        "--method",
+        "dance",
+        "--data-root",
+        str(tiny_fmnist_root),
+        "--ipc",
+        "1",
+        "--iterations",
+        "2",
+        "--batch-real",
+        "6",
+        "--experts",
+        "2",
+        "--expert-epochs",
+        "1",
+        "--expert-per-class",
+        "10",
+        "--eval-runs",
+        "0",
+        "--seed",
+        "4",
+    ]
     runs = {}
     for name, procs in (("one", None), ("two", 2)):
         r = _distill([*args, "--expert-dir", str(tmp_path / f"experts-{name}")], tmp_path / name, procs=procs)
         assert r.returncode == 0, r.stderr[-3000:]
-        runs[name] = (torch.load(tmp_path / name / "synthetic.pt", weights_only=False)["data"][0][0],
-                      json.loads((tmp_path / name / "metrics.json").read_text())["loss"])
+        runs[name] = (
+            torch.load(tmp_path / name / "synthetic.pt", weights_only=False)["data"][0][0],
+            json.loads((tmp_path / name / "metrics.json").read_text())["loss"],
+        )
     assert len(list((tmp_path / "experts-two").iterdir())) == 1  # one cache entry, written once
     (s1, l1), (s2, l2) = runs["one"], runs["two"]
     assert torch.allclose(torch.tensor(l2), torch.tensor(l1), rtol=1e-6), (l1, l2)
@@ -124,15 +209,14 @@ def test_dance_two_processes_give_the_one_process_synthetic_set(tmp_path, tiny_f
 def test_data_parallel_misuse_is_a_clear_error(tmp_path, tiny_fmnist_root, monkeypatch):
     from hyperdm import MMDMatcher
     from hyperdm.distill.data import load_dataset
-    from hyperdm.distill.loops import DMLoop
-    from hyperdm.distill.loops import base
+    from hyperdm.distill.loops import DMLoop, base
     from hyperdm.distill.parallel import Parallel
     from hyperdm.distill.presets import resolve
 
     monkeypatch.setattr(base.Parallel, "current", classmethod(lambda cls: Parallel(rank=0, world=2)))
     cfg = resolve(overrides={"data_root": str(tiny_fmnist_root), "ipc": 1, "eval_runs": 0})
     real = load_dataset("fashion-mnist", str(tiny_fmnist_root))
-    with pytest.raises(ValueError, match="process_group=torch.distributed.group.WORLD"):
+    with pytest.raises(ValueError, match=r"process_group=torch\.distributed\.group\.WORLD"):
         DMLoop(cfg, real, str(tmp_path), matcher=MMDMatcher())
 
     class OneProcessLoop(DMLoop):
@@ -146,15 +230,49 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path, ti
     import signal
     import time
 
-    args = ["--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "12", "--batch-real", "6",
-            "--eval-runs", "0", "--checkpoint-every", "1", "--seed", "5"]
+    args = [
+        "--data-root",
+        str(tiny_fmnist_root),
+        "--ipc",
+        "1",
+        "--iterations",
+        "12",
+        "--batch-real",
+        "6",
+        "--eval-runs",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--seed",
+        "5",
+    ]
     full = _distill(args, tmp_path / "full", procs=2)
     assert full.returncode == 0, full.stderr[-3000:]
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "hyperdm",
-           "--log-level", "WARNING", "distill", *args, "--out", str(killed), "--no-progress"]
-    q = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "hyperdm",
+        "--log-level",
+        "WARNING",
+        "distill",
+        *args,
+        "--out",
+        str(killed),
+        "--no-progress",
+    ]
+    q = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and q.poll() is None:
         try:
@@ -181,12 +299,29 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path, ti
 def test_prune_under_torchrun_keeps_what_one_process_keeps(tmp_path, tiny_fmnist_root):
     kept = {}
     for name, procs in (("one", None), ("two", 2)):
-        cmd = [sys.executable, "-m", "hyperdm", "prune", "--dataset", "fashion-mnist", "--data-root", str(tiny_fmnist_root),
-               "--keep", "0.3", "--score", "centroid", "--nets", "2", "--out", str(tmp_path / name)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "hyperdm",
+            "prune",
+            "--dataset",
+            "fashion-mnist",
+            "--data-root",
+            str(tiny_fmnist_root),
+            "--keep",
+            "0.3",
+            "--score",
+            "centroid",
+            "--nets",
+            "2",
+            "--out",
+            str(tmp_path / name),
+        ]
         if procs:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *cmd[1:]]
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        r = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         kept[name] = np.load(tmp_path / f"{name}.npy")
     assert kept["one"].shape == (90,) and np.array_equal(kept["one"], kept["two"])
-

@@ -88,7 +88,7 @@ def gen(*parts) -> torch.Generator:
 class Exact:
     """A float tensor's values as exact integers times 2**-S."""
 
-    __slots__ = ("t", "ints", "S")
+    __slots__ = ("S", "ints", "t")
 
     def __init__(self, t: torch.Tensor):
         self.t = t.detach().double().reshape(-1).contiguous()
@@ -100,7 +100,7 @@ class Exact:
         nz = mant != 0
         self.S = int(-ex[nz].min()) if nz.any() else 0
         shift = np.where(nz, ex + self.S, 0)
-        self.ints = [mi << si for mi, si in zip(mant.tolist(), shift.tolist())]
+        self.ints = [mi << si for mi, si in zip(mant.tolist(), shift.tolist(), strict=True)]
 
 
 def edot(a: Exact, b: Exact):
@@ -148,12 +148,12 @@ class RefPoint:
     terms: list
 
     @staticmethod
-    def of(x: torch.Tensor) -> "RefPoint":
+    def of(x: torch.Tensor) -> RefPoint:
         """The point with the given (module-computed) coordinates, read exactly."""
         x = x.detach().double()
         return RefPoint(mp.mpf(float(x[0])), [(mp.mpf(1), Exact(x[1:]))])
 
-    def sdot(self, other: "RefPoint"):
+    def sdot(self, other: RefPoint):
         return mp.fsum(a * b * edot(u, v) for a, u in self.terms for b, v in other.terms)
 
     def snorm(self):
@@ -208,10 +208,10 @@ def ref_centroid(points: list, k, weights=None) -> RefPoint:
 def lorentz_defect(x: torch.Tensor, k: float) -> float:
     """|<x,x>_L + k| / x_0^2 of the given coordinates, exactly."""
     p = RefPoint.of(x)
-    return float(abs(-p.x0**2 + p.sdot(p) + k) / p.x0**2)
+    return float(abs(-(p.x0**2) + p.sdot(p) + k) / p.x0**2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sweep(k: float, D: int, dtype: torch.dtype) -> tuple[torch.Tensor, tuple]:
     """One feature per radius in TS (units of sqrt(k)), random directions, rounded to dtype."""
     g = gen("sweep", k, D)
@@ -280,7 +280,7 @@ def naive_dist(x: torch.Tensor, y: torch.Tensor, k: float) -> torch.Tensor:
 def naive_law(x: torch.Tensor, k: float) -> torch.Tensor:
     """Textbook Law centroid sqrt(k) m / sqrt(|<m,m>_L|) in the inputs' dtype."""
     m = x.mean(-2)
-    mm = -m[..., 0] ** 2 + (m[..., 1:] ** 2).sum(-1)
+    mm = -(m[..., 0] ** 2) + (m[..., 1:] ** 2).sum(-1)
     return math.sqrt(k) * m / mm.abs().sqrt().unsqueeze(-1)
 
 
@@ -295,15 +295,15 @@ def test_reference_self_consistency():
             x, y = ref_point(fa, k), ref_point(fb, k)
             xs = [mp.mpf(float(c)) * x.terms[0][0] for c in a]
             ys = [mp.mpf(float(c)) * y.terms[0][0] for c in b]
-            diff = [p - q for p, q in zip(xs, ys)]
+            diff = [p - q for p, q in zip(xs, ys, strict=True)]
             chord = mp.sqrt(-((x.x0 - y.x0) ** 2) + mp.fdot(diff, diff))
             d1 = 2 * sk * mp.asinh(chord / (2 * sk))
             d2 = ref_dist(x, y, k)
             d3 = sk * mp.acosh((x.x0 * y.x0 - mp.fdot(xs, ys)) / k)
             assert abs(d1 - d2) < mp.mpf(10) ** -35 * (1 + d1) and abs(d3 - d2) < mp.mpf(10) ** -30
-            assert abs(-x.x0**2 + mp.fdot(xs, xs) + k) < mp.mpf(10) ** -35 * x.x0**2
+            assert abs(-(x.x0**2) + mp.fdot(xs, xs) + k) < mp.mpf(10) ** -35 * x.x0**2
             assert abs(x.radius(k) - fa.r) < mp.mpf(10) ** -35 * (1 + fa.r)
-            m = [(x.x0 + y.x0) / 2] + [(p + q) / 2 for p, q in zip(xs, ys)]
+            m = [(x.x0 + y.x0) / 2] + [(p + q) / 2 for p, q in zip(xs, ys, strict=True)]
             c = ref_centroid([x, y], k)
             nn = mp.sqrt(m[0] ** 2 - mp.fdot(m[1:], m[1:]))
             assert abs(c.x0 - sk * m[0] / nn) < mp.mpf(10) ** -35 * c.x0
@@ -395,10 +395,8 @@ def test_dist_near_zero_distance(k, D, dtype):
         if t == 0:
             continue
         for kind, step in [("radial", 1e-2), ("radial", 1e-4), ("across", 1e-3), ("across", 1e-5)]:
-            if kind == "radial":
-                b = v[i].double() * (1.0 - step)
-            else:  # a step of relative size `step` of the radius, across the ray
-                b = v[i].double() + step * t * sk * w[i]
+            # radial: shrink; across: a step of relative size `step` of the radius, across the ray
+            b = v[i].double() * (1.0 - step) if kind == "radial" else v[i].double() + step * t * sk * w[i]
             b = b.to(dtype)
             fb = feature(b)
             ref = float(ref_dist(ref_point(feats[i], k), ref_point(fb, k), k))
@@ -412,7 +410,7 @@ def test_dist_near_zero_distance(k, D, dtype):
 
 @pytest.mark.parametrize("k,D,dtype", ALL, ids=_id)
 def test_inner_and_project_match_reference(k, D, dtype):
-    v, feats = sweep(k, D, dtype)
+    _v, feats = sweep(k, D, dtype)
     e = eps_of(dtype)
     g = gen("inner", k, D)
     pts = torch.stack([ref_point(f, k).tensor() for f in feats]).to(dtype)
@@ -480,7 +478,7 @@ def test_poincare_maps_match_reference(k, D, dtype):
 @pytest.mark.parametrize("k", KS)
 def test_hierarchical_weight_matches_reference(k, dtype):
     sk = math.sqrt(k)
-    ts = list(TS) + [20.0, 50.0]
+    ts = [*list(TS), 20.0, 50.0]
     r = (torch.tensor(ts, dtype=torch.float64) * sk).to(dtype)
     w = L.hierarchical_weight(r, k=k)
     assert w.dtype == dtype and w.shape == r.shape
@@ -534,7 +532,9 @@ def test_feature_centroid_matches_reference(k, D, dtype, mode):
             t = f.r / sk if max_norm is None else min(f.r / sk, mp.mpf(max_norm))
             w[i] *= 1 if t == 0 else t / mp.sinh(t)
     ref = ref_centroid([ref_point(f, k, max_norm) for f in feats], k, w)
-    c = L.feature_centroid(v[None], k=k, max_norm=max_norm, weights=None if weights is None else weights[None], hierarchical=hier)
+    c = L.feature_centroid(
+        v[None], k=k, max_norm=max_norm, weights=None if weights is None else weights[None], hierarchical=hier
+    )
     assert c.shape == (1, D + 1)
     check_centroid(c[0], ref, k, dtype, f"feature_centroid {mode}")
     # the output is float64, but its space part carries the input dtype's precision
@@ -547,18 +547,27 @@ def _ref_sums(feats, k, max_norm, weights, hier):
     ts = [f.r / sk if max_norm is None else min(f.r / sk, mp.mpf(max_norm)) for f in feats]
     w = [mp.mpf(1)] * len(feats) if weights is None else [mp.mpf(float(a)) for a in weights]
     if hier:
-        w = [wi * (1 if t == 0 else t / mp.sinh(t)) for wi, t in zip(w, ts)]
+        w = [wi * (1 if t == 0 else t / mp.sinh(t)) for wi, t in zip(w, ts, strict=True)]
     total = mp.fsum(w)
     wn = [wi / total for wi in w]
     top = max(ts)
-    b = [wi * mp.sinh(t) * mp.exp(-top) for wi, t in zip(wn, ts)]
+    b = [wi * mp.sinh(t) * mp.exp(-top) for wi, t in zip(wn, ts, strict=True)]
     B = mp.fsum(b)
-    ms = RefPoint(0, [(bi / f.r, f.ex) for bi, f in zip(b, feats) if f.r != 0])  # sum_i b_i u_i
+    ms = RefPoint(0, [(bi / f.r, f.ex) for bi, f in zip(b, feats, strict=True) if f.r != 0])  # sum_i b_i u_i
     ut_dot = [ms.sdot(RefPoint(0, [(1 / f.r, f.ex)])) / B if f.r != 0 else 0 for f in feats]  # u_i . ũ
-    spread = mp.fsum(bi * (1 - 2 * d + ms.sdot(ms) / B**2) for bi, d, f in zip(b, ut_dot, feats) if f.r != 0)
-    return dict(weight=total, top=top, m0=mp.fsum(wi * mp.cosh(t) * mp.exp(-top) for wi, t in zip(wn, ts)),
-                ms=ms.tensor()[1:], a_minus=mp.fsum(wi * mp.exp(-t - top) for wi, t in zip(wn, ts)),
-                a_plus=mp.fsum(wi * mp.exp(t - top) for wi, t in zip(wn, ts)), b=B, spread=spread)
+    spread = mp.fsum(
+        bi * (1 - 2 * d + ms.sdot(ms) / B**2) for bi, d, f in zip(b, ut_dot, feats, strict=True) if f.r != 0
+    )
+    return {
+        "weight": total,
+        "top": top,
+        "m0": mp.fsum(wi * mp.cosh(t) * mp.exp(-top) for wi, t in zip(wn, ts, strict=True)),
+        "ms": ms.tensor()[1:],
+        "a_minus": mp.fsum(wi * mp.exp(-t - top) for wi, t in zip(wn, ts, strict=True)),
+        "a_plus": mp.fsum(wi * mp.exp(t - top) for wi, t in zip(wn, ts, strict=True)),
+        "b": B,
+        "spread": spread,
+    }
 
 
 @pytest.mark.parametrize("mode", ["plain", "all"])
@@ -570,9 +579,12 @@ def test_feature_centroid_sums_and_finalise(k, D, dtype, mode):
     max_norm = 2.5 if mode == "all" else None
     weights = wts if mode == "all" else None
     hier = mode == "all"
-    sums = L.feature_centroid_sums(v[None], k=k, max_norm=max_norm, weights=None if weights is None else weights[None],
-                                   hierarchical=hier)
-    assert all(x.dtype == torch.float64 and x.shape == (1, D if name == "ms" else 1) for name, x in sums._asdict().items())
+    sums = L.feature_centroid_sums(
+        v[None], k=k, max_norm=max_norm, weights=None if weights is None else weights[None], hierarchical=hier
+    )
+    assert all(
+        x.dtype == torch.float64 and x.shape == (1, D if name == "ms" else 1) for name, x in sums._asdict().items()
+    )
     ref = _ref_sums(feats, k, max_norm, weights, hier)
     e = eps_of(dtype)
     assert float(sums.points) == len(feats)
@@ -580,14 +592,25 @@ def test_feature_centroid_sums_and_finalise(k, D, dtype, mode):
         assert abs(float(getattr(sums, name)) - float(ref[name])) <= 16 * e * abs(float(ref[name])), name
     B = float(ref["b"])
     assert (sums.ms[0] - ref["ms"]).norm() <= 16 * e * B, "ms"  # |ms| <= B: the b_i-weighted sum of unit vectors
-    assert abs(float(sums.spread) - float(ref["spread"])) <= 64 * e * B, ("spread", float(sums.spread), float(ref["spread"]))
+    assert abs(float(sums.spread) - float(ref["spread"])) <= 64 * e * B, (
+        "spread",
+        float(sums.spread),
+        float(ref["spread"]),
+    )
     c = L.centroid_from_sums(sums, k=k)
-    fc = L.feature_centroid(v[None], k=k, max_norm=max_norm, weights=None if weights is None else weights[None], hierarchical=hier)
+    fc = L.feature_centroid(
+        v[None], k=k, max_norm=max_norm, weights=None if weights is None else weights[None], hierarchical=hier
+    )
     assert torch.equal(c, fc)
     w = [mp.mpf(1)] * len(feats) if weights is None else [mp.mpf(float(a)) for a in weights]
     if hier:
-        w = [wi * (lambda t: 1 if t == 0 else t / mp.sinh(t))(min(f.r / mp.sqrt(k), mp.mpf(max_norm))) for wi, f in zip(w, feats)]
-    check_centroid(c[0], ref_centroid([ref_point(f, k, max_norm) for f in feats], k, w), k, dtype, f"centroid_from_sums {mode}")
+        w = [
+            wi * (lambda t: 1 if t == 0 else t / mp.sinh(t))(min(f.r / mp.sqrt(k), mp.mpf(max_norm)))
+            for wi, f in zip(w, feats, strict=True)
+        ]
+    check_centroid(
+        c[0], ref_centroid([ref_point(f, k, max_norm) for f in feats], k, w), k, dtype, f"centroid_from_sums {mode}"
+    )
 
 
 def _stacked_reduce(ranks: int):
@@ -610,14 +633,18 @@ def test_reduced_centroid_sums_are_the_union(hier, max_norm):
 
     g = gen("reduce", hier, max_norm)
     C, N, D, R, k = 3, 9, 6, 3, 1.5
-    v = torch.randn(C, N, D, generator=g, dtype=torch.float64) * torch.rand(C, N, 1, generator=g, dtype=torch.float64) * 6
+    v = (
+        torch.randn(C, N, D, generator=g, dtype=torch.float64)
+        * torch.rand(C, N, 1, generator=g, dtype=torch.float64)
+        * 6
+    )
     wts = torch.rand(C, N, generator=g, dtype=torch.float64) + 0.1
     owner = torch.randint(0, R, (C, N), generator=g)
     owner[1][owner[1] == 2] = 0  # rank 2 holds no point of class 1
     owner[0, :4] = 1  # unequal shards
     masks = torch.stack([owner == r for r in range(R)])  # [R, C, N]: each rank a padded copy of its points
     shards = torch.where(masks[..., None], v, torch.zeros_like(v))
-    kw = dict(k=k, max_norm=max_norm, hierarchical=hier)
+    kw = {"k": k, "max_norm": max_norm, "hierarchical": hier}
     local = L.feature_centroid_sums(shards, weights=wts.expand(R, C, N), mask=masks, **kw)
     assert torch.equal(local.weight[2, 1], torch.zeros(1, dtype=torch.float64))
     union = L.feature_centroid_sums(v, weights=wts, **kw)
@@ -629,8 +656,10 @@ def test_reduced_centroid_sums_are_the_union(hier, max_norm):
         else:
             torch.testing.assert_close(x, want, rtol=1e-13, atol=0, msg=name)
     want = L.feature_centroid(v, weights=wts, **kw)
-    for c in (L.centroid_from_sums(reduced, k=k), L.feature_centroid(shards, weights=wts.expand(R, C, N), mask=masks,
-                                                                      reduce=_stacked_reduce(R), **kw)):
+    for c in (
+        L.centroid_from_sums(reduced, k=k),
+        L.feature_centroid(shards, weights=wts.expand(R, C, N), mask=masks, reduce=_stacked_reduce(R), **kw),
+    ):
         torch.testing.assert_close(c, want.expand_as(c), rtol=1e-12, atol=0)
     # a shard alone is not the union (the check above can fail)
     alone = L.centroid_from_sums(local, k=k)
@@ -711,10 +740,17 @@ def test_centroid_of_identical_and_single_points(k, D, dtype):
         x0 = float(ref[0])
         # a single point (even far out) is its own centroid; so are five copies of it
         for c, name in [(L.centroid(x[None], k=k), "single"), (L.centroid(x.expand(5, D + 1), k=k), "identical")]:
-            assert ((c.double() - x.double()).abs() <= 4 * e * x0).all(), f"centroid of {name} point(s), t={t}: {c} vs {x}"
+            assert ((c.double() - x.double()).abs() <= 4 * e * x0).all(), (
+                f"centroid of {name} point(s), t={t}: {c} vs {x}"
+            )
         # the fused version, against the exact point of v
-        for f, name in [(L.feature_centroid(v[None, None], k=k)[0], "single"), (L.feature_centroid(v.expand(1, 5, D), k=k)[0], "identical")]:
-            assert ((f.double() - ref).abs() <= 4 * e * (1 + t) * x0).all(), f"feature_centroid of {name} point(s), t={t}"
+        for f, name in [
+            (L.feature_centroid(v[None, None], k=k)[0], "single"),
+            (L.feature_centroid(v.expand(1, 5, D), k=k)[0], "identical"),
+        ]:
+            assert ((f.double() - ref).abs() <= 4 * e * (1 + t) * x0).all(), (
+                f"feature_centroid of {name} point(s), t={t}"
+            )
 
 
 @pytest.mark.parametrize("k,D,dtype", ALL, ids=_id)
@@ -781,10 +817,16 @@ def test_feature_centroid_equals_centroid_of_expmap0(k, dtype):
                 assert (d <= tol).all(), f"max_norm={max_norm} weighted={weights is not None} hier={hier}: {d} > {tol}"
                 for i in range(C):
                     one = L.feature_centroid(
-                        v[i : i + 1], k=k, max_norm=max_norm, weights=None if weights is None else weights[i : i + 1], hierarchical=hier
+                        v[i : i + 1],
+                        k=k,
+                        max_norm=max_norm,
+                        weights=None if weights is None else weights[i : i + 1],
+                        hierarchical=hier,
                     )
                     assert torch.allclose(one[0], fc[i], rtol=1e-12, atol=0), "batched feature_centroid != per class"
-                    assert torch.allclose(L.centroid(x[i], k=k, weights=w[i]), c[i], rtol=1e-12, atol=0), "batched centroid != per class"
+                    assert torch.allclose(L.centroid(x[i], k=k, weights=w[i]), c[i], rtol=1e-12, atol=0), (
+                        "batched centroid != per class"
+                    )
 
 
 @pytest.mark.parametrize("max_norm", [None, 10.0])
@@ -808,7 +850,10 @@ def test_feature_centroid_mask_excludes_points(k, dtype, max_norm):
                 ref = L.feature_centroid(sub, k=k, max_norm=max_norm, weights=ws, hierarchical=hier)[0]
                 # normwise: summation order differs between the padded and the compacted batch (CPU-dependent)
                 tol = 64 * eps_of(torch.float64) * ref.abs().max().item()
-                assert torch.allclose(fc[i], ref, rtol=64 * eps_of(torch.float64), atol=tol), (i, (fc[i] - ref).abs().max())
+                assert torch.allclose(fc[i], ref, rtol=64 * eps_of(torch.float64), atol=tol), (
+                    i,
+                    (fc[i] - ref).abs().max(),
+                )
             fc.sum().backward()
             assert torch.isfinite(padded.grad).all()
             assert (padded.grad[~mask] == 0).all(), "masked points must get zero gradient"
@@ -826,7 +871,9 @@ def test_feature_centroid_mask_ignores_any_finite_padding(dtype):
     fc = L.feature_centroid(padded, k=1.0, mask=mask)
     for i in range(C):
         ref = L.feature_centroid(v[i][mask[i]][None], k=1.0)[0]
-        assert torch.allclose(fc[i], ref, rtol=1e-12, atol=0), f"padding {big:.3g} leaked into class {i}: {fc[i]} vs {ref}"
+        assert torch.allclose(fc[i], ref, rtol=1e-12, atol=0), (
+            f"padding {big:.3g} leaked into class {i}: {fc[i]} vs {ref}"
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
@@ -855,7 +902,12 @@ def test_centroid_dim_and_weights_layout():
     assert torch.allclose(L.centroid(x, k=2.0, dim=0, weights=w), ref_w, rtol=1e-13, atol=0)
     # square layout: the weights must not silently be read transposed
     xs, ws = x[:3], w[:3]
-    assert torch.allclose(L.centroid(xs, k=2.0, dim=0, weights=ws), L.centroid(xs.transpose(0, 1), k=2.0, weights=ws.T), rtol=1e-13, atol=0)
+    assert torch.allclose(
+        L.centroid(xs, k=2.0, dim=0, weights=ws),
+        L.centroid(xs.transpose(0, 1), k=2.0, weights=ws.T),
+        rtol=1e-13,
+        atol=0,
+    )
 
 
 # ----------------------------------------------------------------------------- precision far out
@@ -961,7 +1013,9 @@ def test_gradcheck_centroids(k):
 
 
 def _hdd(real, syn, k, max_norm):
-    return L.dist(L.feature_centroid(real, k=k, max_norm=max_norm), L.feature_centroid(syn, k=k, max_norm=max_norm), k=k)
+    return L.dist(
+        L.feature_centroid(real, k=k, max_norm=max_norm), L.feature_centroid(syn, k=k, max_norm=max_norm), k=k
+    )
 
 
 @pytest.mark.parametrize("max_norm", [None, 10.0])
