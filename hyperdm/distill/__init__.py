@@ -6,21 +6,47 @@ cross-architecture zoo), :mod:`.augment` (DSA), :mod:`.evaluate` (the standard p
 :mod:`.loops` (DM; IDM and Dance plug into the same base), :mod:`.plots`, :mod:`.cli`.
 """
 
-from .presets import DistillConfig, resolve
+import dataclasses
+import logging
 
-__all__ = ["DistillConfig", "resolve", "distill"]
+from .config import DanceConfig, DistillConfig, EvalConfig, IDMConfig, MatcherConfig, validate
+from .presets import resolve
+from .settings import NOT_GIVEN
+
+__all__ = ["DistillConfig", "MatcherConfig", "EvalConfig", "IDMConfig", "DanceConfig", "NOT_GIVEN", "resolve", "distill"]
 
 
 def distill(cfg: DistillConfig, out: str, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
             matcher=None) -> dict:
     """Run one distillation as configured (load data, loop, evaluate, artifacts); returns the metrics.
 
-    ``matcher`` replaces the matcher ``cfg`` asks for (any module ``matcher(real, syn) -> loss``
-    taking ``[C, N, D]`` features). A directory ``out`` that holds a run is refused
-    (FileExistsError) unless ``resume`` (continue it) or ``overwrite`` (replace its run files).
+    Checks first, writing nothing when one fails: the settings, the device, that ``out`` may receive the
+    run (a directory that holds one is refused, FileExistsError, unless ``resume``: continue it, or
+    ``overwrite``: replace its run files), that it is writable, and a checkpoint to resume. Under torchrun
+    it joins the process group (``cuda`` becomes ``cuda:LOCAL_RANK``; rank 0 writes and logs); ``cfg``
+    itself is not changed. ``matcher`` replaces the matcher ``cfg`` asks for (any module
+    ``matcher(real, syn) -> loss`` taking ``[C, N, D]`` features).
     """
+    from .artifacts import RunDir, check_writable
     from .data import load_dataset
     from .loops import get_loop
+    from .parallel import check_device, joined
 
-    real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-    return get_loop(cfg.method)(cfg, real, out, matcher=matcher, progress=progress).run(resume=resume, overwrite=overwrite)
+    validate(cfg)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
+    check_device(cfg.device)
+    loop_cls = get_loop(cfg.method)
+    rd = RunDir(out)
+    why = rd.refusal(resume=resume, overwrite=overwrite)
+    if why:
+        raise FileExistsError(why)
+    check_writable(rd.path)
+    if resume and rd.checkpoint.exists():
+        rd.check_checkpoint()  # container and CRC checks now; the loop reads it (weights_only) before distilling
+    with joined(cfg.device) as (par, device):  # under torchrun: join the process group, cuda -> cuda:LOCAL_RANK
+        if not par.is_main:  # rank 0 speaks for the run
+            logging.getLogger("hyperdm").setLevel(logging.WARNING)
+        cfg = dataclasses.replace(cfg, device=device)
+        real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+        return loop_cls(cfg, real, out, matcher=matcher, progress=progress).run(resume=resume, overwrite=overwrite)

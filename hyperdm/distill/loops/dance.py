@@ -48,9 +48,8 @@ log = logging.getLogger(__name__)
 
 
 def expert_config(cfg: Any) -> ExpertConfig:
-    """The :class:`ExpertConfig` of a :class:`~hyperdm.distill.presets.DistillConfig`."""
-    return ExpertConfig(count=cfg.experts, epochs=cfg.expert_epochs, lr=cfg.expert_lr, batch=cfg.expert_batch,
-                        model=cfg.model, per_class=cfg.expert_per_class, seed=cfg.expert_seed)
+    """The :class:`ExpertConfig` of a :class:`~hyperdm.distill.config.DistillConfig` (its ``dance.experts``, the run's model)."""
+    return cfg.expert_config()
 
 
 class DanceLoop(DistillLoop):
@@ -79,7 +78,7 @@ class DanceLoop(DistillLoop):
             self.par.barrier()
         self.experts, directory = load_or_train_experts(
             self.real.train_images, self.real.train_labels, self.real.info, ecfg,
-            root=self.cfg.expert_dir, device=self.cfg.device, progress=self.progress)
+            root=self.cfg.dance.expert_dir, device=self.cfg.device, progress=self.progress)
         if self.par.is_main:
             self.par.barrier()
         dev = self.device
@@ -132,17 +131,17 @@ class DanceLoop(DistillLoop):
             # --- DM's MMD line, as a matcher call (one class) ---
             total += self.image_step(self.match([f_real], [f_syn]), it)
         calib = 0.0
-        for p in range(cfg.iter_calib):  # inter-class view: calibrate through the trained expert
+        for p in range(cfg.dance.iter_calib):  # inter-class view: calibrate through the trained expert
             for c in range(self.num_classes):
                 x_syn, y_syn = self._syn_expanded(c)
                 syn = self.augment(x_syn, derive_seed(cfg.seed, it, Stream.DANCE_PART, p, c))
                 calib += self.image_step(F.cross_entropy(self.expert_net(syn), y_syn), it)
-        if cfg.iter_calib > 0:
-            self.metrics.setdefault("calibration_loss", []).append(calib / (cfg.iter_calib * self.num_classes))
+        if cfg.dance.iter_calib > 0:
+            self.metrics.setdefault("calibration_loss", []).append(calib / (cfg.dance.iter_calib * self.num_classes))
         return total
 
     def images_per_iteration(self) -> int:
         cfg = self.cfg
         real = sum(min(cfg.batch_real, int(i.numel())) for i in self.class_indices)
         syn = self.num_classes * cfg.ipc * self.partition**2
-        return real + syn * (1 + cfg.iter_calib)
+        return real + syn * (1 + cfg.dance.iter_calib)
