@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 
-from hyperdm.distill import distill, resolve
+from hyperdm.distill import NOT_GIVEN, distill, resolve
 
 from _results import machine, save
 
@@ -60,15 +60,15 @@ def main() -> None:
         t0 = time.perf_counter()
         ex, where = load_or_train_experts(real.train_images, real.train_labels, real.info, expert_config(cfg), root=cache,
                                           device=a.device, progress=False)
-        experts = {"count": len(ex), "epochs": cfg.expert_epochs, "per_class": cfg.expert_per_class,
+        experts = {"count": len(ex), "epochs": cfg.dance.experts.epochs, "per_class": cfg.dance.experts.per_class,
                    "train_acc_last_epoch": [e.train_acc for e in ex], "seconds": time.perf_counter() - t0}
-        print(f"experts: {len(ex)} x {cfg.expert_epochs} epochs in {experts['seconds']:.1f} s", flush=True)
+        print(f"experts: {len(ex)} x {cfg.dance.experts.epochs} epochs in {experts['seconds']:.1f} s", flush=True)
     for seed in a.seeds:
         for matcher in ("mmd", "hyperbolic"):
             cfg = resolve(preset=a.preset, method=a.method, matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides={
                 "iterations": a.iterations, "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs,
                 "device": a.device, "seed": seed, "data_root": a.data_root,
-                "expert_dir": str(Path(a.work) / "experts") if a.method == "dance" else None})
+                "expert_dir": str(Path(a.work) / "experts") if a.method == "dance" else NOT_GIVEN})
             out = Path(a.work) / f"{a.method}-{matcher}-seed{seed}"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
@@ -76,10 +76,10 @@ def main() -> None:
             wall = time.perf_counter() - t0
             final = m["evals"][-1]["ConvNet"] if m["evals"] else None
             row = {
-                "matcher": matcher, "seed": seed, "k": cfg.k if matcher == "hyperbolic" else None,
-                "scale": cfg.scale if matcher == "hyperbolic" else None, "lr_img": cfg.lr_img,
-                "iterations": cfg.iterations, "batch_real": cfg.batch_real, "eval_epochs": cfg.eval_epochs,
-                "eval_runs": cfg.eval_runs, "accs": final["accs"] if final else None,
+                "matcher": matcher, "seed": seed, "k": cfg.matcher.k if matcher == "hyperbolic" else None,
+                "scale": cfg.matcher.scale if matcher == "hyperbolic" else None, "lr_img": cfg.lr_img,
+                "iterations": cfg.iterations, "batch_real": cfg.batch_real, "eval_epochs": cfg.eval.epochs,
+                "eval_runs": cfg.eval.runs, "accs": final["accs"] if final else None,
                 "mean": final["mean"] if final else None, "std": final["std"] if final else None,
                 "evals": m["evals"], "distill_seconds": m["distill_seconds"], "images_per_second": m["images_per_second"],
                 "wall_seconds_with_eval": wall, "loss_per_class_first": m["loss_per_class"][:3],

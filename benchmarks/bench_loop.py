@@ -199,8 +199,8 @@ def main() -> None:
     save(f"loop_{a.device.split(':')[0]}", {
         "benchmark": "bench_loop", "dataset": a.dataset, "ipc": a.ipc, "batch_real": a.batch_real,
         "images_per_iteration": per_it, "rounds": a.rounds, "seed": a.seed, "model": loops["mmd"].cfg.model,
-        "k": loops["hyperbolic"].cfg.k, "scale": loops["hyperbolic"].cfg.scale,
-        "match_dtype_hyperbolic": loops["hyperbolic"].cfg.match_dtype, **machine(a.device), "rows": rows,
+        "k": loops["hyperbolic"].cfg.matcher.k, "scale": loops["hyperbolic"].cfg.matcher.scale,
+        "match_dtype_hyperbolic": loops["hyperbolic"].cfg.matcher.dtype, **machine(a.device), "rows": rows,
     })
 
 if __name__ == "__main__":

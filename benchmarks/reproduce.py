@@ -65,9 +65,9 @@ def run_distill(method: str, matcher: str, ipc: int, seed: int, a: argparse.Name
     m, wall = distill_resumable(cfg, Path(a.work) / row_id(method, matcher, ipc, seed).replace("/", "-"))
     final = m["evals"][-1]["ConvNet"]
     return {
-        "k": cfg.k if matcher == "hyperbolic" else None, "scale": m.get("matcher_scale"), "lr_img": cfg.lr_img,
-        "iterations": cfg.iterations, "batch_real": cfg.batch_real, "eval_epochs": cfg.eval_epochs,
-        "eval_runs": cfg.eval_runs, "accs": final["accs"], "mean": final["mean"], "std": final["std"],
+        "k": cfg.matcher.k if matcher == "hyperbolic" else None, "scale": m.get("matcher_scale"), "lr_img": cfg.lr_img,
+        "iterations": cfg.iterations, "batch_real": cfg.batch_real, "eval_epochs": cfg.eval.epochs,
+        "eval_runs": cfg.eval.runs, "accs": final["accs"], "mean": final["mean"], "std": final["std"],
         "evals": m["evals"], "distill_seconds": m["distill_seconds"], "wall_seconds_with_eval": wall,
         "loss_per_class": m["loss_per_class"], "storage": m.get("storage"),
     }
@@ -187,11 +187,11 @@ def main() -> None:
         if method == "random":
             cfg = resolve(preset=a.preset, method="dm", matcher="mmd", dataset=a.dataset, ipc=ipc, overrides={
                 "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs, "seed": seed})
-            want = {"eval_epochs": cfg.eval_epochs, "eval_runs": cfg.eval_runs}
+            want = {"eval_epochs": cfg.eval.epochs, "eval_runs": cfg.eval.runs}
         else:
             cfg = resolve(preset=a.preset, method=method, matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={
                 "iterations": a.iterations, "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs})
-            want = {key: getattr(cfg, key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
+            want = {key: cfg.setting(key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
         old = store.get(rid)  # read again before every row: another shard may have done it
         if same_settings(old, want):
             print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)

@@ -26,6 +26,7 @@ import torch
 from hyperdm.distill.artifacts import load_synthetic, read_json, storage_sizes, to_uint8
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill import DistillConfig
+from hyperdm.distill.config import run_setting
 from hyperdm.distill.evaluate import evaluate_synthetic
 from hyperdm.distill.loops.base import eval_config
 from hyperdm.distill.synset import expand
@@ -75,14 +76,15 @@ def main() -> None:
         for kind, x in (("float32", images), ("uint8", quant)):
             xe, ye = expand(x, labels, part)
             accs[kind] = evaluate_synthetic(xe, ye, real.test_images, real.test_labels, real.info, ecfg)["ConvNet"]
-        row = {"run": str(run), "method": cfg["method"], "matcher": cfg["matcher"], "ipc": cfg["ipc"], "seed": cfg["seed"],
+        matcher = run_setting(cfg, "matcher.kind")  # nested config.json, or the flat one of hyperdm 0.1
+        row = {"run": str(run), "method": cfg["method"], "matcher": matcher, "ipc": cfg["ipc"], "seed": cfg["seed"],
                "partition": part, "images_stored": int(images.shape[0]), **stored, "clipped_fraction": clipped,
                "acc_float32": accs["float32"]["mean"], "accs_float32": accs["float32"]["accs"],
                "acc_uint8": accs["uint8"]["mean"], "accs_uint8": accs["uint8"]["accs"], "eval_epochs": ecfg.epochs,
                "eval_runs": ecfg.runs, "seconds": time.perf_counter() - t0,
                "acc_reported_by_run": read_json(Path(run) / "metrics.json")["evals"][-1]["ConvNet"]["mean"]}
         rows.append(row)
-        print(f"{cfg['method']}+{cfg['matcher']} IPC {cfg['ipc']}: float32 {row['float32_bytes']:,} B "
+        print(f"{cfg['method']}+{matcher} IPC {cfg['ipc']}: float32 {row['float32_bytes']:,} B "
               f"{100 * row['acc_float32']:.2f} %, uint8 {row['uint8_bytes']:,} B {100 * row['acc_uint8']:.2f} %, "
               f"PNG {row['png_bytes']:,} B; {100 * clipped:.2f} % of pixel values clipped", flush=True)
         assert header is not None

@@ -34,9 +34,9 @@ def main() -> None:
     cfg = resolve(preset="cpu", method="dance", matcher=a.matcher, dataset="fashion-mnist", ipc=a.ipc, overrides={
         "iterations": a.iterations, "eval_epochs": a.eval_epochs, "experts": a.experts, "expert_epochs": a.expert_epochs,
         "expert_dir": a.expert_dir, "data_root": a.data_root})
-    print(f"Dance settings: {cfg.experts} experts x {cfg.expert_epochs} epochs, multi-formation {cfg.partition}x{cfg.partition}, "
-          f"{cfg.iter_calib} calibration pass(es) per iteration, lr_img {cfg.lr_img} (pixel units); "
-          f"k={cfg.k} (geoopt's, curvature -1/k), lambda={cfg.scale}")
+    print(f"Dance settings: {cfg.dance.experts.count} experts x {cfg.dance.experts.epochs} epochs, multi-formation "
+          f"{cfg.partition}x{cfg.partition}, {cfg.dance.iter_calib} calibration pass(es) per iteration, lr_img {cfg.lr_img} "
+          f"(pixel units); k={cfg.matcher.k} (geoopt's, curvature -1/k), lambda={cfg.matcher.scale}")
     metrics = distill(cfg, a.out, progress=False)
     acc = metrics["experts"]["train_acc"]
     print(f"experts (last-epoch training accuracy): {', '.join(f'{100 * v:.1f}%' for v in acc)} in {metrics['experts']['dir']}")

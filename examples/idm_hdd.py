@@ -27,9 +27,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = resolve(preset="cpu", method="idm", matcher=a.matcher, dataset="fashion-mnist", ipc=a.ipc,
                   overrides={"iterations": a.iterations, "eval_epochs": a.eval_epochs, "data_root": a.data_root})
-    print(f"IDM settings: partition {cfg.partition}x{cfg.partition}, queue of up to {cfg.net_num} networks "
-          f"(+1 every {cfg.net_generate_interval} iterations), ce_weight {cfg.ce_weight}; "
-          f"k={cfg.k} (geoopt's, curvature -1/k), lambda={cfg.scale}, lr_img={cfg.lr_img}")
+    print(f"IDM settings: partition {cfg.partition}x{cfg.partition}, queue of up to {cfg.idm.net_num} networks "
+          f"(+1 every {cfg.idm.net_generate_interval} iterations), ce_weight {cfg.idm.ce_weight}; "
+          f"k={cfg.matcher.k} (geoopt's, curvature -1/k), lambda={cfg.matcher.scale}, lr_img={cfg.lr_img}")
     metrics = distill(cfg, a.out, progress=False)
     for e in metrics["evals"]:
         r = e["ConvNet"]

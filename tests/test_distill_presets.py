@@ -195,7 +195,7 @@ def test_the_sections_hold_only_their_method():
     ({"eval": 5}, r"override 'eval' is a section: give a dict of its settings, e.g. \{'eval': \{'epochs': \.\.\.\}\}"),
     ({"matcher": {"k": "two"}}, r"setting matcher.k \(--k\) takes a number; got 'two' \(str\)"),
     ({"iterations": 2.5}, r"setting iterations \(--iterations\) takes an integer; got 2.5"),
-    ({"eval_archs": "ConvNet"}, r"setting eval.archs \(--eval-archs\) takes a list of a string"),
+    ({"eval_archs": "ConvNet"}, r"setting eval.archs \(--arch\) takes a list of a string"),
     ({"max_norm": "none"}, r"takes a number or None"),
     ({"itterations": 5}, r"unknown setting 'itterations'; did you mean 'iterations'\?"),
 ])

@@ -107,11 +107,11 @@ def _setting_options() -> list[str]:
 def _setting_flags(flat: str) -> tuple[str, Optional[str]]:
     """The command-line flag of the setting with flat name ``flat``, and its None flag (e.g. --no-clamp) if any."""
     from .config import DistillConfig
-    from .settings import leaves
+    from .settings import leaves, option
 
     f = next(f for _, name, f, _ in leaves(DistillConfig) if name == flat)
     none_flag = f.metadata.get("none_flag")
-    return f.metadata.get("flag") or "--" + flat.replace("_", "-"), none_flag[0] if none_flag else None
+    return option(flat, f), none_flag[0] if none_flag else None
 
 
 def build_parser() -> argparse.ArgumentParser:

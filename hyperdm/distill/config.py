@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Optional, Union
 from .evaluate import EvalConfig
 from .experts import ExpertConfig
 from .seeding import Stream, derive_seed
-from .settings import (NOT_GIVEN, admits_none, check_value, flat_names, fraction, get_path, int_at_least, leaves, positive_float,
+from .settings import (NOT_GIVEN, admits_none, check_value, option, flat_names, fraction, get_path, int_at_least, leaves, positive_float,
                        scale_arg, section_names, set_path, setting, strategy_arg, to_dict)
 
 __all__ = ["DistillConfig", "MatcherConfig", "IDMConfig", "DanceConfig", "EvalConfig", "ExpertConfig", "NOT_GIVEN",
@@ -164,6 +164,13 @@ class DistillConfig:
         its = [i for i in its if i > 0] + [i for i in at if 0 < i < self.iterations]
         return sorted(set(its + [self.iterations]))
 
+    def setting(self, name: str) -> Any:
+        """The value of a setting named by path or by flat name (``"matcher.k"`` or ``"k"``; ``"matcher"`` is its kind)."""
+        path = FLAT.get(name, name)
+        if path not in _leaf_types():
+            raise ValueError(f"unknown setting {name!r}; {_known('')}")
+        return get_path(self, path)
+
     def settings(self) -> dict[str, Any]:
         """path -> value of every setting this run has (sections that are None left out)."""
         out = {}
@@ -209,7 +216,7 @@ class DistillConfig:
 
 def _apply_dict(cfg: DistillConfig, d: dict[str, Any], prefix: str) -> None:
     """Set the settings of a nested dict (as :meth:`DistillConfig.to_dict` writes it) on ``cfg``."""
-    settings = {path: (flat, tp) for path, flat, _, tp in leaves(DistillConfig)}
+    settings = {path: (option(flat, f), tp) for path, flat, f, tp in leaves(DistillConfig)}
     sections = section_names(DistillConfig)
     for key, value in d.items():
         path = prefix + key
@@ -254,7 +261,7 @@ def _from_flat(cls: type, d: dict[str, Any]) -> DistillConfig:
         section = path.split(".")[0]
         if section in ("idm", "dance") and getattr(cfg, section) is None:
             continue  # 0.1 kept every method's settings; the other methods' were unused
-        set_path(cfg, path, check_value(path, name, value, _leaf_types()[path]))
+        set_path(cfg, path, check_value(path, _leaf_info()[path][0], value, _leaf_types()[path]))
     for name, why in (d.get("sources") or {}).items():
         if name in FLAT:
             sources[FLAT[name]] = why
@@ -321,16 +328,17 @@ def _parse_one(key: str, value: Any, prefix: str, out: dict[str, Any]) -> None:
         near = difflib.get_close_matches(key, [p[len(prefix):] for p in leaf if p.startswith(prefix)] + ([] if prefix else list(FLAT)), n=1)
         hint = f"did you mean {prefix + near[0]!r}? " if near else ""
         raise ValueError(f"unknown setting {path!r}; {hint}{_known(prefix)}")
-    flat, tp = leaf[path]
+    opt, tp = leaf[path]
     if value is None and not admits_none(tp):
         return
     if path in out:
         raise ValueError(f"setting {path} is given twice in the overrides; give it once.")
-    out[path] = check_value(path, flat, value, tp)
+    out[path] = check_value(path, opt, value, tp)
 
 
 def _leaf_info() -> dict[str, tuple[str, Any]]:
-    return {path: (flat, tp) for path, flat, _, tp in leaves(DistillConfig)}
+    """path -> (command-line option, type) of every setting."""
+    return {path: (option(flat, f), tp) for path, flat, f, tp in leaves(DistillConfig)}
 
 
 # ---- compatibility: hyperdm 0.1's flat attributes --------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from .config import (METHODS, MATCHERS, PRESETS, PRUNE_SCORES, DanceConfig, DistillConfig, IDMConfig, MatcherConfig,
                      parse_overrides, validate)
 from .data import canonical_name
-from .settings import NOT_GIVEN, leaves, set_path
+from .settings import NOT_GIVEN, leaves, option, set_path
 
 __all__ = ["HDDRow", "PAPER_HDD", "DistillConfig", "MatcherConfig", "IDMConfig", "DanceConfig", "NOT_GIVEN", "PRESETS",
            "METHODS", "MATCHERS", "PRUNE_SCORES", "resolve", "paper_row", "validate"]
@@ -281,8 +281,8 @@ def resolve(
     for path in given:
         section = path.split(".")[0]
         if section in ("idm", "dance") and section != method:
-            flag = next(flat for p, flat, _, _ in leaves(DistillConfig) if p == path)
-            raise ValueError(f"{path} (--{flag.replace('_', '-')}) is a setting of --method {section}; this run is "
+            opt = next(option(flat, f) for p, flat, f, _ in leaves(DistillConfig) if p == path)
+            raise ValueError(f"{path} ({opt}) is a setting of --method {section}; this run is "
                              f"--method {method}. Drop it, or run --method {section}.")
     cfg = DistillConfig(method=method, dataset=dataset, ipc=ipc, preset=preset)
     src = {p: "argument" for p in _ARGUMENTS}

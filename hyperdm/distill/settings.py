@@ -21,7 +21,7 @@ import typing
 from typing import Any, Callable, Iterator, Optional, Union
 
 __all__ = ["NOT_GIVEN", "setting", "leaves", "flat_names", "get_path", "set_path", "to_dict", "check_value",
-           "section_names", "admits_none", "scale_arg", "int_at_least", "positive_float", "fraction", "strategy_arg"]
+           "section_names", "admits_none", "option", "scale_arg", "int_at_least", "positive_float", "fraction", "strategy_arg"]
 
 
 class _NotGiven:
@@ -176,11 +176,16 @@ def admits_none(tp: Any) -> bool:
     return _fits(None, tp)
 
 
-def check_value(path: str, flat: str, value: Any, tp: Any) -> Any:
-    """``value`` as the setting stores it (lists become tuples); ValueError naming the setting and the type it takes."""
+def option(flat: str, f: dataclasses.Field) -> str:
+    """The command-line option of a setting: its field's ``flag``, else ``--`` + the flat name with ``-``."""
+    return f.metadata.get("flag") or "--" + flat.replace("_", "-")
+
+
+def check_value(path: str, opt: str, value: Any, tp: Any) -> Any:
+    """``value`` as the setting stores it (lists become tuples); ValueError naming the setting (``path``, its option
+    ``opt``) and the type it takes."""
     if not _fits(value, tp):
-        raise ValueError(f"setting {path} (--{flat.replace('_', '-')}) takes {_type_name(tp)}; got {value!r} "
-                        f"({type(value).__name__}).")
+        raise ValueError(f"setting {path} ({opt}) takes {_type_name(tp)}; got {value!r} ({type(value).__name__}).")
     return tuple(value) if isinstance(value, list) else value
 
 
