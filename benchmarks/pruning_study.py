@@ -139,7 +139,7 @@ def main() -> None:
             "device": a.device, "seed": seed, "data_root": a.data_root, "iterations": a.iterations,
             "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs, "eval_every": a.eval_every,
             "prune_keep": keep if keep < 1 else None, "prune_score": score if keep < 1 else None})
-        want = {key: getattr(cfg, key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
+        want = {key: cfg.setting(key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
         old = store.get(rid)
         out = Path(a.work) / rid.replace("/", "-")
         if same_settings(old, want):

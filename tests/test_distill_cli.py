@@ -263,3 +263,34 @@ def test_resume_of_a_run_written_with_the_flat_config_of_hyperdm_0_1(tmp_path, t
     assert loss == pytest.approx(want, rel=1e-6)
     cfg = json.loads((run / "config.json").read_text())  # rewritten in the nested form
     assert cfg["matcher"]["k"] == 1 and cfg["eval"]["runs"] == 0 and "k" not in cfg
+
+
+#: every `hyperdm distill` option before the options were read from the configuration's fields
+OPTIONS_OF_0_1 = ("--iterations", "--batch-real", "--lr-img", "--k", "--scale", "--max-norm", "--no-clamp", "--match-dtype",
+                  "--compile-matcher", "--model", "--init", "--dsa", "--eval-every", "--eval-at", "--eval-epochs",
+                  "--eval-runs", "--arch", "--partition", "--ce-weight", "--net-num", "--model-train-steps", "--net-batch",
+                  "--experts", "--expert-epochs", "--expert-per-class", "--expert-seed", "--expert-dir", "--iter-calib",
+                  "--match-dsa", "--checkpoint-every", "--prune-keep", "--prune-score")
+
+
+def test_distill_has_an_option_for_every_setting_and_keeps_the_old_names():
+    from hyperdm.distill.config import FLAT, DistillConfig
+    from hyperdm.distill.settings import leaves
+
+    sub = build_parser()._subparsers._group_actions[0].choices["distill"]  # noqa: SLF001
+    flags = {s for action in sub._actions for s in action.option_strings}
+    assert set(OPTIONS_OF_0_1) <= flags
+    dests = {action.dest for action in sub._actions}
+    assert {flat for _, flat, f, _ in leaves(DistillConfig) if f.metadata["cli"]} <= dests
+    assert set(FLAT) - dests == set()  # the rest (method, dataset, ...) are the command's own arguments
+    # an option reaches its setting through resolve(): the parsed values are NOT_GIVEN unless typed
+    a = sub.parse_args(["--eval-at", "5", "7", "--arch", "ConvNet", "AlexNet", "--no-clamp", "--dsa", "none"])
+    assert (a.eval_at, a.eval_archs, a.max_norm__none, a.dsa_strategy) == ([5, 7], ["ConvNet", "AlexNet"], True, "")
+    assert repr(a.k) == "NOT_GIVEN"
+
+
+def test_a_method_option_for_another_method_is_refused_before_work(tmp_path, capsys, no_work):
+    assert main(["distill", "--net-num", "5", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "idm.net_num (--net-num) is a setting of --method idm; this run is --method dm" in err
+    assert not (tmp_path / "o").exists()

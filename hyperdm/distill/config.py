@@ -167,7 +167,7 @@ class DistillConfig:
     def setting(self, name: str) -> Any:
         """The value of a setting named by path or by flat name (``"matcher.k"`` or ``"k"``; ``"matcher"`` is its kind)."""
         path = FLAT.get(name, name)
-        if path not in _leaf_types():
+        if path not in _leaf_info():
             raise ValueError(f"unknown setting {name!r}; {_known('')}")
         return get_path(self, path)
 
@@ -216,8 +216,7 @@ class DistillConfig:
 
 def _apply_dict(cfg: DistillConfig, d: dict[str, Any], prefix: str) -> None:
     """Set the settings of a nested dict (as :meth:`DistillConfig.to_dict` writes it) on ``cfg``."""
-    settings = {path: (option(flat, f), tp) for path, flat, f, tp in leaves(DistillConfig)}
-    sections = section_names(DistillConfig)
+    settings, sections = _leaf_info(), section_names(DistillConfig)
     for key, value in d.items():
         path = prefix + key
         if path in sections:
@@ -261,16 +260,13 @@ def _from_flat(cls: type, d: dict[str, Any]) -> DistillConfig:
         section = path.split(".")[0]
         if section in ("idm", "dance") and getattr(cfg, section) is None:
             continue  # 0.1 kept every method's settings; the other methods' were unused
-        set_path(cfg, path, check_value(path, _leaf_info()[path][0], value, _leaf_types()[path]))
+        opt, tp = _leaf_info()[path]
+        set_path(cfg, path, check_value(path, opt, value, tp))
     for name, why in (d.get("sources") or {}).items():
         if name in FLAT:
             sources[FLAT[name]] = why
     cfg.sources = sources
     return cfg
-
-
-def _leaf_types() -> dict[str, Any]:
-    return {path: tp for path, _, _, tp in leaves(DistillConfig)}
 
 
 def run_setting(d: dict[str, Any], path: str, default: Any = None) -> Any:
