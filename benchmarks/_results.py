@@ -9,8 +9,9 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, TypeGuard
 
 import torch
 
@@ -35,8 +36,12 @@ def machine(device: str) -> dict[str, Any]:
     return {
         "device": device,
         "device_name": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else cpu_model(),
-        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "hyperdm": __version__, "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "hyperdm": __version__,
+        "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -79,18 +84,22 @@ class RowStore:
         with self._locked():
             return self._read()
 
-    def get(self, rid: str) -> Optional[dict[str, Any]]:
+    def get(self, rid: str) -> dict[str, Any] | None:
         return next((r for r in self.rows() if r["id"] == rid), None)
 
-    def put(self, row: Optional[dict[str, Any]], header: dict[str, Any],
-            summary: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+    def put(
+        self,
+        row: dict[str, Any] | None,
+        header: dict[str, Any],
+        summary: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    ) -> None:
         """Add or replace ``row`` (None: none) and rewrite the file as ``header + rows + summary(rows)``."""
         with self._locked():
             rows = [r for r in self._read() if row is None or r["id"] != row["id"]] + ([row] if row is not None else [])
             save(self.name, {**header, "rows": rows, **summary(rows)})
 
 
-def same_settings(row: Optional[dict[str, Any]], want: dict[str, Any]) -> bool:
+def same_settings(row: dict[str, Any] | None, want: dict[str, Any]) -> TypeGuard[dict[str, Any]]:
     """True when a saved ``row`` exists and agrees with every setting in ``want``."""
     return row is not None and all(row.get(key) == v for key, v in want.items())
 
@@ -107,7 +116,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def add_sweep_args(ap: Any, unit: str) -> None:
-    """``--shard``, ``--threads`` and ``--table-only``, shared by the resumable sweeps; ``unit`` names what is sharded."""
+    """``--shard``, ``--threads`` and ``--table-only``, shared by the resumable sweeps.
+
+    ``unit`` names what is sharded.
+    """
     ap.add_argument("--shard", default="0/1", metavar="I/N", help=f"run {unit} I, I+N, I+2N, ... (default 0/1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     ap.add_argument("--table-only", action="store_true", help="print the table of the saved results and exit")

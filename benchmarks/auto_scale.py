@@ -14,17 +14,16 @@ random network, real batch and initial set). Prints and saves
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
 
-
+from _results import machine, save
+from hyperdm import HyperbolicMatcher
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.loops import get_loop
 from hyperdm.distill.presets import paper_row, resolve
-
-from _results import machine, save
-
 
 
 class _FirstCallDone(Exception):
@@ -34,6 +33,8 @@ class _FirstCallDone(Exception):
 def first_call_scale(method: str, dataset: str, ipc: int, seed: int, real, device: str) -> tuple[float, float]:
     """(lambda chosen on the first batch, the paper's lambda) for one seed."""
     row = paper_row(method, dataset, ipc)
+    if row is None:
+        raise ValueError(f"the paper has no lambda for {method} on {dataset} at IPC {ipc}; pick a row it reports.")
     over = {"scale": "auto", "seed": seed, "device": device, "eval_runs": 0}
     cfg = resolve(preset="paper", method=method, matcher="hyperbolic", dataset=dataset, ipc=ipc, overrides=over)
     with tempfile.TemporaryDirectory() as out:
@@ -44,12 +45,13 @@ def first_call_scale(method: str, dataset: str, ipc: int, seed: int, real, devic
         def stop(*_: object) -> None:  # lambda is chosen inside the first call; nothing after it is needed
             raise _FirstCallDone
 
-        loop.matcher.register_forward_hook(stop)
-        try:
+        matcher = loop.matcher
+        assert isinstance(matcher, HyperbolicMatcher)
+        matcher.register_forward_hook(stop)
+        with contextlib.suppress(_FirstCallDone):
             loop.step(0)
-        except _FirstCallDone:
-            pass
-        return float(loop.matcher.scale), float(row.scale)
+        assert matcher.scale is not None  # chosen by the first call
+        return float(matcher.scale), float(row.scale)
 
 
 def main() -> None:
@@ -70,14 +72,28 @@ def main() -> None:
                 continue
             t0 = time.perf_counter()
             lams = [first_call_scale(method, a.dataset, ipc, s, real, a.device)[0] for s in a.seeds]
-            r = {"method": method, "ipc": ipc, "k": row.k, "paper_lambda": row.scale, "auto_lambdas": lams,
-                 "auto_mean": statistics.mean(lams), "auto_std": statistics.pstdev(lams),
-                 "ratio_auto_to_paper": statistics.mean(lams) / row.scale, "seconds": time.perf_counter() - t0}
+            r = {
+                "method": method,
+                "ipc": ipc,
+                "k": row.k,
+                "paper_lambda": row.scale,
+                "auto_lambdas": lams,
+                "auto_mean": statistics.mean(lams),
+                "auto_std": statistics.pstdev(lams),
+                "ratio_auto_to_paper": statistics.mean(lams) / row.scale,
+                "seconds": time.perf_counter() - t0,
+            }
             rows.append(r)
-            print(f"{method:>4} ipc {ipc:>2} k {row.k:g}: paper lambda {row.scale:g}, auto {r['auto_mean']:.2f} +- "
-                  f"{r['auto_std']:.2f} over {len(lams)} seeds (auto / paper = {r['ratio_auto_to_paper']:.2f})", flush=True)
-    save(f"auto_scale_{a.dataset}", {"benchmark": "auto_scale", "dataset": a.dataset, "seeds": a.seeds, **machine(a.device),
-                                    "rows": rows})
+            print(
+                f"{method:>4} ipc {ipc:>2} k {row.k:g}: paper lambda {row.scale:g}, auto {r['auto_mean']:.2f} +- "
+                f"{r['auto_std']:.2f} over {len(lams)} seeds (auto / paper = {r['ratio_auto_to_paper']:.2f})",
+                flush=True,
+            )
+    save(
+        f"auto_scale_{a.dataset}",
+        {"benchmark": "auto_scale", "dataset": a.dataset, "seeds": a.seeds, **machine(a.device), "rows": rows},
+    )
+
 
 if __name__ == "__main__":
     main()

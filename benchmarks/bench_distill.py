@@ -20,11 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
-
-from hyperdm.distill import NOT_GIVEN, distill, resolve
-
 from _results import machine, save
-
+from hyperdm.distill import NOT_GIVEN, distill, resolve
 
 
 def main() -> None:
@@ -40,7 +37,9 @@ def main() -> None:
     ap.add_argument("--eval-runs", type=int, default=None)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--work", default="runs/bench", help="run directories (replaced)")
-    ap.add_argument("--name", default=None, help="results file name (default distill_<preset>_<dataset>_ipc<N>_<device>)")
+    ap.add_argument(
+        "--name", default=None, help="results file name (default distill_<preset>_<dataset>_ipc<N>_<device>)"
+    )
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     prefix = "distill" if a.method == "dm" else f"distill_{a.method}"
@@ -54,21 +53,52 @@ def main() -> None:
 
         cache = Path(a.work) / "experts"
         shutil.rmtree(cache, ignore_errors=True)
-        cfg = resolve(preset=a.preset, method="dance", matcher="mmd", dataset=a.dataset, ipc=a.ipc,
-                      overrides={"device": a.device, "data_root": a.data_root})
+        cfg = resolve(
+            preset=a.preset,
+            method="dance",
+            matcher="mmd",
+            dataset=a.dataset,
+            ipc=a.ipc,
+            overrides={"device": a.device, "data_root": a.data_root},
+        )
         real = load_dataset(cfg.dataset, cfg.data_root)
         t0 = time.perf_counter()
-        ex, where = load_or_train_experts(real.train_images, real.train_labels, real.info, expert_config(cfg), root=cache,
-                                          device=a.device, progress=False)
-        experts = {"count": len(ex), "epochs": cfg.dance.experts.epochs, "per_class": cfg.dance.experts.per_class,
-                   "train_acc_last_epoch": [e.train_acc for e in ex], "seconds": time.perf_counter() - t0}
-        print(f"experts: {len(ex)} x {cfg.dance.experts.epochs} epochs in {experts['seconds']:.1f} s", flush=True)
+        ex, _where = load_or_train_experts(
+            real.train_images,
+            real.train_labels,
+            real.info,
+            expert_config(cfg),
+            root=cache,
+            device=a.device,
+            progress=False,
+        )
+        spec = cfg.expert_config()
+        experts = {
+            "count": len(ex),
+            "epochs": spec.epochs,
+            "per_class": spec.per_class,
+            "train_acc_last_epoch": [e.train_acc for e in ex],
+            "seconds": time.perf_counter() - t0,
+        }
+        print(f"experts: {len(ex)} x {spec.epochs} epochs in {experts['seconds']:.1f} s", flush=True)
     for seed in a.seeds:
         for matcher in ("mmd", "hyperbolic"):
-            cfg = resolve(preset=a.preset, method=a.method, matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides={
-                "iterations": a.iterations, "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs,
-                "device": a.device, "seed": seed, "data_root": a.data_root,
-                "expert_dir": str(Path(a.work) / "experts") if a.method == "dance" else NOT_GIVEN})
+            cfg = resolve(
+                preset=a.preset,
+                method=a.method,
+                matcher=matcher,
+                dataset=a.dataset,
+                ipc=a.ipc,
+                overrides={
+                    "iterations": a.iterations,
+                    "eval_epochs": a.eval_epochs,
+                    "eval_runs": a.eval_runs,
+                    "device": a.device,
+                    "seed": seed,
+                    "data_root": a.data_root,
+                    "expert_dir": str(Path(a.work) / "experts") if a.method == "dance" else NOT_GIVEN,
+                },
+            )
             out = Path(a.work) / f"{a.method}-{matcher}-seed{seed}"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
@@ -76,23 +106,50 @@ def main() -> None:
             wall = time.perf_counter() - t0
             final = m["evals"][-1]["ConvNet"] if m["evals"] else None
             row = {
-                "matcher": matcher, "seed": seed, "k": cfg.matcher.k if matcher == "hyperbolic" else None,
-                "scale": cfg.matcher.scale if matcher == "hyperbolic" else None, "lr_img": cfg.lr_img,
-                "iterations": cfg.iterations, "batch_real": cfg.batch_real, "eval_epochs": cfg.eval.epochs,
-                "eval_runs": cfg.eval.runs, "accs": final["accs"] if final else None,
-                "mean": final["mean"] if final else None, "std": final["std"] if final else None,
-                "evals": m["evals"], "distill_seconds": m["distill_seconds"], "images_per_second": m["images_per_second"],
-                "wall_seconds_with_eval": wall, "loss_per_class_first": m["loss_per_class"][:3],
-                "loss_per_class_last": m["loss_per_class"][-3:], "storage": m.get("storage"),
+                "matcher": matcher,
+                "seed": seed,
+                "k": cfg.matcher.k if matcher == "hyperbolic" else None,
+                "scale": cfg.matcher.scale if matcher == "hyperbolic" else None,
+                "lr_img": cfg.lr_img,
+                "iterations": cfg.iterations,
+                "batch_real": cfg.batch_real,
+                "eval_epochs": cfg.eval.epochs,
+                "eval_runs": cfg.eval.runs,
+                "accs": final["accs"] if final else None,
+                "mean": final["mean"] if final else None,
+                "std": final["std"] if final else None,
+                "evals": m["evals"],
+                "distill_seconds": m["distill_seconds"],
+                "images_per_second": m["images_per_second"],
+                "wall_seconds_with_eval": wall,
+                "loss_per_class_first": m["loss_per_class"][:3],
+                "loss_per_class_last": m["loss_per_class"][-3:],
+                "storage": m.get("storage"),
                 "calibration_loss_first_last": [m["calibration_loss"][0], m["calibration_loss"][-1]]
-                if m.get("calibration_loss") else None,
+                if m.get("calibration_loss")
+                else None,
             }
             rows.append(row)
             acc = f"{100 * row['mean']:.2f} +- {100 * row['std']:.2f} %" if final else "n/a"
-            print(f"seed {seed} {matcher:>10}: ConvNet {acc}  distill {row['distill_seconds']:.1f} s "
-                  f"({row['images_per_second']:.0f} img/s)  total {wall:.1f} s", flush=True)
-    save(name, {"benchmark": "bench_distill", "method": a.method, "preset": a.preset, "dataset": a.dataset, "ipc": a.ipc,
-                **machine(a.device), "experts": experts, "rows": rows})
+            print(
+                f"seed {seed} {matcher:>10}: ConvNet {acc}  distill {row['distill_seconds']:.1f} s "
+                f"({row['images_per_second']:.0f} img/s)  total {wall:.1f} s",
+                flush=True,
+            )
+    save(
+        name,
+        {
+            "benchmark": "bench_distill",
+            "method": a.method,
+            "preset": a.preset,
+            "dataset": a.dataset,
+            "ipc": a.ipc,
+            **machine(a.device),
+            "experts": experts,
+            "rows": rows,
+        },
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperdm.pruning import FeatureBank
-
 from _results import machine, save
+from hyperdm.pruning import FeatureBank
 
 
 def rss_anon_bytes() -> int:
@@ -65,7 +64,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_281_167)
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--classes", type=int, default=1000)
-    ap.add_argument("--chunk", type=int, default=None, help="rows per chunk when scoring (default: the library's, 2**24 values)")
+    ap.add_argument(
+        "--chunk", type=int, default=None, help="rows per chunk when scoring (default: the library's, 2**24 values)"
+    )
     ap.add_argument("--dir", default="/tmp", help="where the memmap file goes")
     ap.add_argument("--keep", action="store_true", help="keep the generated file")
     ap.add_argument("--seed", type=int, default=0)
@@ -88,9 +89,11 @@ def main() -> None:
     timings["generate_s"] = time.perf_counter() - t0
     bank = FeatureBank(np.load(path, mmap_mode="r"), labels)
     results = {}
-    for name, fn in (("radius", lambda: bank.scores("radius", chunk_size=a.chunk)),
-                     ("centroid", lambda: bank.scores("centroid", chunk_size=a.chunk)),
-                     ("select_radius_0.2", lambda: bank.select(0.2, method="radius", chunk_size=a.chunk))):
+    for name, fn in (
+        ("radius", lambda: bank.scores("radius", chunk_size=a.chunk)),
+        ("centroid", lambda: bank.scores("centroid", chunk_size=a.chunk)),
+        ("select_radius_0.2", lambda: bank.select(0.2, method="radius", chunk_size=a.chunk)),
+    ):
         mon.reset()
         t0 = time.perf_counter()
         out = fn()
@@ -98,19 +101,37 @@ def main() -> None:
         timings[f"{name}_s"] = dt
         memory[f"{name}_peak_rss_anon_bytes"] = mon.peak
         results[name] = {"n": int(out.numel()), "first": [float(v) for v in out[:3]]}
-        print(f"{name:>18}: {dt:8.2f} s  {a.rows / dt:12,.0f} rows/s  {a.rows * a.dim * 2 / dt / 2**30:6.2f} GiB/s of features"
-              f"  peak anonymous RSS {mon.peak / 2**20:8.0f} MiB", flush=True)
+        print(
+            f"{name:>18}: {dt:8.2f} s  {a.rows / dt:12,.0f} rows/s  "
+            f"{a.rows * a.dim * 2 / dt / 2**30:6.2f} GiB/s of features"
+            f"  peak anonymous RSS {mon.peak / 2**20:8.0f} MiB",
+            flush=True,
+        )
     mon.stop()
     memory["process_peak_rss_bytes_ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     kept = results["select_radius_0.2"]["n"]
-    print(f"generated {path} ({path.stat().st_size / 2**30:.2f} GiB) in {timings['generate_s']:.1f} s; "
-          f"kept {kept:,} of {a.rows:,}; process peak RSS (incl. mapped file pages) "
-          f"{memory['process_peak_rss_bytes_ru_maxrss'] / 2**30:.2f} GiB")
-    save(f"feature_bank_{a.rows}x{a.dim}", {
-        "benchmark": "bench_feature_bank", "rows": a.rows, "dim": a.dim, "classes": a.classes, "dtype": "float16",
-        "chunk": a.chunk or "library default (2**24 values per float64 work array)", "file_bytes": path.stat().st_size, **machine("cpu"), "timings": timings, "memory": memory,
-        "results": results, "throughput_rows_per_s": {k[:-2]: a.rows / v for k, v in timings.items() if k != "generate_s"},
-    })
+    print(
+        f"generated {path} ({path.stat().st_size / 2**30:.2f} GiB) in {timings['generate_s']:.1f} s; "
+        f"kept {kept:,} of {a.rows:,}; process peak RSS (incl. mapped file pages) "
+        f"{memory['process_peak_rss_bytes_ru_maxrss'] / 2**30:.2f} GiB"
+    )
+    save(
+        f"feature_bank_{a.rows}x{a.dim}",
+        {
+            "benchmark": "bench_feature_bank",
+            "rows": a.rows,
+            "dim": a.dim,
+            "classes": a.classes,
+            "dtype": "float16",
+            "chunk": a.chunk or "library default (2**24 values per float64 work array)",
+            "file_bytes": path.stat().st_size,
+            **machine("cpu"),
+            "timings": timings,
+            "memory": memory,
+            "results": results,
+            "throughput_rows_per_s": {k[:-2]: a.rows / v for k, v in timings.items() if k != "generate_s"},
+        },
+    )
     if not a.keep:
         path.unlink()
 

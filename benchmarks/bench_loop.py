@@ -16,7 +16,8 @@ Timings interleave the variants round by round in one process (warm-up first) an
 median. Peak memory: CUDA's ``max_memory_allocated`` per variant; on CPU the peak resident set of a
 fresh child process that runs only that variant (a process's peak never goes down, so one process
 cannot measure four; the child loads a small class-balanced subset so that loading peaks below the
-iterations, and reports the peak minus its resident set just before them). Prints and saves ``benchmarks/results/loop_<device>.json``.
+iterations, and reports the peak minus its resident set just before them). Prints and saves
+``benchmarks/results/loop_<device>.json``.
 
     python benchmarks/bench_loop.py --device cpu --ipc 10 --batch-real 256 --rounds 5
     python benchmarks/bench_loop.py --device cuda --rounds 20 --compiled
@@ -35,15 +36,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from hyperdm.distill.data import load_dataset
-from hyperdm.distill.seeding import derive_seed
-from hyperdm.distill.loops import DMLoop
-from hyperdm.distill.presets import resolve
-
 from _results import machine, save
+from hyperdm.distill.data import DatasetInfo, RealData, load_dataset
+from hyperdm.distill.loops import DMLoop
+from hyperdm.distill.models import _Embedder
+from hyperdm.distill.presets import resolve
+from hyperdm.distill.seeding import derive_seed
 
 VARIANTS = ("batched-mmd", "per-class-mmd", "batched-hyperbolic", "per-class-hyperbolic")
 
@@ -57,6 +59,7 @@ def split_variant(v: str) -> tuple[str, str]:
 def per_class_loss(loop: DMLoop, it: int) -> torch.Tensor:
     """The reference's structure: one forward per class and one matcher call per class, summed."""
     net = loop.fresh_network(it)
+    assert isinstance(net, _Embedder)  # every architecture of the zoo
     gen = loop.generator(it)
     loss = torch.zeros((), device=loop.device)
     for c in range(loop.num_classes):
@@ -72,9 +75,20 @@ def per_class_loss(loop: DMLoop, it: int) -> torch.Tensor:
 
 def make_loop(matcher: str, a: argparse.Namespace, real, out: str) -> DMLoop:
     """``matcher``: mmd, hyperbolic, or compiled (hyperbolic through torch.compile)."""
-    cfg = resolve(preset="paper", method="dm", matcher="hyperbolic" if matcher == "compiled" else matcher, dataset=a.dataset,
-                  ipc=a.ipc, overrides={"batch_real": a.batch_real, "device": a.device, "seed": a.seed, "eval_runs": 0,
-                                        "compile_matcher": matcher == "compiled"})
+    cfg = resolve(
+        preset="paper",
+        method="dm",
+        matcher="hyperbolic" if matcher == "compiled" else matcher,
+        dataset=a.dataset,
+        ipc=a.ipc,
+        overrides={
+            "batch_real": a.batch_real,
+            "device": a.device,
+            "seed": a.seed,
+            "eval_runs": 0,
+            "compile_matcher": matcher == "compiled",
+        },
+    )
     loop = DMLoop(cfg, real, out, progress=False)
     loop._init_synthetic()
     return loop
@@ -101,16 +115,56 @@ def rss_bytes() -> int:
 
 def class_subset(real, per_class: int):
     """``per_class`` training images of every class (enough for the loop's sampling), no test set."""
-    idx = torch.cat([torch.nonzero(real.train_labels == c).squeeze(1)[:per_class] for c in range(real.info.num_classes)])
-    return dataclasses.replace(real, train_images=real.train_images[idx].clone(), train_labels=real.train_labels[idx].clone(),
-                               test_images=real.test_images[:1].clone(), test_labels=real.test_labels[:1].clone())
+    idx = torch.cat(
+        [torch.nonzero(real.train_labels == c).squeeze(1)[:per_class] for c in range(real.info.num_classes)]
+    )
+    return dataclasses.replace(
+        real,
+        train_images=real.train_images[idx].clone(),
+        train_labels=real.train_labels[idx].clone(),
+        test_images=real.test_images[:1].clone(),
+        test_labels=real.test_labels[:1].clone(),
+    )
+
+
+def save_subset(real: RealData, path: str) -> None:
+    """Write ``real`` as plain tensors and values, so the child reads it back with ``weights_only=True``."""
+    torch.save(
+        {
+            **{f.name: getattr(real, f.name) for f in dataclasses.fields(real) if f.name != "info"},
+            "info": dataclasses.asdict(real.info),
+        },
+        path,
+    )
+
+
+def load_subset(path: str) -> RealData:
+    """Read what :func:`save_subset` wrote (``torch.load(weights_only=True)``)."""
+    d = torch.load(path, weights_only=True)
+    return RealData(**{**d, "info": DatasetInfo(**d["info"])})
 
 
 def child_peak(variant: str, a: argparse.Namespace, data_file: str) -> dict:
     """Run one variant in a fresh process on a small data file; its peak resident set minus its resident set
     just before the iterations is what the iterations add (CPU). The small file keeps loading below that peak."""
-    cmd = [sys.executable, __file__, "--peak-of", variant, "--peak-data", data_file, "--device", a.device,
-           "--ipc", str(a.ipc), "--batch-real", str(a.batch_real), "--dataset", a.dataset, "--seed", str(a.seed)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--peak-of",
+        variant,
+        "--peak-data",
+        data_file,
+        "--device",
+        a.device,
+        "--ipc",
+        str(a.ipc),
+        "--batch-real",
+        str(a.batch_real),
+        "--dataset",
+        a.dataset,
+        "--seed",
+        str(a.seed),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -125,14 +179,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--compiled", action="store_true", help="add batched-compiled (HyperbolicMatcher(compile=True))")
-    ap.add_argument("--peak-of", choices=VARIANTS + ("batched-compiled",), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--peak-of", choices=(*VARIANTS, "batched-compiled"), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--peak-data", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     variants = VARIANTS + (("batched-compiled",) if a.compiled else ())
     with tempfile.TemporaryDirectory() as tmp:
         if a.peak_of:  # child: one variant on the small data file, report what the iterations add to the RSS
             structure, matcher = split_variant(a.peak_of)
-            real = torch.load(a.peak_data, weights_only=False)
+            real = load_subset(a.peak_data)
             loop = make_loop(matcher, a, real, tmp)
             before = rss_bytes()
             for it in range(2):
@@ -149,6 +203,7 @@ def main() -> None:
             for v in variants:
                 structure, matcher = split_variant(v)
                 loop = loops[matcher]
+                assert loop.syn is not None and loop.optimizer is not None  # set up by make_loop
                 images = loop.syn.detach().clone()  # every variant steps from the same images in a round
                 opt_state = loop.optimizer.state_dict()
                 if a.device.startswith("cuda"):
@@ -168,40 +223,75 @@ def main() -> None:
                     losses[v].append(value)
         if not a.device.startswith("cuda"):
             data_file = f"{tmp}/subset.pt"
-            torch.save(class_subset(real, 2 * a.batch_real), data_file)
+            save_subset(class_subset(real, 2 * a.batch_real), data_file)
             for v in variants:
                 c = child_peak(v, a, data_file)
                 peaks[v] = c["peak_rss_bytes"] - c["rss_before_iterations_bytes"]
     per_it = loops["mmd"].images_per_iteration()
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for v in variants:
         med = statistics.median(times[v])
-        rows[v] = {"median_seconds": med, "all_seconds": times[v], "iterations_per_second": 1 / med,
-                   "images_per_second": per_it / med, "peak_memory_bytes": peaks.get(v),
-                   "peak_memory_kind": "cuda max_memory_allocated" if a.device.startswith("cuda")
-                   else "child process: peak RSS minus RSS before the iterations",
-                   "losses": losses[v]}
+        rows[v] = {
+            "median_seconds": med,
+            "all_seconds": times[v],
+            "iterations_per_second": 1 / med,
+            "images_per_second": per_it / med,
+            "peak_memory_bytes": peaks.get(v),
+            "peak_memory_kind": "cuda max_memory_allocated"
+            if a.device.startswith("cuda")
+            else "child process: peak RSS minus RSS before the iterations",
+            "losses": losses[v],
+        }
     for m in ("mmd", "hyperbolic"):
         b, p = rows[f"batched-{m}"], rows[f"per-class-{m}"]
         b["speedup_vs_per_class"] = p["median_seconds"] / b["median_seconds"]
-        b["max_rel_loss_difference_vs_per_class"] = max(abs(x - y) / abs(y) for x, y in zip(b["losses"], p["losses"]))
+        b["max_rel_loss_difference_vs_per_class"] = max(
+            abs(x - y) / abs(y) for x, y in zip(b["losses"], p["losses"], strict=True)
+        )
     for v in ("batched-hyperbolic", "batched-compiled"):
         if v in rows:
             rows[v]["time_vs_batched_mmd"] = rows[v]["median_seconds"] / rows["batched-mmd"]["median_seconds"]
     if "batched-compiled" in rows:
         c, h = rows["batched-compiled"], rows["batched-hyperbolic"]
-        c["max_rel_loss_difference_vs_batched_hyperbolic"] = max(abs(x - y) / abs(y) for x, y in zip(c["losses"], h["losses"]))
-    for v, r in rows.items():
-        extra = "".join(f"  {k} {r[k]:.3g}" for k in ("speedup_vs_per_class", "time_vs_batched_mmd",
-                     "max_rel_loss_difference_vs_per_class", "max_rel_loss_difference_vs_batched_hyperbolic") if k in r)
-        mem = f"{r['peak_memory_bytes'] / 2**20:.0f} MiB" if r["peak_memory_bytes"] else "n/a"
-        print(f"{v:>22}: {r['median_seconds'] * 1000:8.1f} ms/it  {r['images_per_second']:8.0f} img/s  peak {mem}{extra}", flush=True)
-    save(f"loop_{a.device.split(':')[0]}", {
-        "benchmark": "bench_loop", "dataset": a.dataset, "ipc": a.ipc, "batch_real": a.batch_real,
-        "images_per_iteration": per_it, "rounds": a.rounds, "seed": a.seed, "model": loops["mmd"].cfg.model,
-        "k": loops["hyperbolic"].cfg.matcher.k, "scale": loops["hyperbolic"].cfg.matcher.scale,
-        "match_dtype_hyperbolic": loops["hyperbolic"].cfg.matcher.dtype, **machine(a.device), "rows": rows,
-    })
+        c["max_rel_loss_difference_vs_batched_hyperbolic"] = max(
+            abs(x - y) / abs(y) for x, y in zip(c["losses"], h["losses"], strict=True)
+        )
+    for v, row in rows.items():
+        extra = "".join(
+            f"  {k} {row[k]:.3g}"
+            for k in (
+                "speedup_vs_per_class",
+                "time_vs_batched_mmd",
+                "max_rel_loss_difference_vs_per_class",
+                "max_rel_loss_difference_vs_batched_hyperbolic",
+            )
+            if k in row
+        )
+        mem = f"{row['peak_memory_bytes'] / 2**20:.0f} MiB" if row["peak_memory_bytes"] else "n/a"
+        print(
+            f"{v:>22}: {row['median_seconds'] * 1000:8.1f} ms/it  {row['images_per_second']:8.0f} img/s  "
+            f"peak {mem}{extra}",
+            flush=True,
+        )
+    save(
+        f"loop_{a.device.split(':')[0]}",
+        {
+            "benchmark": "bench_loop",
+            "dataset": a.dataset,
+            "ipc": a.ipc,
+            "batch_real": a.batch_real,
+            "images_per_iteration": per_it,
+            "rounds": a.rounds,
+            "seed": a.seed,
+            "model": loops["mmd"].cfg.model,
+            "k": loops["hyperbolic"].cfg.matcher.k,
+            "scale": loops["hyperbolic"].cfg.matcher.scale,
+            "match_dtype_hyperbolic": loops["hyperbolic"].cfg.matcher.dtype,
+            **machine(a.device),
+            "rows": rows,
+        },
+    )
+
 
 if __name__ == "__main__":
     main()

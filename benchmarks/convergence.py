@@ -28,14 +28,13 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
+from _results import RESULTS, RowStore, add_sweep_args, distill_resumable, machine, sweep_setup
 from hyperdm.distill import resolve
 from hyperdm.distill.config import FLAT, run_setting
-
-from _results import RESULTS, RowStore, add_sweep_args, distill_resumable, machine, sweep_setup
 
 #: variant -> (matcher, the one setting changed from the published HDD row)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -45,17 +44,37 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "scale-double": ("hyperbolic", {"scale": 2.0}),  # a factor of the row's lambda
 }
 #: settings recorded in every row; a run directory holding other values is not harvested
-KEYS = ("iterations", "batch_real", "lr_img", "k", "scale", "max_norm", "match_dtype", "eval_epochs", "eval_runs", "seed", "ipc")
+KEYS = (
+    "iterations",
+    "batch_real",
+    "lr_img",
+    "k",
+    "scale",
+    "max_norm",
+    "match_dtype",
+    "eval_epochs",
+    "eval_runs",
+    "seed",
+    "ipc",
+)
 
 
 def configure(variant: str, ipc: int, seed: int, a: argparse.Namespace) -> Any:
     """The resolved config of one run: the ``cpu`` preset, ``--iterations`` long, evaluated at ``--eval-at``."""
     matcher, change = VARIANTS[variant]
-    common = {"device": a.device, "seed": seed, "data_root": a.data_root, "iterations": a.iterations, "eval_at": a.eval_at}
+    common = {
+        "device": a.device,
+        "seed": seed,
+        "data_root": a.data_root,
+        "iterations": a.iterations,
+        "eval_at": a.eval_at,
+    }
     if "scale" in change:  # a factor of the row's lambda
         row = resolve(preset="cpu", method="dm", matcher=matcher, dataset=a.dataset, ipc=ipc, overrides=common)
         change = {**change, "scale": change["scale"] * row.matcher.scale}
-    cfg = resolve(preset="cpu", method="dm", matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={**common, **change})
+    cfg = resolve(
+        preset="cpu", method="dm", matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={**common, **change}
+    )
     cfg.sources.update({FLAT[key]: f"convergence variant {variant}" for key in change})
     return cfg
 
@@ -87,18 +106,34 @@ def rows_of_run(path: Path, variant: str, want: dict[str, Any]) -> list[dict[str
     rows = []
     for e in m.get("evals", []):
         r = e["ConvNet"]
-        rows.append({
-            "id": f"dm/{variant}/ipc{want['ipc']}/seed{want['seed']}/it{e['iteration']}", "method": "dm", "matcher": matcher,
-            "variant": variant, "ipc": want["ipc"], "seed": want["seed"], "iteration": e["iteration"],
-            "accuracy": 100 * r["mean"], "runs": [100 * v for v in r["accs"]], **{f"run_{k}": v for k, v in want.items()},
-            "matcher_scale": m.get("matcher_scale"), "run_finished": bool(m.get("final")),
-            "run_distill_seconds": m.get("distill_seconds") if m.get("final") else None,
-        })
+        rows.append(
+            {
+                "id": f"dm/{variant}/ipc{want['ipc']}/seed{want['seed']}/it{e['iteration']}",
+                "method": "dm",
+                "matcher": matcher,
+                "variant": variant,
+                "ipc": want["ipc"],
+                "seed": want["seed"],
+                "iteration": e["iteration"],
+                "accuracy": 100 * r["mean"],
+                "runs": [100 * v for v in r["accs"]],
+                **{f"run_{k}": v for k, v in want.items()},
+                "matcher_scale": m.get("matcher_scale"),
+                "run_finished": bool(m.get("final")),
+                "run_distill_seconds": m.get("distill_seconds") if m.get("final") else None,
+            }
+        )
     return rows
 
 
-def harvest(store: RowStore, header: dict[str, Any], path: Path, variant: str, want: dict[str, Any],
-            extra: Optional[dict[str, Any]] = None) -> int:
+def harvest(
+    store: RowStore,
+    header: dict[str, Any],
+    path: Path,
+    variant: str,
+    want: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> int:
     """Merge the evaluations found in ``path`` into the results file; returns how many rows were new or changed."""
     have = {r["id"]: r for r in store.rows()}
     n = 0
@@ -144,15 +179,28 @@ def format_table(entries: list[dict[str, Any]], markdown: bool = False) -> str:
     for e in entries:
         diffs = ", ".join(f"{d:+.2f}" for d in e.get("diff_per_seed", [])) or "-"
         dm = f"{e['diff_mean']:+.2f} +- {e['diff_std']:.2f}" if "diff_mean" in e else "-"
-        lines.append([e["variant"], str(e["ipc"]), str(e["iteration"]), ",".join(map(str, e["seeds"])),
-                      f"{e['mean']:.2f} +- {e['std']:.2f}", diffs, dm])
+        lines.append(
+            [
+                e["variant"],
+                str(e["ipc"]),
+                str(e["iteration"]),
+                ",".join(map(str, e["seeds"])),
+                f"{e['mean']:.2f} +- {e['std']:.2f}",
+                diffs,
+                dm,
+            ]
+        )
     if markdown:
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(x) + " |" for x in lines])
-    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(x, widths)) for x in [head, ["-" * w for w in widths]] + lines)
+        return "\n".join(
+            ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(x) + " |" for x in lines]
+        )
+    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(x, widths, strict=True)) for x in [head, ["-" * w for w in widths], *lines]
+    )
 
 
-def figure(entries: list[dict[str, Any]], path: Path) -> Optional[Path]:
+def figure(entries: list[dict[str, Any]], path: Path) -> Path | None:
     """Accuracy against iterations, mean +- std over seeds, one line per variant, one panel per IPC."""
     try:
         import matplotlib
@@ -160,24 +208,33 @@ def figure(entries: list[dict[str, Any]], path: Path) -> Optional[Path]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is missing (pip install \".[distill]\"); no figure")
+        print('matplotlib is missing (pip install ".[distill]"); no figure')
         return None
     ipcs = sorted({e["ipc"] for e in entries})
     if not ipcs:
         return None
     fig, axes = plt.subplots(1, len(ipcs), figsize=(max(6.4, 5.2 * len(ipcs)), 4.3), squeeze=False)
     colours = {"mmd": "tab:blue", "hyperbolic": "tab:red", "no-clamp": "tab:orange", "scale-double": "tab:purple"}
-    names = {"mmd": "DM (MMD line)", "hyperbolic": "DM + HDD", "no-clamp": "DM + HDD, exact exp-map",
-             "scale-double": "DM + HDD, lambda x2"}
-    for ax, ipc in zip(axes[0], ipcs):
+    names = {
+        "mmd": "DM (MMD line)",
+        "hyperbolic": "DM + HDD",
+        "no-clamp": "DM + HDD, exact exp-map",
+        "scale-double": "DM + HDD, lambda x2",
+    }
+    for ax, ipc in zip(axes[0], ipcs, strict=True):
         for variant in VARIANTS:
-            pts = sorted((e["iteration"], e["mean"], e["std"], len(e["seeds"])) for e in entries
-                         if e["ipc"] == ipc and e["variant"] == variant)
+            pts = sorted(
+                (e["iteration"], e["mean"], e["std"], len(e["seeds"]))
+                for e in entries
+                if e["ipc"] == ipc and e["variant"] == variant
+            )
             if not pts:
                 continue
-            its, mean, std, n = zip(*pts)
+            its, mean, std, n = zip(*pts, strict=True)
             seeds = f"{min(n)}-{max(n)} seeds" if min(n) != max(n) else f"{n[0]} seed{'s' if n[0] > 1 else ''}"
-            ax.errorbar(its, mean, yerr=std, marker="o", capsize=3, color=colours[variant], label=f"{names[variant]} ({seeds})")
+            ax.errorbar(
+                its, mean, yerr=std, marker="o", capsize=3, color=colours[variant], label=f"{names[variant]} ({seeds})"
+            )
         ax.set_xscale("log")
         shown = sorted({e["iteration"] for e in entries if e["ipc"] == ipc})
         ax.set_xticks(shown, [str(t) for t in shown])
@@ -205,8 +262,12 @@ def main() -> None:
     ap.add_argument("--eval-at", type=int, nargs="+", default=[200, 500, 1000])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--work", default="runs/convergence", help="run directories (an interrupted run there is continued)")
-    ap.add_argument("--harvest-only", action="store_true", help="merge the evaluations saved in the run directories and exit")
+    ap.add_argument(
+        "--work", default="runs/convergence", help="run directories (an interrupted run there is continued)"
+    )
+    ap.add_argument(
+        "--harvest-only", action="store_true", help="merge the evaluations saved in the run directories and exit"
+    )
     ap.add_argument("--markdown", action="store_true", help="with --table-only: a Markdown table")
     add_sweep_args(ap, "runs")
     a = ap.parse_args()
@@ -226,16 +287,22 @@ def main() -> None:
             cfg = configure(variant, ipc, seed, a)
             want = settings(cfg)
             path = run_dir(a, variant, ipc, seed)
-            done = {r["iteration"] for r in store.rows() if r["id"].startswith(f"dm/{variant}/ipc{ipc}/seed{seed}/")
-                    and r.get("run_finished")}
+            done = {
+                r["iteration"]
+                for r in store.rows()
+                if r["id"].startswith(f"dm/{variant}/ipc{ipc}/seed{seed}/") and r.get("run_finished")
+            }
             if set(cfg.eval_iterations()) <= done:
                 print(f"{variant} ipc {ipc} seed {seed}: done, skipped", flush=True)
                 continue
             t0 = time.perf_counter()
             print(f"{variant} ipc {ipc} seed {seed}: running in {path}", flush=True)
             m, wall = distill_resumable(cfg, path)
-            extra = {"run_wall_seconds_this_sitting": wall, "threads": torch.get_num_threads(),
-                     "run_distill_seconds": m["distill_seconds"]}
+            extra = {
+                "run_wall_seconds_this_sitting": wall,
+                "threads": torch.get_num_threads(),
+                "run_distill_seconds": m["distill_seconds"],
+            }
             harvest(store, header, path, variant, want, extra)
             accs = ", ".join(f"it {e['iteration']}: {100 * e['ConvNet']['mean']:.2f}" for e in m["evals"])
             print(f"{variant} ipc {ipc} seed {seed}: {accs}  ({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import mpmath
 import torch
 
 import hyperdm  # noqa: F401  (imports geoopt without its torch.jit.script warnings)
+
+# isort: split
 import geoopt
-from hyperdm import StableLorentz
-from hyperdm import lorentz as L
 
 from _results import machine, save
+from hyperdm import StableLorentz
+from hyperdm import lorentz as L
 
 mp = mpmath.mp
 mp.dps = 50
@@ -33,20 +36,21 @@ F64 = torch.float64
 
 # -- mpmath reference (textbook forms at 50 digits, inputs read by their space parts) -------------
 
+
 def _vec(t: torch.Tensor) -> list:
     return [mp.mpf(float(a)) for a in t.double().tolist()]
 
 
 def _point(xs: list, k) -> list:
-    return [mp.sqrt(k + sum(a * a for a in xs))] + xs
+    return [mp.sqrt(k + sum(a * a for a in xs)), *xs]
 
 
 def _tangent(x: list, us: list) -> list:
-    return [sum(a * b for a, b in zip(x[1:], us)) / x[0]] + us
+    return [sum(a * b for a, b in zip(x[1:], us, strict=True)) / x[0], *us]
 
 
 def _mink(a: list, b: list):
-    return -a[0] * b[0] + sum(p * q for p, q in zip(a[1:], b[1:]))
+    return -a[0] * b[0] + sum(p * q for p, q in zip(a[1:], b[1:], strict=True))
 
 
 def ref_dist(x: list, y: list, k):
@@ -56,17 +60,17 @@ def ref_dist(x: list, y: list, k):
 def ref_expmap(x: list, u: list, k) -> list:
     n = mp.sqrt(_mink(u, u))
     t = n / mp.sqrt(k)
-    return [mp.cosh(t) * a + mp.sinh(t) / t * b for a, b in zip(x, u)]
+    return [mp.cosh(t) * a + mp.sinh(t) / t * b for a, b in zip(x, u, strict=True)]
 
 
 def ref_logmap(x: list, y: list, k) -> list:
     t = ref_dist(x, y, k) / mp.sqrt(k)
-    return [t / mp.sinh(t) * (b - mp.cosh(t) * a) for a, b in zip(x, y)]
+    return [t / mp.sinh(t) * (b - mp.cosh(t) * a) for a, b in zip(x, y, strict=True)]
 
 
 def ref_transp(x: list, y: list, v: list, k) -> list:
     c = _mink(y, v) / (k - _mink(x, y))
-    return [a + c * (p + q) for a, p, q in zip(v, x, y)]
+    return [a + c * (p + q) for a, p, q in zip(v, x, y, strict=True)]
 
 
 def _rel(out: torch.Tensor, ref: list) -> float:
@@ -76,6 +80,7 @@ def _rel(out: torch.Tensor, ref: list) -> float:
 
 
 # -- inputs ----------------------------------------------------------------------------------
+
 
 def points(n: int, d: int, radius: float, k: float, gen: torch.Generator) -> torch.Tensor:
     """float64 points at distance ``radius * sqrt(k)`` from the origin, random directions."""
@@ -103,6 +108,7 @@ def worst(fn: Callable[[int], float], n: int) -> float:
 
 # -- cases -----------------------------------------------------------------------------------
 
+
 def case_expmap0(n: int, seed: int, k: float = 2.0, radius: float = 4.0, dtype=F64) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     v = torch.randn(n, 8, generator=gen, dtype=F64)
@@ -112,18 +118,23 @@ def case_expmap0(n: int, seed: int, k: float = 2.0, radius: float = 4.0, dtype=F
     for name, m in manifolds(k).items():
         y = m.expmap0(u)
 
-        def err(i: int) -> float:
+        def err(i: int, y: torch.Tensor = y) -> float:
             vs = _vec(v[i])
             nv = mp.sqrt(sum(a * a for a in vs))
             t = nv / mp.sqrt(k)
             ref = [mp.sqrt(k) * mp.cosh(t)] + [mp.sqrt(k) * mp.sinh(t) / nv * a for a in vs]
-            return float(max(abs(mp.mpf(float(p)) - q) for p, q in zip(y[i].double().tolist(), ref)))
+            return float(max(abs(mp.mpf(float(p)) - q) for p, q in zip(y[i].double().tolist(), ref, strict=True)))
+
         out[name] = worst(err, n)
-    return {"what": f"expmap0, {str(dtype)[6:]}, |v| = {radius} sqrt(k), k = {k}: max absolute error of the point",
-            **out}
+    return {
+        "what": f"expmap0, {str(dtype)[6:]}, |v| = {radius} sqrt(k), k = {k}: max absolute error of the point",
+        **out,
+    }
 
 
-def case_dist_close(n: int, seed: int, k: float = 2.0, radius: float = 5.0, sep: float = 1e-3, dtype=torch.float32) -> dict[str, Any]:
+def case_dist_close(
+    n: int, seed: int, k: float = 2.0, radius: float = 5.0, sep: float = 1e-3, dtype=torch.float32
+) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     x = points(n, 16, radius, k, gen)
     y = L.expmap(x, tangents(x, sep / math.sqrt(k), k, gen), k=k)
@@ -133,28 +144,41 @@ def case_dist_close(n: int, seed: int, k: float = 2.0, radius: float = 5.0, sep:
     for name, m in manifolds(k).items():
         d = m.dist(x, y)
         out[name] = max(float(abs(mp.mpf(float(d[i])) - refs[i]) / refs[i]) for i in range(n))
-    return {"what": f"dist, {str(dtype)[6:]}, points {sep} apart at radius {radius} sqrt(k), k = {k}: max relative error", **out}
+    return {
+        "what": f"dist, {str(dtype)[6:]}, points {sep} apart at radius {radius} sqrt(k), k = {k}: max relative error",
+        **out,
+    }
 
 
-def case_logmap(n: int, seed: int, k: float = 2.0, radius: float = 3.0, step: float = 1e-2, dtype=torch.float32) -> dict[str, Any]:
+def case_logmap(
+    n: int, seed: int, k: float = 2.0, radius: float = 3.0, step: float = 1e-2, dtype=torch.float32
+) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     x = points(n, 16, radius, k, gen)
     y = L.expmap(x, tangents(x, step, k, gen), k=k)
     x, y = x.to(dtype), y.to(dtype)
     refs = [ref_logmap(_point(_vec(x[i, 1:]), k), _point(_vec(y[i, 1:]), k), k) for i in range(n)]
     out = {name: max(_rel(m.logmap(x, y)[i], refs[i]) for i in range(n)) for name, m in manifolds(k).items()}
-    return {"what": f"logmap, {str(dtype)[6:]}, points {step} sqrt(k) apart at radius {radius} sqrt(k), k = {k}: "
-                    "max relative error (ambient components)", **out}
+    return {
+        "what": f"logmap, {str(dtype)[6:]}, points {step} sqrt(k) apart at radius {radius} sqrt(k), k = {k}: "
+        "max relative error (ambient components)",
+        **out,
+    }
 
 
-def case_expmap(n: int, seed: int, k: float = 2.0, radius: float = 3.0, step: float = 1e-2, dtype=torch.float32,
-                inward: bool = False) -> dict[str, Any]:
+def case_expmap(
+    n: int,
+    seed: int,
+    k: float = 2.0,
+    radius: float = 3.0,
+    step: float = 1e-2,
+    dtype=torch.float32,
+    inward: bool = False,
+) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     x = points(n, 16, radius, k, gen)
-    if inward:  # straight towards the origin and on past it, by `step` in all
-        u = L.logmap0back(x, k=k) * (step / radius)
-    else:
-        u = tangents(x, step, k, gen)
+    # inward: straight towards the origin and on past it, by `step` in all
+    u = L.logmap0back(x, k=k) * (step / radius) if inward else tangents(x, step, k, gen)
     x, u = x.to(dtype), u.to(dtype)
     out = {}
     refs = []
@@ -165,8 +189,11 @@ def case_expmap(n: int, seed: int, k: float = 2.0, radius: float = 3.0, step: fl
         y = m.expmap(x, u)
         out[name] = max(float(ref_dist(_point(_vec(y[i, 1:]), k), refs[i], k)) for i in range(n))
     where = f"a step of {step} sqrt(k) towards and past the origin" if inward else f"steps of {step} sqrt(k)"
-    return {"what": f"expmap, {str(dtype)[6:]}, radius {radius} sqrt(k), {where}, k = {k}: "
-                    "max distance of the result from the exact point", **out}
+    return {
+        "what": f"expmap, {str(dtype)[6:]}, radius {radius} sqrt(k), {where}, k = {k}: "
+        "max distance of the result from the exact point",
+        **out,
+    }
 
 
 def case_radial_step(k: float = 2.0, radius: float = 10.0, step: float = 1e-2, dtype=torch.float32) -> dict[str, Any]:
@@ -183,11 +210,16 @@ def case_radial_step(k: float = 2.0, radius: float = 10.0, step: float = 1e-2, d
             xr, yr = _point(_vec(x.to(dtype)[0, 1:]), k), _point(_vec(y[0, 1:]), k)
             errs.append(float(abs(ref_dist(xr, yr, k) - step * sk) / (step * sk)))
         out[name] = max(errs)
-    return {"what": f"expmap, {str(dtype)[6:]}, hyperbolic line, radial steps of {step} sqrt(k) at radius {radius} sqrt(k), "
-                    f"k = {k}: relative error of the distance travelled", **out}
+    return {
+        "what": f"expmap, {str(dtype)[6:]}, hyperbolic line, radial steps of {step} sqrt(k) "
+        f"at radius {radius} sqrt(k), k = {k}: relative error of the distance travelled",
+        **out,
+    }
 
 
-def case_transp(n: int, seed: int, k: float = 2.0, radius: float = 3.0, step: float = 1e-3, dtype=torch.float32) -> dict[str, Any]:
+def case_transp(
+    n: int, seed: int, k: float = 2.0, radius: float = 3.0, step: float = 1e-3, dtype=torch.float32
+) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     x = points(n, 16, radius, k, gen)
     y = L.expmap(x, tangents(x, step, k, gen), k=k)
@@ -198,8 +230,11 @@ def case_transp(n: int, seed: int, k: float = 2.0, radius: float = 3.0, step: fl
         xr, yr = _point(_vec(x[i, 1:]), k), _point(_vec(y[i, 1:]), k)
         refs.append(ref_transp(xr, yr, _tangent(xr, _vec(v[i, 1:])), k))
     out = {name: max(_rel(m.transp(x, y, v)[i], refs[i]) for i in range(n)) for name, m in manifolds(k).items()}
-    return {"what": f"transp, {str(dtype)[6:]}, points {step} sqrt(k) apart at radius {radius} sqrt(k), unit vectors, "
-                    f"k = {k}: max relative error (ambient components)", **out}
+    return {
+        "what": f"transp, {str(dtype)[6:]}, points {step} sqrt(k) apart at radius {radius} sqrt(k), unit vectors, "
+        f"k = {k}: max relative error (ambient components)",
+        **out,
+    }
 
 
 def case_centroid(n: int, seed: int, k: float = 2.0, radius: float = 5.0, dtype=torch.float32) -> dict[str, Any]:
@@ -213,15 +248,21 @@ def case_centroid(n: int, seed: int, k: float = 2.0, radius: float = 5.0, dtype=
         mean = [sum(p[i] for p in pts) / 8 for i in range(17)]
         ref = [mp.sqrt(k) * a / mp.sqrt(-_mink(mean, mean)) for a in mean]
         errs.append(float(ref_dist(_point(_vec(c[1:]), k), ref, k)))
-    return {"what": f"centroid (Law), {str(dtype)[6:]}, 8 points at radius {radius} sqrt(k), k = {k}: "
-                    "max distance from the exact centroid", "geoopt.Lorentz": "no centroid",
-            "geoopt.Lorentz(k float64)": "no centroid", "StableLorentz": max(errs)}
+    return {
+        "what": f"centroid (Law), {str(dtype)[6:]}, 8 points at radius {radius} sqrt(k), k = {k}: "
+        "max distance from the exact centroid",
+        "geoopt.Lorentz": "no centroid",
+        "geoopt.Lorentz(k float64)": "no centroid",
+        "StableLorentz": max(errs),
+    }
 
 
 def case_norm_zero(k: float = 2.0) -> dict[str, Any]:
     u = torch.zeros(17)
-    return {"what": "norm of the zero tangent vector (float32)",
-            **{name: float(m.norm(u)) for name, m in manifolds(k).items()}}
+    return {
+        "what": "norm of the zero tangent vector (float32)",
+        **{name: float(m.norm(u)) for name, m in manifolds(k).items()},
+    }
 
 
 def case_adam(seed: int, k: float = 2.0, radius: float = 3.0, steps: int = 1200) -> dict[str, Any]:
@@ -241,10 +282,15 @@ def case_adam(seed: int, k: float = 2.0, radius: float = 3.0, steps: int = 1200)
             sched.step()
         xd = p.detach().double()
         off = ((xd[:, 0] - torch.sqrt(k + xd[:, 1:].square().sum(-1))) / xd[:, 0]).abs().max()
-        out[name] = {"final max distance": float(L.dist(xd, tgt, k=k).max()),
-                     "max relative |x_0 - sqrt(k + |x_s|^2)| / x_0": float(off)}
-    return {"what": f"RiemannianAdam, float32, {steps} steps, 64 points at radius {radius} sqrt(k) to 64 targets, "
-                    f"loss sum of distances, k = {k}", **out}
+        out[name] = {
+            "final max distance": float(L.dist(xd, tgt, k=k).max()),
+            "max relative |x_0 - sqrt(k + |x_s|^2)| / x_0": float(off),
+        }
+    return {
+        "what": f"RiemannianAdam, float32, {steps} steps, 64 points at radius {radius} sqrt(k) to 64 targets, "
+        f"loss sum of distances, k = {k}",
+        **out,
+    }
 
 
 def main() -> None:
@@ -276,8 +322,10 @@ def main() -> None:
             if isinstance(val, dict):
                 val = ", ".join(f"{a}: {b:.2g}" for a, b in val.items())
             print(f"    {key:28s} {val if isinstance(val, str) else f'{val:.2g}'}")
-    save("geoopt_compare", {"machine": machine("cpu"), "geoopt": geoopt.__version__, "n": a.n, "seed": a.seed,
-                            "cases": cases})
+    save(
+        "geoopt_compare",
+        {"machine": machine("cpu"), "geoopt": geoopt.__version__, "n": a.n, "seed": a.seed, "cases": cases},
+    )
 
 
 if __name__ == "__main__":

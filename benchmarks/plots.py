@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Optional
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from _results import RESULTS  # noqa: E402
+from _results import RESULTS
 
 
-def load(name: str) -> Optional[dict[str, Any]]:
+def load(name: str) -> dict[str, Any] | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -48,8 +48,11 @@ def speed_bars() -> None:
         axes[0].invert_yaxis()
         axes[0].margins(x=0.12)
         axes[0].set_xlabel("ms per DM iteration (median)")
-        axes[0].set_title(f"one DM iteration, IPC {loop['ipc']}, {loop['batch_real']} real/class\n"
-                          f"{loop['device_name']}, {loop['threads']} threads", fontsize=9)
+        axes[0].set_title(
+            f"one DM iteration, IPC {loop['ipc']}, {loop['batch_real']} real/class\n"
+            f"{loop['device_name']}, {loop['threads']} threads",
+            fontsize=9,
+        )
     if matcher is not None:
         rows = [r for r in matcher["results"] if r["dtype"] == "float32" and r["M"] == 10]
         names = [r["variant"] for r in rows]
@@ -59,8 +62,11 @@ def speed_bars() -> None:
         axes[1].margins(x=0.12)
         axes[1].set_xlabel("ms per forward + backward (median)")
         m = matcher["machine"]
-        axes[1].set_title(f"matching term alone, float32, C=10 N=256 M=10 D=2048\n{m['device_name']}, "
-                          f"{m['torch_num_threads']} threads", fontsize=9)
+        axes[1].set_title(
+            f"matching term alone, float32, C=10 N=256 M=10 D=2048\n{m['device_name']}, "
+            f"{m['torch_num_threads']} threads",
+            fontsize=9,
+        )
     fig.tight_layout()
     save(fig, "speed_cpu.png")
 
@@ -90,21 +96,35 @@ def curve_figure(res: dict[str, Any]) -> Any:
         its = [e["iteration"] for e in r["evals"]]
         acc = [100 * e["ConvNet"]["mean"] for e in r["evals"]]
         if r["keep"] == 1:
-            axes[0].plot(its, acc, "o-", label=f"{'DM + HDD' if r['matcher'] == 'hyperbolic' else 'DM (MMD)'}, seed {r['seed']}")
+            axes[0].plot(
+                its, acc, "o-", label=f"{'DM + HDD' if r['matcher'] == 'hyperbolic' else 'DM (MMD)'}, seed {r['seed']}"
+            )
         if r["matcher"] == "hyperbolic":
             label = "100 %" if r["keep"] == 1 else f"{100 * r['keep']:g} % {r['score']}"
-            axes[1].plot(its, acc, dash.get(r["keep"], "-"), color=colour[r["score"]], marker="o", ms=3,
-                         label=f"{label}, seed {r['seed']}")
+            axes[1].plot(
+                its,
+                acc,
+                dash.get(r["keep"], "-"),
+                color=colour[r["score"]],
+                marker="o",
+                ms=3,
+                label=f"{label}, seed {r['seed']}",
+            )
     final = {(r["matcher"], r["score"], r["keep"], r["seed"]): 100 * r["evals"][-1]["ConvNet"]["mean"] for r in rows}
     for score in ("radius", "centroid", "random"):  # one line per score and seed, from that seed's 100 % row
-        for i, seed in enumerate(sorted({sd for (m, s, k, sd) in final if m == "hyperbolic" and s == score})):
+        for i, seed in enumerate(sorted({sd for (m, s, _k, sd) in final if m == "hyperbolic" and s == score})):
             pts = [(k, a) for (m, s, k, sd), a in final.items() if m == "hyperbolic" and s == score and sd == seed]
             if ("hyperbolic", "none", 1.0, seed) in final:
                 pts.append((1.0, final[("hyperbolic", "none", 1.0, seed)]))
-            xs, ys = zip(*sorted(pts))
-            axes[2].plot([100 * x for x in xs], ys, ["o-", "s--", "^:", "v-."][i % 4], color=colour[score],
-                         label=f"{score}, seed {seed}")
-    for (m, s, k, seed), a in final.items():
+            xs, ys = zip(*sorted(pts), strict=True)
+            axes[2].plot(
+                [100 * x for x in xs],
+                ys,
+                ["o-", "s--", "^:", "v-."][i % 4],
+                color=colour[score],
+                label=f"{score}, seed {seed}",
+            )
+    for (m, _s, _k, seed), a in final.items():
         if m == "mmd":
             axes[2].axhline(a, color="gray", ls="--", lw=1, label=f"MMD line, 100 %, seed {seed}")
     axes[2].set_xscale("log")
@@ -129,7 +149,7 @@ def curve_figure(res: dict[str, Any]) -> Any:
     return fig
 
 
-def poincare(run: Optional[str]) -> None:
+def poincare(run: str | None) -> None:
     """The Poincare disk of a finished run (real vs synthetic features and centroids), via hyperdm.distill.plots."""
     if not run:
         print("poincare disk: pass --poincare-run <run directory>; skipped")
@@ -145,8 +165,16 @@ def poincare(run: Optional[str]) -> None:
     images, labels = expand(images, labels, int(meta.get("partition", 1)))
     real = load_dataset(cfg["dataset"], cfg.get("data_root"))
     out = RESULTS / f"poincare_{cfg['dataset']}_ipc{cfg['ipc']}_{cfg['method']}-{run_setting(cfg, 'matcher.kind')}.png"
-    plot_poincare(real, images, labels, out, k=run_setting(cfg, "matcher.k"), max_norm=run_setting(cfg, "matcher.max_norm"),
-                  model=cfg["model"], seed=cfg["seed"])
+    plot_poincare(
+        real,
+        images,
+        labels,
+        out,
+        k=run_setting(cfg, "matcher.k"),
+        max_norm=run_setting(cfg, "matcher.max_norm"),
+        model=cfg["model"],
+        seed=cfg["seed"],
+    )
     print(f"wrote {out}")
 
 

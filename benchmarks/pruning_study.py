@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import statistics
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
+from _results import RowStore, add_sweep_args, distill_resumable, machine, same_settings, sweep_setup
 from hyperdm.distill import resolve
 from hyperdm.distill.presets import PRUNE_SCORES
-
-from _results import RowStore, add_sweep_args, distill_resumable, machine, same_settings, sweep_setup
 
 KEYS = ("iterations", "batch_real", "eval_epochs", "eval_runs", "eval_every", "k", "scale", "lr_img", "prune_nets")
 
@@ -41,7 +40,7 @@ def row_id(matcher: str, score: str, keep: float, seed: int) -> str:
     return f"{matcher}/{score}/keep{keep:g}/seed{seed}"
 
 
-def stability(evals: list[dict[str, Any]], last: int) -> Optional[float]:
+def stability(evals: list[dict[str, Any]], last: int) -> float | None:
     """Population std of the mean ConvNet accuracy (%) over the last ``last`` evaluations."""
     means = [100 * e["ConvNet"]["mean"] for e in evals[-last:]]
     return statistics.pstdev(means) if len(means) == last and last > 1 else None
@@ -60,28 +59,45 @@ def summarise(rows: list[dict[str, Any]], last: int) -> list[dict[str, Any]]:
     for r in rows:
         groups.setdefault((r["matcher"], r["score"], r["keep"]), []).append(r)
     out = []
-    for (matcher, score, keep), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "hyperbolic", -kv[0][2], kv[0][1])):
+    for (matcher, score, keep), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0] != "hyperbolic", -kv[0][2], kv[0][1])
+    ):
         finals = [100 * r["mean"] for r in rs]
         stabs = [s for s in (stability(r["evals"], last) for r in rs) if s is not None]
-        out.append({"matcher": matcher, "score": score, "keep": keep, "seeds": sorted(r["seed"] for r in rs),
-                    "kept_images": rs[0]["kept_images"], "final_mean": statistics.fmean(finals),
-                    "final_std_over_seeds": statistics.pstdev(finals) if len(finals) > 1 else None,
-                    "final_std_over_eval_runs": statistics.fmean(100 * r["std"] for r in rs),
-                    "curve_std_last": statistics.fmean(stabs) if stabs else None, "last": last,
-                    "synthetic_mean_pixel": statistics.fmean(r["synthetic_mean_pixel"] for r in rs)
-                    if all("synthetic_mean_pixel" in r for r in rs) else None})
+        out.append(
+            {
+                "matcher": matcher,
+                "score": score,
+                "keep": keep,
+                "seeds": sorted(r["seed"] for r in rs),
+                "kept_images": rs[0]["kept_images"],
+                "final_mean": statistics.fmean(finals),
+                "final_std_over_seeds": statistics.pstdev(finals) if len(finals) > 1 else None,
+                "final_std_over_eval_runs": statistics.fmean(100 * r["std"] for r in rs),
+                "curve_std_last": statistics.fmean(stabs) if stabs else None,
+                "last": last,
+                "synthetic_mean_pixel": statistics.fmean(r["synthetic_mean_pixel"] for r in rs)
+                if all("synthetic_mean_pixel" in r for r in rs)
+                else None,
+            }
+        )
     return out
 
 
 def format_table(table: list[dict[str, Any]]) -> str:
-    lines = [f"{'matcher':<11}{'score':<10}{'keep':>6}{'images':>8}  {'final acc (%)':<16}{'curve std (last)':>18}"
-             f"{'mean pixel':>12}  seeds", "-" * 92]
+    lines = [
+        f"{'matcher':<11}{'score':<10}{'keep':>6}{'images':>8}  {'final acc (%)':<16}{'curve std (last)':>18}"
+        f"{'mean pixel':>12}  seeds",
+        "-" * 92,
+    ]
     for t in table:
         spread = t["final_std_over_seeds"] if t["final_std_over_seeds"] is not None else t["final_std_over_eval_runs"]
         curve = f"{t['curve_std_last']:.2f} ({t['last']})" if t["curve_std_last"] is not None else "-"
         pixel = f"{t['synthetic_mean_pixel']:.4f}" if t.get("synthetic_mean_pixel") is not None else "-"
-        lines.append(f"{t['matcher']:<11}{t['score']:<10}{100 * t['keep']:>5.0f}%{t['kept_images']:>8}  "
-                     f"{t['final_mean']:.2f} +- {spread:.2f}  {curve:>18}{pixel:>12}  {t['seeds']}")
+        lines.append(
+            f"{t['matcher']:<11}{t['score']:<10}{100 * t['keep']:>5.0f}%{t['kept_images']:>8}  "
+            f"{t['final_mean']:.2f} +- {spread:.2f}  {curve:>18}{pixel:>12}  {t['seeds']}"
+        )
     return "\n".join(lines)
 
 
@@ -101,7 +117,9 @@ def main() -> None:
     ap.add_argument("--eval-epochs", type=int, default=None)
     ap.add_argument("--eval-runs", type=int, default=None)
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--work", default="runs/pruning", help="run directories (a row's interrupted run there is continued)")
+    ap.add_argument(
+        "--work", default="runs/pruning", help="run directories (a row's interrupted run there is continued)"
+    )
     ap.add_argument("--name", default=None, help="results file name")
     add_sweep_args(ap, "rows of the plan")
     a = ap.parse_args()
@@ -116,8 +134,14 @@ def main() -> None:
     if a.table_only:
         print(format_table(summarise(store.rows(), a.last)))
         return
-    header = {"benchmark": "pruning_study", "method": "dm", "preset": a.preset, "dataset": a.dataset, "ipc": a.ipc,
-              **machine(a.device)}
+    header = {
+        "benchmark": "pruning_study",
+        "method": "dm",
+        "preset": a.preset,
+        "dataset": a.dataset,
+        "ipc": a.ipc,
+        **machine(a.device),
+    }
     loaded: list[Any] = []
 
     def real() -> Any:
@@ -132,31 +156,65 @@ def main() -> None:
         if a.mmd:
             plan.append(("mmd", "none", 1.0, seed))
         for keep in sorted(set(a.keeps), reverse=True):
-            plan += [("hyperbolic", "none", 1.0, seed)] if keep == 1 else [("hyperbolic", s, keep, seed) for s in a.scores]
+            plan += (
+                [("hyperbolic", "none", 1.0, seed)] if keep == 1 else [("hyperbolic", s, keep, seed) for s in a.scores]
+            )
     for matcher, score, keep, seed in plan[shard::shards]:
         rid = row_id(matcher, score, keep, seed)
-        cfg = resolve(preset=a.preset, method="dm", matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides={
-            "device": a.device, "seed": seed, "data_root": a.data_root, "iterations": a.iterations,
-            "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs, "eval_every": a.eval_every,
-            "prune_keep": keep if keep < 1 else None, "prune_score": score if keep < 1 else None})
+        cfg = resolve(
+            preset=a.preset,
+            method="dm",
+            matcher=matcher,
+            dataset=a.dataset,
+            ipc=a.ipc,
+            overrides={
+                "device": a.device,
+                "seed": seed,
+                "data_root": a.data_root,
+                "iterations": a.iterations,
+                "eval_epochs": a.eval_epochs,
+                "eval_runs": a.eval_runs,
+                "eval_every": a.eval_every,
+                "prune_keep": keep if keep < 1 else None,
+                "prune_score": score if keep < 1 else None,
+            },
+        )
         want = {key: cfg.setting(key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
         old = store.get(rid)
         out = Path(a.work) / rid.replace("/", "-")
         if same_settings(old, want):
             print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)
-            if "synthetic_mean_pixel" not in old and (out / "synthetic.pt").exists():  # rows saved before it was recorded
+            # rows saved before it was recorded
+            if "synthetic_mean_pixel" not in old and (out / "synthetic.pt").exists():
                 store.put({**old, "synthetic_mean_pixel": synthetic_mean_pixel(out, real())}, header, summary)
             continue
         m, wall = distill_resumable(cfg, out)
         final = m["evals"][-1]["ConvNet"]
         n_train = m.get("real_images_used")
-        row = {"id": rid, "matcher": matcher, "score": score, "keep": keep, "seed": seed, "threads": torch.get_num_threads(),
-               **want, "kept_images": n_train, "accs": final["accs"], "mean": final["mean"], "std": final["std"],
-               "evals": m["evals"], "stability_last": stability(m["evals"], a.last), "distill_seconds": m["distill_seconds"],
-               "wall_seconds_with_eval": wall, "loss_per_class": m["loss_per_class"],
-               "synthetic_mean_pixel": synthetic_mean_pixel(out, real())}
-        print(f"{rid}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %, curve std "
-              f"{row['stability_last']}, {wall:.0f} s", flush=True)
+        row = {
+            "id": rid,
+            "matcher": matcher,
+            "score": score,
+            "keep": keep,
+            "seed": seed,
+            "threads": torch.get_num_threads(),
+            **want,
+            "kept_images": n_train,
+            "accs": final["accs"],
+            "mean": final["mean"],
+            "std": final["std"],
+            "evals": m["evals"],
+            "stability_last": stability(m["evals"], a.last),
+            "distill_seconds": m["distill_seconds"],
+            "wall_seconds_with_eval": wall,
+            "loss_per_class": m["loss_per_class"],
+            "synthetic_mean_pixel": synthetic_mean_pixel(out, real()),
+        }
+        print(
+            f"{rid}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %, curve std "
+            f"{row['stability_last']}, {wall:.0f} s",
+            flush=True,
+        )
         store.put(row, header, summary)
     print(format_table(summarise(store.rows(), a.last)))
 

@@ -32,13 +32,12 @@ from typing import Any
 
 import torch
 
+from _results import RowStore, add_sweep_args, distill_resumable, machine, same_settings, sweep_setup
 from hyperdm.distill import resolve
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.evaluate import evaluate_synthetic
-from hyperdm.distill.seeding import Stream, derive_seed
 from hyperdm.distill.loops.base import eval_config
-
-from _results import RowStore, add_sweep_args, distill_resumable, machine, same_settings, sweep_setup
+from hyperdm.distill.seeding import Stream, derive_seed
 
 #: paper Table 1, Fashion-MNIST, IPC 1 / 10 / 50: (mean, std) in %
 PAPER = {
@@ -48,8 +47,13 @@ PAPER = {
     ("idm", "hyperbolic"): {1: (78.5, 0.2), 10: (83.8, 0.2), 50: (86.4, 0.3)},
     ("random", "-"): {1: (51.4, 3.8), 10: (73.8, 0.7), 50: (82.5, 0.7)},
 }
-LABELS = {("dm", "mmd"): "DM", ("dm", "hyperbolic"): "DM with HDD", ("idm", "mmd"): "IDM",
-          ("idm", "hyperbolic"): "IDM with HDD", ("random", "-"): "Random real"}
+LABELS = {
+    ("dm", "mmd"): "DM",
+    ("dm", "hyperbolic"): "DM with HDD",
+    ("idm", "mmd"): "IDM",
+    ("idm", "hyperbolic"): "IDM with HDD",
+    ("random", "-"): "Random real",
+}
 #: settings that must agree for a saved row to count as done
 KEYS = ("iterations", "batch_real", "eval_epochs", "eval_runs", "k", "scale", "lr_img")
 
@@ -59,17 +63,39 @@ def row_id(method: str, matcher: str, ipc: int, seed: int) -> str:
 
 
 def run_distill(method: str, matcher: str, ipc: int, seed: int, a: argparse.Namespace) -> dict[str, Any]:
-    cfg = resolve(preset=a.preset, method=method, matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={
-        "device": a.device, "seed": seed, "data_root": a.data_root, "iterations": a.iterations,
-        "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs})
+    cfg = resolve(
+        preset=a.preset,
+        method=method,
+        matcher=matcher,
+        dataset=a.dataset,
+        ipc=ipc,
+        overrides={
+            "device": a.device,
+            "seed": seed,
+            "data_root": a.data_root,
+            "iterations": a.iterations,
+            "eval_epochs": a.eval_epochs,
+            "eval_runs": a.eval_runs,
+        },
+    )
     m, wall = distill_resumable(cfg, Path(a.work) / row_id(method, matcher, ipc, seed).replace("/", "-"))
     final = m["evals"][-1]["ConvNet"]
     return {
-        "k": cfg.matcher.k if matcher == "hyperbolic" else None, "scale": m.get("matcher_scale"), "lr_img": cfg.lr_img,
-        "iterations": cfg.iterations, "batch_real": cfg.batch_real, "eval_epochs": cfg.eval.epochs,
-        "eval_runs": cfg.eval.runs, "accs": final["accs"], "mean": final["mean"], "std": final["std"],
-        "evals": m["evals"], "distill_seconds": m["distill_seconds"], "wall_seconds_with_eval": wall,
-        "loss_per_class": m["loss_per_class"], "storage": m.get("storage"),
+        "k": cfg.matcher.k if matcher == "hyperbolic" else None,
+        "scale": m.get("matcher_scale"),
+        "lr_img": cfg.lr_img,
+        "iterations": cfg.iterations,
+        "batch_real": cfg.batch_real,
+        "eval_epochs": cfg.eval.epochs,
+        "eval_runs": cfg.eval.runs,
+        "accs": final["accs"],
+        "mean": final["mean"],
+        "std": final["std"],
+        "evals": m["evals"],
+        "distill_seconds": m["distill_seconds"],
+        "wall_seconds_with_eval": wall,
+        "loss_per_class": m["loss_per_class"],
+        "storage": m.get("storage"),
     }
 
 
@@ -77,15 +103,30 @@ def run_random(ipc: int, seed: int, a: argparse.Namespace, cfg: Any) -> dict[str
     """``ipc`` random real images per class, evaluated exactly as a DM run with ``cfg`` evaluates its synthetic set."""
     real = load_dataset(a.dataset, a.data_root)
     gen = torch.Generator().manual_seed(derive_seed(seed, Stream.INIT))
-    idx = torch.cat([(lab := torch.nonzero(real.train_labels == c).squeeze(1))[torch.randperm(lab.numel(), generator=gen)[:ipc]]
-                     for c in range(real.info.num_classes)])
+    idx = torch.cat(
+        [
+            (lab := torch.nonzero(real.train_labels == c).squeeze(1))[torch.randperm(lab.numel(), generator=gen)[:ipc]]
+            for c in range(real.info.num_classes)
+        ]
+    )
     t0 = time.perf_counter()
     ecfg = eval_config(cfg, device=a.device)
-    res = evaluate_synthetic(real.train_images[idx], real.train_labels[idx], real.test_images, real.test_labels, real.info,
-                             ecfg)["ConvNet"]
-    return {"k": None, "scale": None, "lr_img": None, "iterations": 0, "batch_real": None,
-            "eval_epochs": ecfg.epochs, "eval_runs": ecfg.runs, "accs": res["accs"], "mean": res["mean"], "std": res["std"],
-            "wall_seconds_with_eval": time.perf_counter() - t0}
+    res = evaluate_synthetic(
+        real.train_images[idx], real.train_labels[idx], real.test_images, real.test_labels, real.info, ecfg
+    )["ConvNet"]
+    return {
+        "k": None,
+        "scale": None,
+        "lr_img": None,
+        "iterations": 0,
+        "batch_real": None,
+        "eval_epochs": ecfg.epochs,
+        "eval_runs": ecfg.runs,
+        "accs": res["accs"],
+        "mean": res["mean"],
+        "std": res["std"],
+        "wall_seconds_with_eval": time.perf_counter() - t0,
+    }
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -97,10 +138,20 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (method, matcher, ipc), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], list(LABELS).index(kv[0][:2]))):
         means = [100 * r["mean"] for r in sorted(rs, key=lambda r: r["seed"])]
         paper = PAPER.get((method, matcher), {}).get(ipc)
-        table.append({"method": method, "matcher": matcher, "ipc": ipc, "label": LABELS[(method, matcher)],
-                      "seeds": sorted(r["seed"] for r in rs), "per_seed": means, "mean": statistics.fmean(means),
-                      "std": statistics.pstdev(means) if len(means) > 1 else None,
-                      "paper_mean": paper[0] if paper else None, "paper_std": paper[1] if paper else None})
+        table.append(
+            {
+                "method": method,
+                "matcher": matcher,
+                "ipc": ipc,
+                "label": LABELS[(method, matcher)],
+                "seeds": sorted(r["seed"] for r in rs),
+                "per_seed": means,
+                "mean": statistics.fmean(means),
+                "std": statistics.pstdev(means) if len(means) > 1 else None,
+                "paper_mean": paper[0] if paper else None,
+                "paper_std": paper[1] if paper else None,
+            }
+        )
     return table
 
 
@@ -115,16 +166,17 @@ def verdicts(table: list[dict[str, Any]]) -> list[str]:
         diff = t["mean"] - base["mean"]
         noise = max(t["std"] or 0.0, base["std"] or 0.0)
         word = "is level with" if abs(diff) <= noise else ("beats" if diff > 0 else "is below")
-        out.append(f"{method.upper()} IPC {ipc}: HDD {word} MMD ({diff:+.2f} points; larger seed std {noise:.2f}; "
-                   f"{len(t['seeds'])} vs {len(base['seeds'])} seeds); paper: {t['paper_mean'] - base['paper_mean']:+.1f}")
+        out.append(
+            f"{method.upper()} IPC {ipc}: HDD {word} MMD ({diff:+.2f} points; larger seed std {noise:.2f}; "
+            f"{len(t['seeds'])} vs {len(base['seeds'])} seeds); paper: {t['paper_mean'] - base['paper_mean']:+.1f}"
+        )
     return out
 
 
 def format_table(table: list[dict[str, Any]], markdown: bool = False) -> str:
     if markdown:
         return format_markdown(table)
-    lines = [f"{'method':<14}{'IPC':>4}  {'ours (%)':<16}{'seeds':>6}  {'paper (%)':<12}  per seed",
-             "-" * 78]
+    lines = [f"{'method':<14}{'IPC':>4}  {'ours (%)':<16}{'seeds':>6}  {'paper (%)':<12}  per seed", "-" * 78]
     for t in table:
         ours = f"{t['mean']:.2f} +- {t['std']:.2f}" if t["std"] is not None else f"{t['mean']:.2f}"
         paper = f"{t['paper_mean']:.1f} +- {t['paper_std']:.1f}" if t["paper_mean"] is not None else "-"
@@ -139,7 +191,9 @@ def format_markdown(table: list[dict[str, Any]]) -> str:
     for t in table:
         ours = f"{t['mean']:.2f} +- {t['std']:.2f}" if t["std"] is not None else f"{t['mean']:.2f} (1 seed)"
         paper = f"{t['paper_mean']:.1f} +- {t['paper_std']:.1f}" if t["paper_mean"] is not None else "-"
-        lines.append(f"| {t['label']} | {t['ipc']} | {ours} | {', '.join(f'{m:.2f}' for m in t['per_seed'])} | {paper} |")
+        lines.append(
+            f"| {t['label']} | {t['ipc']} | {ours} | {', '.join(f'{m:.2f}' for m in t['per_seed'])} | {paper} |"
+        )
     return "\n".join(lines)
 
 
@@ -162,7 +216,9 @@ def main() -> None:
     ap.add_argument("--eval-epochs", type=int, default=None)
     ap.add_argument("--eval-runs", type=int, default=None)
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--work", default="runs/reproduce", help="run directories (a row's interrupted run there is continued)")
+    ap.add_argument(
+        "--work", default="runs/reproduce", help="run directories (a row's interrupted run there is continued)"
+    )
     ap.add_argument("--name", default=None, help="results file name (default reproduce_<dataset>_<preset>_<device>)")
     ap.add_argument("--markdown", action="store_true", help="with --table-only: print the table as Markdown (README's)")
     add_sweep_args(ap, "rows of the plan")
@@ -185,25 +241,44 @@ def main() -> None:
     for method, matcher, ipc, seed in plan[shard::shards]:
         rid = row_id(method, matcher, ipc, seed)
         if method == "random":
-            cfg = resolve(preset=a.preset, method="dm", matcher="mmd", dataset=a.dataset, ipc=ipc, overrides={
-                "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs, "seed": seed})
+            cfg = resolve(
+                preset=a.preset,
+                method="dm",
+                matcher="mmd",
+                dataset=a.dataset,
+                ipc=ipc,
+                overrides={"eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs, "seed": seed},
+            )
             want = {"eval_epochs": cfg.eval.epochs, "eval_runs": cfg.eval.runs}
         else:
-            cfg = resolve(preset=a.preset, method=method, matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={
-                "iterations": a.iterations, "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs})
+            cfg = resolve(
+                preset=a.preset,
+                method=method,
+                matcher=matcher,
+                dataset=a.dataset,
+                ipc=ipc,
+                overrides={"iterations": a.iterations, "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs},
+            )
             want = {key: cfg.setting(key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
         old = store.get(rid)  # read again before every row: another shard may have done it
         if same_settings(old, want):
             print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)
             continue
-        if method == "random":
-            row = run_random(ipc, seed, a, cfg)
-        else:
-            row = run_distill(method, matcher, ipc, seed, a)
-        row = {"id": rid, "method": method, "matcher": matcher, "ipc": ipc, "seed": seed,
-               "threads": torch.get_num_threads(), **row}
-        print(f"{rid}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %  "
-              f"({row['wall_seconds_with_eval']:.0f} s with evaluation)", flush=True)
+        row = run_random(ipc, seed, a, cfg) if method == "random" else run_distill(method, matcher, ipc, seed, a)
+        row = {
+            "id": rid,
+            "method": method,
+            "matcher": matcher,
+            "ipc": ipc,
+            "seed": seed,
+            "threads": torch.get_num_threads(),
+            **row,
+        }
+        print(
+            f"{rid}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %  "
+            f"({row['wall_seconds_with_eval']:.0f} s with evaluation)",
+            flush=True,
+        )
         store.put(row, header, summary)  # after every row, merged with what other shards saved meanwhile
     if store.rows():
         store.put(None, header, summary)  # the summary of every row, also when this shard had nothing to do

@@ -32,10 +32,9 @@ from typing import Any
 
 import torch
 
+from _results import RowStore, add_sweep_args, distill_resumable, machine, same_settings, sweep_setup
 from hyperdm.distill import resolve
 from hyperdm.distill.config import FLAT
-
-from _results import RowStore, add_sweep_args, distill_resumable, machine, same_settings, sweep_setup
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "mmd": ("mmd", {}),
@@ -59,23 +58,30 @@ def configure(name: str, a: argparse.Namespace) -> Any:
     if name.startswith("scale-") and change["scale"] != "auto":  # a factor of the preset's lambda
         row = resolve(preset=a.preset, method="dm", matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides=common)
         change = {"scale": change["scale"] * row.matcher.scale}
-    cfg = resolve(preset=a.preset, method="dm", matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides={**common, **change})
+    cfg = resolve(
+        preset=a.preset, method="dm", matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides={**common, **change}
+    )
     cfg.sources.update({FLAT[key]: f"sensitivity variant {name}" for key in change})
     return cfg
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     order = {v: i for i, v in enumerate(VARIANTS)}
-    lines = [f"{'variant':<13}{'k':>5}{'lambda':>9}{'clamp':>7}{'dtype':>9}  {'ConvNet acc (%)':<17}loss/class first -> last",
-             "-" * 86]
+    lines = [
+        f"{'variant':<13}{'k':>5}{'lambda':>9}{'clamp':>7}{'dtype':>9}  "
+        f"{'ConvNet acc (%)':<17}loss/class first -> last",
+        "-" * 86,
+    ]
     for r in sorted(rows, key=lambda r: (r["seed"], order.get(r["variant"], 99))):
         lam = f"{r['scale']:.4g}" if r["scale"] is not None else "-"
         k = f"{r['k']:g}" if r["k"] is not None else "-"
         clamp = "-" if r["matcher"] == "mmd" else (f"{r['max_norm']:g}" if r["max_norm"] is not None else "none")
         dtype = r["match_dtype"] if r["matcher"] == "hyperbolic" else "-"
-        lines.append(f"{r['variant']:<13}{k:>5}{lam:>9}{clamp:>7}{dtype:>9}  "
-                     f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}    "
-                     f"{r['loss_per_class_first']:.4g} -> {r['loss_per_class_last']:.4g}   seed {r['seed']}")
+        lines.append(
+            f"{r['variant']:<13}{k:>5}{lam:>9}{clamp:>7}{dtype:>9}  "
+            f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}    "
+            f"{r['loss_per_class_first']:.4g} -> {r['loss_per_class_last']:.4g}   seed {r['seed']}"
+        )
     return "\n".join(lines)
 
 
@@ -88,7 +94,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--work", default="runs/sensitivity", help="run directories (a row's interrupted run there is continued)")
+    ap.add_argument(
+        "--work", default="runs/sensitivity", help="run directories (a row's interrupted run there is continued)"
+    )
     add_sweep_args(ap, "variants of --variants")
     a = ap.parse_args()
     shard, shards = sweep_setup(ap, a)
@@ -96,8 +104,14 @@ def main() -> None:
     if a.table_only:
         print(format_table(store.rows()))
         return
-    header = {"benchmark": "sensitivity", "method": "dm", "preset": a.preset, "dataset": a.dataset, "ipc": a.ipc,
-              **machine(a.device)}
+    header = {
+        "benchmark": "sensitivity",
+        "method": "dm",
+        "preset": a.preset,
+        "dataset": a.dataset,
+        "ipc": a.ipc,
+        **machine(a.device),
+    }
     for name in a.variants[shard::shards]:
         cfg = configure(name, a)
         rid = f"{name}/seed{a.seed}"
@@ -110,14 +124,29 @@ def main() -> None:
             continue
         m, wall = distill_resumable(cfg, Path(a.work) / f"{name}-seed{a.seed}")
         final = m["evals"][-1]["ConvNet"]
-        row = {"id": rid, "variant": name, "seed": a.seed, "threads": torch.get_num_threads(),
-               "change": VARIANTS[name][1], **want, "scale": m.get("matcher_scale"), "accs": final["accs"],
-               "mean": final["mean"], "std": final["std"], "distill_seconds": m["distill_seconds"],
-               "wall_seconds_with_eval": wall,
-               "loss_per_class_first": m["loss_per_class"][0], "loss_per_class_last": m["loss_per_class"][-1]}
+        row = {
+            "id": rid,
+            "variant": name,
+            "seed": a.seed,
+            "threads": torch.get_num_threads(),
+            "change": VARIANTS[name][1],
+            **want,
+            "scale": m.get("matcher_scale"),
+            "accs": final["accs"],
+            "mean": final["mean"],
+            "std": final["std"],
+            "distill_seconds": m["distill_seconds"],
+            "wall_seconds_with_eval": wall,
+            "loss_per_class_first": m["loss_per_class"][0],
+            "loss_per_class_last": m["loss_per_class"][-1],
+        }
         lam = f"  lambda {row['scale']:.4g}" if row["scale"] is not None else ""
-        print(f"{name:>12}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %  distill {row['distill_seconds']:.1f} s"
-              f"  loss/class {row['loss_per_class_first']:.4g} -> {row['loss_per_class_last']:.4g}{lam}", flush=True)
+        print(
+            f"{name:>12}: ConvNet {100 * row['mean']:.2f} +- {100 * row['std']:.2f} %  "
+            f"distill {row['distill_seconds']:.1f} s"
+            f"  loss/class {row['loss_per_class_first']:.4g} -> {row['loss_per_class_last']:.4g}{lam}",
+            flush=True,
+        )
         store.put(row, header, lambda rows: {})
     print(format_table(store.rows()))
 

@@ -23,15 +23,14 @@ from typing import Any
 
 import torch
 
-from hyperdm.distill.artifacts import load_synthetic, read_json, storage_sizes, to_uint8
-from hyperdm.distill.data import load_dataset
+from _results import machine, save
 from hyperdm.distill import DistillConfig
+from hyperdm.distill.artifacts import load_synthetic, read_json, storage_sizes, to_uint8
 from hyperdm.distill.config import run_setting
+from hyperdm.distill.data import load_dataset
 from hyperdm.distill.evaluate import evaluate_synthetic
 from hyperdm.distill.loops.base import eval_config
 from hyperdm.distill.synset import expand
-
-from _results import machine, save
 
 
 def uint8_round_trip(images: torch.Tensor, real: Any) -> tuple[torch.Tensor, float]:
@@ -65,8 +64,13 @@ def main() -> None:
         if cfg["dataset"] not in reals:
             reals[cfg["dataset"]] = load_dataset(cfg["dataset"], cfg.get("data_root"))
         real = reals[cfg["dataset"]]
-        header = header or {"benchmark": "storage", "dataset": cfg["dataset"], "preset": cfg["preset"], **machine(a.device),
-                            "real_train_uint8_bytes": int(real.train_images.numel())}
+        header = header or {
+            "benchmark": "storage",
+            "dataset": cfg["dataset"],
+            "preset": cfg["preset"],
+            **machine(a.device),
+            "real_train_uint8_bytes": int(real.train_images.numel()),
+        }
         stored = storage_sizes(real.denormalise(images))  # what is stored: partitioned sets stay packed
         quant, clipped = uint8_round_trip(images, real)
         ecfg = eval_config(DistillConfig.from_dict(cfg), device=a.device)  # the run's own evaluation
@@ -77,18 +81,37 @@ def main() -> None:
             xe, ye = expand(x, labels, part)
             accs[kind] = evaluate_synthetic(xe, ye, real.test_images, real.test_labels, real.info, ecfg)["ConvNet"]
         matcher = run_setting(cfg, "matcher.kind")  # nested config.json, or the flat one of hyperdm 0.1
-        row = {"run": str(run), "method": cfg["method"], "matcher": matcher, "ipc": cfg["ipc"], "seed": cfg["seed"],
-               "partition": part, "images_stored": int(images.shape[0]), **stored, "clipped_fraction": clipped,
-               "acc_float32": accs["float32"]["mean"], "accs_float32": accs["float32"]["accs"],
-               "acc_uint8": accs["uint8"]["mean"], "accs_uint8": accs["uint8"]["accs"], "eval_epochs": ecfg.epochs,
-               "eval_runs": ecfg.runs, "seconds": time.perf_counter() - t0,
-               "acc_reported_by_run": read_json(Path(run) / "metrics.json")["evals"][-1]["ConvNet"]["mean"]}
+        row = {
+            "run": str(run),
+            "method": cfg["method"],
+            "matcher": matcher,
+            "ipc": cfg["ipc"],
+            "seed": cfg["seed"],
+            "partition": part,
+            "images_stored": int(images.shape[0]),
+            **stored,
+            "clipped_fraction": clipped,
+            "acc_float32": accs["float32"]["mean"],
+            "accs_float32": accs["float32"]["accs"],
+            "acc_uint8": accs["uint8"]["mean"],
+            "accs_uint8": accs["uint8"]["accs"],
+            "eval_epochs": ecfg.epochs,
+            "eval_runs": ecfg.runs,
+            "seconds": time.perf_counter() - t0,
+            "acc_reported_by_run": read_json(Path(run) / "metrics.json")["evals"][-1]["ConvNet"]["mean"],
+        }
         rows.append(row)
-        print(f"{cfg['method']}+{matcher} IPC {cfg['ipc']}: float32 {row['float32_bytes']:,} B "
-              f"{100 * row['acc_float32']:.2f} %, uint8 {row['uint8_bytes']:,} B {100 * row['acc_uint8']:.2f} %, "
-              f"PNG {row['png_bytes']:,} B; {100 * clipped:.2f} % of pixel values clipped", flush=True)
+        print(
+            f"{cfg['method']}+{matcher} IPC {cfg['ipc']}: float32 {row['float32_bytes']:,} B "
+            f"{100 * row['acc_float32']:.2f} %, uint8 {row['uint8_bytes']:,} B {100 * row['acc_uint8']:.2f} %, "
+            f"PNG {row['png_bytes']:,} B; {100 * clipped:.2f} % of pixel values clipped",
+            flush=True,
+        )
         assert header is not None
-        save(a.name or f"storage_{header['dataset']}_{header['preset']}_{a.device.split(':')[0]}", {**header, "rows": rows})
+        save(
+            a.name or f"storage_{header['dataset']}_{header['preset']}_{a.device.split(':')[0]}",
+            {**header, "rows": rows},
+        )
 
 
 if __name__ == "__main__":

@@ -31,19 +31,39 @@ def main() -> None:
     ap.add_argument("--out", default="runs/example-dance-hdd")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = resolve(preset="cpu", method="dance", matcher=a.matcher, dataset="fashion-mnist", ipc=a.ipc, overrides={
-        "iterations": a.iterations, "eval_epochs": a.eval_epochs, "experts": a.experts, "expert_epochs": a.expert_epochs,
-        "expert_dir": a.expert_dir, "data_root": a.data_root})
-    print(f"Dance settings: {cfg.dance.experts.count} experts x {cfg.dance.experts.epochs} epochs, multi-formation "
-          f"{cfg.partition}x{cfg.partition}, {cfg.dance.iter_calib} calibration pass(es) per iteration, lr_img {cfg.lr_img} "
-          f"(pixel units); k={cfg.matcher.k} (geoopt's, curvature -1/k), lambda={cfg.matcher.scale}")
+    cfg = resolve(
+        preset="cpu",
+        method="dance",
+        matcher=a.matcher,
+        dataset="fashion-mnist",
+        ipc=a.ipc,
+        overrides={
+            "iterations": a.iterations,
+            "eval_epochs": a.eval_epochs,
+            "experts": a.experts,
+            "expert_epochs": a.expert_epochs,
+            "expert_dir": a.expert_dir,
+            "data_root": a.data_root,
+        },
+    )
+    dance = cfg.dance  # the Dance section (None for the other methods)
+    assert dance is not None
+    print(
+        f"Dance settings: {dance.experts.count} experts x {dance.experts.epochs} epochs, "
+        f"multi-formation {cfg.partition}x{cfg.partition}, "
+        f"{dance.iter_calib} calibration pass(es) per iteration, lr_img {cfg.lr_img} (pixel units); "
+        f"k={cfg.matcher.k} (geoopt's, curvature -1/k), lambda={cfg.matcher.scale}"
+    )
     metrics = distill(cfg, a.out, progress=False)
     acc = metrics["experts"]["train_acc"]
-    print(f"experts (last-epoch training accuracy): {', '.join(f'{100 * v:.1f}%' for v in acc)} in {metrics['experts']['dir']}")
+    accs = ", ".join(f"{100 * v:.1f}%" for v in acc)
+    print(f"experts (last-epoch training accuracy): {accs} in {metrics['experts']['dir']}")
     for e in metrics["evals"]:
         r = e["ConvNet"]
-        print(f"iteration {e['iteration']}: ConvNet {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % "
-              f"(the {cfg.ipc * cfg.partition ** 2} expanded images per class)")
+        print(
+            f"iteration {e['iteration']}: ConvNet {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % "
+            f"(the {cfg.ipc * cfg.partition**2} expanded images per class)"
+        )
     print(f"artifacts in {a.out}")
 
 

@@ -26,11 +26,19 @@ def main() -> None:
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    cfg = resolve(preset="cpu", method="dm", matcher="hyperbolic", dataset="fashion-mnist", ipc=10,
-                  overrides={"iterations": a.iterations, "eval_epochs": a.eval_epochs, "data_root": a.data_root})
+    cfg = resolve(
+        preset="cpu",
+        method="dm",
+        matcher="hyperbolic",
+        dataset="fashion-mnist",
+        ipc=10,
+        overrides={"iterations": a.iterations, "eval_epochs": a.eval_epochs, "data_root": a.data_root},
+    )
     # The matcher the config asks for, built explicitly to show the swap (k: geoopt's curvature
     # parameter, <x,x>_L = -k; scale: the paper's lambda; max_norm: the official exp-map clamp).
-    matcher = HyperbolicMatcher(k=cfg.matcher.k, scale=cfg.matcher.scale, max_norm=cfg.matcher.max_norm, check_finite=False)
+    matcher = HyperbolicMatcher(
+        k=cfg.matcher.k, scale=cfg.matcher.scale, max_norm=cfg.matcher.max_norm, check_finite=False
+    )
     metrics = distill(cfg, a.out, matcher=matcher, progress=False)
     for e in metrics["evals"]:
         r = e["ConvNet"]

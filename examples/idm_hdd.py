@@ -25,16 +25,28 @@ def main() -> None:
     ap.add_argument("--out", default="runs/example-idm-hdd")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = resolve(preset="cpu", method="idm", matcher=a.matcher, dataset="fashion-mnist", ipc=a.ipc,
-                  overrides={"iterations": a.iterations, "eval_epochs": a.eval_epochs, "data_root": a.data_root})
-    print(f"IDM settings: partition {cfg.partition}x{cfg.partition}, queue of up to {cfg.idm.net_num} networks "
-          f"(+1 every {cfg.idm.net_generate_interval} iterations), ce_weight {cfg.idm.ce_weight}; "
-          f"k={cfg.matcher.k} (geoopt's, curvature -1/k), lambda={cfg.matcher.scale}, lr_img={cfg.lr_img}")
+    cfg = resolve(
+        preset="cpu",
+        method="idm",
+        matcher=a.matcher,
+        dataset="fashion-mnist",
+        ipc=a.ipc,
+        overrides={"iterations": a.iterations, "eval_epochs": a.eval_epochs, "data_root": a.data_root},
+    )
+    idm = cfg.idm  # the IDM section (None for the other methods)
+    assert idm is not None
+    print(
+        f"IDM settings: partition {cfg.partition}x{cfg.partition}, queue of up to {idm.net_num} networks "
+        f"(+1 every {idm.net_generate_interval} iterations), ce_weight {idm.ce_weight}; "
+        f"k={cfg.matcher.k} (geoopt's, curvature -1/k), lambda={cfg.matcher.scale}, lr_img={cfg.lr_img}"
+    )
     metrics = distill(cfg, a.out, progress=False)
     for e in metrics["evals"]:
         r = e["ConvNet"]
-        print(f"iteration {e['iteration']}: ConvNet {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % "
-              f"(the {cfg.ipc * cfg.partition ** 2} expanded images per class)")
+        print(
+            f"iteration {e['iteration']}: ConvNet {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % "
+            f"(the {cfg.ipc * cfg.partition**2} expanded images per class)"
+        )
     print(f"artifacts in {a.out}")
 
 

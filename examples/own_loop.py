@@ -47,7 +47,7 @@ def main() -> None:
     for it in range(a.iterations):
         net = ConvNet(info.channels, C, info.im_size).train().requires_grad_(False)
         real = torch.stack([net.embed(pick(c, a.batch_real)) for c in range(C)])  # [C, B, D]
-        fake = net.embed(syn).reshape(C, a.ipc, -1)                                 # [C, ipc, D]
+        fake = net.embed(syn).reshape(C, a.ipc, -1)  # [C, ipc, D]
         # DM:  loss = ((real.mean(1) - fake.mean(1)) ** 2).sum()
         loss = matcher(real.double(), fake.double())  # <- the one-line swap
         opt.zero_grad()
@@ -66,9 +66,14 @@ def main() -> None:
         opt.step()
     net.eval()
     with torch.no_grad():
-        acc = sum((net(data.test_images[i : i + 1000]).argmax(1) == data.test_labels[i : i + 1000]).sum().item()
-                  for i in range(0, len(data.test_labels), 1000)) / len(data.test_labels)
-    print(f"test accuracy after a {a.check_steps}-step check: {100 * acc:.2f}% (not the paper protocol; use `hyperdm evaluate`)")
+        acc = sum(
+            (net(data.test_images[i : i + 1000]).argmax(1) == data.test_labels[i : i + 1000]).sum().item()
+            for i in range(0, len(data.test_labels), 1000)
+        ) / len(data.test_labels)
+    print(
+        f"test accuracy after a {a.check_steps}-step check: {100 * acc:.2f}% "
+        "(not the paper protocol; use `hyperdm evaluate`)"
+    )
 
 
 if __name__ == "__main__":

@@ -23,22 +23,34 @@ import gzip
 import os
 import runpy
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def read_idx(path: Path) -> np.ndarray:
     """A gzip-compressed idx file (Fashion-MNIST's format) as a uint8 array."""
     data = gzip.decompress(path.read_bytes())
     ndim = data[3]
-    dims = np.frombuffer(data[4:4 + 4 * ndim], dtype=">u4").astype(int)
-    return np.frombuffer(data[4 + 4 * ndim:], dtype=np.uint8).reshape(dims)
+    dims = np.frombuffer(data[4 : 4 + 4 * ndim], dtype=">u4").astype(int)
+    return np.frombuffer(data[4 + 4 * ndim :], dtype=np.uint8).reshape(dims)
 
 
 class FashionAsCIFAR10(torch.utils.data.Dataset):
@@ -52,13 +64,19 @@ class FashionAsCIFAR10(torch.utils.data.Dataset):
     per_class = 40
     test_size = 200
 
-    def __init__(self, root: Any = None, train: bool = True, transform: Optional[Callable] = None,
-                 target_transform: Optional[Callable] = None, download: bool = False) -> None:
+    def __init__(
+        self,
+        root: Any = None,
+        train: bool = True,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        download: bool = False,
+    ) -> None:
         part = "train" if train else "t10k"
         x = read_idx(self.source / f"{part}-images-idx3-ubyte.gz")
         y = read_idx(self.source / f"{part}-labels-idx1-ubyte.gz")
         if train:
-            keep = np.concatenate([np.nonzero(y == c)[0][:self.per_class] for c in range(10)])
+            keep = np.concatenate([np.nonzero(y == c)[0][: self.per_class] for c in range(10)])
         else:
             keep = np.arange(min(self.test_size, len(y)))
         self.data = np.repeat(np.pad(x[keep], ((0, 0), (2, 2), (2, 2)))[..., None], 3, axis=-1)
@@ -103,22 +121,27 @@ class CudaToCpu(TorchFunctionMode):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cuda-to-cpu", action="store_true", help="run CUDA-only code on the CPU")
-    ap.add_argument("--fmnist", type=Path, default=FashionAsCIFAR10.source, help="directory of Fashion-MNIST's idx .gz files")
+    ap.add_argument(
+        "--fmnist", type=Path, default=FashionAsCIFAR10.source, help="directory of Fashion-MNIST's idx .gz files"
+    )
     ap.add_argument("--per-class", type=int, default=FashionAsCIFAR10.per_class, help="training images per class")
     ap.add_argument("--test-size", type=int, default=FashionAsCIFAR10.test_size, help="test images")
     ap.add_argument("script", help="the reference script, run as __main__")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
     a = ap.parse_args()
     if not (a.fmnist / "train-images-idx3-ubyte.gz").exists():
-        ap.error(f"no Fashion-MNIST idx files in {a.fmnist}: pass --fmnist DIR (or apt-get install dataset-fashion-mnist)")
+        ap.error(
+            f"no Fashion-MNIST idx files in {a.fmnist}: pass --fmnist DIR (or apt-get install dataset-fashion-mnist)"
+        )
     FashionAsCIFAR10.source, FashionAsCIFAR10.per_class, FashionAsCIFAR10.test_size = a.fmnist, a.per_class, a.test_size
 
     import torchvision
 
     torchvision.datasets.CIFAR10 = FashionAsCIFAR10
     if a.cuda_to_cpu:
-        torch.Tensor.cuda = lambda self, *args, **kwargs: self
-        torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+        # the reference scripts call .cuda() everywhere: patched into a no-op on purpose
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+        torch.nn.Module.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
         CudaToCpu().__enter__()
     sys.argv = [a.script, *a.args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(a.script)))

@@ -23,7 +23,6 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def find_data(root: Optional[str]) -> Optional[tuple[Path, Path]]:
+def find_data(root: str | None) -> tuple[Path, Path] | None:
     dirs = [Path(root), Path(root) / "FashionMNIST" / "raw"] if root else [DEFAULT_ROOT]
     for d in dirs:
         for ext in (".gz", ""):
@@ -59,7 +58,7 @@ def find_data(root: Optional[str]) -> Optional[tuple[Path, Path]]:
     return None
 
 
-def load_images(root: Optional[str], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def load_images(root: str | None, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Normalised training images [60000, 1, 28, 28] and labels; falls back to random tensors."""
     paths = find_data(root)
     if paths is None:
@@ -103,9 +102,11 @@ def sample_per_class(labels: torch.Tensor, n: int, gen: torch.Generator) -> torc
     return torch.stack(rows)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="One DM step with the MMD line, then with HyperbolicMatcher.")
-    p.add_argument("--data-root", default=None, help="folder with Fashion-MNIST idx .gz files (or <root>/FashionMNIST/raw)")
+    p.add_argument(
+        "--data-root", default=None, help="folder with Fashion-MNIST idx .gz files (or <root>/FashionMNIST/raw)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--ipc", type=int, default=1, help="synthetic images per class (default 1)")
@@ -123,31 +124,38 @@ def main(argv: Optional[list[str]] = None) -> int:
         param.requires_grad_(False)
 
     # Synthetic images initialised from real images of each class; one real batch per class.
-    syn_init = images[sample_per_class(labels, M, gen)].to(device)        # [C, M, 1, 28, 28]
-    img_real = images[sample_per_class(labels, N, gen)].to(device)        # [C, N, 1, 28, 28]
+    syn_init = images[sample_per_class(labels, M, gen)].to(device)  # [C, M, 1, 28, 28]
+    img_real = images[sample_per_class(labels, N, gen)].to(device)  # [C, N, 1, 28, 28]
     with torch.no_grad():
-        real_feat = net(img_real.flatten(0, 1)).reshape(C, N, -1)         # one forward, all classes
+        real_feat = net(img_real.flatten(0, 1)).reshape(C, N, -1)  # one forward, all classes
 
     def embed_syn(syn: torch.Tensor) -> torch.Tensor:
-        return net(syn.flatten(0, 1)).reshape(C, M, -1)                   # [C, M, D]
+        return net(syn.flatten(0, 1)).reshape(C, M, -1)  # [C, M, D]
 
-    print(f"device {device}; C={C} classes, N={N} real and M={M} synthetic images per class, "
-          f"D={real_feat.shape[-1]} features")
+    print(
+        f"device {device}; C={C} classes, N={N} real and M={M} synthetic images per class, "
+        f"D={real_feat.shape[-1]} features"
+    )
     with torch.no_grad():
         rn = torch.linalg.vector_norm(real_feat, dim=-1)
         sn = torch.linalg.vector_norm(embed_syn(syn_init), dim=-1)
     max_norm = HyperbolicMatcher().max_norm
-    print(f"feature norms |phi(x)|: real mean {rn.mean():.2f} (min {rn.min():.2f}, max {rn.max():.2f}), "
-          f"synthetic mean {sn.mean():.2f}")
-    print(f"HyperbolicMatcher (k=1) clamps |v|/sqrt(k) at max_norm={max_norm:g}: "
-          f"{(rn > max_norm).float().mean() * 100:.0f}% of real and {(sn > max_norm).float().mean() * 100:.0f}% "
-          f"of synthetic points sit at radius {max_norm:g}, so only feature directions carry gradient")
+    print(
+        f"feature norms |phi(x)|: real mean {rn.mean():.2f} (min {rn.min():.2f}, max {rn.max():.2f}), "
+        f"synthetic mean {sn.mean():.2f}"
+    )
+    print(
+        f"HyperbolicMatcher (k=1) clamps |v|/sqrt(k) at max_norm={max_norm:g}: "
+        f"{(rn > max_norm).float().mean() * 100:.0f}% of real and {(sn > max_norm).float().mean() * 100:.0f}% "
+        f"of synthetic points sit at radius {max_norm:g}, so only feature directions carry gradient"
+    )
 
     def step(name: str, loss: torch.Tensor, syn: torch.Tensor) -> None:
         """Backward, report, one SGD step on the synthetic images (DM: lr 1, momentum 0.5)."""
         opt = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
         opt.zero_grad()
         loss.backward()
+        assert syn.grad is not None
         print(f"{name}: loss {loss.item():.6g}, |grad wrt synthetic images| {syn.grad.norm().item():.6g}")
         opt.step()
 
@@ -175,8 +183,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     syn = syn_init.clone().requires_grad_(True)
     loss = HyperbolicMatcher(max_norm=None)(real_feat, embed_syn(syn))
     loss.backward()
-    print(f"(for comparison, HyperbolicMatcher(max_norm=None), no clamp: loss {loss.item():.6g}, "
-          f"|grad wrt synthetic images| {syn.grad.norm().item():.6g})")
+    assert syn.grad is not None
+    print(
+        f"(for comparison, HyperbolicMatcher(max_norm=None), no clamp: loss {loss.item():.6g}, "
+        f"|grad wrt synthetic images| {syn.grad.norm().item():.6g})"
+    )
 
     if not real_data:
         print("!!! NOTE: these numbers come from RANDOM TENSORS, not Fashion-MNIST (see the message above).")

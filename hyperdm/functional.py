@@ -18,7 +18,9 @@ inputs are inspected to say which side is at fault (one host sync per call on CU
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,7 +31,7 @@ __all__ = ["hyperbolic_matching_loss", "mmd_matching_loss", "REDUCTIONS"]
 
 REDUCTIONS = ("sum", "mean", "none")
 
-_Grouped = tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor], bool]
+_Grouped = tuple[Tensor, Tensor | None, Tensor, Tensor | None, bool]
 
 
 def _as_float(x: Tensor, name: str) -> Tensor:
@@ -47,11 +49,12 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"unknown reduction {reduction!r}; use one of {', '.join(map(repr, REDUCTIONS))}.")
 
 
-def _check_labels(labels: Tensor, n: int, name: str) -> None:
+def _check_labels(labels: object, n: int, name: str) -> Tensor:
     if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"{name} must be a 1-D integer tensor of class labels (e.g. torch.long).")
     if labels.numel() != n:
         raise ValueError(f"{name} has {labels.numel()} entries but the features have {n} rows; pass one label per row.")
+    return labels
 
 
 def _pad_by_label(x: Tensor, idx: Tensor, counts: Tensor, width: int) -> tuple[Tensor, Tensor]:
@@ -67,7 +70,7 @@ def _pad_by_label(x: Tensor, idx: Tensor, counts: Tensor, width: int) -> tuple[T
     return out, mask
 
 
-def _group(real: Tensor, syn: Tensor, real_labels: Optional[Tensor], syn_labels: Optional[Tensor]) -> _Grouped:
+def _group(real: Tensor, syn: Tensor, real_labels: Tensor | None, syn_labels: Tensor | None) -> _Grouped:
     """Bring the inputs to ``[C, N, D]`` / ``[C, M, D]`` (+ masks) and validate shapes."""
     real = _as_float(real, "real")
     syn = _as_float(syn, "syn")
@@ -104,12 +107,12 @@ def _group(real: Tensor, syn: Tensor, real_labels: Optional[Tensor], syn_labels:
             )
         for name, x in (("real", real), ("syn", syn)):
             if x.shape[1] == 0:
-                raise ValueError(f"{name} has an empty class (0 features per class); give every class at least one sample.")
+                raise ValueError(
+                    f"{name} has an empty class (0 features per class); give every class at least one sample."
+                )
         return real, None, syn, None, single
-    _check_labels(real_labels, real.shape[0], "real_labels")
-    _check_labels(syn_labels, syn.shape[0], "syn_labels")
-    rl = real_labels.to(real.device)
-    sl = syn_labels.to(real.device)
+    rl = _check_labels(real_labels, real.shape[0], "real_labels").to(real.device)
+    sl = _check_labels(syn_labels, syn.shape[0], "syn_labels").to(real.device)
     classes = torch.unique(torch.cat((rl, sl)))
     ridx = torch.searchsorted(classes, rl)
     sidx = torch.searchsorted(classes, sl)
@@ -148,10 +151,13 @@ def _finite_or_raise(loss: Tensor, real: Tensor, syn: Tensor, what: str) -> None
     if not loss.is_cuda and torch.compiler.is_compiling():
         return
     if loss.is_cuda:
-        torch._assert_async(torch.isfinite(loss).all(), f"hyperdm: the {what} loss is not finite: check the real and "
-                            "synthetic features for NaN/inf (a diverged synthetic set, or a learning rate that is too high)")
+        torch._assert_async(
+            torch.isfinite(loss).all(),
+            f"hyperdm: the {what} loss is not finite: check the real and "
+            "synthetic features for NaN/inf (a diverged synthetic set, or a learning rate that is too high)",
+        )
         return
-    if bool(torch.isfinite(loss).all()):
+    if math.isfinite((loss.sum() if loss.dim() else loss).item()):  # a sum of finite values is finite
         return
     for name, x in (("real", real), ("syn", syn)):
         bad = ~torch.isfinite(x)
@@ -167,7 +173,7 @@ def _finite_or_raise(loss: Tensor, real: Tensor, syn: Tensor, what: str) -> None
     )
 
 
-def _check_k(k: Union[float, Tensor]) -> None:
+def _check_k(k: float | Tensor) -> None:
     kk = k.detach() if isinstance(k, Tensor) else torch.as_tensor(float(k))
     if not bool(torch.isfinite(kk).all()) or bool((kk <= 0).any()):
         raise ValueError(
@@ -176,41 +182,67 @@ def _check_k(k: Union[float, Tensor]) -> None:
         )
 
 
-def _check_scale(scale: float) -> None:
+def _check_scale(scale: object) -> None:
     if not isinstance(scale, (int, float)) or not (scale >= 0) or scale != scale or scale == float("inf"):
-        raise ValueError(f"scale (the paper's lambda) must be a finite number >= 0; got {scale!r}. Typical: 20. "
-                         "(scale='auto' is chosen from the first batch and needs HyperbolicMatcher(scale='auto').)")
+        raise ValueError(
+            f"scale (the paper's lambda) must be a finite number >= 0; got {scale!r}. Typical: 20. "
+            "(scale='auto' is chosen from the first batch and needs HyperbolicMatcher(scale='auto').)"
+        )
 
 
-def _check_max_norm(max_norm: Optional[float]) -> None:
+def _check_max_norm(max_norm: float | None) -> None:
     if max_norm is not None and not (float(max_norm) > 0):
         raise ValueError(
-            f"max_norm must be > 0 or None; got {max_norm!r}. Use 10.0 (the official HDD clamp) or None for the exact map."
+            f"max_norm must be > 0 or None; got {max_norm!r}. Use 10.0 (the official HDD clamp) or None for the "
+            "exact map."
         )
 
 
 def _hyperbolic_per_class(
     real: Tensor,
-    rmask: Optional[Tensor],
+    rmask: Tensor | None,
     syn: Tensor,
-    smask: Optional[Tensor],
+    smask: Tensor | None,
     *,
-    k: Union[float, Tensor],
-    scale: Union[float, Tensor],
-    max_norm: Optional[float],
+    k: float | Tensor,
+    scale: float | Tensor,
+    max_norm: float | None,
     hierarchical: bool,
-    reduce: Optional[lorentz.Reduce] = None,
-    use_fused: Union[bool, str] = "auto",
+    reduce: lorentz.Reduce | None = None,
+    use_fused: bool | str = "auto",
 ) -> Tensor:
-    d = fused.hdd_distance(real, syn, k=k, max_norm=max_norm, hierarchical=hierarchical, real_mask=rmask, syn_mask=smask,
-                           reduce=reduce, fused=use_fused)
-    return (scale * d).to(real.dtype)
+    if isinstance(scale, Tensor):  # a computed lambda (scale="auto"): applied outside, in float64
+        d = fused.hdd_distance(
+            real,
+            syn,
+            k=k,
+            max_norm=max_norm,
+            hierarchical=hierarchical,
+            real_mask=rmask,
+            syn_mask=smask,
+            reduce=reduce,
+            fused=use_fused,
+        )
+        return (scale * d).to(real.dtype)
+    return fused.hdd_distance(
+        real,
+        syn,
+        k=k,
+        max_norm=max_norm,
+        hierarchical=hierarchical,
+        real_mask=rmask,
+        syn_mask=smask,
+        reduce=reduce,
+        fused=use_fused,
+        scale=scale,
+        dtype=real.dtype,
+    )
 
 
 def _mmd_per_class(
-    real: Tensor, rmask: Optional[Tensor], syn: Tensor, smask: Optional[Tensor], reduce: Optional[lorentz.Reduce] = None
+    real: Tensor, rmask: Tensor | None, syn: Tensor, smask: Tensor | None, reduce: lorentz.Reduce | None = None
 ) -> Tensor:
-    def mean(x: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def mean(x: Tensor, mask: Tensor | None) -> Tensor:
         if mask is None:
             return x.mean(-2)
         m = mask.to(x.dtype).unsqueeze(-1)
@@ -225,7 +257,7 @@ def _mmd_per_class(
     return (real_mean - mean(syn, smask)).square().sum(-1)
 
 
-def _reducer(process_group: Any, real_labels: Optional[Tensor]) -> Optional[lorentz.Reduce]:
+def _reducer(process_group: Any, real_labels: Tensor | None) -> lorentz.Reduce | None:
     """The all-reduce for ``process_group`` (None: single process), after checking the call can use it."""
     if process_group is None:
         return None
@@ -244,16 +276,16 @@ def hyperbolic_matching_loss(
     real: Tensor,
     syn: Tensor,
     *,
-    k: Union[float, Tensor, None] = None,
+    k: float | Tensor | None = None,
     scale: float = 20.0,
-    max_norm: Optional[float] = 10.0,
+    max_norm: float | None = 10.0,
     hierarchical: bool = False,
     reduction: str = "sum",
-    real_labels: Optional[Tensor] = None,
-    syn_labels: Optional[Tensor] = None,
+    real_labels: Tensor | None = None,
+    syn_labels: Tensor | None = None,
     check_finite: bool = True,
     process_group: Any = None,
-    fused: Union[bool, str] = "auto",
+    fused: bool | str = "auto",
     manifold: Any = None,
 ) -> Tensor:
     r"""HDD matching loss: ``scale * d_L(centroid(exp_o(real)), centroid(exp_o(syn)))`` per class.
@@ -294,26 +326,37 @@ def hyperbolic_matching_loss(
     _check_k(k)
     _check_scale(scale)
     _check_max_norm(max_norm)
-    return _hyperbolic_loss(real, syn, k=k, scale=scale, max_norm=max_norm, hierarchical=hierarchical, reduction=reduction,
-                            real_labels=real_labels, syn_labels=syn_labels, check_finite=check_finite,
-                            process_group=process_group, fused=fused)
+    return _hyperbolic_loss(
+        real,
+        syn,
+        k=k,
+        scale=scale,
+        max_norm=max_norm,
+        hierarchical=hierarchical,
+        reduction=reduction,
+        real_labels=real_labels,
+        syn_labels=syn_labels,
+        check_finite=check_finite,
+        process_group=process_group,
+        fused=fused,
+    )
 
 
 def _hyperbolic_loss(
     real: Tensor,
     syn: Tensor,
     *,
-    k: Union[float, Tensor],
-    scale: Union[float, Callable[..., float]],
-    max_norm: Optional[float],
+    k: float | Tensor,
+    scale: float | Callable[..., float],
+    max_norm: float | None,
     hierarchical: bool,
     reduction: str,
-    real_labels: Optional[Tensor],
-    syn_labels: Optional[Tensor],
+    real_labels: Tensor | None,
+    syn_labels: Tensor | None,
     check_finite: bool,
     process_group: Any,
-    fused: Union[bool, str],
-    per_class: Optional[Callable[..., Tensor]] = None,
+    fused: bool | str,
+    per_class: Callable[..., Tensor] | None = None,
 ) -> Tensor:
     """The one path of the hyperbolic loss, shared by :func:`hyperbolic_matching_loss` and
     :class:`hyperdm.HyperbolicMatcher` (arguments already checked): group, per-class distances, reduce, check.
@@ -325,7 +368,13 @@ def _hyperbolic_loss(
     r, rm, s, sm, single = _group(real, syn, real_labels, syn_labels)
     if callable(scale):
         scale = scale(r, rm, s, sm, reduce)
-    kwargs: dict[str, Any] = dict(k=k, scale=scale, max_norm=max_norm, hierarchical=hierarchical, use_fused=fused)
+    kwargs: dict[str, Any] = {
+        "k": k,
+        "scale": scale,
+        "max_norm": max_norm,
+        "hierarchical": hierarchical,
+        "use_fused": fused,
+    }
     if reduce is not None:
         kwargs["reduce"] = reduce
     loss = _reduce((per_class or _hyperbolic_per_class)(r, rm, s, sm, **kwargs), reduction, single)
@@ -339,8 +388,8 @@ def mmd_matching_loss(
     syn: Tensor,
     *,
     reduction: str = "sum",
-    real_labels: Optional[Tensor] = None,
-    syn_labels: Optional[Tensor] = None,
+    real_labels: Tensor | None = None,
+    syn_labels: Tensor | None = None,
     check_finite: bool = True,
     process_group: Any = None,
 ) -> Tensor:

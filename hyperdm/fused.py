@@ -9,15 +9,17 @@ Forward, per side (``v`` is ``[C, N, D]``; per-point scalars and ``[C, D]`` sums
 
 1. the norms ``n_i = |v_i|`` (one pass over ``v``), then per-point scalars
    ``t_i = min(n_i/sqrt(k), max_norm)``, weights ``w_i`` (mask, hierarchical), and
-   ``c_i = w_i cosh(t_i) e^{-T}``, ``b_i = w_i sinh(t_i) e^{-T}`` (``T`` the class's largest
-   ``t`` over both sides; the centroid is scale invariant, so any common ``T`` is exact);
+   ``c_i = w_i cosh(t_i) e^{-T}``, ``b_i = w_i sinh(t_i) e^{-T}``. Each side's centroid is
+   invariant to a common scale of its weights, so ``T`` may be anything: 0 while ``max_norm`` is
+   at most 40 (the default 10 included), else the class's largest ``t``, so nothing overflows;
 2. the weighted sum ``m_s = sum_i (b_i/n_i) v_i`` (one batched mat-vec), and
    ``m_0 = sum_i c_i``; the Law centroid is ``sqrt(k) m / sqrt(Q)`` with
    ``Q = (sum_i w_i e^{-t_i-T})(sum_i w_i e^{t_i-T}) + B sum_i b_i |u_i - m_s/B|^2``,
    ``B = sum_i b_i`` (see :func:`hyperdm.lorentz.feature_centroid`);
 3. the spread ``|u_i - m_s/B|^2``, evaluated exactly as ``|v_i - n_i m_s/B|^2 / n_i^2``. For
-   features without grad (the real side of DM, IDM and Dance) this pass runs in chunks of
-   at most :data:`CHUNK_ELEMENTS` elements, so no ``[C, N, D]`` temporary is made.
+   features without grad (the real side of DM, IDM and Dance) the differences go through one
+   reused buffer of at most :data:`CHUNK_ELEMENTS` elements, so no ``[C, N, D]`` temporary is
+   made and the buffer stays in cache.
 
    The spread cannot come from the two sums alone without losing the method's precision:
    ``sum_i b_i |u_i - m_s/B|^2 = B - |m_s|^2/B`` subtracts two numbers that agree to
@@ -60,7 +62,7 @@ is one more row of the forward mat-vec, so no extra pass.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -74,25 +76,47 @@ CHUNK_ELEMENTS = 1 << 21
 
 _F64 = torch.float64
 _TINY = 1e-300  # radii below this (in units of sqrt(k)) are this: sinh(t)/t is then exactly 1
+# Up to this clamp radius (in units of sqrt(k)) the per-point weights need no rescaling: sinh(40) ~ 1e17
+# keeps every float32 mat-vec sum finite, and the float64 scalars have room to e^{600} (half-precision
+# features are always rescaled).
+_UNSCALED_RADIUS = 40.0
 
 
-def _chunked_spread(v: Tensor, n: Tensor, nut: Tensor) -> Tensor:
-    """``|v_i + n_i nut|`` per point of ``v`` ``[C, N, D]`` in slices of at most :data:`CHUNK_ELEMENTS` elements.
+def _spread_norms(v: Tensor, n: Tensor, ut: Tensor, chunked: bool) -> Tensor:
+    """``|v_i - n_i ut|`` per point of ``v`` ``[C, N, D]`` (``n`` ``[C, N, 1]``, ``ut`` ``[C, 1, D]``).
 
-    Slices are whole classes (contiguous in memory) when a class fits, else row blocks of one class.
+    ``chunked``: one reused buffer of at most :data:`CHUNK_ELEMENTS` elements holds the differences,
+    whole classes (contiguous in memory) when a class fits, else row blocks of one class; so no
+    ``[C, N, D]`` temporary is made and the buffer stays in cache.
     """
     C, N, D = v.shape
-    per_class = N * D
-    if per_class <= CHUNK_ELEMENTS:
-        g = max(1, CHUNK_ELEMENTS // per_class)
-        parts = [torch.linalg.vector_norm(torch.baddbmm(vc, nc, uc), dim=-1)
-                 for vc, nc, uc in zip(v.split(g), n.split(g), nut.split(g))]
-        return torch.cat(parts)
+    if not chunked or N < 2 or v.numel() <= CHUNK_ELEMENTS:
+        return torch.linalg.vector_norm(torch.addcmul(v, n, ut, value=-1.0), dim=-1)
+    if N * D <= CHUNK_ELEMENTS:
+        g = CHUNK_ELEMENTS // (N * D)
+        buf = torch.empty(g, N, D, dtype=v.dtype, device=v.device)
+        return torch.cat(
+            [
+                torch.linalg.vector_norm(torch.addcmul(vc, nc, uc, value=-1.0, out=buf[: vc.shape[0]]), dim=-1)
+                for vc, nc, uc in zip(v.split(g), n.split(g), ut.split(g), strict=True)
+            ]
+        )
     step = max(1, CHUNK_ELEMENTS // D)
-    rows = [torch.cat([torch.linalg.vector_norm(torch.baddbmm(vc, nc, nut[c : c + 1]), dim=-1)
-                       for vc, nc in zip(v[c : c + 1].split(step, dim=1), n[c : c + 1].split(step, dim=1))], dim=-1)
-            for c in range(C)]
-    return torch.cat(rows)
+    buf = torch.empty(1, step, D, dtype=v.dtype, device=v.device)
+    return torch.cat(
+        [
+            torch.cat(
+                [
+                    torch.linalg.vector_norm(
+                        torch.addcmul(vc, nc, ut[c : c + 1], value=-1.0, out=buf[:, : vc.shape[1]]), dim=-1
+                    )
+                    for vc, nc in zip(v[c : c + 1].split(step, dim=1), n[c : c + 1].split(step, dim=1), strict=True)
+                ],
+                dim=-1,
+            )
+            for c in range(C)
+        ]
+    )
 
 
 def _per_side_sums(x: Tensor, N: int, M: int) -> Tensor:
@@ -103,29 +127,44 @@ def _per_side_sums(x: Tensor, N: int, M: int) -> Tensor:
 class _Pair:
     """Forward quantities of both sides, real first: per-point ``[C, N + M]``, per side ``[C, 2, ...]`` (float64)."""
 
-    def __init__(self, real: Tensor, syn: Tensor, sk: Union[float, Tensor], tmax: float, hierarchical: bool,
-                 mask: Optional[Tensor], reduce: Optional[lorentz.Reduce], k_rows: bool, chunk_real: bool,
-                 real_summary: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> None:
+    def __init__(
+        self,
+        real: Tensor,
+        syn: Tensor,
+        sk: float | Tensor,
+        tmax: float,
+        hierarchical: bool,
+        mask: Tensor | None,
+        reduce: lorentz.Reduce | None,
+        k_rows: bool,
+        chunk_real: bool,
+        real_summary: tuple[Tensor, Tensor, Tensor] | None = None,
+        keep: bool = True,
+        scale: float = 1.0,
+    ) -> None:
         if real_summary is not None:  # the real side comes summarised (Triton kernel): per-point work for syn only
             real = real[:, :0]
         N, M = real.shape[-2], syn.shape[-2]
         dt = real.dtype
-        n_dt = torch.cat((torch.linalg.vector_norm(real, dim=-1), torch.linalg.vector_norm(syn, dim=-1)), dim=-1)  # pass 1
-        n = n_dt if dt == _F64 else n_dt.to(_F64)
-        t = n / sk
-        tc = t.clamp(_TINY, tmax)
-        free = t < tmax                                                   # radius not clamped: it moves
+        n_dt = torch.cat(
+            (torch.linalg.vector_norm(real, dim=-1), torch.linalg.vector_norm(syn, dim=-1)), dim=-1
+        )  # pass 1
+        n = n_dt.to(_F64)
+        tc = (n / sk).clamp(_TINY, tmax)  # t; below tmax the point moves radially
         if mask is not None:
             tc = tc * mask
-        if reduce is None:
-            top = tc.amax(-1, keepdim=True)
-        else:  # every rank scales the real sums alike
-            top = torch.maximum(reduce(tc[:, :N].amax(-1, keepdim=True), "max"), tc[:, N:].amax(-1, keepdim=True))
-        etop = torch.exp(-top)
-        b = torch.sinh(tc) * etop                                         # w sinh(t) e^{-T}
-        c = torch.cosh(tc) * etop                                         # w cosh(t) e^{-T}
-        em = torch.exp(-tc) * etop                                        # w e^{-t-T}
+        em = torch.exp(-tc)
+        b = torch.sinh(tc)
+        c = b + em  # cosh(t), without cancellation
+        if tmax > _UNSCALED_RADIUS or dt not in (torch.float32, _F64):  # scale each class by e^{-T}, T its largest t
+            if reduce is None:
+                top = tc.amax(-1, keepdim=True)
+            else:  # every rank scales the real sums alike
+                top = torch.maximum(reduce(tc[:, :N].amax(-1, keepdim=True), "max"), tc[:, N:].amax(-1, keepdim=True))
+            etop = torch.exp(-top)
+            b, c, em = b * etop, c * etop, em * etop  # w sinh(t) e^{-T}, w cosh(t) e^{-T}, w e^{-t-T}
         h = None
+        w: Tensor | None = None
         if hierarchical:  # w(t) = t / sinh(t); h = w'/w = 1/t - coth(t) (-t/3 near 0), for the backward
             w = 1.0 / lorentz._sinhc(tc)
             small = tc < lorentz._small(_F64)
@@ -137,15 +176,15 @@ class _Pair:
         if w is not None:
             b, c, em = b * w, c * w, em * w
         nsafe = n.clamp_min(_TINY * sk)
-        gamma = b / nsafe                                                 # coefficient of v_i in m_s
-        cb = c if h is None else c + h * b                                # d(w sinh t)/dt e^{-T}
+        gamma = b / nsafe  # coefficient of v_i in m_s
+        cb = c if h is None else c + h * b  # d(w sinh t)/dt e^{-T}
         # per-side sums of b, c, e^{-t}
-        sums = _per_side_sums(torch.stack((b, c, em), dim=1), N, M).transpose(1, 2)          # [C, 2, 3]
+        sums = _per_side_sums(torch.stack((b, c, em), dim=1), N, M).transpose(1, 2)  # [C, 2, 3]
         # pass 2: the weighted sums m_s (a second real row for the k-gradient of a no-grad real side)
         g_r, g_s = gamma.to(dt).split([N, M], dim=-1)
         rows_r = g_r.unsqueeze(1)
         if k_rows:
-            rows_r = torch.cat((rows_r, (free * cb)[:, :N].to(dt).unsqueeze(1)), dim=1)
+            rows_r = torch.cat((rows_r, ((tc < tmax) * cb)[:, :N].to(dt).unsqueeze(1)), dim=1)
         m_r = torch.bmm(rows_r, real)
         ms = torch.cat((m_r[:, :1], torch.bmm(g_s.unsqueeze(1), syn)), dim=1).to(_F64)
         self.ksum = m_r[:, 1].to(_F64) if k_rows else None
@@ -161,18 +200,14 @@ class _Pair:
             sums = torch.stack((real_summary[1], sums[:, 1]), dim=1)
         bsum = sums[..., 0]
         # pass 3: the exact spread |u_i - u~|^2, u~ = m_s / B, as |v_i - n_i u~|^2 / n_i^2
-        nut = (ms / -bsum.unsqueeze(-1)).to(dt)
+        ut = (ms / bsum.unsqueeze(-1)).to(dt)
         n_r, n_s = n_dt.unsqueeze(-1).split([N, M], dim=1)
-        u_r, u_s = nut.split(1, dim=1)
-        if chunk_real and N > 1 and real.numel() > CHUNK_ELEMENTS:
-            dev_r = _chunked_spread(real, n_r, u_r)
-        else:
-            dev_r = torch.linalg.vector_norm(torch.baddbmm(real, n_r, u_r), dim=-1)
-        dev = torch.cat((dev_r, torch.linalg.vector_norm(torch.baddbmm(syn, n_s, u_s), dim=-1)), dim=-1)
+        u_r, u_s = ut.split(1, dim=1)
+        dev = torch.cat((_spread_norms(real, n_r, u_r, chunk_real), _spread_norms(syn, n_s, u_s, False)), dim=-1)
         sp = (dev.to(_F64) / nsafe).square()
         # one point has no spread (rounding of u and u~ would leave eps^2 there)
         # (the backward drops the spread's derivative there too: self.multi, per side)
-        self.multi: tuple[Union[float, Tensor], Union[float, Tensor]]
+        self.multi: tuple[float | Tensor, float | Tensor]
         if mask is not None:
             counts = _per_side_sums(mask, N, M)
             if reduce is not None:
@@ -190,109 +225,156 @@ class _Pair:
         if reduce is not None:
             spread = torch.stack((reduce(spread[:, 0], "sum"), spread[:, 1]), dim=-1)
         a_plus = sums[..., 1] + bsum
-        q = sums[..., 2] * a_plus + bsum * spread                          # -<m,m>_L, cancellation-free
-        self.ys = ms * (sk / q.sqrt()).unsqueeze(-1)                       # centroids' space parts [C, 2, D]
-        self.N, self.M = N, M
-        self.ms, self.q = ms, q
-        # what the backward reads per point, stacked once: [C, 8 or 9, N + M]
-        self.points = torch.stack((n, nsafe, gamma, free.to(_F64), cb, em, b + c, sp) + (() if h is None else (h,)), dim=1)
-        self.sides = torch.stack((a_plus, sums[..., 2], bsum, spread), dim=-1)      # [C, 2, 4]
+        q = torch.addcmul(sums[..., 2] * a_plus, bsum, spread)  # -<m,m>_L, cancellation-free
+        self.kappa = sk * q.rsqrt()  # sqrt(k) / sqrt(Q)
+        self.ys = ms * self.kappa.unsqueeze(-1)  # centroids' space parts [C, 2, D]
         # the distance, by the chord form of lorentz.dist
         ny = torch.linalg.vector_norm(self.ys, dim=-1)
         self.ab = ny / sk
         self.u = self.ys / ny.clamp_min(_TINY).unsqueeze(-1)
         self.diff = self.u[:, 0] - self.u[:, 1]
-        self.chord2 = self.diff.square().sum(-1)
         ash = torch.asinh(self.ab)
         self.delta = ash[:, 0] - ash[:, 1]
-        self.qd = torch.sinh(self.delta / 2.0).square() + self.ab.prod(-1) * self.chord2 / 4.0
-        self.d = (2.0 * sk) * torch.asinh(self.qd.clamp_min(0.0).sqrt())
+        self.qd = torch.addcmul(
+            torch.sinh(self.delta * 0.5).square(),
+            self.ab.prod(-1),
+            torch.linalg.vector_norm(self.diff, dim=-1).square(),
+            value=0.25,
+        )
+        self.scale = scale
+        self.d = (2.0 * scale * sk) * torch.asinh(self.qd.sqrt())  # scale * d; qd >= 0 (non-negative terms)
+        if keep:  # what the backward reads
+            self.N, self.M, self.tmax = N, M, tmax
+            self.ms, self.q = ms, q
+            self.cosh = torch.cosh(ash)
+            # per point, stacked once: [C, 7 or 8, N + M]
+            self.points = torch.stack((nsafe, gamma, tc, cb, em, b + c, sp) + (() if h is None else (h,)), dim=1)
+            self.sides = torch.stack((a_plus, sums[..., 2], bsum, spread), dim=-1)  # [C, 2, 4]
 
     def side_points(self, i: int) -> tuple[Tensor, ...]:
-        """Side ``i``'s per-point rows: n, nsafe, gamma, free, cb, e^{-t}, e^{t}, spread [, h] (each ``[C, N or M]``)."""
+        """Side ``i``'s per-point rows: nsafe, gamma, t, cb, e^{-t}, e^{t}, spread [, h] (each ``[C, N or M]``)."""
         return (self.points[..., : self.N] if i == 0 else self.points[..., self.N :]).unbind(1)
 
     @staticmethod
     def dq(pts: tuple[Tensor, ...], sides: Tensor) -> Tensor:
         """dQ/dt_j of one side's points (through A-, A+, B and the spread): their radial weights in the backward."""
-        _, _, _, _, cb, em, bc, sp, *h = pts
+        _, _, _, cb, em, bc, sp, *h = pts
         a_plus, a_minus, bsum, spread = sides.unsqueeze(-1).unbind(1)
-        out = (spread + bsum * sp) * cb
+        out = torch.addcmul(spread, bsum, sp) * cb
         if not h:
-            return out + a_minus * bc - a_plus * em
+            return torch.addcmul(torch.addcmul(out, a_minus, bc), a_plus, em, value=-1.0)
         return out + a_minus * bc * (h[0] + 1.0) + a_plus * em * (h[0] - 1.0)
 
     def chord_grad(self, i: int) -> Tensor:
-        r"""``dd/dy_s`` of side ``i`` (0 real, 1 syn), ``[C, D]``; 0 where the centroids coincide.
+        r"""``scale * dd/dy_s`` of side ``i`` (0 real, 1 syn), ``[C, D]``; 0 where the centroids coincide.
 
         With ``q`` the chord term of :func:`hyperdm.lorentz.dist`, ``a``/``b`` the radii
         (``sinh`` of them over ``sqrt(k)``) and ``u`` the directions of this side and the other,
-        ``dd/dy = (sinh(ρ - ρ_other) u / cosh(ρ) - a_other (u_other - u)) / (2 sqrt(q (1 + q)))``; ``u_other - u`` is read from the stored difference (no cancellation).
+        ``dd/dy = (sinh(ρ - ρ_other) u / cosh(ρ) - a_other (u_other - u)) / (2 sqrt(q (1 + q)))``;
+        ``u_other - u`` is read from the stored difference (no cancellation). Where the centroids
+        coincide both terms are exactly 0 and the factor is finite (``q`` is floored at a tiny
+        number), so the gradient is 0 there.
         """
         q = self.qd
-        f = torch.where(q > 0, (q * (1.0 + q)).clamp_min(_TINY).rsqrt(), 0.0) * 0.5
-        own, other = self.ab[:, i], self.ab[:, 1 - i]
-        delta = self.delta if i == 0 else -self.delta
-        to_other = self.diff if i == 1 else -self.diff
-        radial = torch.sinh(delta) / torch.sqrt(1.0 + own * own)
-        return (f * radial).unsqueeze(-1) * self.u[:, i] - (f * other).unsqueeze(-1) * to_other
+        # the sign folds side 1's (rho' - rho) and (u - u') into the factor
+        f = torch.addcmul(q, q, q).clamp_min(_TINY).rsqrt() * (0.5 * self.scale if i == 0 else -0.5 * self.scale)
+        radial = f * torch.sinh(self.delta) / self.cosh[:, i]
+        return torch.addcmul(radial.unsqueeze(-1) * self.u[:, i], (f * self.ab[:, 1 - i]).unsqueeze(-1), self.diff)
 
-    def grad_v(self, i: int, v: Optional[Tensor], gam: Tensor, sk: Union[float, Tensor], go: Tensor,
-               need_k: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    def grad_v(
+        self, i: int, v: Tensor | None, gam: Tensor, sk: float | Tensor, go: Tensor, need_k: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
         """``go`` times the gradient of the distance with respect to side ``i``'s features ``v`` (``v``'s dtype;
         None without ``v``), and ``sum_j v_j . grad_j`` of the distance itself when ``need_k`` (for ``k``; a
         no-grad real side reads it from the forward's second row)."""
-        q, ys, ms = self.q[:, i], self.ys[:, i], self.ms[:, i]
-        kappa = sk / q.sqrt()
-        lam = (gam * ys).sum(-1) / (2.0 * q)
-        hvec = kappa.unsqueeze(-1) * gam + (2.0 * lam * self.multi[i]).unsqueeze(-1) * ms
+        ys, ms, kappa = self.ys[:, i], self.ms[:, i], self.kappa[:, i]
+        lam2 = torch.linalg.vecdot(gam, ys) / self.q[:, i]  # 2 lambda
+        multi = self.multi[i]
+        hvec = torch.addcmul(
+            kappa.unsqueeze(-1) * gam,
+            (lam2 if isinstance(multi, float) and multi == 1.0 else lam2 * multi).unsqueeze(-1),
+            ms,
+        )
         pts = self.side_points(i)
-        n, nsafe, gamma, free, cb = pts[:5]
+        nsafe, gamma, tc, cb = pts[:4]
+        free = tc < self.tmax  # radius not clamped: it moves
         dq = self.dq(pts, self.sides[:, i])
+        ks, ls = (kappa / sk).unsqueeze(-1), (lam2 * (0.5 / sk)).unsqueeze(-1)
         if v is None:  # the real side without grad: only its share of the k-gradient
             assert self.ksum is not None
-            kq = (free * n * dq).sum(-1)
-            return None, (kappa * (self.ksum * gam).sum(-1) - lam * kq) / sk
+            kq = (free * nsafe * dq).sum(-1)
+            return None, (kappa * torch.linalg.vecdot(self.ksum, gam) - 0.5 * lam2 * kq) / sk
         dt = v.dtype
-        pg, ph = torch.bmm(v, torch.stack((gam, hvec), dim=-1).to(dt)).to(_F64).unbind(-1)   # v . Γ, v . H
-        radial = free * (kappa.unsqueeze(-1) * cb * pg / nsafe - lam.unsqueeze(-1) * dq) / sk
+        pg, ph = torch.bmm(v, torch.stack((gam, hvec), dim=-1).to(dt)).to(_F64).unbind(-1)  # v . Γ, v . H
+        radial = torch.addcmul(ks * cb * pg / nsafe, ls, dq, value=-1.0) * free
         g = go.unsqueeze(-1)
-        coef_v = (radial - gamma * ph / nsafe) * (g / nsafe)
-        grad = torch.baddbmm(coef_v.to(dt).unsqueeze(-1) * v, (gamma * g).to(dt).unsqueeze(-1), hvec.to(dt).unsqueeze(1))
-        return grad, (n * radial).sum(-1) if need_k else None
+        coef_v = torch.addcdiv(radial, gamma * ph, nsafe, value=-1.0) * (g / nsafe)
+        grad = torch.baddbmm(
+            coef_v.to(dt).unsqueeze(-1) * v, (gamma * g).to(dt).unsqueeze(-1), hvec.to(dt).unsqueeze(1)
+        )
+        return grad, (nsafe * radial).sum(-1) if need_k else None
 
 
 class _HDDDistance(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, real: Tensor, syn: Tensor, k: Optional[Tensor], kf: float, rmask: Optional[Tensor],
-                smask: Optional[Tensor], tmax: float, hierarchical: bool, reduce: Optional[lorentz.Reduce],
-                use_kernel: bool) -> Tensor:
-        sk: Union[float, Tensor] = kf ** 0.5 if k is None else k.to(_F64).sqrt()
+    def forward(
+        ctx: Any,
+        real: Tensor,
+        syn: Tensor,
+        k: Tensor | None,
+        kf: float,
+        rmask: Tensor | None,
+        smask: Tensor | None,
+        tmax: float,
+        hierarchical: bool,
+        reduce: lorentz.Reduce | None,
+        use_kernel: bool,
+        scale: float,
+        out_dtype: torch.dtype,
+    ) -> Tensor:
+        sk: float | Tensor = kf**0.5 if k is None else k.to(_F64).sqrt()
         need_r, need_s, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         mask = None
         if rmask is not None or smask is not None:
-            mask = torch.cat((rmask if rmask is not None else real.new_ones(real.shape[:2], dtype=_F64),
-                              smask if smask is not None else syn.new_ones(syn.shape[:2], dtype=_F64)), dim=-1)
+            mask = torch.cat(
+                (
+                    rmask if rmask is not None else real.new_ones(real.shape[:2], dtype=_F64),
+                    smask if smask is not None else syn.new_ones(syn.shape[:2], dtype=_F64),
+                ),
+                dim=-1,
+            )
         summary = None
         if use_kernel:
             from . import triton_kernels
 
             summary = triton_kernels.real_summary(real, sk=float(sk), tmax=tmax)
-        p = _Pair(real, syn, sk, tmax, hierarchical, mask, reduce, k_rows=need_k and not need_r, chunk_real=not need_r,
-                  real_summary=summary)
+        p = _Pair(
+            real,
+            syn,
+            sk,
+            tmax,
+            hierarchical,
+            mask,
+            reduce,
+            k_rows=need_k and not need_r,
+            chunk_real=not need_r,
+            real_summary=summary,
+            keep=need_r or need_s or need_k,
+            scale=scale,
+        )
         ctx.pair, ctx.sk = p, sk
         if k is not None:
             ctx.k_dtype, ctx.k_shape = k.dtype, k.shape
         ctx.save_for_backward(real if need_r else None, syn if need_s else None)
-        return p.d
+        return p.d.to(out_dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_d: Tensor) -> tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, grad_d: Tensor) -> tuple[Tensor | None, ...]:
         real, syn = ctx.saved_tensors
         p, sk = ctx.pair, ctx.sk
-        go = grad_d.to(_F64)
+        go = grad_d.to(_F64)  # the scale is in the chord gradient and in p.d
         need_k = ctx.needs_input_grad[2]
-        out: list[Optional[Tensor]] = [None] * 10
+        out: list[Tensor | None] = [None] * 12
         vdot: Any = 0.0
         for i, v in enumerate((real, syn)):
             if v is not None or (need_k and i == 0):
@@ -309,15 +391,17 @@ def hdd_distance(
     real: Tensor,
     syn: Tensor,
     *,
-    k: Union[float, Tensor],
-    max_norm: Optional[float] = 10.0,
+    k: float | Tensor,
+    max_norm: float | None = 10.0,
     hierarchical: bool = False,
-    real_mask: Optional[Tensor] = None,
-    syn_mask: Optional[Tensor] = None,
-    reduce: Optional[lorentz.Reduce] = None,
-    fused: Union[bool, str] = "auto",
+    real_mask: Tensor | None = None,
+    syn_mask: Tensor | None = None,
+    reduce: lorentz.Reduce | None = None,
+    fused: bool | str = "auto",
+    scale: float = 1.0,
+    dtype: torch.dtype = _F64,
 ) -> Tensor:
-    r"""Per-class geodesic distance ``[C]`` (float64) between the Law centroids of ``exp_o(real)`` and ``exp_o(syn)``.
+    r"""Per-class geodesic distance ``[C]`` between the Law centroids of ``exp_o(real)`` and ``exp_o(syn)``.
 
     ``real`` ``[C, N, D]``, ``syn`` ``[C, M, D]`` (same dtype); ``k`` is geoopt's curvature
     parameter (points satisfy ``<x,x>_L = -k``; curvature ``-1/k``), a float or a 0-d tensor (its
@@ -332,6 +416,10 @@ def hdd_distance(
     DM case it covers (real features without grad, no masks, not hierarchical, a fixed ``k``,
     a single process); ``True`` requires it (an error says why it cannot run); ``False`` never
     uses it.
+
+    ``scale`` multiplies the distances and ``dtype`` is the result's dtype (float64 by default);
+    both are applied inside the function, so a loss ``scale * d`` in the features' dtype costs
+    no extra autograd nodes.
     """
     if reduce is not None:  # the reduction happens inside the autograd function, where nothing requires grad
         from .distributed import check_no_grad
@@ -342,11 +430,21 @@ def hdd_distance(
     use_kernel = _kernel_choice(fused, real, syn, k, real_mask, syn_mask, hierarchical, reduce)
     rm = None if real_mask is None else real_mask.to(_F64)
     sm = None if syn_mask is None else syn_mask.to(_F64)
-    return _HDDDistance.apply(real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce, use_kernel)
+    return _HDDDistance.apply(
+        real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce, use_kernel, float(scale), dtype
+    )
 
 
-def _kernel_choice(fused: Union[bool, str], real: Tensor, syn: Tensor, k: Union[float, Tensor], real_mask: Optional[Tensor],
-                   syn_mask: Optional[Tensor], hierarchical: bool, reduce: Optional[lorentz.Reduce]) -> bool:
+def _kernel_choice(
+    fused: bool | str,
+    real: Tensor,
+    syn: Tensor,
+    k: float | Tensor,
+    real_mask: Tensor | None,
+    syn_mask: Tensor | None,
+    hierarchical: bool,
+    reduce: lorentz.Reduce | None,
+) -> bool:
     if fused is False:
         return False
     if fused not in (True, "auto"):

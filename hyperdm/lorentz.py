@@ -20,7 +20,7 @@ and divisions at zero with a "double ``where``" so that gradients stay finite.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -38,6 +38,9 @@ __all__ = [
     "hierarchical_weight",
     "radius0",
     "feature_centroid",
+    "feature_centroid_sums",
+    "centroid_from_sums",
+    "CentroidSums",
     "SAFE_RADIUS",
     "tangent_inner",
     "proju",
@@ -320,6 +323,106 @@ def centroid(
     return out
 
 
+class CentroidSums(NamedTuple):
+    r"""Per-group sufficient statistics of a Law centroid of features (:func:`feature_centroid_sums`).
+
+    Float64, each ``[..., 1]`` except ``ms`` ``[..., D]``. With ``t_i`` the clamped radius of
+    point ``i`` in units of ``sqrt(k)``, ``u_i = v_i / |v_i|``, weights ``w_i`` divided by their
+    total ``W`` and every exponential shifted by ``top``:
+
+    * ``weight``: ``W = sum_i w_i`` (before division), ``top``: ``max_i t_i``;
+    * ``m0 = sum_i w_i cosh(t_i) e^{-top}``, ``ms = sum_i b_i u_i`` with ``b_i = w_i sinh(t_i) e^{-top}``;
+    * ``a_minus``, ``a_plus``: ``sum_i w_i e^{-/+t_i - top}``; ``b``: ``B = sum_i b_i``;
+    * ``spread``: ``sum_i b_i |u_i - ũ|^2`` about these points' own ``ũ = ms / B``;
+    * ``points``: the number of points with ``w_i > 0``.
+
+    The sums of several sets of points (shards of a group on several processes) combine exactly
+    (:func:`hyperdm.distributed.reduce_centroid_sums`); :func:`centroid_from_sums` finishes.
+    """
+
+    weight: Tensor
+    top: Tensor
+    m0: Tensor
+    ms: Tensor
+    a_minus: Tensor
+    a_plus: Tensor
+    b: Tensor
+    spread: Tensor
+    points: Tensor
+
+
+def feature_centroid_sums(
+    v: Tensor,
+    *,
+    k: Curvature,
+    max_norm: Optional[float] = None,
+    weights: Optional[Tensor] = None,
+    hierarchical: bool = False,
+    mask: Optional[Tensor] = None,
+) -> CentroidSums:
+    r"""The :class:`CentroidSums` of the features ``v`` ``[..., N, D]`` of each group (this process's points).
+
+    Arguments as in :func:`feature_centroid`. Two passes over ``[..., N, D]`` in ``v``'s dtype (a
+    batched mat-vec for ``ms``, then the spread about ``ũ``); per-point scalars and the results are
+    float64. A group without any point (``mask`` all False) gets zero sums.
+    """
+    if v.dim() != 3:
+        lead = v.shape[:-2]
+        flat = lambda a: None if a is None else a.reshape(-1, a.shape[-1])  # noqa: E731
+        sums = feature_centroid_sums(v.reshape(-1, *v.shape[-2:]), k=k, max_norm=max_norm, weights=flat(weights),
+                                     hierarchical=hierarchical, mask=flat(mask))
+        return CentroidSums(*(x.reshape(*lead, x.shape[-1]) for x in sums))
+    if mask is not None:
+        v = torch.where(mask.unsqueeze(-1), v, torch.zeros_like(v))
+    wd = torch.float64
+    sk = _sqrt_k(k, v.new_empty((), dtype=wd))
+    n = torch.linalg.vector_norm(v, dim=-1)
+    t = n.to(wd) / sk
+    tc = t.clamp(max=float(SAFE_RADIUS if max_norm is None else min(max_norm, SAFE_RADIUS)))
+    w = torch.ones_like(tc) if weights is None else weights.to(wd)
+    if hierarchical:
+        w = w / _sinhc(tc)
+    if mask is not None:
+        w = torch.where(mask, w, torch.zeros_like(w))
+        tc = torch.where(mask, tc, torch.zeros_like(tc))
+    weight = w.sum(-1, keepdim=True)
+    w = w / torch.where(weight > 0, weight, torch.ones_like(weight))
+    top = tc.amax(-1, keepdim=True).detach()
+    e_plus = w * torch.exp(tc - top)
+    e_minus = w * torch.exp(-tc - top)
+    half_one_minus = -torch.expm1(-2.0 * tc) / 2.0          # (1 - e^{-2t}) / 2
+    b = e_plus * half_one_minus                            # w sinh(t) e^{-top}
+    small = t < _small(wd)
+    t_safe = torch.where(small, torch.ones_like(t), t)
+    ratio = torch.where(small, 1.0 - t + (2.0 / 3.0) * t * t, half_one_minus / t_safe)
+    gamma = e_plus * ratio / sk                            # coefficient of v_i in m_s
+    ms = (gamma.to(v.dtype).unsqueeze(-2) @ v).squeeze(-2).to(wd)
+    m0 = ((e_plus + e_minus) / 2.0).sum(-1, keepdim=True)
+    b_sum = b.sum(-1, keepdim=True)
+    a_minus, a_plus = e_minus.sum(-1, keepdim=True), e_plus.sum(-1, keepdim=True)
+    points = (w > 0).sum(-1, keepdim=True).to(wd)
+    # |u_i - ũ|^2 = |v_i - |v_i| ũ|^2 / |v_i|^2, one fused pass (no [..., N, D] copy of u).
+    ut = (ms / torch.where(b_sum > 0, b_sum, torch.ones_like(b_sum))).to(v.dtype)
+    dev = torch.linalg.vector_norm(torch.baddbmm(v, n.unsqueeze(-1), -ut.unsqueeze(-2)), dim=-1).to(wd)
+    spread = (b * (dev / torch.where(n > 0, n, torch.ones_like(n)).to(wd)).square()).sum(-1, keepdim=True)
+    return CentroidSums(weight, top, m0, ms, a_minus, a_plus, b_sum, spread, points)
+
+
+def centroid_from_sums(sums: CentroidSums, *, k: Curvature) -> Tensor:
+    r"""The Law centroid ``[..., D+1]`` of the points behind ``sums`` (:class:`CentroidSums`):
+
+    .. math::
+        c = \sqrt{k}\,(m_0, m_s) / \sqrt{A_- A_+ + B S},
+
+    ``A_- A_+ + B S`` being ``-<m,m>_L`` (up to the common scale) as two non-negative terms (see
+    :func:`centroid`); ``S`` is taken as 0 for a single point (rounding of ``u`` and ``ũ`` would
+    otherwise leave ``eps^2`` there). Each group needs at least one point.
+    """
+    sk = _sqrt_k(k, sums.m0.new_empty(()))
+    spread = sums.spread * (sums.points > 1)
+    return _law(sums.m0, sums.ms, sums.a_minus, sums.a_plus, sums.b, spread, sk)
+
+
 def feature_centroid(
     v: Tensor,
     *,
@@ -346,6 +449,7 @@ def feature_centroid(
     overflows. Per-point scalars and the ``[..., D]`` results are float64 (cheap); the
     two passes over ``[..., N, D]`` (a batched mat-vec and the spread) stay in ``v``'s
     dtype. Without ``max_norm``, radii beyond :data:`SAFE_RADIUS` are saturated there.
+    It is :func:`feature_centroid_sums` followed by :func:`centroid_from_sums`.
 
     ``weights`` ``[..., N]`` (non-negative) weight each point; ``hierarchical`` further
     multiplies them by :func:`hierarchical_weight` of the point's radius. ``mask``
@@ -353,11 +457,10 @@ def feature_centroid(
     padded batch; each group needs at least one point.
 
     ``reduce`` makes the centroid that of the points of *all* processes (each holding a shard of
-    every group, same groups in the same order): the Law centroid is a normalised sum, so the
-    per-group sums (weights, ``m_0``, ``m_s``, the two exponential sums, ``S``, then the spread
-    about the global ``ũ``) and the largest radius are combined with ``reduce(x, "sum")`` /
-    ``reduce(x, "max")`` (four collectives on ``[..., D]``-sized tensors) and normalised once. A
-    process may hold no point of a group (``mask`` all False) as long as some process does.
+    every group, same groups in the same order): each process's sums are combined exactly by
+    :func:`hyperdm.distributed.reduce_centroid_sums` (three collectives on ``[..., D]``-sized
+    tensors) before the centroid is formed. A process may hold no point of a group (``mask`` all
+    False) as long as some process does.
     """
     if v.dim() != 3:
         lead = v.shape[:-2]
@@ -367,52 +470,12 @@ def feature_centroid(
             hierarchical=hierarchical, mask=flat(mask), reduce=reduce,
         )
         return c.reshape(*lead, c.shape[-1])
-    if mask is not None:
-        v = torch.where(mask.unsqueeze(-1), v, torch.zeros_like(v))
-    wd = torch.float64
-    sk = _sqrt_k(k, v.new_empty((), dtype=wd))
-    n = torch.linalg.vector_norm(v, dim=-1)
-    t = n.to(wd) / sk
-    tc = t.clamp(max=float(SAFE_RADIUS if max_norm is None else min(max_norm, SAFE_RADIUS)))
-    w = torch.ones_like(tc) if weights is None else weights.to(wd)
-    if hierarchical:
-        w = w / _sinhc(tc)
-    if mask is not None:
-        w = torch.where(mask, w, torch.zeros_like(w))
-        tc = torch.where(mask, tc, torch.zeros_like(tc))
-    if reduce is None:
-        w = w / w.sum(-1, keepdim=True)
-        top = tc.amax(-1, keepdim=True).detach()
-    else:
-        w = w / reduce(w.sum(-1, keepdim=True), "sum")
-        top = reduce(tc.amax(-1, keepdim=True).detach(), "max")
-    e_plus = w * torch.exp(tc - top)
-    e_minus = w * torch.exp(-tc - top)
-    half_one_minus = -torch.expm1(-2.0 * tc) / 2.0          # (1 - e^{-2t}) / 2
-    b = e_plus * half_one_minus                            # w sinh(t) e^{-top}
-    small = t < _small(wd)
-    t_safe = torch.where(small, torch.ones_like(t), t)
-    ratio = torch.where(small, 1.0 - t + (2.0 / 3.0) * t * t, half_one_minus / t_safe)
-    gamma = e_plus * ratio / sk                            # coefficient of v_i in m_s
-    ms = (gamma.to(v.dtype).unsqueeze(-2) @ v).squeeze(-2).to(wd)
-    m0 = ((e_plus + e_minus) / 2.0).sum(-1, keepdim=True)
-    b_sum = b.sum(-1, keepdim=True)
-    a_minus, a_plus = e_minus.sum(-1, keepdim=True), e_plus.sum(-1, keepdim=True)
-    points = (w > 0).sum(-1, keepdim=True).to(wd)
-    if reduce is not None:  # one collective for every sum of the first pass
-        d = ms.shape[-1]
-        ms, m0, b_sum, a_minus, a_plus, points = reduce(
-            torch.cat((ms, m0, b_sum, a_minus, a_plus, points), dim=-1), "sum").split([d, 1, 1, 1, 1, 1], dim=-1)
-    # |u_i - ũ|^2 = |v_i - |v_i| ũ|^2 / |v_i|^2, one fused pass (no [..., N, D] copy of u).
-    ut = (ms / torch.where(b_sum > 0, b_sum, torch.ones_like(b_sum))).to(v.dtype)
-    dev = torch.linalg.vector_norm(torch.baddbmm(v, n.unsqueeze(-1), -ut.unsqueeze(-2)), dim=-1).to(wd)
-    spread = (b * (dev / torch.where(n > 0, n, torch.ones_like(n)).to(wd)).square()).sum(-1, keepdim=True)
+    sums = feature_centroid_sums(v, k=k, max_norm=max_norm, weights=weights, hierarchical=hierarchical, mask=mask)
     if reduce is not None:
-        spread = reduce(spread, "sum")
-    # One point has no spread; rounding of u and ũ would otherwise leave eps^2 there.
-    spread = spread * (points > 1)
-    c = _law(m0, ms, a_minus, a_plus, b_sum, spread, sk)
-    return c
+        from .distributed import reduce_centroid_sums  # the reduction lives with the other collectives
+
+        sums = reduce_centroid_sums(sums, reduce)
+    return centroid_from_sums(sums, k=k)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ around the import here and nowhere else.
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -85,7 +84,9 @@ class StableLorentz(geoopt.Lorentz):
 
     # -- checks ---------------------------------------------------------------------------------
 
-    def _check_point_on_manifold(self, x: Tensor, *, atol: float = 1e-5, rtol: float = 1e-5, dim: int = -1) -> Tuple[bool, Optional[str]]:
+    def _check_point_on_manifold(
+        self, x: Tensor, *, atol: float = 1e-5, rtol: float = 1e-5, dim: int = -1
+    ) -> tuple[bool, str | None]:
         """``x_0`` must equal ``sqrt(k + |x_s|^2)`` within ``atol + rtol * x_0`` (a test that
         float32 rounding passes at any radius, unlike ``<x,x>_L = -k`` within ``atol``)."""
         x = _last(x, dim)
@@ -93,11 +94,14 @@ class StableLorentz(geoopt.Lorentz):
         ref = torch.sqrt(L._kk(self.k, x) + x[..., 1:].square().sum(-1, keepdim=True))
         if torch.allclose(x0, ref, atol=atol, rtol=rtol):
             return True, None
-        return False, f"'x' is not on the hyperboloid <x,x>_L = -k (k = {self.k.item()}): x_0 != sqrt(k + |x_s|^2); use projx"
+        return (
+            False,
+            f"'x' is not on the hyperboloid <x,x>_L = -k (k = {self.k.item()}): x_0 != sqrt(k + |x_s|^2); use projx",
+        )
 
     def _check_vector_on_tangent(
         self, x: Tensor, u: Tensor, *, atol: float = 1e-5, rtol: float = 1e-5, dim: int = -1
-    ) -> Tuple[bool, Optional[str]]:
+    ) -> tuple[bool, str | None]:
         """``u_0`` must equal ``<x_s,u_s>/x_0`` within ``atol + rtol |u_s|`` (i.e. ``<x,u>_L = 0``)."""
         x, u = _last(x, dim), _last(u, dim)
         xs, us = x[..., 1:], u[..., 1:]
@@ -119,7 +123,9 @@ class StableLorentz(geoopt.Lorentz):
         r"""Distance from the origin, ``sqrt(k) asinh(|x_s|/sqrt k)`` (:func:`hyperdm.lorentz.dist0`)."""
         return _reduced(L.dist0(_last(x, dim), k=self.k, keepdim=True), dim, keepdim)
 
-    def inner(self, x: Optional[Tensor], u: Tensor, v: Optional[Tensor] = None, *, keepdim: bool = False, dim: int = -1) -> Tensor:
+    def inner(
+        self, x: Tensor | None, u: Tensor, v: Tensor | None = None, *, keepdim: bool = False, dim: int = -1
+    ) -> Tensor:
         r"""Riemannian inner product at ``x`` of tangent vectors ``u``, ``v`` (``v=None``: ``v = u``).
 
         ``u_perp . v_perp + (k/x_0^2) beta_u beta_v`` (:func:`hyperdm.lorentz.tangent_inner`), read
@@ -131,12 +137,14 @@ class StableLorentz(geoopt.Lorentz):
         v = None if v is None else _last(v, dim)
         return _reduced(L.tangent_inner(_last(x, dim), _last(u, dim), v, k=self.k, keepdim=True), dim, keepdim)
 
-    def inner0(self, v: Tensor = None, *, keepdim: bool = False, dim: int = -1) -> Tensor:
+    def inner0(self, v: Tensor | None = None, *, keepdim: bool = False, dim: int = -1) -> Tensor:
         r"""Minkowski product with the origin ``o = (sqrt k, 0)``: ``-sqrt(k) v_0``."""
+        if v is None:  # optional only in geoopt's signature, which this overrides
+            raise TypeError("inner0() needs v, the tangent vector(s) at the origin.")
         v = _last(v, dim)
         return _reduced(-L._sqrt_k(self.k, v) * v[..., :1], dim, keepdim)
 
-    def norm(self, u: Tensor, *, keepdim: bool = False, dim: int = -1, x: Optional[Tensor] = None) -> Tensor:
+    def norm(self, u: Tensor, *, keepdim: bool = False, dim: int = -1, x: Tensor | None = None) -> Tensor:
         r"""Length of a tangent vector: ``sqrt(<u,u>)``, 0 (with gradient 0) at ``u = 0``.
 
         With ``x=`` the stable product at ``x`` is used; without, the Minkowski one (which loses
@@ -235,7 +243,7 @@ class StableLorentz(geoopt.Lorentz):
 
     transp_follow_retr = transp_follow_expmap
 
-    def expmap_transp(self, x: Tensor, u: Tensor, v: Tensor, *, dim: int = -1) -> Tuple[Tensor, Tensor]:
+    def expmap_transp(self, x: Tensor, u: Tensor, v: Tensor, *, dim: int = -1) -> tuple[Tensor, Tensor]:
         r"""``(exp_x(u), transport of v along it)`` in one pass (what the optimizers call, as ``retr_transp``)."""
         x, u, v = _last(x, dim), _last(u, dim), _last(v, dim)
         y = L.expmap(x, u, k=self.k)
@@ -246,7 +254,7 @@ class StableLorentz(geoopt.Lorentz):
 
     # -- centroid -------------------------------------------------------------------------------
 
-    def centroid(self, x: Tensor, *, weights: Optional[Tensor] = None, dim: int = -2, keepdim: bool = False) -> Tensor:
+    def centroid(self, x: Tensor, *, weights: Tensor | None = None, dim: int = -2, keepdim: bool = False) -> Tensor:
         r"""Law et al. (2019) closed-form centroid of the points ``x`` along axis ``dim``.
 
         .. math:: c = \sqrt{k}\, m / \sqrt{-\langle m,m\rangle_L},\qquad m = \sum_i w_i x_i / \sum_i w_i ,
@@ -259,7 +267,12 @@ class StableLorentz(geoopt.Lorentz):
             raise ValueError(f"centroid needs points [..., N, D+1] (coordinates last); got shape {tuple(x.shape)}")
         d = dim if dim < 0 else dim - x.dim()
         if d >= -1 or d < -x.dim():
-            raise ValueError(f"dim={dim} must name a points axis of x (shape {tuple(x.shape)}), not the coordinate axis -1")
+            raise ValueError(
+                f"dim={dim} must name a points axis of x (shape {tuple(x.shape)}), not the coordinate axis -1"
+            )
         if weights is not None and weights.shape != x.shape[:-1]:
-            raise ValueError(f"weights must have x's shape without the coordinate axis, {tuple(x.shape[:-1])}; got {tuple(weights.shape)}")
+            raise ValueError(
+                f"weights must have x's shape without the coordinate axis, {tuple(x.shape[:-1])}; "
+                f"got {tuple(weights.shape)}"
+            )
         return L.centroid(x, k=self.k, weights=weights, dim=d, keepdim=keepdim)

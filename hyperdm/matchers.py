@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -88,43 +89,51 @@ class HyperbolicMatcher(nn.Module):
     (all classes at once), or flat features with ``real_labels=``/``syn_labels=``.
     """
 
+    chosen_scale: Tensor  # a buffer, with scale="auto": lambda once chosen (NaN before)
+
     def __init__(
         self,
-        k: Optional[float] = None,
-        scale: Union[float, str] = 20.0,
+        k: float | None = None,
+        scale: float | str = 20.0,
         *,
-        max_norm: Optional[float] = 10.0,
+        max_norm: float | None = 10.0,
         hierarchical: bool = False,
         reduction: str = "sum",
         learn_k: bool = False,
         check_finite: bool = True,
         compile: bool = False,
         process_group: Any = None,
-        fused: Union[bool, str] = "auto",
-        manifold: Optional[nn.Module] = None,
+        fused: bool | str = "auto",
+        manifold: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if manifold is not None:
             if k is not None or learn_k:
-                raise ValueError("pass the curvature once: either manifold=StableLorentz(k, learnable=...) or k= / learn_k=, "
-                                 "not both.")
+                raise ValueError(
+                    "pass the curvature once: either manifold=StableLorentz(k, learnable=...) or k= / learn_k=, "
+                    "not both."
+                )
             from .manifold import geoopt
 
             if not isinstance(manifold, geoopt.Lorentz):
-                raise ValueError(f"manifold must be a geoopt.Lorentz (e.g. hyperdm.StableLorentz(k)); got {type(manifold).__name__}.")
+                raise ValueError(
+                    f"manifold must be a geoopt.Lorentz (e.g. hyperdm.StableLorentz(k)); got {type(manifold).__name__}."
+                )
             F._check_k(manifold.k)
         k = 1.0 if k is None else k
         F._check_k(k)
         if compile and process_group is not None:
-            raise ValueError("compile=True and process_group cannot be combined yet; drop one of them "
-                             "(the plain path is the reference for both).")
+            raise ValueError(
+                "compile=True and process_group cannot be combined yet; drop one of them "
+                "(the plain path is the reference for both)."
+            )
         self.auto_scale = isinstance(scale, str) and scale == "auto"
         if not self.auto_scale:
             F._check_scale(scale)
         F._check_max_norm(max_norm)
         F._check_reduction(reduction)
         #: lambda; None until the first call when ``scale="auto"``
-        self.scale: Optional[float] = None if self.auto_scale else float(scale)
+        self.scale: float | None = None if self.auto_scale else float(scale)
         if self.auto_scale:
             self.register_buffer("chosen_scale", torch.tensor(float("nan"), dtype=torch.float64))
             self.register_load_state_dict_post_hook(_read_chosen_scale)
@@ -139,7 +148,8 @@ class HyperbolicMatcher(nn.Module):
         self.manifold = manifold
         self.learn_k = manifold is not None and bool(manifold.k.requires_grad)
         self.check_finite = bool(check_finite)
-        self.compile = bool(compile)
+        #: run the per-class loss through torch.compile (``compile=True``; ``nn.Module.compile`` stays usable)
+        self.compile_loss = bool(compile)
         self.process_group = process_group
         if fused not in ("auto", True, False):
             raise ValueError(f"fused must be 'auto', True or False; got {fused!r}.")
@@ -147,7 +157,7 @@ class HyperbolicMatcher(nn.Module):
         self._k = float(k)
 
     @property
-    def k(self) -> Union[float, Tensor]:
+    def k(self) -> float | Tensor:
         """Current ``k``: points satisfy ``<x,x>_L = -k``; the manifold's tensor when one holds it."""
         return self.manifold.k if self.manifold is not None else self._k
 
@@ -156,46 +166,65 @@ class HyperbolicMatcher(nn.Module):
         real: Tensor,
         syn: Tensor,
         *,
-        real_labels: Optional[Tensor] = None,
-        syn_labels: Optional[Tensor] = None,
+        real_labels: Tensor | None = None,
+        syn_labels: Tensor | None = None,
     ) -> Tensor:
-        if self.learn_k and not self.manifold.k.is_cuda and not torch.compiler.is_compiling():
-            if not bool(self.manifold.k.detach() > 0):  # a CPU scalar: no device sync
-                raise ValueError(f"the learned k went to {float(self.manifold.k.detach()):g}; k must stay > 0 (geoopt's "
-                                 "curvature parameter): lower the learning rate of k or bound it after each step.")
+        m = self.manifold
+        on_cpu = self.learn_k and m is not None and not m.k.is_cuda and not torch.compiler.is_compiling()
+        if on_cpu and m is not None and not bool(m.k.detach() > 0):  # a CPU scalar: no device sync
+            raise ValueError(
+                f"the learned k went to {float(m.k.detach()):g}; k must stay > 0 (geoopt's "
+                "curvature parameter): lower the learning rate of k or bound it after each step."
+            )
         return F._hyperbolic_loss(
-            real, syn, k=self.k, scale=self._choose_scale if self.scale is None else self.scale, max_norm=self.max_norm,
-            hierarchical=self.hierarchical, reduction=self.reduction, real_labels=real_labels, syn_labels=syn_labels,
-            check_finite=self.check_finite, process_group=self.process_group, fused=self.fused,
-            per_class=_run_compiled if self.compile else None,
+            real,
+            syn,
+            k=self.k,
+            scale=self._choose_scale if self.scale is None else self.scale,
+            max_norm=self.max_norm,
+            hierarchical=self.hierarchical,
+            reduction=self.reduction,
+            real_labels=real_labels,
+            syn_labels=syn_labels,
+            check_finite=self.check_finite,
+            process_group=self.process_group,
+            fused=self.fused,
+            per_class=_run_compiled if self.compile_loss else None,
         )
 
-    def _choose_scale(self, r: Tensor, rm: Optional[Tensor], s: Tensor, sm: Optional[Tensor], reduce: Any = None) -> float:
+    def _choose_scale(self, r: Tensor, rm: Tensor | None, s: Tensor, sm: Tensor | None, reduce: Any = None) -> float:
         """``scale="auto"``: lambda = total MMD / total centroid distance of this (the first) batch. One host sync."""
         with torch.no_grad():
-            dist = F._hyperbolic_per_class(r, rm, s, sm, k=self.k, scale=1.0, max_norm=self.max_norm,
-                                           hierarchical=self.hierarchical, reduce=reduce).sum(dtype=torch.float64)
+            dist = F._hyperbolic_per_class(
+                r, rm, s, sm, k=self.k, scale=1.0, max_norm=self.max_norm, hierarchical=self.hierarchical, reduce=reduce
+            ).sum(dtype=torch.float64)
             mmd = F._mmd_per_class(r, rm, s, sm, reduce).sum(dtype=torch.float64)
             d, m = float(dist), float(mmd)
         if not (d > 0 and math.isfinite(d) and math.isfinite(m)):
             raise ValueError(
                 f"scale='auto' picks lambda from the first batch as MMD / distance, but that batch gives MMD {m:g} and "
-                f"distance {d:g}; call the matcher first with real and synthetic features that differ (or pass a number, e.g. 20)."
+                f"distance {d:g}; call the matcher first with real and synthetic features that differ (or pass a "
+                "number, e.g. 20)."
             )
         self.scale = m / d
         self.chosen_scale.fill_(self.scale)
-        log.info("HyperbolicMatcher scale='auto': lambda = %.6g (first batch: MMD %.6g / distance %.6g)", self.scale, m, d)
+        log.info(
+            "HyperbolicMatcher scale='auto': lambda = %.6g (first batch: MMD %.6g / distance %.6g)", self.scale, m, d
+        )
         return self.scale
 
     def extra_repr(self) -> str:
-        k = f"{float(self.k.detach() if isinstance(self.k, Tensor) else self.k):g}" + (" (learned)" if self.learn_k else "")
+        k = f"{float(self.k.detach() if isinstance(self.k, Tensor) else self.k):g}" + (
+            " (learned)" if self.learn_k else ""
+        )
         if self.auto_scale:
             scale = "'auto'" + ("" if self.scale is None else f" (chose {self.scale:g})")
         else:
             scale = f"{self.scale:g}"
         return (
             f"k={k}, scale={scale}, max_norm={self.max_norm}, hierarchical={self.hierarchical}, "
-            f"reduction={self.reduction!r}" + (", compile=True" if self.compile else "")
+            f"reduction={self.reduction!r}"
+            + (", compile=True" if self.compile_loss else "")
             + (", process_group=set" if self.process_group is not None else "")
             + (f", fused={self.fused!r}" if self.fused != "auto" else "")
         )
@@ -223,6 +252,7 @@ def _run_compiled(*args: object, **kwargs: object) -> Tensor:
 
 def _read_chosen_scale(module: nn.Module, incompatible_keys: object) -> None:
     """After ``load_state_dict``: take lambda from the loaded buffer (NaN: not chosen yet)."""
+    assert isinstance(module, HyperbolicMatcher)
     value = float(module.chosen_scale)
     module.scale = value if math.isfinite(value) else None
 
@@ -242,8 +272,8 @@ class MMDMatcher(nn.Module):
         real: Tensor,
         syn: Tensor,
         *,
-        real_labels: Optional[Tensor] = None,
-        syn_labels: Optional[Tensor] = None,
+        real_labels: Tensor | None = None,
+        syn_labels: Tensor | None = None,
     ) -> Tensor:
         return F.mmd_matching_loss(
             real,

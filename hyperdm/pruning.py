@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ __all__ = ["hyperbolic_radius", "class_centroid_distance", "select", "FeatureBan
 log = logging.getLogger(__name__)
 
 
-def hyperbolic_radius(features: Tensor, *, k: float = 1.0, max_norm: Optional[float] = None) -> Tensor:
+def hyperbolic_radius(features: Tensor, *, k: float = 1.0, max_norm: float | None = None) -> Tensor:
     """Distance from the origin of ``expmap0(features)`` (``[N, D] -> [N]``), geoopt's ``k``.
 
     The exp-map at the origin is radial, so this ranks samples exactly as their feature norm
@@ -37,8 +38,14 @@ def _rows_per_chunk(dim: int) -> int:
 
 
 def class_centroid_distance(
-    features: Tensor, labels: Tensor, *, k: float = 1.0, max_norm: Optional[float] = None, chunk_size: Optional[int] = None,
-    process_group: Any = None, num_classes: Optional[int] = None,
+    features: Tensor,
+    labels: Tensor,
+    *,
+    k: float = 1.0,
+    max_norm: float | None = None,
+    chunk_size: int | None = None,
+    process_group: Any = None,
+    num_classes: int | None = None,
 ) -> Tensor:
     """Hyperbolic distance of each ``expmap0(f_i)`` to its class's Law centroid, ``[N]``, float64.
 
@@ -65,7 +72,9 @@ def class_centroid_distance(
     cents = []
     for c in classes.tolist():  # one pass per class; fine for a one-off scoring
         idx = torch.nonzero(labels == c).squeeze(1)
-        rows = torch.as_tensor(np.asarray(features[idx.numpy()], dtype=np.float64)).reshape(1, idx.numel(), features.shape[-1])
+        rows = torch.as_tensor(np.asarray(features[idx.numpy()], dtype=np.float64)).reshape(
+            1, idx.numel(), features.shape[-1]
+        )
         mask = None
         if idx.numel() == 0:  # no row of this class here (other ranks have some)
             rows, mask = rows.new_zeros(1, 1, features.shape[-1]), torch.zeros(1, 1, dtype=torch.bool)
@@ -80,7 +89,7 @@ def class_centroid_distance(
     return out
 
 
-def select(scores: Tensor, *, keep: float, labels: Optional[Tensor] = None) -> Tensor:
+def select(scores: Tensor, *, keep: float, labels: Tensor | None = None) -> Tensor:
     """Indices (ascending) of the ``keep`` fraction with the lowest scores.
 
     Per class when ``labels`` are given: each class keeps ``max(1, round(keep * n_c))`` samples,
@@ -115,7 +124,7 @@ class FeatureBank:
     memmap file for data that does not fit in RAM.
     """
 
-    def __init__(self, features: Union[np.ndarray, Tensor], labels: Tensor) -> None:
+    def __init__(self, features: np.ndarray | Tensor, labels: Tensor) -> None:
         self._features = features
         self.labels = torch.as_tensor(labels).long().contiguous()
 
@@ -136,16 +145,16 @@ class FeatureBank:
         extractors: Sequence[Callable[[Tensor], Tensor]],
         *,
         dtype: torch.dtype = torch.float32,
-        path: Optional[Union[str, Path]] = None,
-        num_samples: Optional[int] = None,
-        device: Optional[Union[str, torch.device]] = None,
-    ) -> "FeatureBank":
+        path: str | Path | None = None,
+        num_samples: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> FeatureBank:
         if path is not None and num_samples is None:
             raise ValueError("a memmap bank needs num_samples= (the dataset size) to size its file.")
         npdt = np.float16 if dtype == torch.float16 else np.float32
         chunks: list[np.ndarray] = []
         labels: list[Tensor] = []
-        mm: Optional[np.ndarray] = None
+        mm: np.memmap | None = None
         pos = 0
         with torch.no_grad():
             for b, (images, y) in enumerate(batches):
@@ -154,15 +163,22 @@ class FeatureBank:
                 feats = [e(images) for e in extractors]
                 for f in feats:
                     if f.dim() != 2:
-                        raise ValueError(f"extractors must return [B, D] features; got {tuple(f.shape)} (flatten them).")
+                        raise ValueError(
+                            f"extractors must return [B, D] features; got {tuple(f.shape)} (flatten them)."
+                        )
                     if not torch.isfinite(f).all():
                         raise ValueError(f"batch {b}: extractor output has NaN/inf; check the images and the networks.")
                 arr = torch.stack(feats).float().cpu().numpy().astype(npdt)
                 if path is not None:
                     if mm is None:
-                        mm = np.lib.format.open_memmap(str(path), mode="w+", dtype=npdt, shape=(len(extractors), num_samples, arr.shape[-1]))
+                        assert num_samples is not None  # checked above, with path
+                        mm = np.lib.format.open_memmap(
+                            str(path), mode="w+", dtype=npdt, shape=(len(extractors), num_samples, arr.shape[-1])
+                        )
                     if pos + arr.shape[1] > num_samples:
-                        raise ValueError(f"the stream yields more than num_samples={num_samples} samples; pass the dataset size.")
+                        raise ValueError(
+                            f"the stream yields more than num_samples={num_samples} samples; pass the dataset size."
+                        )
                     mm[:, pos : pos + arr.shape[1]] = arr
                 else:
                     chunks.append(arr)
@@ -170,20 +186,28 @@ class FeatureBank:
                 pos += arr.shape[1]
                 log.debug("feature bank: %d samples", pos)
         if path is not None:
-            if pos != num_samples:
+            if mm is None or pos != num_samples:
                 raise ValueError(f"the stream yielded {pos} samples, not num_samples={num_samples}.")
             mm.flush()
             return cls(mm, torch.cat(labels))
         return cls(np.concatenate(chunks, axis=1), torch.cat(labels))
 
-    def scores(self, method: str = "radius", *, k: float = 1.0, max_norm: Optional[float] = None,
-               chunk_size: Optional[int] = None, process_group: Any = None, num_classes: Optional[int] = None) -> Tensor:
+    def scores(
+        self,
+        method: str = "radius",
+        *,
+        k: float = 1.0,
+        max_norm: float | None = None,
+        chunk_size: int | None = None,
+        process_group: Any = None,
+        num_classes: int | None = None,
+    ) -> Tensor:
         """Per-sample score averaged over extractors: ``"radius"`` or ``"centroid"`` (distance to class centroid).
 
-        Reads ``chunk_size`` rows at a time (default: 2**24 values; float64 work arrays of ``chunk_size x D``), so a memmap
-        bank larger than RAM is scored without loading it. ``process_group``: this bank holds one
-        rank's shard of the samples; class centroids are taken over every rank's shard (pass
-        ``num_classes``); the scores returned are this shard's.
+        Reads ``chunk_size`` rows at a time (default: 2**24 values; float64 work arrays of
+        ``chunk_size x D``), so a memmap bank larger than RAM is scored without loading it.
+        ``process_group``: this bank holds one rank's shard of the samples; class centroids are
+        taken over every rank's shard (pass ``num_classes``); the scores returned are this shard's.
         """
         if method not in ("radius", "centroid"):
             raise ValueError(f"unknown method {method!r}; use 'radius' or 'centroid'.")
@@ -198,21 +222,39 @@ class FeatureBank:
                     rows = torch.from_numpy(np.asarray(fe[s : s + step], dtype=np.float64))  # a copy of the chunk
                     total[s : s + step] += hyperbolic_radius(rows, k=k, max_norm=max_norm)
             else:
-                total += class_centroid_distance(fe, self.labels, k=k, max_norm=max_norm, chunk_size=chunk_size,
-                                                 process_group=process_group, num_classes=num_classes)
+                total += class_centroid_distance(
+                    fe,
+                    self.labels,
+                    k=k,
+                    max_norm=max_norm,
+                    chunk_size=chunk_size,
+                    process_group=process_group,
+                    num_classes=num_classes,
+                )
         return total / f.shape[0]
 
-    def select(self, keep: float, *, method: str = "radius", k: float = 1.0, max_norm: Optional[float] = None,
-               per_class: bool = True, chunk_size: Optional[int] = None, process_group: Any = None,
-               num_classes: Optional[int] = None, total: Optional[int] = None) -> Tensor:
+    def select(
+        self,
+        keep: float,
+        *,
+        method: str = "radius",
+        k: float = 1.0,
+        max_norm: float | None = None,
+        per_class: bool = True,
+        chunk_size: int | None = None,
+        process_group: Any = None,
+        num_classes: int | None = None,
+        total: int | None = None,
+    ) -> Tensor:
         """Indices of the ``keep`` fraction with the lowest :meth:`scores` (per class by default).
 
         ``process_group``: this bank holds rows ``rank, rank+W, ...`` of a dataset of ``total``
         samples (the stride a ``DistributedSampler`` without shuffling gives); the scores of every
         rank are gathered and every rank returns the same global indices.
         """
-        scores = self.scores(method, k=k, max_norm=max_norm, chunk_size=chunk_size, process_group=process_group,
-                             num_classes=num_classes)
+        scores = self.scores(
+            method, k=k, max_norm=max_norm, chunk_size=chunk_size, process_group=process_group, num_classes=num_classes
+        )
         labels = self.labels
         if process_group is not None:
             from .distributed import gather_strided
@@ -223,7 +265,7 @@ class FeatureBank:
         return select(scores, keep=keep, labels=labels if per_class else None)
 
     @staticmethod
-    def _files(path: Union[str, Path]) -> tuple[Path, Path]:
+    def _files(path: str | Path) -> tuple[Path, Path]:
         """``<path>.npy`` and ``<path>.json``, keeping every character of ``path`` (``bank_0.5`` -> ``bank_0.5.npy``;
         a trailing ``.npy`` / ``.json`` is replaced)."""
         path = Path(path)
@@ -234,14 +276,15 @@ class FeatureBank:
                 break
         return path.with_name(name + ".npy"), path.with_name(name + ".json")
 
-    def save(self, path: Union[str, Path]) -> None:
-        """Write ``<path>.npy`` (features) and ``<path>.json`` (labels, dtype)."""
+    def save(self, path: str | Path) -> None:
+        """Write ``<path>.npy`` (the features ``[E, N, D]``, in their own dtype, which the ``.npy`` header
+        records) and ``<path>.json`` (the labels). :meth:`load` reads both back unchanged."""
         npy, js = self._files(path)
         np.save(npy, np.asarray(self._features))
         js.write_text(json.dumps({"labels": self.labels.tolist()}))
 
     @classmethod
-    def load(cls, path: Union[str, Path], *, mmap: bool = True) -> "FeatureBank":
+    def load(cls, path: str | Path, *, mmap: bool = True) -> FeatureBank:
         npy, js = cls._files(path)
         feats = np.load(npy, mmap_mode="r" if mmap else None)
         labels = torch.tensor(json.loads(js.read_text())["labels"], dtype=torch.long)

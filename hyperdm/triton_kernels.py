@@ -39,8 +39,8 @@ _STATS = 5  # top, sum b, sum c, sum e^{-t}, sum b |u - p|^2
 @functools.lru_cache(maxsize=1)
 def _triton() -> Any:
     try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
+        import triton
+        import triton.language
     except ImportError:
         return None
     return triton
@@ -51,13 +51,28 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(interpret: bool) -> Any:
     triton = _triton()
     tl = triton.language
 
-    def real_pass(v_ptr, stats_ptr, ms_ptr, dev_ptr, N, D, rows_per, splits, inv_sk, tmax, tiny,
-                  BLOCK_D: tl.constexpr, F64: tl.constexpr):
+    # Triton reads the kernel's annotations (constexpr marks compile-time constants), so the other
+    # parameters stay unannotated and mypy is told so
+    def real_pass(  # type: ignore[no-untyped-def]
+        v_ptr,
+        stats_ptr,
+        ms_ptr,
+        dev_ptr,
+        N,
+        D,
+        rows_per,
+        splits,
+        inv_sk,
+        tmax,
+        tiny,
+        BLOCK_D: tl.constexpr,  # type: ignore[name-defined]
+        F64: tl.constexpr,  # type: ignore[name-defined]
+    ):
         c = tl.program_id(0)
         s = tl.program_id(1)
         acc_t = tl.float64 if F64 else tl.float32
@@ -66,7 +81,7 @@ def _kernel(interpret: bool) -> Any:
         base = v_ptr + c.to(tl.int64) * N * D
         x0 = tl.load(base + offs, mask=dmask, other=0.0).to(acc_t)
         n0 = tl.sqrt(tl.sum(x0 * x0, axis=0))
-        p = x0 / tl.maximum(n0, tiny)                                   # the reference direction
+        p = x0 / tl.maximum(n0, tiny)  # the reference direction
         top = tl.full((), float("-inf"), acc_t)
         sb = tl.zeros((), acc_t)
         sc = tl.zeros((), acc_t)
@@ -82,7 +97,7 @@ def _kernel(interpret: bool) -> Any:
             t = n * inv_sk
             tc = tl.minimum(tl.maximum(t, tiny), tmax)
             new_top = tl.maximum(top, tc)
-            r = tl.exp(top - new_top)                                   # rescale what came before
+            r = tl.exp(top - new_top)  # rescale what came before
             sb, sc, se, s2 = sb * r, sc * r, se * r, s2 * r
             ms, dev = ms * r, dev * r
             top = new_top
@@ -112,10 +127,13 @@ def _kernel(interpret: bool) -> Any:
 
 
 def real_summary(v: Tensor, *, sk: float, tmax: float, rows_per_program: int = 64) -> tuple[Tensor, Tensor, Tensor]:
-    """``(m_s [C, D], sums [C, 3] = (B, sum cosh, sum e^{-t}), spread [C])``, float64, each class scaled by ``e^{-T}``."""
+    """``(m_s [C, D], sums [C, 3] = (B, sum cosh, sum e^{-t}), spread [C])``, float64, each class scaled by
+    ``e^{-T}``."""
     triton = _triton()
     if triton is None:
-        raise RuntimeError("the Triton kernel needs triton (pip install triton); pass fused=False for the PyTorch path.")
+        raise RuntimeError(
+            "the Triton kernel needs triton (pip install triton); pass fused=False for the PyTorch path."
+        )
     C, N, D = v.shape
     if N == 0 or D == 0:
         raise ValueError("the Triton kernel needs at least one real feature per class and D >= 1.")
@@ -128,12 +146,24 @@ def real_summary(v: Tensor, *, sk: float, tmax: float, rows_per_program: int = 6
     dev = torch.empty(C, splits, D, dtype=acc, device=v.device)
     tiny = 1e-300 if f64 else 1e-30
     _kernel(interpreting())[(C, splits)](
-        v, stats, ms, dev, N, D, rows_per_program, splits, 1.0 / sk, float(tmax), tiny,
-        BLOCK_D=triton.next_power_of_2(D), F64=f64)
+        v,
+        stats,
+        ms,
+        dev,
+        N,
+        D,
+        rows_per_program,
+        splits,
+        1.0 / sk,
+        float(tmax),
+        tiny,
+        BLOCK_D=triton.next_power_of_2(D),
+        F64=f64,
+    )
     stats, ms, dev = stats.double(), ms.double(), dev.double()
     top = stats[..., 0]
-    f = torch.exp(top - top.amax(-1, keepdim=True))                     # bring the row blocks to one scale
-    sums = (stats[..., 1:] * f.unsqueeze(-1)).sum(1)                    # B, sum c, sum e^{-t}, sum b |u - p|^2
+    f = torch.exp(top - top.amax(-1, keepdim=True))  # bring the row blocks to one scale
+    sums = (stats[..., 1:] * f.unsqueeze(-1)).sum(1)  # B, sum c, sum e^{-t}, sum b |u - p|^2
     ms = (ms * f.unsqueeze(-1)).sum(1)
     dev = (dev * f.unsqueeze(-1)).sum(1)
     bsum = sums[:, 0]

@@ -12,10 +12,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import _results  # noqa: E402
-import convergence  # noqa: E402
-import pruning_study  # noqa: E402
-import reproduce  # noqa: E402
+import _results
+import convergence
+import pruning_study
+import reproduce
 
 
 def _writer(results_dir: str, shard: int, n: int) -> None:
@@ -53,8 +53,14 @@ def test_same_settings_and_shards():
 
 
 def _row(method, matcher, ipc, seed, mean):
-    return {"id": reproduce.row_id(method, matcher, ipc, seed), "method": method, "matcher": matcher, "ipc": ipc,
-            "seed": seed, "mean": mean / 100}
+    return {
+        "id": reproduce.row_id(method, matcher, ipc, seed),
+        "method": method,
+        "matcher": matcher,
+        "ipc": ipc,
+        "seed": seed,
+        "mean": mean / 100,
+    }
 
 
 def test_reproduce_table_and_verdicts():
@@ -85,22 +91,41 @@ def test_pruning_stability_is_the_std_of_the_last_evaluations():
     evals = [{"iteration": i, "ConvNet": {"mean": m}} for i, m in ((50, 0.70), (100, 0.80), (150, 0.82), (200, 0.78))]
     assert pruning_study.stability(evals, 3) == pytest.approx(((0.0 + 4.0 + 4.0) / 3) ** 0.5)
     assert pruning_study.stability(evals[:2], 3) is None  # too few evaluations: no number rather than a wrong one
-    rows = [{"matcher": "hyperbolic", "score": "radius", "keep": 0.2, "seed": s, "kept_images": 12000, "mean": m,
-             "std": 0.01, "evals": evals} for s, m in ((0, 0.78), (1, 0.80))]
+    rows = [
+        {
+            "matcher": "hyperbolic",
+            "score": "radius",
+            "keep": 0.2,
+            "seed": s,
+            "kept_images": 12000,
+            "mean": m,
+            "std": 0.01,
+            "evals": evals,
+        }
+        for s, m in ((0, 0.78), (1, 0.80))
+    ]
     (t,) = pruning_study.summarise(rows, 3)
     assert t["final_mean"] == pytest.approx(79.0) and t["final_std_over_seeds"] == pytest.approx(1.0)
     assert t["curve_std_last"] == pytest.approx(((0.0 + 4.0 + 4.0) / 3) ** 0.5)
     assert t["synthetic_mean_pixel"] is None  # not recorded in every row: no number
-    (t,) = pruning_study.summarise([{**r, "synthetic_mean_pixel": p} for r, p in zip(rows, (0.2, 0.3))], 3)
+    (t,) = pruning_study.summarise([{**r, "synthetic_mean_pixel": p} for r, p in zip(rows, (0.2, 0.3), strict=True)], 3)
     assert t["synthetic_mean_pixel"] == pytest.approx(0.25)
 
 
 def test_synthetic_mean_pixel_reads_the_run_on_the_pixel_scale(tmp_path):
     from hyperdm.distill.data import DatasetInfo, RealData
 
-    info = DatasetInfo(name="t", channels=1, im_size=(2, 2), num_classes=2, mean=(0.5,), std=(0.25,), class_names=("a", "b"))
-    real = RealData(info=info, train_images=torch.zeros(2, 1, 2, 2), train_labels=torch.tensor([0, 1]),
-                    test_images=torch.zeros(2, 1, 2, 2), test_labels=torch.tensor([0, 1]), root=str(tmp_path))
+    info = DatasetInfo(
+        name="t", channels=1, im_size=(2, 2), num_classes=2, mean=(0.5,), std=(0.25,), class_names=("a", "b")
+    )
+    real = RealData(
+        info=info,
+        train_images=torch.zeros(2, 1, 2, 2),
+        train_labels=torch.tensor([0, 1]),
+        test_images=torch.zeros(2, 1, 2, 2),
+        test_labels=torch.tensor([0, 1]),
+        root=str(tmp_path),
+    )
     images = torch.tensor([[[[0.0, 1.0], [2.0, -2.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])  # pixels 0.5 + 0.25 * x
     torch.save({"data": [[images, torch.tensor([0, 1])]]}, tmp_path / "synthetic.pt")
     assert pruning_study.synthetic_mean_pixel(tmp_path, real) == pytest.approx(0.5 + 0.25 * 5.0 / 8)
@@ -115,17 +140,34 @@ def test_sensitivity_variants_change_one_setting_each():
     base = sensitivity.configure("hdd", a)
     m = base.matcher
     assert (m.kind, m.k, m.scale, m.max_norm, base.seed) == ("hyperbolic", 1, 40, 10.0, 3)
-    expect = {"no-clamp": {"matcher.max_norm": None}, "float32": {"matcher.dtype": "float32"},
-              "scale-auto": {"matcher.scale": "auto"}, "scale-half": {"matcher.scale": 20.0},
-              "scale-double": {"matcher.scale": 80.0}, "k0.5": {"matcher.k": 0.5}, "k2": {"matcher.k": 2.0}}
+    expect = {
+        "no-clamp": {"matcher.max_norm": None},
+        "float32": {"matcher.dtype": "float32"},
+        "scale-auto": {"matcher.scale": "auto"},
+        "scale-half": {"matcher.scale": 20.0},
+        "scale-double": {"matcher.scale": 80.0},
+        "k0.5": {"matcher.k": 0.5},
+        "k2": {"matcher.k": 2.0},
+    }
     for name, change in expect.items():
         cfg = sensitivity.configure(name, a)
         old, new = base.settings(), cfg.settings()
         assert {p: v for p, v in new.items() if v != old[p]} == change, name
         assert all(cfg.sources[path] == f"sensitivity variant {name}" for path in change)
     assert sensitivity.configure("mmd", a).matcher.kind == "mmd"
-    row = {"variant": "no-clamp", "seed": 0, "matcher": "hyperbolic", "k": 1, "scale": 40.0, "max_norm": None,
-           "match_dtype": "float64", "mean": 0.8117, "std": 0.0001, "loss_per_class_first": 15.9, "loss_per_class_last": 7.7}
+    row = {
+        "variant": "no-clamp",
+        "seed": 0,
+        "matcher": "hyperbolic",
+        "k": 1,
+        "scale": 40.0,
+        "max_norm": None,
+        "match_dtype": "float64",
+        "mean": 0.8117,
+        "std": 0.0001,
+        "loss_per_class_first": 15.9,
+        "loss_per_class_last": 7.7,
+    }
     line = sensitivity.format_table([row]).splitlines()[-1]
     assert line.split()[:6] == ["no-clamp", "1", "40", "none", "float64", "81.17"]
 
@@ -134,22 +176,44 @@ def test_pruning_curves_plot_the_saved_evaluations():
     import plots
 
     def row(matcher, score, keep, accs):
-        return {"matcher": matcher, "score": score, "keep": keep, "seed": 0,
-                "evals": [{"iteration": 100 * (i + 1), "ConvNet": {"mean": a}} for i, a in enumerate(accs)]}
+        return {
+            "matcher": matcher,
+            "score": score,
+            "keep": keep,
+            "seed": 0,
+            "evals": [{"iteration": 100 * (i + 1), "ConvNet": {"mean": a}} for i, a in enumerate(accs)],
+        }
 
-    res = {"dataset": "fashion-mnist", "ipc": 10, "preset": "cpu",
-           "rows": [row("hyperbolic", "radius", 0.2, [0.70, 0.72]), row("mmd", "none", 1.0, [0.79, 0.81]),
-                    row("hyperbolic", "none", 1.0, [0.78, 0.80]), row("hyperbolic", "random", 0.2, [0.75, 0.77])]}
+    res = {
+        "dataset": "fashion-mnist",
+        "ipc": 10,
+        "preset": "cpu",
+        "rows": [
+            row("hyperbolic", "radius", 0.2, [0.70, 0.72]),
+            row("mmd", "none", 1.0, [0.79, 0.81]),
+            row("hyperbolic", "none", 1.0, [0.78, 0.80]),
+            row("hyperbolic", "random", 0.2, [0.75, 0.77]),
+        ],
+    }
     res["rows"].append(dict(row("hyperbolic", "radius", 0.2, [0.60, 0.66]), seed=1))
     fig = plots.curve_figure(res)
     left, right, by_keep = fig.axes
     got = {ln.get_label(): list(ln.get_ydata()) for ln in left.get_lines()}
     assert got == {"DM (MMD), seed 0": [79.0, 81.0], "DM + HDD, seed 0": [78.0, 80.0]}
     got = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in right.get_lines()}
-    assert got == {"100 %, seed 0": ([100, 200], [78.0, 80.0]), "20 % radius, seed 0": ([100, 200], [70.0, 72.0]),
-                   "20 % random, seed 0": ([100, 200], [75.0, 77.0]), "20 % radius, seed 1": ([100, 200], [60.0, 66.0])}
+    assert got == {
+        "100 %, seed 0": ([100, 200], [78.0, 80.0]),
+        "20 % radius, seed 0": ([100, 200], [70.0, 72.0]),
+        "20 % random, seed 0": ([100, 200], [75.0, 77.0]),
+        "20 % radius, seed 1": ([100, 200], [60.0, 66.0]),
+    }
     got = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in by_keep.get_lines()}
-    assert set(got) == {"radius, seed 0", "radius, seed 1", "random, seed 0", "MMD line, 100 %, seed 0"}  # no centroid rows
+    assert set(got) == {
+        "radius, seed 0",
+        "radius, seed 1",
+        "random, seed 0",
+        "MMD line, 100 %, seed 0",
+    }  # no centroid rows
     assert got["radius, seed 0"] == ([20.0, 100.0], [72.0, 80.0])  # ends at the seed's own 100 % row
     assert got["radius, seed 1"] == ([20.0], [66.0])  # seed 1 has no 100 % row: nothing borrowed from seed 0
     assert got["random, seed 0"][1] == [77.0, 80.0]
@@ -160,36 +224,48 @@ def test_pruning_curves_plot_the_saved_evaluations():
 
 
 def _conv_row(variant, ipc, seed, it, acc):
-    return {"id": f"dm/{variant}/ipc{ipc}/seed{seed}/it{it}", "variant": variant, "ipc": ipc, "seed": seed,
-            "iteration": it, "accuracy": acc}
+    return {
+        "id": f"dm/{variant}/ipc{ipc}/seed{seed}/it{it}",
+        "variant": variant,
+        "ipc": ipc,
+        "seed": seed,
+        "iteration": it,
+        "accuracy": acc,
+    }
 
 
 def test_convergence_table_pairs_seeds_and_skips_unpaired():
-    rows = [_conv_row("mmd", 1, 0, 200, 70.0), _conv_row("mmd", 1, 1, 200, 72.0),
-            _conv_row("hyperbolic", 1, 0, 200, 71.0), _conv_row("hyperbolic", 1, 1, 200, 71.0),
-            _conv_row("hyperbolic", 1, 2, 200, 90.0),  # no MMD partner: in the mean, not in the differences
-            _conv_row("mmd", 10, 0, 500, 80.0)]
+    rows = [
+        _conv_row("mmd", 1, 0, 200, 70.0),
+        _conv_row("mmd", 1, 1, 200, 72.0),
+        _conv_row("hyperbolic", 1, 0, 200, 71.0),
+        _conv_row("hyperbolic", 1, 1, 200, 71.0),
+        _conv_row("hyperbolic", 1, 2, 200, 90.0),  # no MMD partner: in the mean, not in the differences
+        _conv_row("mmd", 10, 0, 500, 80.0),
+    ]
     table = {(e["variant"], e["ipc"], e["iteration"]): e for e in convergence.table(rows)}
     hdd = table[("hyperbolic", 1, 200)]
     assert hdd["seeds"] == [0, 1, 2] and hdd["mean"] == pytest.approx(232 / 3)
     assert hdd["paired_seeds"] == [0, 1] and hdd["diff_per_seed"] == [1.0, -1.0]
-    assert hdd["diff_mean"] == 0.0 and hdd["diff_std"] == pytest.approx(2 ** 0.5)
+    assert hdd["diff_mean"] == 0.0 and hdd["diff_std"] == pytest.approx(2**0.5)
     assert table[("mmd", 10, 500)]["std"] == 0.0 and "diff_mean" not in table[("mmd", 10, 500)]
     text = convergence.format_table(convergence.table(rows), markdown=True)
     assert "| hyperbolic | 1 | 200 | 0,1,2 | 77.33 +- 10.97 | +1.00, -1.00 | +0.00 +- 1.41 |" in text
 
 
 def test_convergence_harvests_only_runs_with_the_same_settings(tmp_path):
-    want = {key: None for key in convergence.KEYS}
-    want.update(iterations=2000, ipc=1, seed=0, batch_real=64, lr_img=1.0, eval_epochs=300, eval_runs=2,
-                match_dtype="float32")
+    want = dict.fromkeys(convergence.KEYS)
+    want.update(
+        iterations=2000, ipc=1, seed=0, batch_real=64, lr_img=1.0, eval_epochs=300, eval_runs=2, match_dtype="float32"
+    )
     cfg = {**want, "matcher": "mmd", "k": 1.0, "scale": 20.0, "max_norm": 10.0}  # unused by mmd: not compared
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     evals = [{"iteration": 200, "ConvNet": {"mean": 0.7, "std": 0.01, "accs": [0.69, 0.71]}}]
     (tmp_path / "metrics.json").write_text(json.dumps({"evals": evals, "final": False, "distill_seconds": 12.0}))
     rows = convergence.rows_of_run(tmp_path, "mmd", want)
     assert [(r["id"], r["accuracy"], r["runs"], r["run_finished"]) for r in rows] == [
-        ("dm/mmd/ipc1/seed0/it200", pytest.approx(70.0), [pytest.approx(69.0), pytest.approx(71.0)], False)]
+        ("dm/mmd/ipc1/seed0/it200", pytest.approx(70.0), [pytest.approx(69.0), pytest.approx(71.0)], False)
+    ]
     assert convergence.rows_of_run(tmp_path, "mmd", {**want, "iterations": 200}) == []
 
 

@@ -20,7 +20,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         A.write_json(p, {"a": 2})
     assert json.loads(p.read_text()) == {"a": 1}
     assert [f.name for f in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
@@ -43,12 +43,17 @@ def test_synthetic_round_trip_in_reference_format(tmp_path):
 def test_load_reference_dm_file_with_several_experiments(tmp_path):
     # the reference saves {'data': [[img, lab], [img, lab], ...], 'accs_all_exps': ...}; the last pair is used
     a, b = torch.zeros(2, 3, 32, 32), torch.ones(2, 3, 32, 32)
-    torch.save({"data": [[a, torch.tensor([0, 1])], [b, torch.tensor([1, 0])]], "accs_all_exps": {}}, tmp_path / "res.pt")
+    torch.save(
+        {"data": [[a, torch.tensor([0, 1])], [b, torch.tensor([1, 0])]], "accs_all_exps": {}}, tmp_path / "res.pt"
+    )
     x, y, _ = A.load_synthetic(tmp_path / "res.pt")
     assert torch.equal(x, b) and y.tolist() == [1, 0]
 
 
-@pytest.mark.parametrize("obj, match", [({"nodata": 1}, "not a synthetic set"), ({"data": [[torch.zeros(3, 4), torch.zeros(3)]]}, r"\[N, C, H, W\]")])
+@pytest.mark.parametrize(
+    "obj, match",
+    [({"nodata": 1}, "not a synthetic set"), ({"data": [[torch.zeros(3, 4), torch.zeros(3)]]}, r"\[N, C, H, W\]")],
+)
 def test_load_bad_files(tmp_path, obj, match):
     torch.save(obj, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=match):
@@ -104,7 +109,11 @@ def test_output_names_keep_what_was_typed(tmp_path):
 
 
 def test_load_torch_file_reads_plain_content_in_both_torch_formats(tmp_path):
-    obj = {"data": [[torch.arange(6.0).view(1, 1, 2, 3), torch.tensor([2])]], "accs_all_exps": {"ConvNet": [0.5]}, "n": None}
+    obj = {
+        "data": [[torch.arange(6.0).view(1, 1, 2, 3), torch.tensor([2])]],
+        "accs_all_exps": {"ConvNet": [0.5]},
+        "n": None,
+    }
     for zip_format in (True, False):
         p = tmp_path / f"f{zip_format}.pt"
         torch.save(obj, p, _use_new_zipfile_serialization=zip_format)
@@ -154,7 +163,7 @@ def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypat
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(OSError) as e:
+    with pytest.raises(OSError, match=os.strerror(errno.ENOSPC)) as e:
         A.write_json(p, {"a": 2})
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(p)
     assert json.loads(p.read_text()) == {"a": 1} and [f.name for f in tmp_path.iterdir()] == ["x.json"]

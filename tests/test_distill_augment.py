@@ -15,7 +15,9 @@ from hyperdm.distill.augment import DSA, STRATEGY_DEFAULT, DSAParams, dsa
 SINGLE_GROUPS = ["color", "crop", "cutout", "flip", "scale", "rotate"]
 
 
-def _images(n: int, c: int = 3, h: int = 12, w: int = 12, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _images(
+    n: int, c: int = 3, h: int = 12, w: int = 12, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     return torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
@@ -24,12 +26,18 @@ def _images(n: int, c: int = 3, h: int = 12, w: int = 12, seed: int = 0, dtype: 
 
 def test_defaults_match_reference() -> None:
     p = DSAParams()
-    assert (p.prob_flip, p.ratio_scale, p.ratio_rotate, p.ratio_crop_pad, p.ratio_cutout) == (0.5, 1.2, 15.0, 0.125, 0.5)
+    assert (p.prob_flip, p.ratio_scale, p.ratio_rotate, p.ratio_crop_pad, p.ratio_cutout) == (
+        0.5,
+        1.2,
+        15.0,
+        0.125,
+        0.5,
+    )
     assert (p.brightness, p.saturation, p.contrast, p.ratio_noise, p.aug_mode) == (1.0, 2.0, 0.5, 0.05, "S")
     assert STRATEGY_DEFAULT == "color_crop_cutout_flip_scale_rotate"
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.prob_flip = 1.0  # type: ignore[misc]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="aug_mode must be 'S'"):
         DSAParams(aug_mode="X")
 
 
@@ -89,7 +97,7 @@ def test_cpu_and_cuda_agree() -> None:
 # ---- siamese / per-image -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("group", SINGLE_GROUPS + [STRATEGY_DEFAULT])
+@pytest.mark.parametrize("group", [*SINGLE_GROUPS, STRATEGY_DEFAULT])
 def test_siamese_same_transform_for_batches_of_different_size(group: str) -> None:
     a, b = _images(2, seed=1), _images(5, seed=2)
     for seed in range(4):
@@ -110,8 +118,8 @@ def test_siamese_shares_and_non_siamese_varies_per_image(group: str) -> None:
 def test_non_siamese_flip_flips_some_images() -> None:
     x = _images(64, c=1, h=4, w=4)
     out = dsa(x, "flip", seed=0)
-    flipped = torch.tensor([torch.equal(o, f) for o, f in zip(out, x.flip(3))])
-    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, x)])
+    flipped = torch.tensor([torch.equal(o, f) for o, f in zip(out, x.flip(3), strict=True)])
+    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, x, strict=True)])
     assert bool((flipped ^ kept).all())
     assert 10 < int(flipped.sum()) < 54
     assert torch.equal(dsa(x, "flip", DSAParams(prob_flip=1.0), seed=0), x.flip(3))
@@ -161,7 +169,10 @@ def _cutout_reference(img: torch.Tensor, cx: int, cy: int, size: tuple[int, int]
     _, h, w = img.shape
     for i in range(h):
         for j in range(w):
-            if cx - size[0] // 2 <= i < cx - size[0] // 2 + size[0] and cy - size[1] // 2 <= j < cy - size[1] // 2 + size[1]:
+            if (
+                cx - size[0] // 2 <= i < cx - size[0] // 2 + size[0]
+                and cy - size[1] // 2 <= j < cy - size[1] // 2 + size[1]
+            ):
                 out[:, i, j] = 0
     return out
 
@@ -174,7 +185,9 @@ def test_cutout_function_and_draws() -> None:
     # Drawn: size int(8 * 0.5 + 0.5) = 4 by int(6 * 0.5 + 0.5) = 3; centre rows 0..8 (even size), columns 0..5.
     drawn = dsa(x, "cutout", seed=2)
     for k in range(3):
-        hits = [(i, j) for i in range(9) for j in range(6) if torch.equal(drawn[k], _cutout_reference(x[k], i, j, (4, 3)))]
+        hits = [
+            (i, j) for i in range(9) for j in range(6) if torch.equal(drawn[k], _cutout_reference(x[k], i, j, (4, 3)))
+        ]
         assert len(hits) == 1
 
 
@@ -269,11 +282,11 @@ def test_none_strategy_and_unknown_group() -> None:
     assert dsa(x, "") is x
     assert dsa(x, "none") is x
     assert DSA("none")(x) is x
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=r"unknown DSA group\(s\) \['blur'\]") as err:
         dsa(x, "color_blur")
     for g in SINGLE_GROUPS:
         assert g in str(err.value)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown DSA group\(s\) \['zoom'\]"):
         DSA("crop_zoom")
 
 

@@ -132,7 +132,7 @@ def test_middle_encoder_interpolates_init_and_trained(tmp_path):
     loop = DanceLoop(dance_cfg(), small(FMNIST), str(tmp_path), progress=False)
     loop.prepare()
     gen = torch.Generator().manual_seed(11)
-    lam = loop._load_expert(0, gen)
+    lam = loop._load_expert(gen)
     ref = torch.Generator().manual_seed(11)  # the same draws, independently
     j = int(torch.randint(0, 2, (1,), generator=ref))
     assert lam == pytest.approx(float(torch.rand(1, generator=ref)))

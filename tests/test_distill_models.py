@@ -75,12 +75,20 @@ def test_convnet_layout() -> None:
     assert isinstance(ln, nn.GroupNorm) and ln.num_groups == 1
     assert isinstance(ConvNet(3, 10, (32, 32), norm="batchnorm").features[1], nn.BatchNorm2d)
     assert [type(m) for m in ConvNet(3, 10, (32, 32), norm="none", pool="maxpooling", act="sigmoid").features] == [
-        nn.Conv2d, nn.Sigmoid, nn.MaxPool2d] * 3
+        nn.Conv2d,
+        nn.Sigmoid,
+        nn.MaxPool2d,
+    ] * 3
     flat = ConvNet(3, 10, (8, 8), depth=2, pool="none", width=4)
     assert flat.embed_dim == 4 * 8 * 8
     assert isinstance(ConvNet(3, 10, (32, 32), act="leakyrelu").features[2], nn.LeakyReLU)
-    for bad in ({"norm": "foo"}, {"act": "foo"}, {"pool": "foo"}, {"depth": 6}):
-        with pytest.raises(ValueError):
+    for bad, match in (
+        ({"norm": "foo"}, "unknown norm 'foo'"),
+        ({"act": "foo"}, "unknown activation 'foo'"),
+        ({"pool": "foo"}, "unknown pooling 'foo'"),
+        ({"depth": 6}, "depth 6 pools"),
+    ):
+        with pytest.raises(ValueError, match=match):
             ConvNet(3, 10, (32, 32), **bad)
 
 
@@ -148,12 +156,14 @@ def test_get_network_names_and_aliases() -> None:
     assert get_network("ConvNet", 3, 10, (32, 32), width=16).embed_dim == 16 * 16
     assert any(isinstance(m, nn.BatchNorm2d) for m in get_network("VGG11BN", 3, 10, (32, 32)).modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in get_network("ResNet18BN", 3, 10, (32, 32)).modules())
-    assert any(isinstance(m, nn.BatchNorm2d) for m in get_network("ResNet18", 3, 10, (32, 32), norm="batchnorm").modules())
+    assert any(
+        isinstance(m, nn.BatchNorm2d) for m in get_network("ResNet18", 3, 10, (32, 32), norm="batchnorm").modules()
+    )
     assert not any(isinstance(m, nn.BatchNorm2d) for m in get_network("ResNet18", 3, 10, (32, 32)).modules())
 
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match="unknown architecture 'LeNet5'") as err:
         get_network("LeNet5", 3, 10, (32, 32))
     for name in ARCHITECTURES:
         assert name in str(err.value)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'ConvNetD4' sets depth=4 but depth=3 was passed"):
         get_network("ConvNetD4", 3, 10, (64, 64), depth=3)

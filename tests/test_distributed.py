@@ -70,6 +70,18 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
                 call()
             except ValueError as e:
                 errors[name] = str(e)
+        from hyperdm.distributed import check_process_group
+
+        only_rank0 = dist.new_group([0])  # every rank takes part in making it; rank 1 gets a placeholder
+        for name, call in {
+            "not_a_group": lambda: check_process_group(object()),
+            "not_a_member": lambda: check_process_group(only_rank0),
+            "matcher_not_a_member": lambda: rank == 1 and HyperbolicMatcher(process_group=only_rank0)(shard, syn),
+        }.items():
+            try:
+                call()
+            except ValueError as e:
+                errors[name] = str(e)
         results["errors"] = errors
         # a feature bank sharded by stride: rank r holds samples r, r+2, ...
         feats, labels = _bank()
@@ -122,6 +134,14 @@ def test_distributed_misuse_is_a_clear_error(two_ranks):
         HyperbolicMatcher(process_group=object())(real, syn)
     with pytest.raises(ValueError, match="compile=True and process_group"):
         HyperbolicMatcher(compile=True, process_group=object())
+
+
+def test_process_group_must_be_a_group_holding_this_rank(two_ranks):
+    for res in two_ranks:
+        assert "must be a torch.distributed process group" in res["errors"]["not_a_group"]
+    assert "not_a_member" not in two_ranks[0]["errors"]  # rank 0 is in the group
+    for name in ("not_a_member", "matcher_not_a_member"):  # rank 1 is not: its all-reduce would do nothing
+        assert "rank 1 is not a member of this group" in two_ranks[1]["errors"][name]
 
 
 if __name__ == "__main__":  # pragma: no cover

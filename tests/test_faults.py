@@ -41,16 +41,38 @@ LINUX = sys.platform.startswith("linux")
 
 
 def distill_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--log-level", "WARNING", "distill", "--data-root", str(root), "--ipc", "1", "--iterations", "4",
-            "--batch-real", "2", "--eval-runs", "0", "--checkpoint-every", "2", "--seed", "5", "--no-progress",
-            "--out", str(out), *extra]
+    return [
+        "--log-level",
+        "WARNING",
+        "distill",
+        "--data-root",
+        str(root),
+        "--ipc",
+        "1",
+        "--iterations",
+        "4",
+        "--batch-real",
+        "2",
+        "--eval-runs",
+        "0",
+        "--checkpoint-every",
+        "2",
+        "--seed",
+        "5",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def snapshot(d: Path) -> dict[str, str]:
     """sha256 of every file under ``d`` (hidden ones too), by relative path."""
     if not d.exists():
         return {}
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 def run(capsys, args: list[str]) -> tuple[int, str]:
@@ -69,7 +91,10 @@ def one_error_line(err: str, command: str) -> str:
 
 @pytest.fixture(autouse=True)
 def _one_thread_no_figures(monkeypatch):
-    """One thread (bit-identical runs in and out of process) and no Poincare figure (seconds per run, not under test)."""
+    """One thread (bit-identical runs in and out of process) and no Poincare figure.
+
+    The figure takes seconds per run and is not under test.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     monkeypatch.setattr("hyperdm.distill.plots.plot_poincare", lambda *a, **k: None)
@@ -116,7 +141,9 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if not LINUX or os.geteuid() != 0 or shutil.which("mount") is None:
         return False
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], capture_output=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], capture_output=True
+    )
     return r.returncode == 0
 
 
@@ -160,7 +187,7 @@ def read_only_dir(tmp_path, monkeypatch):
                 shutil.copytree(contents_from, d / contents_from.name)
             r = subprocess.run(["mount", "-o", "remount,ro", str(d)], capture_output=True)
             assert r.returncode == 0, r.stderr
-            with pytest.raises(OSError):  # really read-only, for root too
+            with pytest.raises(OSError, match="Read-only file system"):  # really read-only, for root too
                 (d / "probe").touch()
         else:
             if contents_from is not None:
@@ -202,8 +229,14 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_last_checkpoint(tmp_path, t
     script.write_text(_BLOCK_IN_CHECKPOINT_WRITE)
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, str(script), *distill_args(tiny_fmnist_root, out)], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, str(script), *distill_args(tiny_fmnist_root, out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line, deadline = "", time.time() + 300
     try:
         while time.time() < deadline and p.poll() is None:
@@ -253,8 +286,10 @@ def test_full_disk_during_a_checkpoint_write(tmp_path, tiny_fmnist_root, ref_run
     rc, err = run(capsys, distill_args(tiny_fmnist_root, out))
     assert rc == 2
     line = one_error_line(err, "distill")
-    assert line == (f"hyperdm distill: error: {out / 'checkpoint.pt'}: No space left on device; no finished file was "
-                    "changed; free some space or choose --out on another disk.")
+    assert line == (
+        f"hyperdm distill: error: {out / 'checkpoint.pt'}: No space left on device; no finished file was "
+        "changed; free some space or choose --out on another disk."
+    )
     assert hashlib.sha256((out / "checkpoint.pt").read_bytes()).hexdigest() == seen["before"]
     assert A.RunDir(out).load_checkpoint()["iteration"] == 2
     assert A.RunDir(out).stale_temps() == [] and not (out / "synthetic.pt").exists()
@@ -270,13 +305,26 @@ def test_full_disk_on_a_real_tmpfs(tmp_path, tiny_fmnist_root, capsys):
         pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN and mount(8))")
     try:
         (disk / "finished.json").write_text('{"a finished result": true}\n')
-        with open(disk / "filler", "wb", buffering=0) as f:  # fill the disk to the last block
-            with contextlib.suppress(OSError):
-                while True:
-                    f.write(b"\0" * 4096)
+        with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):  # fill the disk
+            while True:
+                f.write(b"\0" * 4096)
         before = snapshot(disk)
-        rc, err = run(capsys, ["--log-level", "WARNING", "prune", "--data-root", str(tiny_fmnist_root), "--keep", "0.5",
-                               "--score", "random", "--out", str(disk / "kept")])
+        rc, err = run(
+            capsys,
+            [
+                "--log-level",
+                "WARNING",
+                "prune",
+                "--data-root",
+                str(tiny_fmnist_root),
+                "--keep",
+                "0.5",
+                "--score",
+                "random",
+                "--out",
+                str(disk / "kept"),
+            ],
+        )
         assert rc == 2
         line = one_error_line(err, "prune")
         assert line.startswith(f"hyperdm prune: error: {disk / 'kept.npy'}: No space left on device; no finished file")
@@ -291,7 +339,9 @@ def test_full_disk_on_a_real_tmpfs(tmp_path, tiny_fmnist_root, capsys):
 
 
 @pytest.mark.parametrize("command", ["distill", "prune", "evaluate", "plot"])
-def test_read_only_output_fails_before_any_work(command, tmp_path, tiny_fmnist_root, ref_run, read_only_dir, capsys, no_work):
+def test_read_only_output_fails_before_any_work(
+    command, tmp_path, tiny_fmnist_root, ref_run, read_only_dir, capsys, no_work
+):
     ro = read_only_dir(ref_run if command == "plot" else None)
     before = snapshot(ro)
     data = ["--data-root", str(tiny_fmnist_root)]
@@ -305,8 +355,11 @@ def test_read_only_output_fails_before_any_work(command, tmp_path, tiny_fmnist_r
     assert rc == 2
     line = one_error_line(err, command)
     assert f"cannot create files in {ro}" in line and "Read-only file system" in line
-    fix = ("copy the run directory to a writable disk and plot the copy" if command == "plot"
-           else "the file system is read-only; choose --out on a writable disk")
+    fix = (
+        "copy the run directory to a writable disk and plot the copy"
+        if command == "plot"
+        else "the file system is read-only; choose --out on a writable disk"
+    )
     assert line.endswith(f"; {fix}.")
     assert snapshot(ro) == before  # nothing created, the run copied for plot untouched
 
@@ -336,14 +389,17 @@ def _evil(marker: Path):
     return Evil()
 
 
-@pytest.mark.parametrize("damage, says", [
-    ("empty", "is empty (0 bytes)"),
-    ("truncated", "is truncated or damaged"),
-    ("garbage", "is not a PyTorch file"),
-    ("bit flip", "fails its CRC-32 check"),
-    ("not a checkpoint", "is not a hyperdm checkpoint (it lacks"),
-    ("runs code", "refused to load"),
-])
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        ("empty", "is empty (0 bytes)"),
+        ("truncated", "is truncated or damaged"),
+        ("garbage", "is not a PyTorch file"),
+        ("bit flip", "fails its CRC-32 check"),
+        ("not a checkpoint", "is not a hyperdm checkpoint (it lacks"),
+        ("runs code", "refused to load"),
+    ],
+)
 def test_damaged_checkpoint_is_named_and_kept(damage, says, tmp_path, tiny_fmnist_root, ref_run, capsys):
     out = tmp_path / "run"
     shutil.copytree(ref_run, out)
@@ -368,8 +424,10 @@ def test_damaged_checkpoint_is_named_and_kept(damage, says, tmp_path, tiny_fmnis
     assert rc == 2
     line = one_error_line(err, "distill")
     assert str(ck) in line and says in line
-    assert line.endswith(f"To continue, delete it (rm {ck}) and run with --overwrite to start over, or keep it and pass "
-                         "--out with another directory.")
+    assert line.endswith(
+        f"To continue, delete it (rm {ck}) and run with --overwrite to start over, or keep it and pass "
+        "--out with another directory."
+    )
     assert snapshot(out) == before  # nothing written, run.log not appended to
     assert not marker.exists()
 
@@ -377,7 +435,9 @@ def test_damaged_checkpoint_is_named_and_kept(damage, says, tmp_path, tiny_fmnis
 def test_a_pt_that_would_run_code_is_refused_everywhere(tmp_path, tiny_fmnist_root, ref_run, capsys):
     marker = tmp_path / "ran"
     evil = tmp_path / "community.pt"  # the reference DM format, with a payload in accs_all_exps
-    torch.save({"data": [[torch.zeros(10, 1, 28, 28), torch.arange(10)]], "accs_all_exps": {"ConvNet": [_evil(marker)]}}, evil)
+    torch.save(
+        {"data": [[torch.zeros(10, 1, 28, 28), torch.arange(10)]], "accs_all_exps": {"ConvNet": [_evil(marker)]}}, evil
+    )
     data = ["--data-root", str(tiny_fmnist_root)]
     rc, err = run(capsys, ["evaluate", str(evil), *data, "--dataset", "fashion-mnist", "--epochs", "1", "--runs", "1"])
     assert rc == 2
@@ -401,14 +461,25 @@ def test_a_pt_that_would_run_code_is_refused_everywhere(tmp_path, tiny_fmnist_ro
     assert marker.exists()
 
 
-@pytest.mark.parametrize("content, says", [
-    (b"not a torch file\n", "is not a PyTorch file"),
-    ({"data": [[torch.zeros(2, 1, 28, 28), torch.tensor([0, 10])]]}, "labels must be classes 0..9 of fashion-mnist; found 0..10"),
-    ({"data": [[torch.full((2, 1, 28, 28), float("nan")), torch.tensor([0, 1])]]}, "NaN/inf"),
-    ({"data": [[torch.zeros(2, 1, 28, 28), torch.tensor([0, 1])]], "partition": "2x2"}, "'partition' must be an integer >= 1"),
-    ({"data": [["images", "labels"]]}, "'data' must hold tensors"),
-])
-def test_bad_synthetic_files_are_refused_before_training(content, says, tmp_path, tiny_fmnist_root, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"not a torch file\n", "is not a PyTorch file"),
+        (
+            {"data": [[torch.zeros(2, 1, 28, 28), torch.tensor([0, 10])]]},
+            "labels must be classes 0..9 of fashion-mnist; found 0..10",
+        ),
+        ({"data": [[torch.full((2, 1, 28, 28), float("nan")), torch.tensor([0, 1])]]}, "NaN/inf"),
+        (
+            {"data": [[torch.zeros(2, 1, 28, 28), torch.tensor([0, 1])]], "partition": "2x2"},
+            "'partition' must be an integer >= 1",
+        ),
+        ({"data": [["images", "labels"]]}, "'data' must hold tensors"),
+    ],
+)
+def test_bad_synthetic_files_are_refused_before_training(
+    content, says, tmp_path, tiny_fmnist_root, capsys, monkeypatch
+):
     path = tmp_path / "set.pt"
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -419,8 +490,21 @@ def test_bad_synthetic_files_are_refused_before_training(content, says, tmp_path
         raise AssertionError("training started")
 
     monkeypatch.setattr("hyperdm.distill.evaluate.train_and_test", no_training)
-    rc, err = run(capsys, ["evaluate", str(path), "--dataset", "fashion-mnist", "--data-root", str(tiny_fmnist_root),
-                           "--epochs", "1", "--runs", "1"])
+    rc, err = run(
+        capsys,
+        [
+            "evaluate",
+            str(path),
+            "--dataset",
+            "fashion-mnist",
+            "--data-root",
+            str(tiny_fmnist_root),
+            "--epochs",
+            "1",
+            "--runs",
+            "1",
+        ],
+    )
     assert rc == 2 and says in one_error_line(err, "evaluate")
 
 
@@ -447,9 +531,11 @@ def test_missing_or_truncated_dataset_file(damage, tmp_path, tiny_fmnist_root, c
     out = tmp_path / "run"
     rc, err = run(capsys, distill_args(root, out))
     assert rc == 2
-    says = {"missing": f"{raw}  - lacks train-images-idx3-ubyte[.gz]",
-            "truncated gzip": f"{target}: not a readable idx file",
-            "truncated data": f"{target}: truncated: header says 300x28x28 = 235200 bytes of data, file has 984"}[damage]
+    says = {
+        "missing": f"{raw}  - lacks train-images-idx3-ubyte[.gz]",
+        "truncated gzip": f"{target}: not a readable idx file",
+        "truncated data": f"{target}: truncated: header says 300x28x28 = 235200 bytes of data, file has 984",
+    }[damage]
     assert says in one_error_line(err, "distill") or says in err
     assert "Traceback" not in err
     assert not out.exists()  # nothing left behind
@@ -462,14 +548,18 @@ def test_missing_or_truncated_dataset_file(damage, tmp_path, tiny_fmnist_root, c
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device, says", [
-    ("cuda", "--device cuda: "),
-    ("cuda:3", "this machine has 1 CUDA device (cuda:0 to cuda:0); pick one of them."),
-    ("gpu", "--device 'gpu' is not a torch device; use cpu, cuda, cuda:N (N-th GPU) or mps."),
-])
+@pytest.mark.parametrize(
+    "device, says",
+    [
+        ("cuda", "--device cuda: "),
+        ("cuda:3", "this machine has 1 CUDA device (cuda:0 to cuda:0); pick one of them."),
+        ("gpu", "--device 'gpu' is not a torch device; use cpu, cuda, cuda:N (N-th GPU) or mps."),
+    ],
+)
 @pytest.mark.parametrize("command", ["distill", "evaluate", "prune"])
-def test_cuda_asked_for_where_there_is_none(command, device, says, tmp_path, tiny_fmnist_root, ref_run, capsys,
-                                            monkeypatch, no_work):
+def test_cuda_asked_for_where_there_is_none(
+    command, device, says, tmp_path, tiny_fmnist_root, ref_run, capsys, monkeypatch, no_work
+):
     if device == "cuda":
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     else:
@@ -499,13 +589,20 @@ def test_prune_names_keep_what_was_typed_and_nothing_is_replaced(tmp_path, tiny_
     base = ["--log-level", "WARNING", "prune", "--data-root", str(tiny_fmnist_root), "--score", "random"]
     for keep in ("0.1", "0.5"):
         assert run(capsys, [*base, "--keep", keep, "--out", str(tmp_path / f"kept_{keep}")])[0] == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept_0.1.json", "kept_0.1.npy", "kept_0.5.json", "kept_0.5.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "kept_0.1.json",
+        "kept_0.1.npy",
+        "kept_0.5.json",
+        "kept_0.5.npy",
+    ]
     assert np.load(tmp_path / "kept_0.1.npy").shape == (30,) and np.load(tmp_path / "kept_0.5.npy").shape == (150,)
     before = snapshot(tmp_path)
     rc, err = run(capsys, [*base, "--keep", "0.2", "--out", str(tmp_path / "kept_0.1")])
     assert rc == 2
-    assert one_error_line(err, "prune") == (f"hyperdm prune: error: {tmp_path / 'kept_0.1.npy'}, {tmp_path / 'kept_0.1.json'} "
-                                            "already exist; pass --overwrite to replace them, or choose another --out.")
+    assert one_error_line(err, "prune") == (
+        f"hyperdm prune: error: {tmp_path / 'kept_0.1.npy'}, {tmp_path / 'kept_0.1.json'} "
+        "already exist; pass --overwrite to replace them, or choose another --out."
+    )
     assert snapshot(tmp_path) == before
     assert run(capsys, [*base, "--keep", "0.2", "--out", str(tmp_path / "kept_0.1.npy"), "--overwrite"])[0] == 0
     assert np.load(tmp_path / "kept_0.1.npy").shape == (60,)
@@ -519,7 +616,12 @@ def test_feature_bank_names_keep_what_was_typed(tmp_path):
     for name in ("bank_0.01", "bank_0.5"):
         banks[name] = FeatureBank(np.full((1, 2, 3), float(len(name)), np.float32), torch.tensor([0, 1]))
         banks[name].save(tmp_path / name)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank_0.01.json", "bank_0.01.npy", "bank_0.5.json", "bank_0.5.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bank_0.01.json",
+        "bank_0.01.npy",
+        "bank_0.5.json",
+        "bank_0.5.npy",
+    ]
     for name, bank in banks.items():
         assert torch.equal(FeatureBank.load(tmp_path / name, mmap=False).features, bank.features)
 

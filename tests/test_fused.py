@@ -13,11 +13,11 @@ import math
 
 import pytest
 import torch
+from test_lorentz import feature, ref_centroid, ref_dist, ref_point
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hyperdm import fused
 from hyperdm import lorentz as L
-from test_lorentz import RefPoint, feature, ref_centroid, ref_dist, ref_point
 
 F64 = torch.float64
 
@@ -48,7 +48,9 @@ def test_value_and_gradients_match_the_autograd_composition(k, max_norm, hierarc
     want = _composed(real, syn, kt, max_norm, hierarchical)
     got = fused.hdd_distance(real, syn, k=kt, max_norm=max_norm, hierarchical=hierarchical)
     torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14)
-    for a, b in zip(torch.autograd.grad((got * go).sum(), inputs), torch.autograd.grad((want * go).sum(), inputs)):
+    for a, b in zip(
+        torch.autograd.grad((got * go).sum(), inputs), torch.autograd.grad((want * go).sum(), inputs), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
 
 
@@ -120,6 +122,7 @@ def test_nearly_coincident_directions_far_out(dtype):
     assert abs(got - want) <= 500 * eps * max(want, 1.0), (got, want)  # measured: 70 eps (float32), 79 eps (float64)
     # the two-sum spread, evaluated as well as the dtype allows, misses the reference by orders of magnitude more
     if dtype == torch.float32:
+
         def two_sum_radius(v):
             n = v.norm(dim=-1).double()
             b = torch.sinh(n) * torch.exp(-n.max())
@@ -128,6 +131,7 @@ def test_nearly_coincident_directions_far_out(dtype):
             spread = bsum - ms.square().sum() / bsum
             q = (torch.exp(-n - n.max())).sum() * (torch.exp(n - n.max())).sum() + bsum * spread
             return float(torch.asinh(ms.norm() / q.clamp_min(1e-300).sqrt()))
+
         r_ref = float(cr.radius(k))
         r_fused = float(L.dist0(L.feature_centroid(real[None].double(), k=k)[0], k=k))
         assert abs(two_sum_radius(real) - r_ref) > 100 * max(abs(r_fused - r_ref), 1e-6)
@@ -149,8 +153,10 @@ class _Ops(TorchDispatchMode):
         flat = [a for a in list(args) + list((kwargs or {}).values()) if isinstance(a, torch.Tensor)]
         outs = [o for o in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(o, torch.Tensor)]
         if any(a.untyped_storage().data_ptr() == self.big.untyped_storage().data_ptr() for a in flat):
-            self.largest_from_big = max([self.largest_from_big] + [o.numel() for o in outs if o.untyped_storage().data_ptr()
-                                                                   != self.big.untyped_storage().data_ptr()])
+            self.largest_from_big = max(
+                [self.largest_from_big]
+                + [o.numel() for o in outs if o.untyped_storage().data_ptr() != self.big.untyped_storage().data_ptr()]
+            )
             if func.overloadpacket not in (torch.ops.aten.split, torch.ops.aten.split_with_sizes, torch.ops.aten.slice):
                 self.reads[str(func.overloadpacket).split(".")[-1]] += 1
         for o in out if isinstance(out, (tuple, list)) else [out]:
@@ -165,14 +171,13 @@ def test_real_side_without_grad_keeps_no_graph_and_no_full_temporary(monkeypatch
     real = _features(4, 64, 40, scale=3.0, seed=11, dtype=torch.float32)  # 2,560 elements per class
     syn = _features(4, 3, 40, scale=3.0, seed=12, dtype=torch.float32).requires_grad_()
     saved: list[torch.Tensor] = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        with _Ops(real) as ops:
-            d = fused.hdd_distance(real, syn, k=1.0)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t), _Ops(real) as ops:
+        d = fused.hdd_distance(real, syn, k=1.0)
     assert not [t for t in saved if t.numel() >= real.numel()]  # autograd keeps nothing of the real side's size
     assert ops.largest < real.numel()  # no [C, N, D] temporary
     assert ops.largest_from_big <= chunk  # the spread pass writes one slice at a time
     # the passes over the real features: the norms, one mat-vec, the exact spread in slices
-    assert ops.reads == {"linalg_vector_norm": 1, "bmm": 1, "baddbmm": blocks}, ops.reads
+    assert ops.reads == {"linalg_vector_norm": 1, "bmm": 1, "addcmul": blocks}, ops.reads
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 1 << 30)
     torch.testing.assert_close(fused.hdd_distance(real, syn, k=1.0), d, rtol=0, atol=0)  # the slicing changes nothing
     (g,) = torch.autograd.grad(d.sum(), syn)
@@ -181,7 +186,8 @@ def test_real_side_without_grad_keeps_no_graph_and_no_full_temporary(monkeypatch
 
 def test_dispatched_op_count_of_the_default_matcher():
     """Forward + backward of HyperbolicMatcher() on [C, N, D] features: a bounded number of ATen ops (the
-    autograd composition dispatched 414 on [10, 256, 2048] features), so a GPU launches that many kernels at most."""
+    autograd composition dispatched 414 on [10, 256, 2048] features; this path 162 on torch 2.13), so a GPU launches
+    that many kernels at most."""
     from hyperdm import HyperbolicMatcher
 
     class Count(TorchDispatchMode):
@@ -196,4 +202,4 @@ def test_dispatched_op_count_of_the_default_matcher():
     with Count():
         loss = HyperbolicMatcher(check_finite=False)(real, syn)
         torch.autograd.grad(loss, syn)
-    assert 50 < Count.n <= 200, Count.n
+    assert 50 < Count.n <= 175, Count.n

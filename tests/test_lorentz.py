@@ -541,6 +541,102 @@ def test_feature_centroid_matches_reference(k, D, dtype, mode):
     assert lorentz_defect(c[0], k) <= 8 * eps_of(dtype), "<c,c>_L != -k for feature_centroid"
 
 
+def _ref_sums(feats, k, max_norm, weights, hier):
+    """mpmath CentroidSums of the features: W, top, m0, ms (float64 vector), a_-, a_+, B, spread."""
+    sk = mp.sqrt(k)
+    ts = [f.r / sk if max_norm is None else min(f.r / sk, mp.mpf(max_norm)) for f in feats]
+    w = [mp.mpf(1)] * len(feats) if weights is None else [mp.mpf(float(a)) for a in weights]
+    if hier:
+        w = [wi * (1 if t == 0 else t / mp.sinh(t)) for wi, t in zip(w, ts)]
+    total = mp.fsum(w)
+    wn = [wi / total for wi in w]
+    top = max(ts)
+    b = [wi * mp.sinh(t) * mp.exp(-top) for wi, t in zip(wn, ts)]
+    B = mp.fsum(b)
+    ms = RefPoint(0, [(bi / f.r, f.ex) for bi, f in zip(b, feats) if f.r != 0])  # sum_i b_i u_i
+    ut_dot = [ms.sdot(RefPoint(0, [(1 / f.r, f.ex)])) / B if f.r != 0 else 0 for f in feats]  # u_i . ũ
+    spread = mp.fsum(bi * (1 - 2 * d + ms.sdot(ms) / B**2) for bi, d, f in zip(b, ut_dot, feats) if f.r != 0)
+    return dict(weight=total, top=top, m0=mp.fsum(wi * mp.cosh(t) * mp.exp(-top) for wi, t in zip(wn, ts)),
+                ms=ms.tensor()[1:], a_minus=mp.fsum(wi * mp.exp(-t - top) for wi, t in zip(wn, ts)),
+                a_plus=mp.fsum(wi * mp.exp(t - top) for wi, t in zip(wn, ts)), b=B, spread=spread)
+
+
+@pytest.mark.parametrize("mode", ["plain", "all"])
+@pytest.mark.parametrize("k,D,dtype", [(k, D, dt) for k in (0.5, 2.0) for D in (2, 64) for dt in DTYPES], ids=_id)
+def test_feature_centroid_sums_and_finalise(k, D, dtype, mode):
+    """feature_centroid_sums against mpmath, field by field; centroid_from_sums of them is feature_centroid
+    (bit for bit) and the reference centroid."""
+    v, feats, wts = _centroid_features(k, D, dtype, tag="sums")
+    max_norm = 2.5 if mode == "all" else None
+    weights = wts if mode == "all" else None
+    hier = mode == "all"
+    sums = L.feature_centroid_sums(v[None], k=k, max_norm=max_norm, weights=None if weights is None else weights[None],
+                                   hierarchical=hier)
+    assert all(x.dtype == torch.float64 and x.shape == (1, D if name == "ms" else 1) for name, x in sums._asdict().items())
+    ref = _ref_sums(feats, k, max_norm, weights, hier)
+    e = eps_of(dtype)
+    assert float(sums.points) == len(feats)
+    for name in ("weight", "top", "m0", "a_minus", "a_plus", "b"):
+        assert abs(float(getattr(sums, name)) - float(ref[name])) <= 16 * e * abs(float(ref[name])), name
+    B = float(ref["b"])
+    assert (sums.ms[0] - ref["ms"]).norm() <= 16 * e * B, "ms"  # |ms| <= B: the b_i-weighted sum of unit vectors
+    assert abs(float(sums.spread) - float(ref["spread"])) <= 64 * e * B, ("spread", float(sums.spread), float(ref["spread"]))
+    c = L.centroid_from_sums(sums, k=k)
+    fc = L.feature_centroid(v[None], k=k, max_norm=max_norm, weights=None if weights is None else weights[None], hierarchical=hier)
+    assert torch.equal(c, fc)
+    w = [mp.mpf(1)] * len(feats) if weights is None else [mp.mpf(float(a)) for a in weights]
+    if hier:
+        w = [wi * (lambda t: 1 if t == 0 else t / mp.sinh(t))(min(f.r / mp.sqrt(k), mp.mpf(max_norm))) for wi, f in zip(w, feats)]
+    check_centroid(c[0], ref_centroid([ref_point(f, k, max_norm) for f in feats], k, w), k, dtype, f"centroid_from_sums {mode}")
+
+
+def _stacked_reduce(ranks: int):
+    """An all-reduce over ranks held as the leading axis (of ``ranks`` equal blocks, however flattened)."""
+
+    def reduce(x: torch.Tensor, op: str) -> torch.Tensor:
+        y = x.reshape(ranks, -1, x.shape[-1])
+        y = y.sum(0, keepdim=True) if op == "sum" else y.amax(0, keepdim=True)
+        return y.expand(ranks, *y.shape[1:]).reshape(x.shape)
+
+    return reduce
+
+
+@pytest.mark.parametrize("max_norm", [None, 2.0])
+@pytest.mark.parametrize("hier", [False, True])
+def test_reduced_centroid_sums_are_the_union(hier, max_norm):
+    """Three ranks with unequal shards (one holds no point of class 1): reduce_centroid_sums of their sums
+    gives every rank the sums and the centroid of the union of the points."""
+    from hyperdm.distributed import reduce_centroid_sums
+
+    g = gen("reduce", hier, max_norm)
+    C, N, D, R, k = 3, 9, 6, 3, 1.5
+    v = torch.randn(C, N, D, generator=g, dtype=torch.float64) * torch.rand(C, N, 1, generator=g, dtype=torch.float64) * 6
+    wts = torch.rand(C, N, generator=g, dtype=torch.float64) + 0.1
+    owner = torch.randint(0, R, (C, N), generator=g)
+    owner[1][owner[1] == 2] = 0  # rank 2 holds no point of class 1
+    owner[0, :4] = 1  # unequal shards
+    masks = torch.stack([owner == r for r in range(R)])  # [R, C, N]: each rank a padded copy of its points
+    shards = torch.where(masks[..., None], v, torch.zeros_like(v))
+    kw = dict(k=k, max_norm=max_norm, hierarchical=hier)
+    local = L.feature_centroid_sums(shards, weights=wts.expand(R, C, N), mask=masks, **kw)
+    assert torch.equal(local.weight[2, 1], torch.zeros(1, dtype=torch.float64))
+    union = L.feature_centroid_sums(v, weights=wts, **kw)
+    reduced = reduce_centroid_sums(local, _stacked_reduce(R))
+    for name, x in reduced._asdict().items():
+        want = getattr(union, name).expand_as(x)
+        if name == "spread":  # absolute: the spread is summed against B (see centroid_from_sums)
+            assert ((x - want).abs() <= 64 * eps_of(torch.float64) * union.b).all(), name
+        else:
+            torch.testing.assert_close(x, want, rtol=1e-13, atol=0, msg=name)
+    want = L.feature_centroid(v, weights=wts, **kw)
+    for c in (L.centroid_from_sums(reduced, k=k), L.feature_centroid(shards, weights=wts.expand(R, C, N), mask=masks,
+                                                                      reduce=_stacked_reduce(R), **kw)):
+        torch.testing.assert_close(c, want.expand_as(c), rtol=1e-12, atol=0)
+    # a shard alone is not the union (the check above can fail)
+    alone = L.centroid_from_sums(local, k=k)
+    assert not torch.allclose(alone[0], want, rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- known values
 
 

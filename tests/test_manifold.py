@@ -22,7 +22,8 @@ import hyperdm
 from hyperdm import StableLorentz
 from hyperdm import lorentz as L
 
-import geoopt  # after hyperdm, which imports it (tests/test_manifold.py::test_import_is_silent covers the import itself)
+# isort: split
+import geoopt  # after hyperdm, which imports it (test_import_is_silent below covers the import itself)
 
 F64 = torch.float64
 KS = [0.5, 2.0]
@@ -77,7 +78,12 @@ def sample(k, d, n=200, radius=2.0, step=(0.1, 2.0), seed=0):
     g = gen(k, d, n, radius, step, seed)
     sk = math.sqrt(k)
     xs = torch.randn(n, d, generator=g, dtype=F64)
-    xs = xs / xs.norm(dim=-1, keepdim=True) * sk * torch.sinh(0.1 + (radius - 0.1) * torch.rand(n, 1, generator=g, dtype=F64))
+    xs = (
+        xs
+        / xs.norm(dim=-1, keepdim=True)
+        * sk
+        * torch.sinh(0.1 + (radius - 0.1) * torch.rand(n, 1, generator=g, dtype=F64))
+    )
     x = t_point(xs, k)
 
     def tangent():
@@ -111,7 +117,7 @@ def test_is_a_geoopt_lorentz_with_k_like_geoopt():
     assert isinstance(m.k, torch.nn.Parameter) and not m.k.requires_grad
     assert m.k.dtype == g.k.dtype and float(m.k) == 2.0
     assert StableLorentz(k=torch.tensor(0.3, dtype=F64), learnable=True).k.requires_grad
-    assert [p for p in StableLorentz(learnable=True).parameters()][0].requires_grad
+    assert next(iter(StableLorentz(learnable=True).parameters())).requires_grad
 
 
 @pytest.mark.parametrize("k", [0.0, -1.0, float("nan"), float("inf"), [1.0, 2.0]])
@@ -161,7 +167,11 @@ def test_maps_match_textbook_float64(k, d):
     close(m.transp_follow_retr(x, u, v), t_transp(x, y, v, k), 1e-10)
     unit = u / mink(u, u).sqrt().unsqueeze(-1)
     tt = torch.rand(x.shape[0], 1, generator=gen(k, d, "t"), dtype=F64) * 2
-    close(m.geodesic_unit(tt, x, unit), torch.cosh(tt / math.sqrt(k)) * x + math.sqrt(k) * torch.sinh(tt / math.sqrt(k)) * unit, 1e-12)
+    close(
+        m.geodesic_unit(tt, x, unit),
+        torch.cosh(tt / math.sqrt(k)) * x + math.sqrt(k) * torch.sinh(tt / math.sqrt(k)) * unit,
+        1e-12,
+    )
 
 
 @pytest.mark.parametrize("k,d", ALL)
@@ -243,7 +253,7 @@ def test_float32_dist_of_close_points_far_out(radius):
         ys = [mpmath.mpf(float(a)) for a in y32[i, 1:].double()]
         x0 = mpmath.sqrt(k + sum(a * a for a in xs))
         y0 = mpmath.sqrt(k + sum(a * a for a in ys))
-        ref = mpmath.sqrt(k) * mpmath.acosh((x0 * y0 - sum(a * b for a, b in zip(xs, ys))) / k)
+        ref = mpmath.sqrt(k) * mpmath.acosh((x0 * y0 - sum(a * b for a, b in zip(xs, ys, strict=True))) / k)
         assert abs(float(d[i]) - ref) <= 1e-6 * ref, (i, float(d[i]), float(ref))
         refs.append(float(ref))
     # the same inputs through geoopt's textbook form (documents what StableLorentz is for)
@@ -299,7 +309,7 @@ def test_float32_inner_of_radial_vectors_far_out():
         xs = [mpmath.mpf(float(a)) for a in x[i, 1:].double()]
         us = [mpmath.mpf(float(a)) for a in u[i, 1:].double()]
         x0sq = k + sum(a * a for a in xs)
-        ref = sum(a * a for a in us) - sum(a * b for a, b in zip(xs, us)) ** 2 / x0sq
+        ref = sum(a * a for a in us) - sum(a * b for a, b in zip(xs, us, strict=True)) ** 2 / x0sq
         assert abs(float(got[i]) - ref) <= 1e-6 * ref, (i, float(got[i]), float(ref))
 
 
@@ -312,8 +322,16 @@ def test_dim_and_keepdim_follow_geoopt():
     x, u, v = sample(k, 4, n=6)
     y = m.expmap(x, u)
     t = lambda a: a.T.contiguous()  # noqa: E731  coordinates on axis 0
-    for name, args in [("expmap", (x, u)), ("logmap", (x, y)), ("proju", (x, v)), ("egrad2rgrad", (x, v)),
-                       ("projx", (x,)), ("logmap0", (x,)), ("logmap0back", (x,)), ("transp0back", (x, v))]:
+    for name, args in [
+        ("expmap", (x, u)),
+        ("logmap", (x, y)),
+        ("proju", (x, v)),
+        ("egrad2rgrad", (x, v)),
+        ("projx", (x,)),
+        ("logmap0", (x,)),
+        ("logmap0back", (x,)),
+        ("transp0back", (x, v)),
+    ]:
         close(t(getattr(m, name)(*map(t, args), dim=0)), getattr(m, name)(*args), 1e-14)
     close(t(m.transp(t(x), t(y), t(v), dim=0)), m.transp(x, y, v), 1e-14)
     for name, args in [("dist", (x, y)), ("dist0", (y,)), ("inner0", (v,)), ("norm", (u,))]:
@@ -356,8 +374,13 @@ def test_gradcheck():
         xp = m.projx(torch.cat((xs[..., :1] * 0, xs), -1))
         up = m.proju(xp, torch.cat((us[..., :1] * 0, us), -1))
         y = m.expmap(xp, up)
-        return (m.dist(y, m.centroid(y[None])).sum() + m.transp(xp, y, m.proju(xp, vs)).sum()
-                + m.logmap(y, xp).sum() + m.inner(xp, up, vs).sum() + m.egrad2rgrad(xp, vs).sum())
+        return (
+            m.dist(y, m.centroid(y[None])).sum()
+            + m.transp(xp, y, m.proju(xp, vs)).sum()
+            + m.logmap(y, xp).sum()
+            + m.inner(xp, up, vs).sum()
+            + m.egrad2rgrad(xp, vs).sum()
+        )
 
     args = (x[:, 1:].clone().requires_grad_(), u[:, 1:].clone().requires_grad_(), v.clone().requires_grad_())
     assert torch.autograd.gradcheck(f, args)
@@ -370,13 +393,21 @@ def test_learnable_k_gets_its_gradient():
     def loss(m):
         xp = m.projx(x)  # the same space parts, on this k's hyperboloid
         y = m.expmap(xp, m.proju(xp, u))
-        return (m.dist(y, m.centroid(y[None])).sum() + m.dist0(y).sum() + m.transp(xp, y, m.proju(xp, v)).sum()
-                + m.logmap(y, xp).sum() + m.logmap0(y).sum())
+        return (
+            m.dist(y, m.centroid(y[None])).sum()
+            + m.dist0(y).sum()
+            + m.transp(xp, y, m.proju(xp, v)).sum()
+            + m.logmap(y, xp).sum()
+            + m.logmap0(y).sum()
+        )
 
     m = StableLorentz(k=torch.tensor(2.0, dtype=F64), learnable=True)
     loss(m).backward()
     h = 1e-6
-    fd = (loss(StableLorentz(k=torch.tensor(2.0 + h, dtype=F64))) - loss(StableLorentz(k=torch.tensor(2.0 - h, dtype=F64)))) / (2 * h)
+    fd = (
+        loss(StableLorentz(k=torch.tensor(2.0 + h, dtype=F64)))
+        - loss(StableLorentz(k=torch.tensor(2.0 - h, dtype=F64)))
+    ) / (2 * h)
     assert abs(float(m.k.grad) - float(fd)) <= 1e-7 * max(1.0, abs(float(fd))), (float(m.k.grad), float(fd))
 
 
@@ -395,7 +426,9 @@ def test_manifold_tensors_and_parameters():
     assert m.check_point_on_manifold(q.expmap(q.proju(torch.randn(7, 5, generator=gen("q")))))
 
 
-@pytest.mark.parametrize("opt_cls,lr,power", [(geoopt.optim.RiemannianAdam, 0.05, 1), (geoopt.optim.RiemannianSGD, 0.2, 2)])
+@pytest.mark.parametrize(
+    "opt_cls,lr,power", [(geoopt.optim.RiemannianAdam, 0.05, 1), (geoopt.optim.RiemannianSGD, 0.2, 2)]
+)
 def test_optimizers_float32_far_out(opt_cls, lr, power):
     """float32 points at radius 3 sqrt(k) pulled to targets at that radius by a distance loss: they
     stay on the hyperboloid to float32 rounding, the optimizer state stays tangent, the loss drops."""

@@ -35,9 +35,16 @@ def _forward_backward(matcher, real, syn):
     return run
 
 
-@pytest.mark.parametrize("matcher", [HyperbolicMatcher(check_finite=False), HyperbolicMatcher(scale=3.0, max_norm=None,
-                                     check_finite=False), HyperbolicMatcher(hierarchical=True, check_finite=False),
-                                     MMDMatcher(check_finite=False)], ids=["hdd", "hdd-noclamp", "hdd-hier", "mmd"])
+@pytest.mark.parametrize(
+    "matcher",
+    [
+        HyperbolicMatcher(check_finite=False),
+        HyperbolicMatcher(scale=3.0, max_norm=None, check_finite=False),
+        HyperbolicMatcher(hierarchical=True, check_finite=False),
+        MMDMatcher(check_finite=False),
+    ],
+    ids=["hdd", "hdd-noclamp", "hdd-hier", "mmd"],
+)
 def test_batched_path_has_no_host_sync(matcher):
     real, syn = _features()
     ops = _profiled_ops(_forward_backward(matcher, real, syn))

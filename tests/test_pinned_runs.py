@@ -17,20 +17,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_distill_loop import FMNIST, needs_fmnist
 
 from hyperdm.distill.loops import get_loop
 from hyperdm.distill.presets import resolve
 
-from test_distill_loop import FMNIST, needs_fmnist
-
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_runs.json").read_text())
-COMMON = dict(iterations=5, batch_real=8, eval_epochs=1, eval_runs=0, checkpoint_every=5, seed=5)
+COMMON = {"iterations": 5, "batch_real": 8, "eval_epochs": 1, "eval_runs": 0, "checkpoint_every": 5, "seed": 5}
 RUNS = {
     "dm": ("dm", dict(COMMON)),
     "dm-float32": ("dm", dict(COMMON, match_dtype="float32")),
     "dm-ipc10-noclamp": ("dm", dict(COMMON, ipc=10)),
-    "idm": ("idm", dict(COMMON, net_generate_interval=2, net_num=3, net_initial=2, model_train_steps=2, net_batch=16,
-                        acc_window=0)),
+    "idm": (
+        "idm",
+        dict(
+            COMMON, net_generate_interval=2, net_num=3, net_initial=2, model_train_steps=2, net_batch=16, acc_window=0
+        ),
+    ),
     "dance": ("dance", dict(COMMON, experts=2, expert_epochs=1, expert_per_class=10)),
 }
 
@@ -40,8 +43,13 @@ RUNS = {
 def test_run_reproduces_the_recorded_curve(name, tmp_path, monkeypatch):
     monkeypatch.setenv("HYPERDM_CACHE", str(tmp_path / "cache"))
     idx = torch.cat([torch.nonzero(FMNIST.train_labels == c).squeeze(1)[:40] for c in range(10)])
-    real = dataclasses.replace(FMNIST, train_images=FMNIST.train_images[idx], train_labels=FMNIST.train_labels[idx],
-                               test_images=FMNIST.test_images[:200], test_labels=FMNIST.test_labels[:200])
+    real = dataclasses.replace(
+        FMNIST,
+        train_images=FMNIST.train_images[idx],
+        train_labels=FMNIST.train_labels[idx],
+        test_images=FMNIST.test_images[:200],
+        test_labels=FMNIST.test_labels[:200],
+    )
     method, kw = RUNS[name]
     kw = dict(kw)
     ipc = kw.pop("ipc", 1)

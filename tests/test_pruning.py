@@ -3,7 +3,6 @@
 import math
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -80,7 +79,9 @@ def test_feature_bank_build_scores_select(tmp_path):
     want = (direct.double().norm(dim=-1)).mean(0)
     torch.testing.assert_close(bank.scores("radius"), want)
     cen = bank.scores("centroid")
-    torch.testing.assert_close(cen, (class_centroid_distance(direct[0], ys) + class_centroid_distance(direct[1], ys)) / 2)
+    torch.testing.assert_close(
+        cen, (class_centroid_distance(direct[0], ys) + class_centroid_distance(direct[1], ys)) / 2
+    )
     assert bank.select(0.5).tolist() == select(want, keep=0.5, labels=ys).tolist()
     bank.save(tmp_path / "bank")
     again = FeatureBank.load(tmp_path / "bank")
@@ -106,14 +107,21 @@ def test_feature_bank_float16_memmap(tmp_path):
     for method in ("radius", "centroid"):
         whole = mm.scores(method, chunk_size=10**9)
         torch.testing.assert_close(mm.scores(method, chunk_size=3), whole, rtol=1e-12, atol=1e-12)
-        ref = sum(hyperbolic_radius(direct[e].double()) if method == "radius" else
-                  class_centroid_distance(direct[e].double(), ys) for e in range(2)) / 2
+        ref = (
+            sum(
+                hyperbolic_radius(direct[e].double())
+                if method == "radius"
+                else class_centroid_distance(direct[e].double(), ys)
+                for e in range(2)
+            )
+            / 2
+        )
         torch.testing.assert_close(whole, ref, rtol=1e-9, atol=1e-9)
     assert mm.select(0.5, chunk_size=3).tolist() == mm.select(0.5).tolist()
 
 
 def test_feature_bank_rejects_nan():
-    imgs, ys, ex, batches = _bank_inputs()
+    _imgs, _ys, ex, batches = _bank_inputs()
     bad = [(b[0].clone(), b[1]) for b in batches]
     bad[1][0][0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="batch 1"):

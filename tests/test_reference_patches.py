@@ -40,11 +40,11 @@ def hunks_are_well_formed(text: str) -> int:
 
 
 def added(text: str) -> str:
-    return "\n".join(l[1:] for l in text.split("\n") if l.startswith("+") and not l.startswith("+++"))
+    return "\n".join(line[1:] for line in text.split("\n") if line.startswith("+") and not line.startswith("+++"))
 
 
 def removed(text: str) -> list[str]:
-    return [l[1:].strip() for l in text.split("\n") if l.startswith("-") and not l.startswith("---")]
+    return [line[1:].strip() for line in text.split("\n") if line.startswith("-") and not line.startswith("---")]
 
 
 def rows_in(code: str) -> dict:
@@ -59,9 +59,9 @@ def test_idm_patch():
     assert re.findall(r"^\+\+\+ b/(\S+)", raw, flags=re.M) == ["IDM_cifar10.py"]
     assert hunks_are_well_formed(raw) == 3
     # IDM's files use CRLF line ends: every context, removed and added line keeps its \r, headers have none
-    body = [l for l in raw.split("\n") if l[:1] in (" ", "-", "+") and not l.startswith(("---", "+++"))]
-    assert body and all(l.endswith("\r") for l in body)
-    assert not any(l.endswith("\r") for l in raw.split("\n") if l.startswith(("---", "+++", "@@")))
+    body = [ln for ln in raw.split("\n") if ln[:1] in (" ", "-", "+") and not ln.startswith(("---", "+++"))]
+    assert body and all(ln.endswith("\r") for ln in body)
+    assert not any(ln.endswith("\r") for ln in raw.split("\n") if ln.startswith(("---", "+++", "@@")))
     text = raw.replace("\r", "")
     mmd = "loss_c += torch.sum((torch.mean(output_real, dim=0) - torch.mean(output_syn, dim=0))**2)"
     assert removed(text) == [mmd]  # the MMD line is the only line removed ...
@@ -86,9 +86,11 @@ def test_dance_patch():
     assert hunks_are_well_formed(raw) == 7
     mmd = "loss = torch.sum((feat.mean(0) - feat_tg.mean(0))**2)"
     assert removed(raw) == [
-        "def innerloss(img_real, img_syn, model):", mmd,
+        "def innerloss(img_real, img_syn, model):",
+        mmd,
         "loss = innerloss(img_aug[:n], img_aug[n:], model_interval)",
-        "cut_w = np.int(W * cut_rat)", "cut_h = np.int(H * cut_rat)",  # np.int is gone from NumPy >= 1.24
+        "cut_w = np.int(W * cut_rat)",
+        "cut_h = np.int(H * cut_rat)",  # np.int is gone from NumPy >= 1.24
     ]
     new = added(raw)
     assert new.count(mmd) == 1 and "if matcher is None:" in new and "loss = matcher(feat_tg, feat)" in new
@@ -118,7 +120,10 @@ def test_runner_stand_in_holds_real_images(tiny_fmnist_root):
     run = load_runner()
     raw = tiny_fmnist_root / "FashionMNIST" / "raw"
     run.FashionAsCIFAR10.source, run.FashionAsCIFAR10.per_class, run.FashionAsCIFAR10.test_size = raw, 3, 7
-    train, test = run.FashionAsCIFAR10("unused", train=True), run.FashionAsCIFAR10("unused", train=False, transform=np.asarray)
+    train, test = (
+        run.FashionAsCIFAR10("unused", train=True),
+        run.FashionAsCIFAR10("unused", train=False, transform=np.asarray),
+    )
     x, y = read_idx(raw / "train-images-idx3-ubyte.gz"), read_idx(raw / "train-labels-idx1-ubyte.gz")
     assert train.data.shape == (30, 32, 32, 3) and train.data.dtype == np.uint8 and len(test) == 7
     assert train.targets == [c for c in range(10) for _ in range(3)]

@@ -18,15 +18,18 @@ if os.environ.get("CI") == "true":
 else:
     pytest.importorskip("triton")
 
-from hyperdm import HyperbolicMatcher, fused, hyperbolic_matching_loss, triton_kernels
 from test_fused import _cluster
 from test_lorentz import feature, ref_centroid, ref_dist, ref_point
+
+from hyperdm import HyperbolicMatcher, fused, hyperbolic_matching_loss, triton_kernels
 
 F64 = torch.float64
 
 
-pytestmark = pytest.mark.skipif(not triton_kernels.interpreting() and not torch.cuda.is_available(),
-                                reason="needs CUDA or Triton's interpreter (TRITON_INTERPRET=1 before triton is imported)")
+pytestmark = pytest.mark.skipif(
+    not triton_kernels.interpreting() and not torch.cuda.is_available(),
+    reason="needs CUDA or Triton's interpreter (TRITON_INTERPRET=1 before triton is imported)",
+)
 
 
 def _features(c, n, d, *, scale, seed, dtype):
@@ -60,8 +63,12 @@ def test_kernel_summary_against_exact_sums():
     u = v[0] / n.unsqueeze(-1)
     ut = (b.unsqueeze(-1) * u).sum(0) / b.sum()
     torch.testing.assert_close(ms[0], (b.unsqueeze(-1) * u).sum(0), rtol=1e-13, atol=0)
-    torch.testing.assert_close(sums[0], torch.stack((b.sum(), (torch.cosh(n) * torch.exp(-top)).sum(),
-                                                     torch.exp(-n - top).sum())), rtol=1e-13, atol=0)
+    torch.testing.assert_close(
+        sums[0],
+        torch.stack((b.sum(), (torch.cosh(n) * torch.exp(-top)).sum(), torch.exp(-n - top).sum())),
+        rtol=1e-13,
+        atol=0,
+    )
     torch.testing.assert_close(spread[0], (b * (u - ut).square().sum(-1)).sum(), rtol=1e-12, atol=0)
 
 
@@ -100,25 +107,30 @@ def test_auto_uses_the_kernel_only_on_cuda(monkeypatch):
         HyperbolicMatcher(fused=True)(real, syn)
 
 
-@pytest.mark.parametrize("case,match", [
-    ("real_grad", "without grad and a fixed k"),
-    ("hierarchical", "hierarchical=False"),
-    ("labels", "unmasked"),
-    ("learn_k", "fixed k"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("real_grad", "without grad and a fixed k"),
+        ("hierarchical", "hierarchical=False"),
+        ("labels", "unmasked"),
+        ("learn_k", "fixed k"),
+    ],
+)
 def test_fused_true_says_what_it_does_not_cover(case, match):
     real = _features(2, 6, 8, scale=5.0, seed=8, dtype=torch.float32)
     syn = _features(2, 3, 8, scale=5.0, seed=9, dtype=torch.float32)
+    calls = {
+        "real_grad": lambda: HyperbolicMatcher(fused=True)(real.requires_grad_(), syn),
+        "hierarchical": lambda: HyperbolicMatcher(fused=True, hierarchical=True)(real, syn),
+        "labels": lambda: HyperbolicMatcher(fused=True)(
+            real.flatten(0, 1),
+            syn.flatten(0, 1),
+            real_labels=torch.arange(2).repeat_interleave(6),
+            syn_labels=torch.arange(2).repeat_interleave(3),
+        ),
+        "learn_k": lambda: HyperbolicMatcher(fused=True, learn_k=True)(real, syn),
+    }
     with pytest.raises(ValueError, match=match):
-        if case == "real_grad":
-            HyperbolicMatcher(fused=True)(real.requires_grad_(), syn)
-        elif case == "hierarchical":
-            HyperbolicMatcher(fused=True, hierarchical=True)(real, syn)
-        elif case == "labels":
-            HyperbolicMatcher(fused=True)(real.flatten(0, 1), syn.flatten(0, 1),
-                                          real_labels=torch.arange(2).repeat_interleave(6),
-                                          syn_labels=torch.arange(2).repeat_interleave(3))
-        else:
-            HyperbolicMatcher(fused=True, learn_k=True)(real, syn)
+        calls[case]()
     with pytest.raises(ValueError, match="fused must be"):
         HyperbolicMatcher(fused="yes")

@@ -2,22 +2,45 @@
 
 One concern per module: :mod:`.data` (dataset readers), :mod:`.models` (ConvNet and the
 cross-architecture zoo), :mod:`.augment` (DSA), :mod:`.evaluate` (the standard protocol),
-:mod:`.presets` (paper Tables 5/6 and the cpu protocol), :mod:`.artifacts` (run directory),
+:mod:`.config` (the settings, nested by concern), :mod:`.presets` (paper Tables 5/6 and the cpu
+protocol), :mod:`.artifacts` (run directory),
 :mod:`.loops` (DM; IDM and Dance plug into the same base), :mod:`.plots`, :mod:`.cli`.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 from .config import DanceConfig, DistillConfig, EvalConfig, IDMConfig, MatcherConfig, validate
 from .presets import resolve
 from .settings import NOT_GIVEN
 
-__all__ = ["DistillConfig", "MatcherConfig", "EvalConfig", "IDMConfig", "DanceConfig", "NOT_GIVEN", "resolve", "distill"]
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "DistillConfig",
+    "MatcherConfig",
+    "EvalConfig",
+    "IDMConfig",
+    "DanceConfig",
+    "NOT_GIVEN",
+    "resolve",
+    "distill",
+]
 
 
-def distill(cfg: DistillConfig, out: str, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-            matcher=None) -> dict:
+def distill(
+    cfg: DistillConfig,
+    out: str,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    matcher: nn.Module | None = None,
+) -> dict:
     """Run one distillation as configured (load data, loop, evaluate, artifacts); returns the metrics.
 
     Checks first, writing nothing when one fails: the settings, the device, that ``out`` may receive the

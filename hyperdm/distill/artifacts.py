@@ -29,8 +29,9 @@ import pickle
 import re
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def _umask() -> int:
@@ -92,15 +93,19 @@ def _check_torch_container(path: Path, what: str) -> None:
     if head.startswith(_TORCH_LEGACY_MAGIC):
         return
     if not head.startswith(b"PK\x03\x04"):
-        raise CorruptFileError(f"{path} is not a PyTorch file (torch.save writes a zip archive; this file starts "
-                               f"with {head[:8]!r}); expected {what}.")
+        raise CorruptFileError(
+            f"{path} is not a PyTorch file (torch.save writes a zip archive; this file starts "
+            f"with {head[:8]!r}); expected {what}."
+        )
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise CorruptFileError(f"{path} is truncated or damaged ({e}); it cannot be read as {what}.") from None
     if bad is not None:
-        raise CorruptFileError(f"{path} is damaged: record {bad!r} fails its CRC-32 check; it cannot be read as {what}.")
+        raise CorruptFileError(
+            f"{path} is damaged: record {bad!r} fails its CRC-32 check; it cannot be read as {what}."
+        )
 
 
 def load_torch_file(path: PathLike, *, what: str = "a PyTorch file") -> Any:
@@ -159,7 +164,7 @@ class NotWritableError(OSError):
     """An output directory cannot receive files (read-only file system, permissions); the message names the fix."""
 
 
-def check_writable(path: PathLike, *, what: str = "--out", fix: Optional[str] = None) -> None:
+def check_writable(path: PathLike, *, what: str = "--out", fix: str | None = None) -> None:
     """Raise :class:`NotWritableError` naming the fix unless a file can be created in directory ``path`` (created
     later, with its parents, by the first write; this check leaves nothing behind). ``fix``: the advice given
     (default: choose ``what`` elsewhere)."""
@@ -171,9 +176,11 @@ def check_writable(path: PathLike, *, what: str = "--out", fix: Optional[str] = 
         fd, tmp = tempfile.mkstemp(dir=base, prefix=".hyperdm-write-check-", suffix=".tmp")
     except OSError as e:
         if fix is None:
-            fix = {errno.EROFS: f"the file system is read-only; choose {what} on a writable disk",
-                   errno.ENOSPC: f"the disk is full; free some space or choose {what} on another disk"}.get(
-                       e.errno, f"choose {what} in a directory you may write to")
+            fixes: dict[int | None, str] = {
+                errno.EROFS: f"the file system is read-only; choose {what} on a writable disk",
+                errno.ENOSPC: f"the disk is full; free some space or choose {what} on another disk",
+            }
+            fix = fixes.get(e.errno, f"choose {what} in a directory you may write to")
         raise NotWritableError(f"{what} {path}: cannot create files in {base} ({e.strerror}); {fix}.") from None
     os.close(fd)
     with contextlib.suppress(OSError):
@@ -184,8 +191,10 @@ def check_new_files(paths: list[Path], *, overwrite: bool, what: str = "--out") 
     """Refuse (``FileExistsError``) to replace existing results unless ``overwrite``; then :func:`check_writable`."""
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
-                              f"pass --overwrite to replace {'it' if len(existing) == 1 else 'them'}, or choose another {what}.")
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            f"pass --overwrite to replace {'it' if len(existing) == 1 else 'them'}, or choose another {what}."
+        )
     for p in paths:
         if p.is_dir():
             raise IsADirectoryError(errno.EISDIR, f"{p} is a directory; choose another {what}")
@@ -295,7 +304,9 @@ def load_synthetic(path: PathLike) -> tuple[Tensor, Tensor, dict[str, Any]]:
             meta["config"] = read_json(path / "config.json")
         path = path / "synthetic.pt"
     if not path.exists():
-        raise FileNotFoundError(f"no synthetic set at {path}; pass a run directory from `hyperdm distill` or a .pt file.")
+        raise FileNotFoundError(
+            f"no synthetic set at {path}; pass a run directory from `hyperdm distill` or a .pt file."
+        )
     obj = load_torch_file(path, what="a synthetic set ({'data': [[images, labels]]})")
     data = obj.get("data") if isinstance(obj, dict) else None
     last = data[-1] if isinstance(data, (list, tuple)) and data else None
@@ -303,23 +314,30 @@ def load_synthetic(path: PathLike) -> tuple[Tensor, Tensor, dict[str, Any]]:
         raise ValueError(f"{path} is not a synthetic set: expected a dict with 'data': [[images, labels]].")
     images, labels = last
     if not isinstance(images, Tensor) or not isinstance(labels, Tensor):
-        raise ValueError(f"{path}: 'data' must hold tensors [images, labels]; got {type(images).__name__} and "
-                         f"{type(labels).__name__}.")
+        raise ValueError(
+            f"{path}: 'data' must hold tensors [images, labels]; got {type(images).__name__} and "
+            f"{type(labels).__name__}."
+        )
     if labels.is_floating_point() and not bool((labels == labels.round()).all()):
         raise ValueError(f"{path}: labels must be whole class numbers; got fractional values.")
     images, labels = images.float(), labels.long()
     if images.dim() != 4 or labels.dim() != 1 or labels.numel() != images.shape[0]:
-        raise ValueError(f"{path}: images must be [N, C, H, W] and labels [N]; got {tuple(images.shape)} and {tuple(labels.shape)}.")
+        raise ValueError(
+            f"{path}: images must be [N, C, H, W] and labels [N]; got {tuple(images.shape)} and {tuple(labels.shape)}."
+        )
     meta.update({k: v for k, v in obj.items() if k != "data"})
     return images, labels, meta
 
 
 class _RunLogHandler(logging.FileHandler):
-    """The run.log handler: a failed write (a full disk) is reported once, in one line, not as a traceback per record."""
+    """The run.log handler: a failed write (a full disk) is reported once, in one line.
+
+    Not as a traceback per record.
+    """
 
     _warned = False
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+    def handleError(self, record: logging.LogRecord) -> None:  # logging.Handler's hook, hence its name
         if not self._warned:
             self._warned = True
             import sys
@@ -335,8 +353,16 @@ class RunDir:
     """
 
     #: every file a run writes (``--overwrite`` removes exactly these)
-    ARTIFACTS = ("config.json", "checkpoint.pt", "synthetic.pt", "metrics.json", "synthetic.png", "poincare.png",
-                 "loss.png", "run.log")
+    ARTIFACTS = (
+        "config.json",
+        "checkpoint.pt",
+        "synthetic.pt",
+        "metrics.json",
+        "synthetic.png",
+        "poincare.png",
+        "loss.png",
+        "run.log",
+    )
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
@@ -359,7 +385,7 @@ class RunDir:
             return []
         return [p for n in self.ARTIFACTS for p in self.path.glob(f".{n}.*.tmp")]
 
-    def refusal(self, *, resume: bool, overwrite: bool) -> Optional[str]:
+    def refusal(self, *, resume: bool, overwrite: bool) -> str | None:
         """Why this directory may not receive the run (``None``: it may). Reads nothing but names."""
         if self.path.exists() and not self.path.is_dir():
             return f"--out {self.path} is a file, not a directory; choose another --out."
@@ -369,10 +395,14 @@ class RunDir:
         if resume:
             if "checkpoint.pt" in have or "synthetic.pt" not in have:
                 return None
-            return (f"{self.path} holds a finished run (synthetic.pt) but no checkpoint.pt to resume from; pass "
-                    "--overwrite to start it over, or choose another --out.")
-        return (f"{self.path} already holds a run ({', '.join(have)}); pass --resume to continue it, --overwrite to "
-                "replace it, or choose another --out.")
+            return (
+                f"{self.path} holds a finished run (synthetic.pt) but no checkpoint.pt to resume from; pass "
+                "--overwrite to start it over, or choose another --out."
+            )
+        return (
+            f"{self.path} already holds a run ({', '.join(have)}); pass --resume to continue it, --overwrite to "
+            "replace it, or choose another --out."
+        )
 
     def clear(self) -> None:
         """Remove the run files (and stale temporary files) for ``--overwrite``; nothing else is touched."""
@@ -388,7 +418,7 @@ class RunDir:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         atomic_save(state, self.checkpoint)
 
-    def load_checkpoint(self) -> Optional[dict[str, Any]]:
+    def load_checkpoint(self) -> dict[str, Any] | None:
         """The checkpoint (loaded with ``weights_only=True`` after the container checks), or None if there is none.
 
         A damaged or foreign file raises :class:`CorruptFileError` saying how to go on.
@@ -400,20 +430,27 @@ class RunDir:
         except (CorruptFileError, UnsafeFileError) as e:
             raise type(e)(f"{e} {self.damaged_checkpoint_fix()}") from None
         if not isinstance(state, dict):
-            raise CorruptFileError(f"{self.checkpoint} is not a hyperdm checkpoint (it holds a {type(state).__name__}, "
-                                   f"not a dict). {self.damaged_checkpoint_fix()}")
+            raise CorruptFileError(
+                f"{self.checkpoint} is not a hyperdm checkpoint (it holds a {type(state).__name__}, "
+                f"not a dict). {self.damaged_checkpoint_fix()}"
+            )
         return state
 
     def check_checkpoint(self) -> None:
-        """The cheap part of :meth:`load_checkpoint` (size, format, CRC-32; nothing is unpickled), to fail before any work."""
+        """The cheap part of :meth:`load_checkpoint`, to fail before any work.
+
+        Checks size, format and CRC-32; nothing is unpickled.
+        """
         try:
             _check_torch_container(self.checkpoint, "a hyperdm checkpoint")
         except CorruptFileError as e:
             raise CorruptFileError(f"{e} {self.damaged_checkpoint_fix()}") from None
 
     def damaged_checkpoint_fix(self) -> str:
-        return (f"To continue, delete it (rm {self.checkpoint}) and run with --overwrite to start over, or keep it and "
-                "pass --out with another directory.")
+        return (
+            f"To continue, delete it (rm {self.checkpoint}) and run with --overwrite to start over, or keep it and "
+            "pass --out with another directory."
+        )
 
     def save_synthetic(self, images: Tensor, labels: Tensor, **meta: Any) -> None:
         obj = {"data": [[images.detach().float().cpu().clone(), labels.detach().long().cpu().clone()]], **meta}

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,9 +43,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "STRATEGY_DEFAULT", "DSAParams", "dsa", "DSA", "GROUPS", "parse_strategy",
-    "brightness", "saturation", "contrast", "color", "flip", "affine", "scale", "rotate", "crop", "cutout", "noise",
-    "cutmix", "cutmix_box",
+    "STRATEGY_DEFAULT",
+    "DSAParams",
+    "dsa",
+    "DSA",
+    "GROUPS",
+    "parse_strategy",
+    "brightness",
+    "saturation",
+    "contrast",
+    "color",
+    "flip",
+    "affine",
+    "scale",
+    "rotate",
+    "crop",
+    "cutout",
+    "noise",
+    "cutmix",
+    "cutmix_box",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,7 +193,10 @@ def crop(x: Tensor, tx: Tensor | int, ty: Tensor | int) -> Tensor:
 
 
 def cutout(x: Tensor, cx: Tensor | int, cy: Tensor | int, size: tuple[int, int]) -> Tensor:
-    """Zero, per image, rows ``[cx - size[0]//2, cx - size[0]//2 + size[0])`` x columns likewise for ``cy``, clipped to the image."""
+    """Zero, per image, rows ``[cx - size[0]//2, cx - size[0]//2 + size[0])`` x columns likewise for ``cy``.
+
+    The square is clipped to the image.
+    """
     _, _, h, w = x.shape
     cx, cy = _per_image_long(cx, x), _per_image_long(cy, x)
     i = torch.arange(h, device=x.device).view(1, h, 1)
@@ -305,7 +324,9 @@ def parse_strategy(strategy: str) -> list[str]:
     groups = [g for g in strategy.split("_") if g]
     bad = [g for g in groups if g not in GROUPS]
     if bad:
-        raise ValueError(f"unknown DSA group(s) {bad} in strategy {strategy!r}; valid groups: {', '.join(GROUPS)} (joined by '_').")
+        raise ValueError(
+            f"unknown DSA group(s) {bad} in strategy {strategy!r}; valid groups: {', '.join(GROUPS)} (joined by '_')."
+        )
     return groups
 
 

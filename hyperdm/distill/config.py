@@ -24,16 +24,46 @@ import difflib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar
 
 from .evaluate import EvalConfig
 from .experts import ExpertConfig
 from .seeding import Stream, derive_seed
-from .settings import (NOT_GIVEN, admits_none, check_value, option, flat_names, fraction, get_path, int_at_least, leaves, positive_float,
-                       scale_arg, section_names, set_path, setting, strategy_arg, to_dict)
+from .settings import (
+    NOT_GIVEN,
+    admits_none,
+    check_value,
+    flat_names,
+    fraction,
+    get_path,
+    int_at_least,
+    leaves,
+    option,
+    positive_float,
+    scale_arg,
+    section_names,
+    set_path,
+    setting,
+    strategy_arg,
+    to_dict,
+)
 
-__all__ = ["DistillConfig", "MatcherConfig", "IDMConfig", "DanceConfig", "EvalConfig", "ExpertConfig", "NOT_GIVEN",
-           "METHODS", "MATCHERS", "PRESETS", "PRUNE_SCORES", "validate", "run_setting", "parse_overrides"]
+__all__ = [
+    "DistillConfig",
+    "MatcherConfig",
+    "IDMConfig",
+    "DanceConfig",
+    "EvalConfig",
+    "ExpertConfig",
+    "NOT_GIVEN",
+    "METHODS",
+    "MATCHERS",
+    "PRESETS",
+    "PRUNE_SCORES",
+    "validate",
+    "run_setting",
+    "parse_overrides",
+]
 
 METHODS = ("dm", "idm", "dance")
 MATCHERS = ("mmd", "hyperbolic")
@@ -53,17 +83,31 @@ class MatcherConfig:
 
     kind: str = setting("hyperbolic", "matcher kind", flat="matcher", cli=False)
     k: float = setting(1.0, "hyperbolic: geoopt's curvature parameter k > 0 (curvature -1/k)", parse=positive_float)
-    scale: Union[float, str] = setting(20.0, "hyperbolic: the paper's lambda, multiplying the geodesic distance; 'auto': "
-                                       "MMD / distance of the first batch, so the loss starts at the MMD line's magnitude",
-                                       parse=scale_arg, metavar="LAMBDA|auto")
-    max_norm: Optional[float] = setting(10.0, "hyperbolic: exp-map clamp of |v|/sqrt(k) (official code: 10); --no-clamp "
-                                        "removes it", parse=positive_float,
-                                        none_flag=("--no-clamp", "hyperbolic: exact exp-map (not the method as published)"))
-    hierarchical: bool = setting(False, "hyperbolic: weight each feature by its hierarchy level (radius) in the centroid")
-    dtype: str = setting("float64", "dtype of the matching (paper HDD: float64)", flat="match_dtype",
-                         choices=("float32", "float64"))
-    compile: bool = setting(False, "hyperbolic: torch.compile the matching maths (same loss; fewer kernels on GPUs; the "
-                            "first iteration compiles for tens of seconds)", flat="compile_matcher")
+    scale: float | str = setting(
+        20.0,
+        "hyperbolic: the paper's lambda, multiplying the geodesic distance; 'auto': "
+        "MMD / distance of the first batch, so the loss starts at the MMD line's magnitude",
+        parse=scale_arg,
+        metavar="LAMBDA|auto",
+    )
+    max_norm: float | None = setting(
+        10.0,
+        "hyperbolic: exp-map clamp of |v|/sqrt(k) (official code: 10); --no-clamp removes it",
+        parse=positive_float,
+        none_flag=("--no-clamp", "hyperbolic: exact exp-map (not the method as published)"),
+    )
+    hierarchical: bool = setting(
+        False, "hyperbolic: weight each feature by its hierarchy level (radius) in the centroid"
+    )
+    dtype: str = setting(
+        "float64", "dtype of the matching (paper HDD: float64)", flat="match_dtype", choices=("float32", "float64")
+    )
+    compile: bool = setting(
+        False,
+        "hyperbolic: torch.compile the matching maths (same loss; fewer kernels on GPUs; the "
+        "first iteration compiles for tens of seconds)",
+        flat="compile_matcher",
+    )
 
 
 @dataclass
@@ -72,16 +116,22 @@ class IDMConfig:
 
     net_num: int = setting(100, "idm: size of the model queue (IDM: 100)", parse=int_at_least(1))
     net_initial: int = setting(3, "idm: networks in the queue at the start (IDM: 3)", parse=int_at_least(1))
-    net_generate_interval: int = setting(30, "idm: a new queue network every N iterations (IDM: 30)", parse=int_at_least(1))
+    net_generate_interval: int = setting(
+        30, "idm: a new queue network every N iterations (IDM: 30)", parse=int_at_least(1)
+    )
     train_net_num: int = setting(1, "idm: queue networks matched per iteration (IDM: 1)", parse=int_at_least(1))
     fetch_net_num: int = setting(2, "idm: queue networks trained per iteration (IDM: 2)", parse=int_at_least(0))
-    model_train_steps: int = setting(10, "idm: SGD steps per fetched queue network per iteration (IDM: 10)",
-                                     parse=int_at_least(0))
-    net_batch: int = setting(256, "idm: real batch size for training the queue networks (IDM: 256)", parse=int_at_least(1))
+    model_train_steps: int = setting(
+        10, "idm: SGD steps per fetched queue network per iteration (IDM: 10)", parse=int_at_least(0)
+    )
+    net_batch: int = setting(
+        256, "idm: real batch size for training the queue networks (IDM: 256)", parse=int_at_least(1)
+    )
     lr_net: float = setting(0.01, "idm: SGD learning rate of the queue networks (IDM: 0.01)", parse=positive_float)
     ce_weight: float = setting(0.0, "idm: weight of the accuracy-weighted cross-entropy term (IDM: 0.5 / 0.1)")
-    acc_window: int = setting(100, "idm: iterations between resets of the queue networks' accuracy meters (0: never)",
-                              parse=int_at_least(0))
+    acc_window: int = setting(
+        100, "idm: iterations between resets of the queue networks' accuracy meters (0: never)", parse=int_at_least(0)
+    )
 
 
 @dataclass
@@ -89,9 +139,12 @@ class DanceConfig:
     """Dance (Zhang et al. 2024): the experts and the calibration (see :mod:`hyperdm.distill.loops.dance`)."""
 
     experts: ExpertConfig = field(default_factory=ExpertConfig)
-    expert_dir: Optional[str] = setting(None, "dance: expert cache root (default $HYPERDM_CACHE/experts or "
-                                        "~/.cache/hyperdm/experts)", metavar="DIR")
-    iter_calib: int = setting(1, "dance: calibration passes per iteration (Dance: 1; 0 disables)", parse=int_at_least(0))
+    expert_dir: str | None = setting(
+        None, "dance: expert cache root (default $HYPERDM_CACHE/experts or ~/.cache/hyperdm/experts)", metavar="DIR"
+    )
+    iter_calib: int = setting(
+        1, "dance: calibration passes per iteration (Dance: 1; 0 disables)", parse=int_at_least(0)
+    )
 
 
 @dataclass
@@ -109,30 +162,47 @@ class DistillConfig:
     momentum_img: float = setting(0.5, "SGD momentum of the images (DM: 0.5)")
     init: str = setting("real", "initialise from random real images (default) or noise", choices=("real", "noise"))
     model: str = setting("ConvNet", "distillation backbone (default ConvNet; ConvNetD4 for 64x64 images)")
-    dsa_strategy: str = setting("color_crop_cutout_flip_scale_rotate", "DSA strategy (default "
-                                "color_crop_cutout_flip_scale_rotate; 'none' disables)", flag="--dsa", metavar="STRATEGY",
-                                parse=strategy_arg)
-    match_dsa: Optional[str] = setting(None, "DSA strategy of the matching step only (default: --dsa; Dance: "
-                                       "color_crop_cutout)", metavar="STRATEGY", parse=strategy_arg)
-    match_aug_mode: str = setting("S", "DSA groups per matching call: S one (DC/DM/IDM), M all in order (Dance's DiffAug)",
-                                  choices=("S", "M"))
-    partition: int = setting(1, "idm, dance: each stored image holds a PxP grid of sub-images (IDM: 2; Dance: --factor 2)",
-                             parse=int_at_least(1))
+    dsa_strategy: str = setting(
+        "color_crop_cutout_flip_scale_rotate",
+        "DSA strategy (default color_crop_cutout_flip_scale_rotate; 'none' disables)",
+        flag="--dsa",
+        metavar="STRATEGY",
+        parse=strategy_arg,
+    )
+    match_dsa: str | None = setting(
+        None,
+        "DSA strategy of the matching step only (default: --dsa; Dance: color_crop_cutout)",
+        metavar="STRATEGY",
+        parse=strategy_arg,
+    )
+    match_aug_mode: str = setting(
+        "S", "DSA groups per matching call: S one (DC/DM/IDM), M all in order (Dance's DiffAug)", choices=("S", "M")
+    )
+    partition: int = setting(
+        1,
+        "idm, dance: each stored image holds a PxP grid of sub-images (IDM: 2; Dance: --factor 2)",
+        parse=int_at_least(1),
+    )
     checkpoint_every: int = setting(100, "write checkpoint.pt every N iterations (atomic)", parse=int_at_least(1))
-    prune_keep: Optional[float] = setting(None, "hierarchical pruning: keep the fraction F of each class closest to the "
-                                          "root (e.g. 0.2)", parse=fraction, metavar="F")
-    prune_score: str = setting("radius", "pruning score (default radius; random: the uniform baseline, no network)",
-                               choices=PRUNE_SCORES)
+    prune_keep: float | None = setting(
+        None,
+        "hierarchical pruning: keep the fraction F of each class closest to the root (e.g. 0.2)",
+        parse=fraction,
+        metavar="F",
+    )
+    prune_score: str = setting(
+        "radius", "pruning score (default radius; random: the uniform baseline, no network)", choices=PRUNE_SCORES
+    )
     prune_nets: int = setting(3, "random networks the pruning score is averaged over", parse=int_at_least(1))
     seed: int = setting(0, "seed of every random choice", cli=False)
     device: str = setting("cpu", "torch device", cli=False)
-    data_root: Optional[str] = setting(None, "where the datasets live", cli=False)
+    data_root: str | None = setting(None, "where the datasets live", cli=False)
     download: bool = setting(False, "fetch the dataset if missing", cli=False)
     # the sections
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    idm: Optional[IDMConfig] = None
-    dance: Optional[DanceConfig] = None
+    idm: IDMConfig | None = None
+    dance: DanceConfig | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
     #: keys of config.json that record the run rather than a setting (read back and ignored)
@@ -146,10 +216,14 @@ class DistillConfig:
 
     # ---- views ---------------------------------------------------------------------------------
 
-    def eval_config(self, *, device: Optional[str] = None) -> EvalConfig:
-        """The evaluation this run performs: ``eval`` with the run's DSA strategy, device and a seed derived from its seed."""
-        return dataclasses.replace(self.eval, dsa_strategy=self.dsa_strategy, seed=derive_seed(self.seed, Stream.EVAL),
-                                   device=device or self.device)
+    def eval_config(self, *, device: str | None = None) -> EvalConfig:
+        """The evaluation this run performs: ``eval`` with the run's DSA strategy and device, seeded from its seed."""
+        return dataclasses.replace(
+            self.eval,
+            dsa_strategy=self.dsa_strategy,
+            seed=derive_seed(self.seed, Stream.EVAL),
+            device=device or self.device,
+        )
 
     def expert_config(self) -> ExpertConfig:
         """How this (Dance) run's experts are trained: ``dance.experts`` with the run's model."""
@@ -162,10 +236,10 @@ class DistillConfig:
         every, at = self.eval.every, self.eval.at
         its = list(range(0, self.iterations, every)) if every > 0 else []
         its = [i for i in its if i > 0] + [i for i in at if 0 < i < self.iterations]
-        return sorted(set(its + [self.iterations]))
+        return sorted({*its, self.iterations})
 
     def setting(self, name: str) -> Any:
-        """The value of a setting named by path or by flat name (``"matcher.k"`` or ``"k"``; ``"matcher"`` is its kind)."""
+        """The value of a setting named by path or flat name (``"matcher.k"`` or ``"k"``; ``"matcher"``: its kind)."""
         path = FLAT.get(name, name)
         if path not in _leaf_info():
             raise ValueError(f"unknown setting {name!r}; {_known('')}")
@@ -186,7 +260,7 @@ class DistillConfig:
         width = max(len(p) for p in items)
         lines = [f"{'setting':<{width}} {'value':<40} source"]
         for path, v in items.items():
-            lines.append(f"{path:<{width}} {str(v):<40} {self.sources.get(path, 'default')}")
+            lines.append(f"{path:<{width}} {v!s:<40} {self.sources.get(path, 'default')}")
         return "\n".join(lines)
 
     # ---- config.json ---------------------------------------------------------------------------
@@ -196,7 +270,7 @@ class DistillConfig:
         return to_dict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
         """Read :meth:`to_dict`'s output back, or the flat dict written by hyperdm 0.1 (mapped into the sections).
 
         Keys that record the run (versions, dataset root, ...) are ignored; any other unknown key, or a
@@ -236,8 +310,11 @@ def _apply_dict(cfg: DistillConfig, d: dict[str, Any], prefix: str) -> None:
 
 def _known(prefix: str) -> str:
     """Which names may follow ``prefix`` (``""``: the top level; ``"matcher."``: the matcher's settings)."""
-    names = dict.fromkeys(p[len(prefix):].split(".")[0] for p in (*(q for q, _, _, _ in leaves(DistillConfig)),
-                                                                 *section_names(DistillConfig)) if p.startswith(prefix))
+    names = dict.fromkeys(
+        p[len(prefix) :].split(".")[0]
+        for p in (*(q for q, _, _, _ in leaves(DistillConfig)), *section_names(DistillConfig))
+        if p.startswith(prefix)
+    )
     where = f"the {prefix[:-1]} settings" if prefix else "the settings (and sections)"
     return f"{where} are: {', '.join(names)}."
 
@@ -246,7 +323,7 @@ def _known(prefix: str) -> str:
 FLAT = flat_names(DistillConfig)
 
 
-def _from_flat(cls: type, d: dict[str, Any]) -> DistillConfig:
+def _from_flat(cls: type[DistillConfig], d: dict[str, Any]) -> DistillConfig:
     """A configuration from hyperdm 0.1's flat config.json: every flat name mapped to its path."""
     method = d.get("method", "dm")
     cfg = cls(method=method)
@@ -286,7 +363,7 @@ def run_setting(d: dict[str, Any], path: str, default: Any = None) -> Any:
 # ---- overrides ----------------------------------------------------------------------------------
 
 
-def parse_overrides(overrides: Optional[dict[str, Any]]) -> dict[str, Any]:
+def parse_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
     """path -> value of the settings ``overrides`` gives, each checked for its type; ValueError naming the fix.
 
     A key is a path (``"matcher.k"``), a flat name as on the command line (``"k"``, ``"eval_epochs"``), or a
@@ -298,7 +375,9 @@ def parse_overrides(overrides: Optional[dict[str, Any]]) -> dict[str, Any]:
     if overrides is None:
         return {}
     if not isinstance(overrides, dict):
-        raise ValueError(f"overrides must be a dict of settings, e.g. {{'iterations': 500}}; got {type(overrides).__name__}.")
+        raise ValueError(
+            f"overrides must be a dict of settings, e.g. {{'iterations': 500}}; got {type(overrides).__name__}."
+        )
     out: dict[str, Any] = {}
     for key, value in overrides.items():
         _parse_one(str(key), value, "", out)
@@ -313,15 +392,19 @@ def _parse_one(key: str, value: Any, prefix: str, out: dict[str, Any]) -> None:
     if path in sections and (isinstance(value, dict) or not (not prefix and key in FLAT)):
         if not isinstance(value, dict):
             first = _known(path + ".").split(": ")[1].split(",")[0].rstrip(".")
-            raise ValueError(f"override {path!r} is a section: give a dict of its settings, e.g. "
-                             f"{{{path!r}: {{{first!r}: ...}}}}; got {value!r}.")
+            raise ValueError(
+                f"override {path!r} is a section: give a dict of its settings, e.g. "
+                f"{{{path!r}: {{{first!r}: ...}}}}; got {value!r}."
+            )
         for k, v in value.items():
             _parse_one(str(k), v, path + ".", out)
         return
     if path not in leaf and not prefix:
         path = FLAT.get(key, path)
     if path not in leaf:
-        near = difflib.get_close_matches(key, [p[len(prefix):] for p in leaf if p.startswith(prefix)] + ([] if prefix else list(FLAT)), n=1)
+        near = difflib.get_close_matches(
+            key, [p[len(prefix) :] for p in leaf if p.startswith(prefix)] + ([] if prefix else list(FLAT)), n=1
+        )
         hint = f"did you mean {prefix + near[0]!r}? " if near else ""
         raise ValueError(f"unknown setting {path!r}; {hint}{_known(prefix)}")
     opt, tp = leaf[path]
@@ -378,57 +461,95 @@ def validate(cfg: DistillConfig) -> None:
     need(cfg.method in METHODS, f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}.")
     need(m.kind in MATCHERS, f"unknown matcher {m.kind!r}; choose one of {', '.join(MATCHERS)}.")
     for section in ("idm", "dance"):
-        need((getattr(cfg, section) is not None) == (cfg.method == section),
-             f"the {section} settings belong to --method {section}; this run is --method {cfg.method}"
-             + (f": set {section}=None." if cfg.method != section else f": give it {section}=IDMConfig() / DanceConfig()."))
+        need(
+            (getattr(cfg, section) is not None) == (cfg.method == section),
+            f"the {section} settings belong to --method {section}; this run is --method {cfg.method}"
+            + (
+                f": set {section}=None."
+                if cfg.method != section
+                else f": give it {section}=IDMConfig() / DanceConfig()."
+            ),
+        )
     need(cfg.iterations >= 0, f"iterations (--iterations) must be >= 0; got {cfg.iterations}.")
     need(cfg.batch_real >= 1, f"batch_real (--batch-real) must be >= 1; got {cfg.batch_real}.")
     need(finite(cfg.lr_img) and cfg.lr_img > 0, f"lr_img (--lr-img) must be > 0 and finite; got {cfg.lr_img}.")
-    need(finite(cfg.momentum_img) and 0 <= cfg.momentum_img < 1, f"momentum_img must lie in [0, 1); got {cfg.momentum_img}.")
-    need(finite(m.k) and m.k > 0, f"matcher.k (--k; geoopt's curvature parameter, curvature -1/k) must be > 0 and finite; got {m.k}.")
-    need(m.scale == "auto" or (finite(m.scale) and m.scale >= 0),
-         f"matcher.scale (--scale, lambda) must be >= 0 and finite, or 'auto'; got {m.scale!r}.")
-    need(m.max_norm is None or (finite(m.max_norm) and m.max_norm > 0),
-         f"matcher.max_norm (--max-norm) must be > 0 and finite, or None (--no-clamp); got {m.max_norm}.")
-    need(m.dtype in ("float32", "float64"), f"matcher.dtype (--match-dtype) must be float32 or float64; got {m.dtype!r}.")
+    need(
+        finite(cfg.momentum_img) and 0 <= cfg.momentum_img < 1,
+        f"momentum_img must lie in [0, 1); got {cfg.momentum_img}.",
+    )
+    need(
+        finite(m.k) and m.k > 0,
+        f"matcher.k (--k; geoopt's curvature parameter, curvature -1/k) must be > 0 and finite; got {m.k}.",
+    )
+    need(
+        m.scale == "auto" or (finite(m.scale) and float(m.scale) >= 0),
+        f"matcher.scale (--scale, lambda) must be >= 0 and finite, or 'auto'; got {m.scale!r}.",
+    )
+    need(
+        m.max_norm is None or (finite(m.max_norm) and m.max_norm > 0),
+        f"matcher.max_norm (--max-norm) must be > 0 and finite, or None (--no-clamp); got {m.max_norm}.",
+    )
+    need(
+        m.dtype in ("float32", "float64"), f"matcher.dtype (--match-dtype) must be float32 or float64; got {m.dtype!r}."
+    )
     need(e.every >= 0, f"eval.every (--eval-every) must be >= 0 (0: evaluate only at the end); got {e.every}.")
-    need(e.epochs >= 0 and e.runs >= 0,
-         f"eval.epochs (--eval-epochs) and eval.runs (--eval-runs) must be >= 0 (0 runs: no evaluation); got "
-         f"{e.epochs} and {e.runs}.")
+    need(
+        e.epochs >= 0 and e.runs >= 0,
+        f"eval.epochs (--eval-epochs) and eval.runs (--eval-runs) must be >= 0 (0 runs: no evaluation); got "
+        f"{e.epochs} and {e.runs}.",
+    )
     need(finite(e.lr) and e.lr > 0 and e.batch >= 1, "eval.lr must be a finite number > 0 and eval.batch >= 1.")
     need(len(e.archs) >= 1, "eval.archs (--arch) must name at least one architecture.")
     from .models import check_architecture  # raises ValueError listing the valid names
 
     for name in (cfg.model, *e.archs):
         check_architecture(name)
-    need(all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in e.at),
-         f"eval.at (--eval-at) must list iterations >= 1 (e.g. 200 500 1000); got {list(e.at)}.")
+    need(
+        all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in e.at),
+        f"eval.at (--eval-at) must list iterations >= 1 (e.g. 200 500 1000); got {list(e.at)}.",
+    )
     need(cfg.checkpoint_every >= 1, f"checkpoint_every must be >= 1; got {cfg.checkpoint_every}.")
     need(cfg.init in ("real", "noise"), f"init must be 'real' or 'noise'; got {cfg.init!r}.")
-    need(cfg.prune_keep is None or 0 < cfg.prune_keep <= 1,
-         f"prune_keep must be a fraction in (0, 1] (e.g. 0.2 keeps 20%); got {cfg.prune_keep}.")
-    need(cfg.prune_score in PRUNE_SCORES,
-         f"prune_score must be one of {', '.join(map(repr, PRUNE_SCORES))}; got {cfg.prune_score!r}.")
+    need(
+        cfg.prune_keep is None or 0 < cfg.prune_keep <= 1,
+        f"prune_keep must be a fraction in (0, 1] (e.g. 0.2 keeps 20%); got {cfg.prune_keep}.",
+    )
+    need(
+        cfg.prune_score in PRUNE_SCORES,
+        f"prune_score must be one of {', '.join(map(repr, PRUNE_SCORES))}; got {cfg.prune_score!r}.",
+    )
     need(cfg.partition >= 1, f"partition must be >= 1; got {cfg.partition}.")
     from .augment import parse_strategy  # raises ValueError naming the valid groups
 
     parse_strategy(cfg.dsa_strategy)
     if cfg.match_dsa is not None:
         parse_strategy(cfg.match_dsa)
-    need(cfg.match_aug_mode in ("S", "M"), f"match_aug_mode must be 'S' (one DSA group) or 'M' (all groups); got {cfg.match_aug_mode!r}.")
+    need(
+        cfg.match_aug_mode in ("S", "M"),
+        f"match_aug_mode must be 'S' (one DSA group) or 'M' (all groups); got {cfg.match_aug_mode!r}.",
+    )
     if cfg.idm is not None:
         i = cfg.idm
         need(finite(i.ce_weight) and i.ce_weight >= 0, f"idm.ce_weight must be >= 0 and finite; got {i.ce_weight}.")
         need(finite(i.lr_net) and i.lr_net > 0, f"idm.lr_net must be > 0 and finite; got {i.lr_net}.")
-        need(i.net_num >= 1 and i.net_initial >= 1 and i.net_generate_interval >= 1,
-             "idm.net_num, idm.net_initial and idm.net_generate_interval must be >= 1.")
-        need(i.train_net_num >= 1 and i.fetch_net_num >= 0 and i.model_train_steps >= 0 and i.net_batch >= 1,
-             "idm.train_net_num and idm.net_batch must be >= 1; idm.fetch_net_num and idm.model_train_steps >= 0.")
+        need(
+            i.net_num >= 1 and i.net_initial >= 1 and i.net_generate_interval >= 1,
+            "idm.net_num, idm.net_initial and idm.net_generate_interval must be >= 1.",
+        )
+        need(
+            i.train_net_num >= 1 and i.fetch_net_num >= 0 and i.model_train_steps >= 0 and i.net_batch >= 1,
+            "idm.train_net_num and idm.net_batch must be >= 1; idm.fetch_net_num and idm.model_train_steps >= 0.",
+        )
     if cfg.dance is not None:
         x = cfg.dance.experts
-        need(x.count >= 1 and x.epochs >= 1 and x.batch >= 1,
-             "dance.experts.count (--experts), .epochs and .batch must be >= 1.")
+        need(
+            x.count >= 1 and x.epochs >= 1 and x.batch >= 1,
+            "dance.experts.count (--experts), .epochs and .batch must be >= 1.",
+        )
         need(finite(x.lr) and x.lr > 0, f"dance.experts.lr must be > 0 and finite; got {x.lr}.")
-        need(x.per_class is None or x.per_class >= 1,
-             f"dance.experts.per_class (--expert-per-class) must be >= 1 (or None for every training image); got {x.per_class}.")
+        need(
+            x.per_class is None or x.per_class >= 1,
+            f"dance.experts.per_class (--expert-per-class) must be >= 1 (or None for every training image); "
+            f"got {x.per_class}.",
+        )
         need(cfg.dance.iter_calib >= 0, f"dance.iter_calib must be >= 0; got {cfg.dance.iter_calib}.")

@@ -29,6 +29,7 @@ Formats read (no torchvision needed):
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -39,9 +40,11 @@ import struct
 import tempfile
 import urllib.request
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,8 +81,18 @@ MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+_FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _DIGITS = tuple(str(i) for i in range(10))
 
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -173,9 +186,12 @@ def canonical_name(name: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve_root(root: str | os.PathLike | None) -> tuple[Path, Optional[str]]:
-    """The data root and who chose it: ``"--data-root"`` (the argument), ``"HYPERDM_DATA"``, or ``None`` (the default)."""
-    given: Optional[str] = "--data-root"
+def _resolve_root(root: str | os.PathLike | None) -> tuple[Path, str | None]:
+    """The data root and who chose it.
+
+    The second item is ``"--data-root"`` (the argument), ``"HYPERDM_DATA"``, or ``None`` (the default).
+    """
+    given: str | None = "--data-root"
     if root is None:
         env = os.environ.get("HYPERDM_DATA")
         root, given = (env, "HYPERDM_DATA") if env else ("./data", None)
@@ -214,10 +230,12 @@ def _labels(y: np.ndarray, num_classes: int, what: str) -> torch.Tensor:
     return torch.from_numpy(y)
 
 
-def _check_native_size(name: str, image_size: Optional[int], native: tuple[int, ...]) -> None:
+def _check_native_size(name: str, image_size: int | None, native: tuple[int, ...]) -> None:
     if image_size is not None and (int(image_size), int(image_size)) != tuple(native):
-        raise ValueError(f"{name} images are {native[0]}x{native[1]}; image_size={image_size} is only supported "
-                         f"for tinyimagenet, imagewoof, imagenette and imagefolder")
+        raise ValueError(
+            f"{name} images are {native[0]}x{native[1]}; image_size={image_size} is only supported "
+            f"for tinyimagenet, imagewoof, imagenette and imagefolder"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,8 +257,10 @@ def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
         raise ValueError(f"{path}: truncated idx file ({len(raw)} bytes, no header)")
     magic = struct.unpack(">I", raw[:4])[0]
     if magic != expected_magic:
-        raise ValueError(f"{path}: bad idx magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
-                         f"(corrupt file, or not the file its name says)")
+        raise ValueError(
+            f"{path}: bad idx magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+            f"(corrupt file, or not the file its name says)"
+        )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -249,12 +269,13 @@ def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
     n = int(np.prod(dims, dtype=np.int64))
     if len(raw) - header != n:
         state = "truncated" if len(raw) - header < n else "has trailing bytes"
-        raise ValueError(f"{path}: {state}: header says {'x'.join(map(str, dims))} = {n} bytes of data, "
-                         f"file has {len(raw) - header}")
+        raise ValueError(
+            f"{path}: {state}: header says {'x'.join(map(str, dims))} = {n} bytes of data, file has {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _idx_path(d: Path, base: str) -> Optional[Path]:
+def _idx_path(d: Path, base: str) -> Path | None:
     for name in (base, base + ".gz"):
         p = d / name
         if p.is_file():
@@ -298,13 +319,13 @@ def _download_idx(target: Path, base_url: str, name: str) -> None:
                 shutil.copyfileobj(resp, f)
             os.replace(tmp, dest)
         except BaseException as e:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             if isinstance(e, Exception):
-                raise DatasetNotFoundError(f"{name}: downloading {url} failed ({e}); put the idx files in {target} "
-                                           f"by hand, or pass --data-root DIR to point at a copy") from e
+                raise DatasetNotFoundError(
+                    f"{name}: downloading {url} failed ({e}); put the idx files in {target} "
+                    f"by hand, or pass --data-root DIR to point at a copy"
+                ) from e
             raise
 
 
@@ -315,10 +336,15 @@ def _download_idx(target: Path, base_url: str, name: str) -> None:
 
 #: the only globals a CIFAR batch may name: numpy's array / dtype / scalar reconstructors and bytes decoding
 _PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 
 
@@ -329,11 +355,11 @@ class UnsafePickleError(ValueError):
 class _DataUnpickler(pickle.Unpickler):
     """Builds numpy arrays, numbers, strings, bytes, lists and dicts; refuses every other global."""
 
-    def find_class(self, module: str, name: str):  # noqa: D102 - pickle's hook
+    def find_class(self, module: str, name: str) -> Any:  # pickle.Unpickler's hook
         if (module, name) not in _PICKLE_ALLOWED:
             raise UnsafePickleError(f"{module}.{name}")
         if module.startswith("numpy.core") and hasattr(np, "_core"):  # numpy 2 moved numpy.core to numpy._core
-            module = "numpy._core" + module[len("numpy.core"):]
+            module = "numpy._core" + module[len("numpy.core") :]
         return super().find_class(module, name)
 
 
@@ -342,12 +368,16 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             obj = _DataUnpickler(f, encoding="bytes").load()
     except UnsafePickleError as e:
-        raise UnsafePickleError(f"refused to read {path}: the pickle asks for {e}, which is not part of a dataset "
-                                "batch (only numpy arrays, numbers, strings and lists/dicts load), and could run "
-                                "code. Replace the file with a copy from the dataset's own download.") from None
+        raise UnsafePickleError(
+            f"refused to read {path}: the pickle asks for {e}, which is not part of a dataset "
+            "batch (only numpy arrays, numbers, strings and lists/dicts load), and could run "
+            "code. Replace the file with a copy from the dataset's own download."
+        ) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as e:
-        raise ValueError(f"{path}: not a readable pickle batch ({type(e).__name__}: {e}); the file is truncated or "
-                         "damaged. Replace it with a copy from the dataset's own download.") from None
+        raise ValueError(
+            f"{path}: not a readable pickle batch ({type(e).__name__}: {e}); the file is truncated or "
+            "damaged. Replace it with a copy from the dataset's own download."
+        ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return obj
@@ -378,7 +408,7 @@ def _names(meta: dict, key: bytes, path: Path) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 
 
-def _pil():
+def _pil() -> ModuleType:
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - Pillow is a declared extra
@@ -400,8 +430,8 @@ def _read_image(path: Path, size: int) -> np.ndarray:
             if (nw, nh) != (w, h):
                 resample = getattr(Image, "Resampling", Image).BILINEAR
                 im = im.resize((nw, nh), resample)
-            left = int(round((nw - size) / 2.0))
-            top = int(round((nh - size) / 2.0))
+            left = round((nw - size) / 2.0)
+            top = round((nh - size) / 2.0)
             im = im.crop((left, top, left + size, top + size))
         arr = np.asarray(im, dtype=np.uint8)
     return arr.transpose(2, 0, 1)
@@ -439,10 +469,10 @@ class _Spec:
     std: tuple[float, ...]
     candidates: Callable[[Path], list[Path]]
     missing: Callable[[Path], list[str]]  # what a candidate directory lacks ([] = usable)
-    load: Callable[[Path, Optional[int]], _Loaded]
+    load: Callable[[Path, int | None], _Loaded]
     how_to_get: Callable[[Path], str]
-    download_url: Optional[str] = None
-    download_dir: Optional[Callable[[Path], Path]] = None
+    download_url: str | None = None
+    download_dir: Callable[[Path], Path] | None = None
     #: system-wide copies, searched only when no root was given
     fallbacks: tuple[str, ...] = ()
 
@@ -462,8 +492,8 @@ def _mnist_candidates(root: Path) -> list[Path]:
     return [root / "MNIST" / "raw", root / "mnist", root]
 
 
-def _idx_loader(name: str, classes: tuple[str, ...]) -> Callable[[Path, Optional[int]], _Loaded]:
-    def load(d: Path, image_size: Optional[int]) -> _Loaded:
+def _idx_loader(name: str, classes: tuple[str, ...]) -> Callable[[Path, int | None], _Loaded]:
+    def load(d: Path, image_size: int | None) -> _Loaded:
         xtr, ytr, xte, yte = _load_idx(d, name)
         _check_native_size(name, image_size, tuple(xtr.shape[2:]))
         return xtr, ytr, xte, yte, classes
@@ -472,22 +502,26 @@ def _idx_loader(name: str, classes: tuple[str, ...]) -> Callable[[Path, Optional
 
 
 def _fmnist_how(root: Path) -> str:
-    return ("Get it with --download (download=True), which fetches the four .gz files from "
-            f"{FASHION_MNIST_URL} into {root / 'FashionMNIST' / 'raw'}; or on Debian/Ubuntu "
-            f"`apt-get install dataset-fashion-mnist` (installs {SYSTEM_FASHION_MNIST_DIR}); or copy the idx files "
-            "(plain or .gz) into one of the directories above.")
+    return (
+        "Get it with --download (download=True), which fetches the four .gz files from "
+        f"{FASHION_MNIST_URL} into {root / 'FashionMNIST' / 'raw'}; or on Debian/Ubuntu "
+        f"`apt-get install dataset-fashion-mnist` (installs {SYSTEM_FASHION_MNIST_DIR}); or copy the idx files "
+        "(plain or .gz) into one of the directories above."
+    )
 
 
 def _mnist_how(root: Path) -> str:
-    return ("Get it with --download (download=True), which fetches the four .gz files from "
-            f"{MNIST_URL} into {root / 'MNIST' / 'raw'}; or copy the idx files (plain or .gz) into one of the "
-            "directories above.")
+    return (
+        "Get it with --download (download=True), which fetches the four .gz files from "
+        f"{MNIST_URL} into {root / 'MNIST' / 'raw'}; or copy the idx files (plain or .gz) into one of the "
+        "directories above."
+    )
 
 
 # ---- CIFAR
 
 
-def _cifar10_load(d: Path, image_size: Optional[int]) -> _Loaded:
+def _cifar10_load(d: Path, image_size: int | None) -> _Loaded:
     _check_native_size("cifar10", image_size, (32, 32))
     parts = [_cifar_batch(d / f"data_batch_{i}", b"labels") for i in range(1, 6)]
     xte, yte = _cifar_batch(d / "test_batch", b"labels")
@@ -497,7 +531,7 @@ def _cifar10_load(d: Path, image_size: Optional[int]) -> _Loaded:
     return xtr, ytr, xte, yte, names
 
 
-def _cifar100_load(d: Path, image_size: Optional[int]) -> _Loaded:
+def _cifar100_load(d: Path, image_size: int | None) -> _Loaded:
     _check_native_size("cifar100", image_size, (32, 32))
     xtr, ytr = _cifar_batch(d / "train", b"fine_labels")
     xte, yte = _cifar_batch(d / "test", b"fine_labels")
@@ -505,14 +539,14 @@ def _cifar100_load(d: Path, image_size: Optional[int]) -> _Loaded:
     return xtr, ytr, xte, yte, names
 
 
-_CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+_CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 _CIFAR100_FILES = ("train", "test", "meta")
 
 
 # ---- SVHN
 
 
-def _svhn_load(d: Path, image_size: Optional[int]) -> _Loaded:
+def _svhn_load(d: Path, image_size: int | None) -> _Loaded:
     try:
         import scipy.io as sio
     except ImportError as e:
@@ -523,8 +557,10 @@ def _svhn_load(d: Path, image_size: Optional[int]) -> _Loaded:
         try:
             m = sio.loadmat(str(path))
         except (ValueError, TypeError, OSError, EOFError, NotImplementedError) as e:
-            raise ValueError(f"{path}: not a readable .mat file ({e}); the file is truncated or damaged. Replace it "
-                             "with a copy from the dataset's own download.") from None
+            raise ValueError(
+                f"{path}: not a readable .mat file ({e}); the file is truncated or damaged. Replace it "
+                "with a copy from the dataset's own download."
+            ) from None
         if "X" not in m or "y" not in m:
             raise ValueError(f"{path}: expected variables 'X' and 'y'")
         x, y = np.asarray(m["X"]), np.asarray(m["y"]).reshape(-1).astype(np.int64)
@@ -545,7 +581,7 @@ def _tiny_missing(d: Path) -> list[str]:
     return _missing_files(d, ["wnids.txt", "val/val_annotations.txt"], ["train", "val/images"])
 
 
-def _tiny_load(d: Path, image_size: Optional[int]) -> _Loaded:
+def _tiny_load(d: Path, image_size: int | None) -> _Loaded:
     size = int(image_size or 64)
     if size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
@@ -569,7 +605,9 @@ def _tiny_load(d: Path, image_size: Optional[int]) -> _Loaded:
             continue
         fields = line.split("\t")
         if len(fields) < 2 or fields[1].strip() not in index:
-            raise ValueError(f"{ann}:{lineno}: expected 'filename<TAB>wnid...' with a wnid from wnids.txt, got {line!r}")
+            raise ValueError(
+                f"{ann}:{lineno}: expected 'filename<TAB>wnid...' with a wnid from wnids.txt, got {line!r}"
+            )
         val_files.append(d / "val" / "images" / fields[0].strip())
         val_labels.append(index[fields[1].strip()])
     xtr = _read_images(train_files, size)
@@ -584,7 +622,7 @@ def _folder_missing(d: Path) -> list[str]:
     return _missing_files(d, [], ["train", "val"])
 
 
-def _folder_load(d: Path, image_size: Optional[int]) -> _Loaded:
+def _folder_load(d: Path, image_size: int | None) -> _Loaded:
     size = int(image_size or 128)
     if size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
@@ -617,54 +655,123 @@ def _folder_candidates(stem: str, versions: Sequence[str]) -> Callable[[Path], l
 
 def _folder_how(url: str, stem: str) -> Callable[[Path], str]:
     def how(root: Path) -> str:
-        return (f"Download {url} (or the full-size / -320 variant) and extract it into {root}, "
-                f"giving {root / (stem + '2-160')}/train/<class>/*.JPEG and .../val/<class>/*.JPEG.")
+        return (
+            f"Download {url} (or the full-size / -320 variant) and extract it into {root}, "
+            f"giving {root / (stem + '2-160')}/train/<class>/*.JPEG and .../val/<class>/*.JPEG."
+        )
 
     return how
 
 
 _SPECS: dict[str, _Spec] = {
     "fashion-mnist": _Spec(
-        "fashion-mnist", "Fashion-MNIST", (0.2861,), (0.3530,), _fmnist_candidates, _idx_missing,
-        _idx_loader("fashion-mnist", _FASHION_CLASSES), _fmnist_how,
-        FASHION_MNIST_URL, lambda r: r / "FashionMNIST" / "raw", (SYSTEM_FASHION_MNIST_DIR,)),
+        "fashion-mnist",
+        "Fashion-MNIST",
+        (0.2861,),
+        (0.3530,),
+        _fmnist_candidates,
+        _idx_missing,
+        _idx_loader("fashion-mnist", _FASHION_CLASSES),
+        _fmnist_how,
+        FASHION_MNIST_URL,
+        lambda r: r / "FashionMNIST" / "raw",
+        (SYSTEM_FASHION_MNIST_DIR,),
+    ),
     "mnist": _Spec(
-        "mnist", "MNIST", (0.1307,), (0.3081,), _mnist_candidates, _idx_missing,
-        _idx_loader("mnist", _DIGITS), _mnist_how, MNIST_URL, lambda r: r / "MNIST" / "raw"),
+        "mnist",
+        "MNIST",
+        (0.1307,),
+        (0.3081,),
+        _mnist_candidates,
+        _idx_missing,
+        _idx_loader("mnist", _DIGITS),
+        _mnist_how,
+        MNIST_URL,
+        lambda r: r / "MNIST" / "raw",
+    ),
     "cifar10": _Spec(
-        "cifar10", "CIFAR-10", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
-        lambda r: [r / "cifar-10-batches-py", r], lambda d: _missing_files(d, _CIFAR10_FILES), _cifar10_load,
-        lambda r: ("Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into "
-                   f"{r} (giving {r / 'cifar-10-batches-py'}).")),
+        "cifar10",
+        "CIFAR-10",
+        (0.4914, 0.4822, 0.4465),
+        (0.2023, 0.1994, 0.2010),
+        lambda r: [r / "cifar-10-batches-py", r],
+        lambda d: _missing_files(d, _CIFAR10_FILES),
+        _cifar10_load,
+        lambda r: (
+            "Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into "
+            f"{r} (giving {r / 'cifar-10-batches-py'})."
+        ),
+    ),
     "cifar100": _Spec(
-        "cifar100", "CIFAR-100", (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762),
-        lambda r: [r / "cifar-100-python", r], lambda d: _missing_files(d, _CIFAR100_FILES), _cifar100_load,
-        lambda r: ("Download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it into "
-                   f"{r} (giving {r / 'cifar-100-python'}).")),
+        "cifar100",
+        "CIFAR-100",
+        (0.5071, 0.4866, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        lambda r: [r / "cifar-100-python", r],
+        lambda d: _missing_files(d, _CIFAR100_FILES),
+        _cifar100_load,
+        lambda r: (
+            "Download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it into "
+            f"{r} (giving {r / 'cifar-100-python'})."
+        ),
+    ),
     "svhn": _Spec(
-        "svhn", "SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-        lambda r: [r / "svhn", r / "SVHN", r], lambda d: _missing_files(d, ["train_32x32.mat", "test_32x32.mat"]),
+        "svhn",
+        "SVHN",
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
+        lambda r: [r / "svhn", r / "SVHN", r],
+        lambda d: _missing_files(d, ["train_32x32.mat", "test_32x32.mat"]),
         _svhn_load,
-        lambda r: ("Download http://ufldl.stanford.edu/housenumbers/train_32x32.mat and test_32x32.mat "
-                   f"into {r / 'svhn'}.")),
+        lambda r: (
+            f"Download http://ufldl.stanford.edu/housenumbers/train_32x32.mat and test_32x32.mat into {r / 'svhn'}."
+        ),
+    ),
     "tinyimagenet": _Spec(
-        "tinyimagenet", "Tiny ImageNet", _IMAGENET_MEAN, _IMAGENET_STD,
-        lambda r: [r / "tiny-imagenet-200", r], _tiny_missing, _tiny_load,
-        lambda r: ("Download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into "
-                   f"{r} (giving {r / 'tiny-imagenet-200'}).")),
+        "tinyimagenet",
+        "Tiny ImageNet",
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
+        lambda r: [r / "tiny-imagenet-200", r],
+        _tiny_missing,
+        _tiny_load,
+        lambda r: (
+            "Download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into "
+            f"{r} (giving {r / 'tiny-imagenet-200'})."
+        ),
+    ),
     "imagewoof": _Spec(
-        "imagewoof", "ImageWoof", _IMAGENET_MEAN, _IMAGENET_STD,
-        _folder_candidates("imagewoof", ("", "-160", "-320")), _folder_missing, _folder_load,
-        _folder_how("https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2-160.tgz", "imagewoof")),
+        "imagewoof",
+        "ImageWoof",
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
+        _folder_candidates("imagewoof", ("", "-160", "-320")),
+        _folder_missing,
+        _folder_load,
+        _folder_how("https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2-160.tgz", "imagewoof"),
+    ),
     "imagenette": _Spec(
-        "imagenette", "ImageNette", _IMAGENET_MEAN, _IMAGENET_STD,
-        _folder_candidates("imagenette", ("", "-160", "-320")), _folder_missing, _folder_load,
-        _folder_how("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz", "imagenette")),
+        "imagenette",
+        "ImageNette",
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
+        _folder_candidates("imagenette", ("", "-160", "-320")),
+        _folder_missing,
+        _folder_load,
+        _folder_how("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz", "imagenette"),
+    ),
     "imagefolder": _Spec(
-        "imagefolder", "ImageFolder", _IMAGENET_MEAN, _IMAGENET_STD,
-        lambda r: [r], _folder_missing, _folder_load,
-        lambda r: (f"Point --data-root at a directory with train/<class>/*.jpg|png and val/<class>/*.jpg|png "
-                   f"(currently {r}).")),
+        "imagefolder",
+        "ImageFolder",
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
+        lambda r: [r],
+        _folder_missing,
+        _folder_load,
+        lambda r: (
+            f"Point --data-root at a directory with train/<class>/*.jpg|png and val/<class>/*.jpg|png (currently {r})."
+        ),
+    ),
 }
 
 
@@ -673,12 +780,12 @@ _SPECS: dict[str, _Spec] = {
 # --------------------------------------------------------------------------------------------
 
 
-def _candidates(spec: _Spec, root: Path, given: Optional[str]) -> list[Path]:
+def _candidates(spec: _Spec, root: Path, given: str | None) -> list[Path]:
     """Directories to search: under ``root`` only when a root was given, then the system-wide copies otherwise."""
     return _unique(spec.candidates(root) + ([] if given else [Path(f) for f in spec.fallbacks]))
 
 
-def _find(spec: _Spec, root: Path, given: Optional[str] = None) -> tuple[Optional[Path], list[tuple[Path, list[str]]]]:
+def _find(spec: _Spec, root: Path, given: str | None = None) -> tuple[Path | None, list[tuple[Path, list[str]]]]:
     """The first usable candidate directory, and what every tried one lacked."""
     tried: list[tuple[Path, list[str]]] = []
     for d in _candidates(spec, root, given):
@@ -689,10 +796,13 @@ def _find(spec: _Spec, root: Path, given: Optional[str] = None) -> tuple[Optiona
     return None, tried
 
 
-def _not_found(spec: _Spec, root: Path, tried: list[tuple[Path, list[str]]], given: Optional[str]) -> DatasetNotFoundError:
+def _not_found(spec: _Spec, root: Path, tried: list[tuple[Path, list[str]]], given: str | None) -> DatasetNotFoundError:
     if given:
-        head = (f"{spec.title} ({spec.name}) not found under {given} {root}"
-                + (" (the directory does not exist)" if not root.exists() else "") + ". Looked in:")
+        head = (
+            f"{spec.title} ({spec.name}) not found under {given} {root}"
+            + (" (the directory does not exist)" if not root.exists() else "")
+            + ". Looked in:"
+        )
     else:
         head = f"{spec.title} ({spec.name}) not found. Looked in:"
     if given and not root.exists():
@@ -703,11 +813,15 @@ def _not_found(spec: _Spec, root: Path, tried: list[tuple[Path, list[str]]], giv
         lines.append(f"  {d}  - {why}")
     lines.append(spec.how_to_get(root))
     if given and spec.fallbacks:
-        lines.append(f"A given root is the only place searched (system copies such as {', '.join(spec.fallbacks)} are "
-                     "used only without --data-root / HYPERDM_DATA): fix the root, or leave it out.")
+        lines.append(
+            f"A given root is the only place searched (system copies such as {', '.join(spec.fallbacks)} are "
+            "used only without --data-root / HYPERDM_DATA): fix the root, or leave it out."
+        )
     elif not given:
-        lines.append(f"Use --data-root DIR (or the environment variable HYPERDM_DATA; default ./data) to say where "
-                     f"the data lives; the root searched was {root}.")
+        lines.append(
+            f"Use --data-root DIR (or the environment variable HYPERDM_DATA; default ./data) to say where "
+            f"the data lives; the root searched was {root}."
+        )
     return DatasetNotFoundError("\n".join(lines))
 
 
@@ -729,8 +843,10 @@ def load_dataset(
     root_path, given = _resolve_root(root)
     if download and spec.download_url is None:
         where = ", ".join(str(d) for d in _candidates(spec, root_path, given))
-        raise ValueError(f"download=True (--download) is not supported for {spec.title}; only fashion-mnist and "
-                         f"mnist can be downloaded. {spec.how_to_get(root_path)} Directories searched: {where}.")
+        raise ValueError(
+            f"download=True (--download) is not supported for {spec.title}; only fashion-mnist and "
+            f"mnist can be downloaded. {spec.how_to_get(root_path)} Directories searched: {where}."
+        )
     found, tried = _find(spec, root_path, given)
     if found is None and download:
         assert spec.download_dir is not None and spec.download_url is not None
@@ -741,8 +857,12 @@ def load_dataset(
     if given:
         logger.info("loading %s from %s (%s %s)", spec.name, found, given, root_path)
     else:
-        logger.warning("loading %s from %s: no --data-root given (nor HYPERDM_DATA), so the default search chose "
-                       "it; pass --data-root to choose", spec.name, found)
+        logger.warning(
+            "loading %s from %s: no --data-root given (nor HYPERDM_DATA), so the default search chose "
+            "it; pass --data-root to choose",
+            spec.name,
+            found,
+        )
     xtr, ytr, xte, yte, class_names = spec.load(found, image_size)
     num_classes = len(class_names)
     if xtr.shape[1:] != xte.shape[1:]:
@@ -766,6 +886,13 @@ def load_dataset(
         test_labels=_labels(yte, num_classes, f"{spec.name} test labels in {found}"),
         root=str(found),
     )
-    logger.info("%s: %d train / %d test images, %d classes, %dx%dx%d", spec.name, real.train_labels.numel(),
-                real.test_labels.numel(), num_classes, info.channels, *info.im_size)
+    logger.info(
+        "%s: %d train / %d test images, %d classes, %dx%dx%d",
+        spec.name,
+        real.train_labels.numel(),
+        real.test_labels.numel(),
+        num_classes,
+        info.channels,
+        *info.im_size,
+    )
     return real

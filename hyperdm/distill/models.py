@@ -21,12 +21,22 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvNet", "AlexNet", "VGG11", "ResNet18", "ARCHITECTURES", "get_network", "seeded_network", "check_architecture"]
+__all__ = [
+    "ConvNet",
+    "AlexNet",
+    "VGG11",
+    "ResNet18",
+    "ARCHITECTURES",
+    "get_network",
+    "seeded_network",
+    "check_architecture",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +162,19 @@ class AlexNet(_Embedder):
         super().__init__()
         pad = 4 if _is_mnist_like(channels, im_size) else 2
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 128, kernel_size=5, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-            nn.Conv2d(128, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-            nn.Conv2d(192, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 192, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(192, 192, kernel_size=3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(channels, 128, kernel_size=5, padding=pad),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(128, 192, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(192, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 192, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(192, 192, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
             nn.AdaptiveAvgPool2d((4, 4)),
         )
         self.embed_dim = 192 * 4 * 4
@@ -175,7 +193,9 @@ class VGG11(_Embedder):
 
     cfg: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
-    def __init__(self, channels: int, num_classes: int, im_size: tuple[int, int], *, norm: str = "instancenorm") -> None:
+    def __init__(
+        self, channels: int, num_classes: int, im_size: tuple[int, int], *, norm: str = "instancenorm"
+    ) -> None:
         super().__init__()
         first_pad = 3 if _is_mnist_like(channels, im_size) else 1
         layers: list[nn.Module] = []
@@ -184,7 +204,11 @@ class VGG11(_Embedder):
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
                 continue
-            layers += [nn.Conv2d(c, int(v), kernel_size=3, padding=first_pad if first else 1), _norm(norm, int(v)), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c, int(v), kernel_size=3, padding=first_pad if first else 1),
+                _norm(norm, int(v)),
+                nn.ReLU(inplace=True),
+            ]
             c, first = int(v), False
         layers.append(nn.AdaptiveAvgPool2d((1, 1)))
         self.features = nn.Sequential(*layers)
@@ -193,7 +217,10 @@ class VGG11(_Embedder):
 
 
 class _BasicBlock(nn.Module):
-    """conv3x3(stride) -> norm -> ReLU -> conv3x3 -> norm, plus shortcut (1x1 conv + norm when the shape changes), ReLU."""
+    """conv3x3(stride) -> norm -> ReLU -> conv3x3 -> norm, plus shortcut, ReLU.
+
+    The shortcut is a 1x1 conv + norm when the shape changes, the identity otherwise.
+    """
 
     def __init__(self, cin: int, cout: int, stride: int, norm: str) -> None:
         super().__init__()
@@ -223,9 +250,15 @@ class ResNet18(_Embedder):
     the reference (28x28 -> 4x4 after stage 4).
     """
 
-    def __init__(self, channels: int, num_classes: int, im_size: tuple[int, int], *, norm: str = "instancenorm") -> None:
+    def __init__(
+        self, channels: int, num_classes: int, im_size: tuple[int, int], *, norm: str = "instancenorm"
+    ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False), _norm(norm, 64), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False),
+            _norm(norm, 64),
+            nn.ReLU(inplace=True),
+        ]
         cin = 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers += [_BasicBlock(cin, cout, stride, norm), _BasicBlock(cout, cout, 1, norm)]
@@ -239,7 +272,7 @@ class ResNet18(_Embedder):
 _ALIASES = "ConvNetD<depth> (e.g. ConvNetD4, ConvNetD5), ConvNetBN, ConvNetLN, ConvNetNN, VGG11BN, ResNet18BN"
 
 
-def get_network(name: str, channels: int, num_classes: int, im_size: tuple[int, int], **kwargs: Any) -> nn.Module:
+def get_network(name: str, channels: int, num_classes: int, im_size: tuple[int, int], **kwargs: Any) -> _Embedder:
     """Build architecture ``name`` (case-insensitive; '-' and '_' ignored).
 
     Names: ConvNet, AlexNet, VGG11, ResNet18 (``ARCHITECTURES``) and the aliases ConvNetD<depth>
@@ -253,7 +286,9 @@ def get_network(name: str, channels: int, num_classes: int, im_size: tuple[int, 
         if k in kwargs and kwargs[k] != v:
             raise ValueError(f"{name!r} sets {k}={v!r} but {k}={kwargs[k]!r} was passed.")
     net = cls(channels, num_classes, im_size, **{**kwargs, **forced})
-    logger.debug("built %s for %dx%dx%d, %d classes (embed_dim %d)", name, channels, *im_size, num_classes, net.embed_dim)
+    logger.debug(
+        "built %s for %dx%dx%d, %d classes (embed_dim %d)", name, channels, *im_size, num_classes, net.embed_dim
+    )
     return net
 
 
@@ -262,11 +297,11 @@ def check_architecture(name: str) -> None:
     _parse(name)
 
 
-def _parse(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
+def _parse(name: str) -> tuple[type[_Embedder], dict[str, Any]]:
     """The class and the settings an architecture name stands for."""
     key = str(name).lower().replace("-", "").replace("_", "")
     forced: dict[str, Any] = {}
-    cls: type[nn.Module]
+    cls: type[_Embedder]
     if key == "convnet":
         cls = ConvNet
     elif (m := re.fullmatch(r"convnetd(\d+)", key)) is not None:
@@ -283,11 +318,15 @@ def _parse(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
         cls = ResNet18
         forced = {"norm": "batchnorm"} if key.endswith("bn") else {}
     else:
-        raise ValueError(f"unknown architecture {name!r}; valid names: {', '.join(ARCHITECTURES)} (aliases: {_ALIASES}).")
+        raise ValueError(
+            f"unknown architecture {name!r}; valid names: {', '.join(ARCHITECTURES)} (aliases: {_ALIASES})."
+        )
     return cls, forced
 
 
-def seeded_network(name: str, channels: int, num_classes: int, im_size: tuple[int, int], *, seed: int, **kwargs: Any) -> nn.Module:
+def seeded_network(
+    name: str, channels: int, num_classes: int, im_size: tuple[int, int], *, seed: int, **kwargs: Any
+) -> _Embedder:
     """:func:`get_network` initialised from ``torch.manual_seed(seed)`` on the CPU, without touching the
     caller's global RNG state; the same seed gives the same weights on every device."""
     with torch.random.fork_rng(devices=[]):

@@ -15,8 +15,9 @@ import contextlib
 import datetime
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -39,7 +40,7 @@ class Parallel:
     group: Any = None
 
     @classmethod
-    def current(cls) -> "Parallel":
+    def current(cls) -> Parallel:
         """From an initialised default process group, else a single process."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             return cls(rank=dist.get_rank(), world=dist.get_world_size(), group=dist.group.WORLD)
@@ -77,7 +78,7 @@ class Parallel:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
             g.copy_(part.view_as(g))
 
     def barrier(self) -> None:
@@ -102,20 +103,29 @@ def check_device(device: str) -> torch.device:
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N (N-th GPU) or mps.") from None
+        raise ValueError(
+            f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N (N-th GPU) or mps."
+        ) from None
     if d.type == "cpu":
         return d
     if d.type == "cuda":
         if not torch.cuda.is_available():
-            why = (f"this torch build ({torch.__version__}) has no CUDA support" if torch.version.cuda is None
-                   else "no CUDA GPU is visible (torch.cuda.is_available() is False)")
-            raise ValueError(f"--device {device}: {why}; use --device cpu, or run on a machine with an NVIDIA GPU "
-                             "and torch's CUDA build.")
+            why = (
+                f"this torch build ({torch.__version__}) has no CUDA support"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+            )
+            raise ValueError(
+                f"--device {device}: {why}; use --device cpu, or run on a machine with an NVIDIA GPU "
+                "and torch's CUDA build."
+            )
         n = torch.cuda.device_count()
         index = d.index if d.index is not None else int(os.environ.get("LOCAL_RANK", "0"))
         if index >= n:
-            raise ValueError(f"--device {device}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
-                             f"(cuda:0 to cuda:{n - 1}); pick one of them.")
+            raise ValueError(
+                f"--device {device}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
+                f"(cuda:0 to cuda:{n - 1}); pick one of them."
+            )
         return d
     if d.type == "mps":
         mps = getattr(torch.backends, "mps", None)

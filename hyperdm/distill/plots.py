@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import logging
 import os
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,8 +14,8 @@ from torch import Tensor
 from ..lorentz import centroid, expmap0, to_poincare
 from .artifacts import atomic_write_bytes
 from .data import RealData
-from .seeding import Stream, derive_seed
 from .models import seeded_network
+from .seeding import Stream, derive_seed
 
 __all__ = ["poincare_coordinates", "plot_poincare", "plot_loss"]
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def poincare_coordinates(
-    features: Sequence[Tensor], *, k: float = 1.0, max_norm: Optional[float] = 10.0
+    features: Sequence[Tensor], *, k: float = 1.0, max_norm: float | None = 10.0
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Map groups of Euclidean features ``[N_i, D]`` to a 2-D view of the Poincare ball.
 
@@ -47,10 +48,10 @@ def plot_poincare(
     real: RealData,
     images: Tensor,
     labels: Tensor,
-    path: Union[str, os.PathLike],
+    path: str | os.PathLike,
     *,
     k: float = 1.0,
-    max_norm: Optional[float] = 10.0,
+    max_norm: float | None = 10.0,
     model: str = "ConvNet",
     classes: int = 3,
     real_per_class: int = 200,
@@ -64,7 +65,9 @@ def plot_poincare(
     import matplotlib.pyplot as plt
 
     info = real.info
-    net = seeded_network(model, info.channels, info.num_classes, info.im_size, seed=derive_seed(seed, Stream.POINCARE_NET)).eval()
+    net = seeded_network(
+        model, info.channels, info.num_classes, info.im_size, seed=derive_seed(seed, Stream.POINCARE_NET)
+    ).eval()
     gen = torch.Generator().manual_seed(derive_seed(seed, Stream.POINCARE_SAMPLE))
     groups, kinds = [], []
     shown = list(range(min(classes, info.num_classes)))
@@ -80,7 +83,7 @@ def plot_poincare(
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="black", lw=1))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (kind, c), p, m in zip(kinds, pts, cents):
+    for (kind, c), p, m in zip(kinds, pts, cents, strict=True):
         col = colors[c % len(colors)]
         name = info.class_names[c] if c < len(info.class_names) else str(c)
         if kind == "real":
@@ -97,7 +100,7 @@ def plot_poincare(
     _save(fig, path)
 
 
-def plot_loss(metrics: dict[str, Any], path: Union[str, os.PathLike]) -> None:
+def plot_loss(metrics: dict[str, Any], path: str | os.PathLike) -> None:
     """Save the per-class loss curve of a run (and its evaluations, if any) as a PNG."""
     import matplotlib
 
@@ -113,13 +116,15 @@ def plot_loss(metrics: dict[str, Any], path: Union[str, os.PathLike]) -> None:
     if evals:
         ax2 = ax.twinx()
         for arch in [a for a in evals[0] if a != "iteration"]:
-            ax2.plot([e["iteration"] for e in evals], [100 * e[arch]["mean"] for e in evals], "o-", label=f"{arch} acc %")
+            ax2.plot(
+                [e["iteration"] for e in evals], [100 * e[arch]["mean"] for e in evals], "o-", label=f"{arch} acc %"
+            )
         ax2.set_ylabel("test accuracy (%)")
         ax2.legend(fontsize=8)
     _save(fig, path)
 
 
-def _save(fig: Any, path: Union[str, os.PathLike]) -> None:
+def _save(fig: Any, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()

@@ -1,17 +1,20 @@
-"""Hierarchical pruning of a real training set (paper Sec. 4.3), shared by ``distill --prune-keep`` and ``hyperdm prune``."""
+"""Hierarchical pruning of a real training set (paper Sec. 4.3).
+
+Shared by ``distill --prune-keep`` and ``hyperdm prune``.
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from ..pruning import FeatureBank, select
 from .data import DatasetInfo
-from .seeding import Stream, derive_seed
 from .models import seeded_network
 from .parallel import Parallel
+from .seeding import Stream, derive_seed
 
 __all__ = ["prune_indices", "pruning_network_seed"]
 
@@ -32,7 +35,7 @@ def prune_indices(
     k: float = 1.0,
     model: str = "ConvNet",
     seed: int = 0,
-    device: Optional[Union[str, torch.device]] = None,
+    device: str | torch.device | None = None,
     batch: int = 1024,
 ) -> Tensor:
     """Indices (ascending) of the ``keep`` fraction of each class closest to the root.
@@ -56,12 +59,19 @@ def prune_indices(
     par = Parallel.current()
     mine_x, mine_y = (images[par.rank :: par.world], labels[par.rank :: par.world]) if par.enabled else (images, labels)
 
-    def batches():
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(0, mine_y.numel(), batch):
             yield mine_x[i : i + batch], mine_y[i : i + batch]
 
     bank = FeatureBank.build(batches(), extractors, device=device)
     if not par.enabled:
         return bank.select(keep, method=score, k=k, max_norm=None)
-    return bank.select(keep, method=score, k=k, max_norm=None, process_group=par.group, num_classes=info.num_classes,
-                       total=int(labels.numel())).to(labels.device)
+    return bank.select(
+        keep,
+        method=score,
+        k=k,
+        max_norm=None,
+        process_group=par.group,
+        num_classes=info.num_classes,
+        total=int(labels.numel()),
+    ).to(labels.device)

@@ -18,19 +18,19 @@ __all__ = ["Stream", "derive_seed", "progress_bar"]
 class Stream(IntEnum):
     """Named random streams; ``derive_seed(seed, ..., Stream.X)`` keeps them apart."""
 
-    EVAL_ORDER = 1        # evaluation: batch order of one training run
-    EVAL_NET = 2          # evaluation: initial weights of one network
-    DANCE_PART = 7        # Dance: the augmentation of one partition cell
-    NETWORK = 101         # a freshly initialised network per iteration (DM, IDM, pruning scores)
-    PRUNE_SAMPLE = 102    # pruning: the random score
-    SAMPLE = 202          # real batches drawn per iteration
-    INIT = 303            # the synthetic set's initial real images
-    EVAL = 404            # the evaluation's base seed
-    EXPERT_NET = 505      # Dance: an expert's initial weights
+    EVAL_ORDER = 1  # evaluation: batch order of one training run
+    EVAL_NET = 2  # evaluation: initial weights of one network
+    DANCE_PART = 7  # Dance: the augmentation of one partition cell
+    NETWORK = 101  # a freshly initialised network per iteration (DM, IDM, pruning scores)
+    PRUNE_SAMPLE = 102  # pruning: the random score
+    SAMPLE = 202  # real batches drawn per iteration
+    INIT = 303  # the synthetic set's initial real images
+    EVAL = 404  # the evaluation's base seed
+    EXPERT_NET = 505  # Dance: an expert's initial weights
     POINCARE_SAMPLE = 506  # the Poincare figure: the real images shown
-    EXPERT_EPOCH = 606    # Dance: an expert's batch order per epoch
-    EXPERT_DATA = 707     # Dance: the subset the experts train on
-    POINCARE_NET = 808    # the Poincare figure: the embedding network
+    EXPERT_EPOCH = 606  # Dance: an expert's batch order per epoch
+    EXPERT_DATA = 707  # Dance: the subset the experts train on
+    POINCARE_NET = 808  # the Poincare figure: the embedding network
 
 
 def derive_seed(*parts: int) -> int:

@@ -18,18 +18,35 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Callable, Iterator, Optional, Union
+from collections.abc import Callable, Iterator
+from typing import Any, Union
 
-__all__ = ["NOT_GIVEN", "setting", "leaves", "flat_names", "get_path", "set_path", "to_dict", "check_value",
-           "section_names", "admits_none", "option", "scale_arg", "int_at_least", "positive_float", "fraction", "strategy_arg"]
+__all__ = [
+    "NOT_GIVEN",
+    "setting",
+    "leaves",
+    "flat_names",
+    "get_path",
+    "set_path",
+    "to_dict",
+    "check_value",
+    "section_names",
+    "admits_none",
+    "option",
+    "scale_arg",
+    "int_at_least",
+    "positive_float",
+    "fraction",
+    "strategy_arg",
+]
 
 
 class _NotGiven:
-    """The value of an override that was not given (``None`` can be a setting's value: ``max_norm=None`` is no clamp)."""
+    """The value of an override that was not given (``None`` can be a value: ``max_norm=None`` is no clamp)."""
 
-    _instance: Optional["_NotGiven"] = None
+    _instance: _NotGiven | None = None
 
-    def __new__(cls) -> "_NotGiven":
+    def __new__(cls) -> _NotGiven:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -43,10 +60,10 @@ class _NotGiven:
     def __reduce__(self) -> str:  # copies and pickles stay the singleton
         return "NOT_GIVEN"
 
-    def __copy__(self) -> "_NotGiven":
+    def __copy__(self) -> _NotGiven:
         return self
 
-    def __deepcopy__(self, memo: dict) -> "_NotGiven":
+    def __deepcopy__(self, memo: dict) -> _NotGiven:
         return self
 
 
@@ -54,10 +71,20 @@ class _NotGiven:
 NOT_GIVEN = _NotGiven()
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
-            flat: Optional[str] = None, flag: Optional[str] = None, parse: Optional[Callable[[str], Any]] = None,
-            choices: Optional[tuple] = None, metavar: Optional[str] = None, run: Optional[str] = None,
-            cli: bool = True, none_flag: Optional[tuple[str, str]] = None) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory: Any = dataclasses.MISSING,
+    flat: str | None = None,
+    flag: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    choices: tuple | None = None,
+    metavar: str | None = None,
+    run: str | None = None,
+    cli: bool = True,
+    none_flag: tuple[str, str] | None = None,
+) -> Any:
     """A dataclass field with the metadata the overrides, the settings table and the command line read.
 
     ``help``: one line for ``--help``; ``flat``: the flat name (default: the section's ``FLAT_PREFIX`` plus
@@ -66,8 +93,17 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any 
     section is part of a run (not a setting of its own there); ``cli=False``: no command-line option;
     ``none_flag``: ``(flag, help)`` of a second option that sets the setting to None (e.g. ``--no-clamp``).
     """
-    meta = {"help": help, "flat": flat, "flag": flag, "parse": parse, "choices": choices, "metavar": metavar,
-            "run": run, "cli": cli, "none_flag": none_flag}
+    meta = {
+        "help": help,
+        "flat": flat,
+        "flag": flag,
+        "parse": parse,
+        "choices": choices,
+        "metavar": metavar,
+        "run": run,
+        "cli": cli,
+        "none_flag": none_flag,
+    }
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -77,10 +113,10 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _section_type(tp: Any) -> Optional[type]:
+def _section_type(tp: Any) -> type | None:
     """The dataclass of a section field (``X`` or ``Optional[X]``), or None for a setting."""
     args = [a for a in typing.get_args(tp) if a is not type(None)] if _is_union(tp) else [tp]
-    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
+    return args[0] if len(args) == 1 and isinstance(args[0], type) and dataclasses.is_dataclass(args[0]) else None
 
 
 def _is_union(tp: Any) -> bool:
@@ -88,7 +124,7 @@ def _is_union(tp: Any) -> bool:
 
 
 def leaves(cls: type, prefix: str = "") -> Iterator[tuple[str, str, dataclasses.Field, Any]]:
-    """``(path, flat name, field, type)`` of every setting of ``cls``, sections expanded, run-derived fields left out."""
+    """``(path, flat name, field, type)`` of every setting of ``cls`` (sections expanded, run-derived fields out)."""
     hints = _hints(cls)
     own_prefix = getattr(cls, "FLAT_PREFIX", "") if prefix else ""
     for f in dataclasses.fields(cls):
@@ -142,8 +178,11 @@ def to_dict(obj: Any) -> Any:
     """A JSON-ready dict of a configuration: sections nested, tuples as lists, run-derived fields left out."""
     if not dataclasses.is_dataclass(obj):
         return list(obj) if isinstance(obj, tuple) else obj
-    return {f.name: (dict(getattr(obj, f.name)) if f.name == "sources" else to_dict(getattr(obj, f.name)))
-            for f in dataclasses.fields(obj) if not f.metadata.get("run")}
+    return {
+        f.name: (dict(getattr(obj, f.name)) if f.name == "sources" else to_dict(getattr(obj, f.name)))
+        for f in dataclasses.fields(obj)
+        if not f.metadata.get("run")
+    }
 
 
 def _type_name(tp: Any) -> str:
@@ -153,7 +192,9 @@ def _type_name(tp: Any) -> str:
         return "None"
     if typing.get_origin(tp) is tuple:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _fits(value: Any, tp: Any) -> bool:

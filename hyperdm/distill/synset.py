@@ -24,9 +24,11 @@ def expand(images: Tensor, labels: Tensor, partition: int = 1) -> tuple[Tensor, 
         raise ValueError(f"partition must be a positive integer; got {partition!r}.")
     if f == 1:
         return images, labels
-    n, c, h, w = images.shape
+    _n, _c, h, w = images.shape
     if h % f or w % f:
-        raise ValueError(f"images of size {h}x{w} cannot be split into a {f}x{f} grid; use a partition that divides both.")
+        raise ValueError(
+            f"images of size {h}x{w} cannot be split into a {f}x{f} grid; use a partition that divides both."
+        )
     ch, cw = h // f, w // f
     cells = [images[:, :, i * ch : (i + 1) * ch, j * cw : (j + 1) * cw] for i in range(f) for j in range(f)]
     up = F.interpolate(torch.cat(cells), size=(h, w), mode="bilinear", align_corners=False)

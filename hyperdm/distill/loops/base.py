@@ -4,7 +4,11 @@ A method (DM, IDM, Dance) subclasses :class:`DistillLoop` and implements
 :meth:`DistillLoop.matching_loss` (one iteration's loss) and, if it keeps state of its own
 (IDM's model pool, Dance's trained experts), :meth:`extra_state` / :meth:`load_extra_state`.
 Everything else (sampling real images, DSA, the matcher, the image optimizer, atomic
-checkpoints and ``--resume``, NaN handling, evaluation, artifacts) lives here once.
+checkpoints and ``--resume``, NaN handling, evaluation, artifacts) lives here once, and so does
+the per-class matching step: :meth:`DistillLoop.augmented_class` (a real batch and the expanded
+synthetic images under one siamese DSA draw) and :meth:`DistillLoop.class_matching_loss` (their
+features under a network, matched). IDM and Dance call the step once per class and network; DM
+takes its inputs and embeds all classes in two batched forwards.
 
 Determinism: every random choice of iteration ``it`` (network initialisation, real batches,
 DSA parameters) is drawn from generators seeded by ``(seed, it, ...)``, so a resumed run
@@ -182,10 +186,39 @@ class DistillLoop:
         assert self.syn is not None
         return self.syn[c * self.cfg.ipc : (c + 1) * self.cfg.ipc]
 
+    def syn_expanded(self, c: int) -> tuple[Tensor, Tensor]:
+        """Class ``c``'s synthetic images as the networks see them (expanded when the set is partitioned), with labels."""
+        ipc = self.cfg.ipc
+        return expand(self.syn_class(c), self.syn_labels[c * ipc : (c + 1) * ipc], self.partition)
+
     def augment(self, x: Tensor, seed: int) -> Tensor:
         """Siamese DSA of the matching step: the same ``seed`` gives the same transformation to real and
         synthetic batches (``cfg.match_dsa`` or else ``cfg.dsa_strategy``, groups chosen by ``cfg.match_aug_mode``)."""
         return dsa(x, self.match_strategy, self.match_params, seed=seed, siamese=True)
+
+    def augmented_class(self, c: int, seed: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Class ``c``'s matching inputs: ``(real, syn, syn_labels)``.
+
+        ``real``: ``cfg.batch_real`` real images of the class drawn with ``gen`` (the same batch on every
+        rank; this rank keeps rows ``rank::world``); ``syn``: the class's expanded synthetic images. Both
+        get the DSA draw of ``seed`` (siamese: one transformation for the two batches).
+        """
+        x_syn, y_syn = self.syn_expanded(c)
+        real = self.augment(self.par.shard(self.sample_real(c, self.cfg.batch_real, gen)), seed)
+        return real, self.augment(x_syn, seed), y_syn
+
+    def class_matching_loss(self, net: nn.Module, c: int, seed: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """One class's matching step under ``net``: ``(loss, syn_features, syn_labels)``.
+
+        The inputs of :meth:`augmented_class`, features from ``net.embed`` (the real ones without grad),
+        and ``matcher(real features, synthetic features)``: DM's MMD line for one class. The synthetic
+        features and labels are returned for terms a method adds (IDM's cross-entropy).
+        """
+        real, syn, y_syn = self.augmented_class(c, seed, gen)
+        with torch.no_grad():
+            f_real = net.embed(real)
+        f_syn = net.embed(syn)
+        return self.match([f_real], [f_syn]), f_syn, y_syn
 
     def match(self, real_feats: Sequence[Tensor], syn_feats: Sequence[Tensor]) -> Tensor:
         """The line DM calls its MMD line: ``matcher(real features, synthetic features)`` over all classes.
@@ -248,7 +281,7 @@ class DistillLoop:
     def images_per_iteration(self) -> int:
         """Images pushed through a network per iteration (for the throughput figure)."""
         sizes = [min(self.cfg.batch_real, int(i.numel())) for i in self.class_indices]
-        return sum(sizes) + self.num_classes * self.cfg.ipc
+        return sum(sizes) + self.num_classes * self.cfg.ipc * self.partition**2
 
     # ---- the run ------------------------------------------------------------------------------
 

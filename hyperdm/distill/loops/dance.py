@@ -35,11 +35,10 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from ..seeding import Stream, derive_seed
 from ..experts import Expert, ExpertConfig, load_or_train_experts
-from ..synset import expand
 from .base import DistillLoop
 
 __all__ = ["DanceLoop", "expert_config"]
@@ -89,8 +88,8 @@ class DanceLoop(DistillLoop):
         self.middle = self.fresh_network(-1, tag=3000)
         self.expert_net = self.fresh_network(-1, tag=3001)
 
-    def _load_expert(self, it: int, gen: torch.Generator) -> float:
-        """Pick iteration ``it``'s expert and mixing factor; set the middle encoder and the trained expert."""
+    def _load_expert(self, gen: torch.Generator) -> float:
+        """Pick an expert and a mixing factor with ``gen``; set the middle encoder and the trained expert."""
         assert self.middle is not None and self.expert_net is not None
         j = int(torch.randint(0, len(self.experts), (1,), generator=gen))
         lam = torch.rand(1, generator=gen).to(self.device)
@@ -108,32 +107,22 @@ class DanceLoop(DistillLoop):
         assert self.syn is not None and self.syn.grad is not None
         self.syn.grad.mul_(self.pixel_grad_scale)
 
-    def _syn_expanded(self, c: int) -> tuple[Tensor, Tensor]:
-        ipc = self.cfg.ipc
-        return expand(self.syn_class(c), self.syn_labels[c * ipc : (c + 1) * ipc], self.partition)
-
     def step(self, it: int) -> float:
         assert self.syn is not None and self.middle is not None and self.expert_net is not None
         cfg = self.cfg
         gen = self.generator(it)
-        self._load_expert(it, gen)
+        self._load_expert(gen)
         with torch.no_grad():  # the reference clamps the images to the valid pixel range every iteration
             self.syn.copy_(torch.maximum(torch.minimum(self.syn, self.pixel_hi), self.pixel_lo))
         total = 0.0
         for c in range(self.num_classes):  # inner-class view: match under the middle encoder
-            seed = derive_seed(cfg.seed, it, c)
-            x_syn, _ = self._syn_expanded(c)
-            real = self.augment(self.par.shard(self.sample_real(c, cfg.batch_real, gen)), seed)
-            syn = self.augment(x_syn, seed)
-            with torch.no_grad():
-                f_real = self.middle.embed(real)
-            f_syn = self.middle.embed(syn)
             # --- DM's MMD line, as a matcher call (one class) ---
-            total += self.image_step(self.match([f_real], [f_syn]), it)
+            loss, _, _ = self.class_matching_loss(self.middle, c, derive_seed(cfg.seed, it, c), gen)
+            total += self.image_step(loss, it)
         calib = 0.0
         for p in range(cfg.dance.iter_calib):  # inter-class view: calibrate through the trained expert
             for c in range(self.num_classes):
-                x_syn, y_syn = self._syn_expanded(c)
+                x_syn, y_syn = self.syn_expanded(c)
                 syn = self.augment(x_syn, derive_seed(cfg.seed, it, Stream.DANCE_PART, p, c))
                 calib += self.image_step(F.cross_entropy(self.expert_net(syn), y_syn), it)
         if cfg.dance.iter_calib > 0:
@@ -141,7 +130,5 @@ class DanceLoop(DistillLoop):
         return total
 
     def images_per_iteration(self) -> int:
-        cfg = self.cfg
-        real = sum(min(cfg.batch_real, int(i.numel())) for i in self.class_indices)
-        syn = self.num_classes * cfg.ipc * self.partition**2
-        return real + syn * (1 + cfg.dance.iter_calib)
+        # the matching step's images, then iter_calib passes over the expanded synthetic set
+        return super().images_per_iteration() + self.cfg.dance.iter_calib * self.num_classes * self.cfg.ipc * self.partition**2

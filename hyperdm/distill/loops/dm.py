@@ -37,11 +37,10 @@ class DMLoop(DistillLoop):
         net = self.fresh_network(it)
         gen = self.generator(it)
         real, syn = [], []
-        for c in range(self.num_classes):
-            seed = derive_seed(cfg.seed, it, c)
-            # the same batch on every rank; this rank forwards rows rank::world (DSA is siamese: one draw per batch)
-            real.append(self.augment(self.par.shard(self.sample_real(c, cfg.batch_real, gen)), seed))
-            syn.append(self.augment(self.syn_class(c), seed))
+        for c in range(self.num_classes):  # the per-class inputs of the shared step, embedded below in two batched forwards
+            r, s, _ = self.augmented_class(c, derive_seed(cfg.seed, it, c), gen)
+            real.append(r)
+            syn.append(s)
         sizes_r, sizes_s = [x.shape[0] for x in real], [x.shape[0] for x in syn]
         xr = torch.cat(real)
         # per-sample networks may be chunked; batch norm needs the whole batch, as the reference's BN branch

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..seeding import derive_seed
-from ..synset import expand
 from .base import DistillLoop
 
 __all__ = ["IDMLoop"]
@@ -118,15 +117,8 @@ class IDMLoop(DistillLoop):
             q.net.requires_grad_(False)
             weight = q.accuracy_percent()
             for c in range(self.num_classes):
-                seed = derive_seed(cfg.seed, it, n, c)
-                x_syn, y_syn = expand(self.syn_class(c), self.syn_labels[c * cfg.ipc : (c + 1) * cfg.ipc], self.partition)
-                real = self.augment(self.par.shard(self.sample_real(c, cfg.batch_real, gen)), seed)
-                syn = self.augment(x_syn, seed)
-                with torch.no_grad():
-                    f_real = q.net.embed(real)
-                f_syn = q.net.embed(syn)
                 # --- DM's MMD line, as a matcher call (one class) ---
-                loss = self.match([f_real], [f_syn])
+                loss, f_syn, y_syn = self.class_matching_loss(q.net, c, derive_seed(cfg.seed, it, n, c), gen)
                 if cfg.idm.ce_weight > 0 and weight > 0:
                     loss = loss + cfg.idm.ce_weight * weight * F.cross_entropy(q.net.classifier(f_syn), y_syn)
                 total += self.image_step(loss, it)
@@ -135,9 +127,8 @@ class IDMLoop(DistillLoop):
         return total
 
     def images_per_iteration(self) -> int:
-        cfg = self.cfg
-        per_net = sum(min(cfg.batch_real, int(i.numel())) for i in self.class_indices) + self.num_classes * cfg.ipc * self.partition**2
-        return cfg.idm.train_net_num * per_net + cfg.idm.fetch_net_num * cfg.idm.model_train_steps * cfg.idm.net_batch
+        cfg = self.cfg  # each chosen network matches every class once, then the queue trains
+        return cfg.idm.train_net_num * super().images_per_iteration() + cfg.idm.fetch_net_num * cfg.idm.model_train_steps * cfg.idm.net_batch
 
     # ---- resume -------------------------------------------------------------------------------
 
