@@ -14,6 +14,7 @@ import errno
 import logging
 import sys
 import traceback
+import types
 import typing
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
@@ -76,7 +77,7 @@ def _add_setting_args(p: argparse.ArgumentParser) -> None:
         meta = f.metadata
         if not meta.get("cli", True):
             continue
-        base = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is typing.Union else [tp]
+        base = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (typing.Union, types.UnionType) else [tp]
         kw: dict[str, Any] = {"dest": flat, "default": NOT_GIVEN,
                               "help": meta["help"] + ("" if path == flat else f" [{path}]")}
         if base == [bool]:
