@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from _results import machine, save
-from hyperdm.distill import distill, resolve
+from hyperdm.distill import NOT_GIVEN, distill, resolve
 
 
 def main() -> None:
@@ -72,14 +72,15 @@ def main() -> None:
             device=a.device,
             progress=False,
         )
+        spec = cfg.expert_config()
         experts = {
             "count": len(ex),
-            "epochs": cfg.expert_epochs,
-            "per_class": cfg.expert_per_class,
+            "epochs": spec.epochs,
+            "per_class": spec.per_class,
             "train_acc_last_epoch": [e.train_acc for e in ex],
             "seconds": time.perf_counter() - t0,
         }
-        print(f"experts: {len(ex)} x {cfg.expert_epochs} epochs in {experts['seconds']:.1f} s", flush=True)
+        print(f"experts: {len(ex)} x {spec.epochs} epochs in {experts['seconds']:.1f} s", flush=True)
     for seed in a.seeds:
         for matcher in ("mmd", "hyperbolic"):
             cfg = resolve(
@@ -95,7 +96,7 @@ def main() -> None:
                     "device": a.device,
                     "seed": seed,
                     "data_root": a.data_root,
-                    "expert_dir": str(Path(a.work) / "experts") if a.method == "dance" else None,
+                    "expert_dir": str(Path(a.work) / "experts") if a.method == "dance" else NOT_GIVEN,
                 },
             )
             out = Path(a.work) / f"{a.method}-{matcher}-seed{seed}"
@@ -107,13 +108,13 @@ def main() -> None:
             row = {
                 "matcher": matcher,
                 "seed": seed,
-                "k": cfg.k if matcher == "hyperbolic" else None,
-                "scale": cfg.scale if matcher == "hyperbolic" else None,
+                "k": cfg.matcher.k if matcher == "hyperbolic" else None,
+                "scale": cfg.matcher.scale if matcher == "hyperbolic" else None,
                 "lr_img": cfg.lr_img,
                 "iterations": cfg.iterations,
                 "batch_real": cfg.batch_real,
-                "eval_epochs": cfg.eval_epochs,
-                "eval_runs": cfg.eval_runs,
+                "eval_epochs": cfg.eval.epochs,
+                "eval_runs": cfg.eval.runs,
                 "accs": final["accs"] if final else None,
                 "mean": final["mean"] if final else None,
                 "std": final["std"] if final else None,

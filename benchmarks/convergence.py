@@ -34,6 +34,7 @@ import torch
 
 from _results import RESULTS, RowStore, add_sweep_args, distill_resumable, machine, sweep_setup
 from hyperdm.distill import resolve
+from hyperdm.distill.config import FLAT, run_setting
 
 #: variant -> (matcher, the one setting changed from the published HDD row)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -61,29 +62,26 @@ KEYS = (
 def configure(variant: str, ipc: int, seed: int, a: argparse.Namespace) -> Any:
     """The resolved config of one run: the ``cpu`` preset, ``--iterations`` long, evaluated at ``--eval-at``."""
     matcher, change = VARIANTS[variant]
+    common = {
+        "device": a.device,
+        "seed": seed,
+        "data_root": a.data_root,
+        "iterations": a.iterations,
+        "eval_at": a.eval_at,
+    }
+    if "scale" in change:  # a factor of the row's lambda
+        row = resolve(preset="cpu", method="dm", matcher=matcher, dataset=a.dataset, ipc=ipc, overrides=common)
+        change = {**change, "scale": change["scale"] * row.matcher.scale}
     cfg = resolve(
-        preset="cpu",
-        method="dm",
-        matcher=matcher,
-        dataset=a.dataset,
-        ipc=ipc,
-        overrides={
-            "device": a.device,
-            "seed": seed,
-            "data_root": a.data_root,
-            "iterations": a.iterations,
-            "eval_at": a.eval_at,
-        },
+        preset="cpu", method="dm", matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={**common, **change}
     )
-    for key, value in change.items():  # set directly: None (no clamp) is not an override to resolve()
-        setattr(cfg, key, value * cfg.scale if key == "scale" else value)
-        cfg.sources[key] = f"convergence variant {variant}"
+    cfg.sources.update({FLAT[key]: f"convergence variant {variant}" for key in change})
     return cfg
 
 
 def settings(cfg: Any) -> dict[str, Any]:
-    out = {key: getattr(cfg, key) for key in KEYS}
-    if cfg.matcher == "mmd":
+    out = {key: cfg.setting(key) for key in KEYS}
+    if cfg.matcher.kind == "mmd":
         out.update(k=None, scale=None, max_norm=None)
     return out
 
@@ -99,8 +97,8 @@ def rows_of_run(path: Path, variant: str, want: dict[str, Any]) -> list[dict[str
         m = json.loads((path / "metrics.json").read_text())
     except (OSError, ValueError):
         return []
-    have = {key: cfg.get(key) for key in KEYS}
-    if cfg.get("matcher") == "mmd":
+    have = {key: run_setting(cfg, FLAT.get(key, key)) for key in KEYS}  # nested config.json, or the flat one of 0.1
+    if run_setting(cfg, "matcher.kind") == "mmd":
         have.update(k=None, scale=None, max_norm=None)
     if have != want:
         return []

@@ -155,6 +155,7 @@ def poincare(run: str | None) -> None:
         print("poincare disk: pass --poincare-run <run directory>; skipped")
         return
     from hyperdm.distill.artifacts import load_synthetic
+    from hyperdm.distill.config import run_setting
     from hyperdm.distill.data import load_dataset
     from hyperdm.distill.plots import plot_poincare
     from hyperdm.distill.synset import expand
@@ -163,8 +164,17 @@ def poincare(run: str | None) -> None:
     cfg = meta["config"]
     images, labels = expand(images, labels, int(meta.get("partition", 1)))
     real = load_dataset(cfg["dataset"], cfg.get("data_root"))
-    out = RESULTS / f"poincare_{cfg['dataset']}_ipc{cfg['ipc']}_{cfg['method']}-{cfg['matcher']}.png"
-    plot_poincare(real, images, labels, out, k=cfg["k"], max_norm=cfg["max_norm"], model=cfg["model"], seed=cfg["seed"])
+    out = RESULTS / f"poincare_{cfg['dataset']}_ipc{cfg['ipc']}_{cfg['method']}-{run_setting(cfg, 'matcher.kind')}.png"
+    plot_poincare(
+        real,
+        images,
+        labels,
+        out,
+        k=run_setting(cfg, "matcher.k"),
+        max_norm=run_setting(cfg, "matcher.max_norm"),
+        model=cfg["model"],
+        seed=cfg["seed"],
+    )
     print(f"wrote {out}")
 
 

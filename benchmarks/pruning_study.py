@@ -179,7 +179,7 @@ def main() -> None:
                 "prune_score": score if keep < 1 else None,
             },
         )
-        want = {key: getattr(cfg, key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
+        want = {key: cfg.setting(key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
         old = store.get(rid)
         out = Path(a.work) / rid.replace("/", "-")
         if same_settings(old, want):

@@ -81,13 +81,13 @@ def run_distill(method: str, matcher: str, ipc: int, seed: int, a: argparse.Name
     m, wall = distill_resumable(cfg, Path(a.work) / row_id(method, matcher, ipc, seed).replace("/", "-"))
     final = m["evals"][-1]["ConvNet"]
     return {
-        "k": cfg.k if matcher == "hyperbolic" else None,
+        "k": cfg.matcher.k if matcher == "hyperbolic" else None,
         "scale": m.get("matcher_scale"),
         "lr_img": cfg.lr_img,
         "iterations": cfg.iterations,
         "batch_real": cfg.batch_real,
-        "eval_epochs": cfg.eval_epochs,
-        "eval_runs": cfg.eval_runs,
+        "eval_epochs": cfg.eval.epochs,
+        "eval_runs": cfg.eval.runs,
         "accs": final["accs"],
         "mean": final["mean"],
         "std": final["std"],
@@ -249,7 +249,7 @@ def main() -> None:
                 ipc=ipc,
                 overrides={"eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs, "seed": seed},
             )
-            want = {"eval_epochs": cfg.eval_epochs, "eval_runs": cfg.eval_runs}
+            want = {"eval_epochs": cfg.eval.epochs, "eval_runs": cfg.eval.runs}
         else:
             cfg = resolve(
                 preset=a.preset,
@@ -259,7 +259,7 @@ def main() -> None:
                 ipc=ipc,
                 overrides={"iterations": a.iterations, "eval_epochs": a.eval_epochs, "eval_runs": a.eval_runs},
             )
-            want = {key: getattr(cfg, key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
+            want = {key: cfg.setting(key) for key in KEYS if key not in ("k", "scale") or matcher == "hyperbolic"}
         old = store.get(rid)  # read again before every row: another shard may have done it
         if same_settings(old, want):
             print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)

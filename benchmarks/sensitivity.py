@@ -34,6 +34,7 @@ import torch
 
 from _results import RowStore, add_sweep_args, distill_resumable, machine, same_settings, sweep_setup
 from hyperdm.distill import resolve
+from hyperdm.distill.config import FLAT
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "mmd": ("mmd", {}),
@@ -53,19 +54,14 @@ KEYS = ("matcher", "k", "max_norm", "match_dtype", "lr_img", "iterations", "batc
 def configure(name: str, a: argparse.Namespace) -> Any:
     """The resolved config of variant ``name``: the preset's, with one setting changed."""
     matcher, change = VARIANTS[name]
+    common = {"device": a.device, "seed": a.seed, "data_root": a.data_root}
+    if name.startswith("scale-") and change["scale"] != "auto":  # a factor of the preset's lambda
+        row = resolve(preset=a.preset, method="dm", matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides=common)
+        change = {"scale": change["scale"] * row.matcher.scale}
     cfg = resolve(
-        preset=a.preset,
-        method="dm",
-        matcher=matcher,
-        dataset=a.dataset,
-        ipc=a.ipc,
-        overrides={"device": a.device, "seed": a.seed, "data_root": a.data_root},
+        preset=a.preset, method="dm", matcher=matcher, dataset=a.dataset, ipc=a.ipc, overrides={**common, **change}
     )
-    for key, value in change.items():  # set directly: None (no clamp) is not an override to resolve()
-        if name.startswith("scale-") and value != "auto":
-            value = value * cfg.scale
-        setattr(cfg, key, value)
-        cfg.sources[key] = f"sensitivity variant {name}"
+    cfg.sources.update({FLAT[key]: f"sensitivity variant {name}" for key in change})
     return cfg
 
 
@@ -119,9 +115,9 @@ def main() -> None:
     for name in a.variants[shard::shards]:
         cfg = configure(name, a)
         rid = f"{name}/seed{a.seed}"
-        want = {key: getattr(cfg, key) for key in KEYS}
-        if cfg.scale != "auto":
-            want["scale"] = cfg.scale if cfg.matcher == "hyperbolic" else None
+        want = {key: cfg.setting(key) for key in KEYS}
+        if cfg.matcher.scale != "auto":
+            want["scale"] = cfg.matcher.scale if cfg.matcher.kind == "hyperbolic" else None
         old = store.get(rid)
         if same_settings(old, want):
             print(f"{rid}: done ({100 * old['mean']:.2f} %), skipped", flush=True)

@@ -26,6 +26,7 @@ import torch
 from _results import machine, save
 from hyperdm.distill import DistillConfig
 from hyperdm.distill.artifacts import load_synthetic, read_json, storage_sizes, to_uint8
+from hyperdm.distill.config import run_setting
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.evaluate import evaluate_synthetic
 from hyperdm.distill.loops.base import eval_config
@@ -79,10 +80,11 @@ def main() -> None:
         for kind, x in (("float32", images), ("uint8", quant)):
             xe, ye = expand(x, labels, part)
             accs[kind] = evaluate_synthetic(xe, ye, real.test_images, real.test_labels, real.info, ecfg)["ConvNet"]
+        matcher = run_setting(cfg, "matcher.kind")  # nested config.json, or the flat one of hyperdm 0.1
         row = {
             "run": str(run),
             "method": cfg["method"],
-            "matcher": cfg["matcher"],
+            "matcher": matcher,
             "ipc": cfg["ipc"],
             "seed": cfg["seed"],
             "partition": part,
@@ -100,7 +102,7 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{cfg['method']}+{cfg['matcher']} IPC {cfg['ipc']}: float32 {row['float32_bytes']:,} B "
+            f"{cfg['method']}+{matcher} IPC {cfg['ipc']}: float32 {row['float32_bytes']:,} B "
             f"{100 * row['acc_float32']:.2f} %, uint8 {row['uint8_bytes']:,} B {100 * row['acc_uint8']:.2f} %, "
             f"PNG {row['png_bytes']:,} B; {100 * clipped:.2f} % of pixel values clipped",
             flush=True,

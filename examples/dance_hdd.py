@@ -46,11 +46,13 @@ def main() -> None:
             "data_root": a.data_root,
         },
     )
+    dance = cfg.dance  # the Dance section (None for the other methods)
+    assert dance is not None
     print(
-        f"Dance settings: {cfg.experts} experts x {cfg.expert_epochs} epochs, "
+        f"Dance settings: {dance.experts.count} experts x {dance.experts.epochs} epochs, "
         f"multi-formation {cfg.partition}x{cfg.partition}, "
-        f"{cfg.iter_calib} calibration pass(es) per iteration, lr_img {cfg.lr_img} (pixel units); "
-        f"k={cfg.k} (geoopt's, curvature -1/k), lambda={cfg.scale}"
+        f"{dance.iter_calib} calibration pass(es) per iteration, lr_img {cfg.lr_img} (pixel units); "
+        f"k={cfg.matcher.k} (geoopt's, curvature -1/k), lambda={cfg.matcher.scale}"
     )
     metrics = distill(cfg, a.out, progress=False)
     acc = metrics["experts"]["train_acc"]

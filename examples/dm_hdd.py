@@ -36,7 +36,9 @@ def main() -> None:
     )
     # The matcher the config asks for, built explicitly to show the swap (k: geoopt's curvature
     # parameter, <x,x>_L = -k; scale: the paper's lambda; max_norm: the official exp-map clamp).
-    matcher = HyperbolicMatcher(k=cfg.k, scale=cfg.scale, max_norm=cfg.max_norm, check_finite=False)
+    matcher = HyperbolicMatcher(
+        k=cfg.matcher.k, scale=cfg.matcher.scale, max_norm=cfg.matcher.max_norm, check_finite=False
+    )
     metrics = distill(cfg, a.out, matcher=matcher, progress=False)
     for e in metrics["evals"]:
         r = e["ConvNet"]

@@ -33,10 +33,12 @@ def main() -> None:
         ipc=a.ipc,
         overrides={"iterations": a.iterations, "eval_epochs": a.eval_epochs, "data_root": a.data_root},
     )
+    idm = cfg.idm  # the IDM section (None for the other methods)
+    assert idm is not None
     print(
-        f"IDM settings: partition {cfg.partition}x{cfg.partition}, queue of up to {cfg.net_num} networks "
-        f"(+1 every {cfg.net_generate_interval} iterations), ce_weight {cfg.ce_weight}; "
-        f"k={cfg.k} (geoopt's, curvature -1/k), lambda={cfg.scale}, lr_img={cfg.lr_img}"
+        f"IDM settings: partition {cfg.partition}x{cfg.partition}, queue of up to {idm.net_num} networks "
+        f"(+1 every {idm.net_generate_interval} iterations), ce_weight {idm.ce_weight}; "
+        f"k={cfg.matcher.k} (geoopt's, curvature -1/k), lambda={cfg.matcher.scale}, lr_img={cfg.lr_img}"
     )
     metrics = distill(cfg, a.out, progress=False)
     for e in metrics["evals"]:

@@ -138,23 +138,23 @@ def test_sensitivity_variants_change_one_setting_each():
 
     a = argparse.Namespace(preset="cpu", dataset="fashion-mnist", ipc=10, device="cpu", seed=3, data_root=None)
     base = sensitivity.configure("hdd", a)
-    assert (base.matcher, base.k, base.scale, base.max_norm, base.seed) == ("hyperbolic", 1, 40, 10.0, 3)
+    m = base.matcher
+    assert (m.kind, m.k, m.scale, m.max_norm, base.seed) == ("hyperbolic", 1, 40, 10.0, 3)
     expect = {
-        "no-clamp": {"max_norm": None},
-        "float32": {"match_dtype": "float32"},
-        "scale-auto": {"scale": "auto"},
-        "scale-half": {"scale": 20.0},
-        "scale-double": {"scale": 80.0},
-        "k0.5": {"k": 0.5},
-        "k2": {"k": 2.0},
+        "no-clamp": {"matcher.max_norm": None},
+        "float32": {"matcher.dtype": "float32"},
+        "scale-auto": {"matcher.scale": "auto"},
+        "scale-half": {"matcher.scale": 20.0},
+        "scale-double": {"matcher.scale": 80.0},
+        "k0.5": {"matcher.k": 0.5},
+        "k2": {"matcher.k": 2.0},
     }
-    fields = ("matcher", "k", "scale", "max_norm", "match_dtype", "lr_img", "iterations", "batch_real", "seed")
     for name, change in expect.items():
         cfg = sensitivity.configure(name, a)
-        diff = {f: getattr(cfg, f) for f in fields if getattr(cfg, f) != getattr(base, f)}
-        assert diff == change, name
-        assert all(cfg.sources[key] == f"sensitivity variant {name}" for key in change)
-    assert sensitivity.configure("mmd", a).matcher == "mmd"
+        old, new = base.settings(), cfg.settings()
+        assert {p: v for p, v in new.items() if v != old[p]} == change, name
+        assert all(cfg.sources[path] == f"sensitivity variant {name}" for path in change)
+    assert sensitivity.configure("mmd", a).matcher.kind == "mmd"
     row = {
         "variant": "no-clamp",
         "seed": 0,
@@ -267,3 +267,18 @@ def test_convergence_harvests_only_runs_with_the_same_settings(tmp_path):
         ("dm/mmd/ipc1/seed0/it200", pytest.approx(70.0), [pytest.approx(69.0), pytest.approx(71.0)], False)
     ]
     assert convergence.rows_of_run(tmp_path, "mmd", {**want, "iterations": 200}) == []
+
+
+def test_convergence_harvests_a_nested_config_json_like_a_flat_one(tmp_path):
+    import argparse
+
+    a = argparse.Namespace(dataset="fashion-mnist", device="cpu", data_root=None, iterations=2000, eval_at=[200])
+    cfg = convergence.configure("no-clamp", 1, 0, a)
+    assert cfg.matcher.max_norm is None and cfg.sources["matcher.max_norm"] == "convergence variant no-clamp"
+    want = convergence.settings(cfg)
+    assert want["max_norm"] is None and want["k"] == 1 and want["eval_epochs"] == cfg.eval.epochs
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    evals = [{"iteration": 200, "ConvNet": {"mean": 0.7, "std": 0.01, "accs": [0.69, 0.71]}}]
+    (tmp_path / "metrics.json").write_text(json.dumps({"evals": evals, "final": False, "distill_seconds": 12.0}))
+    assert [r["id"] for r in convergence.rows_of_run(tmp_path, "no-clamp", want)] == ["dm/no-clamp/ipc1/seed0/it200"]
+    assert convergence.rows_of_run(tmp_path, "no-clamp", {**want, "max_norm": 10.0}) == []

@@ -43,7 +43,7 @@ def test_python_dash_m_entry_point():
         (["distill", "--dataset", "imagenet-21k"], "unknown dataset|imagenet-21k"),
         (["distill", "--dataset", "mnist", "--data-root", "{tmp}"], "{tmp}"),
         (["distill", "--ipc", "0"], "positive integer"),
-        (["distill", "--method", "dance", "--experts", "0"], "experts, expert_epochs and expert_batch must be >= 1"),
+        (["distill", "--method", "dance", "--experts", "0"], r"dance.experts.count \(--experts\), .epochs and .batch must be >= 1"),
         (["distill", "--method", "dance", "--match-dsa", "color_blur"], "unknown DSA group"),
         (["distill", "--preset", "paper", "--dataset", "mnist"], "--k and --scale"),
         (["evaluate", "{tmp}/nothing"], "no synthetic set"),
@@ -74,7 +74,7 @@ def test_distill_evaluate_prune_plot(tmp_path, capsys, tiny_fmnist_root):
     out = capsys.readouterr().out
     assert "ConvNet test accuracy" in out and str(run.resolve()) in out
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["iterations"] == 2 and cfg["k"] == 1 and cfg["scale"] == 20  # Fashion-MNIST IPC 1 row: k 1, lambda 20
+    assert cfg["iterations"] == 2 and cfg["matcher"]["k"] == 1 and cfg["matcher"]["scale"] == 20  # Fashion-MNIST IPC 1 row: k 1, lambda 20
     # evaluate the run directory and the .pt; JSON output
     assert main(["evaluate", str(run), *data, "--epochs", "2", "--runs", "2", "--out", str(tmp_path / "ev.json"), "--no-progress"]) == 0
     ev = json.loads((tmp_path / "ev.json").read_text())
@@ -108,7 +108,7 @@ def test_no_clamp_reaches_the_run(tmp_path, tiny_fmnist_root):
     assert main(["--log-level", "WARNING", "distill", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "1",
                  "--batch-real", "4", "--eval-runs", "0", "--no-clamp", "--k", "2", "--out", str(run), "--no-progress"]) == 0
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["max_norm"] is None and cfg["k"] == 2 and "--no-clamp" in cfg["sources"]["max_norm"]
+    assert cfg["matcher"]["max_norm"] is None and cfg["matcher"]["k"] == 2 and "no clamp" in cfg["sources"]["matcher.max_norm"]
     assert "max_norm=None" in cfg["matcher_repr"]
 
 
@@ -127,7 +127,7 @@ def test_compile_matcher_reaches_the_run_and_gives_the_plain_loss(tmp_path, tiny
         assert main(["--log-level", "WARNING", "distill", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations",
                      "2", "--batch-real", "4", "--eval-runs", "0", "--out", str(run), "--no-progress", *flag]) == 0
         cfg = json.loads((run / "config.json").read_text())
-        assert cfg["compile_matcher"] is bool(flag)
+        assert cfg["matcher"]["compile"] is bool(flag)
         assert ("compile=True" in cfg["matcher_repr"]) is bool(flag)
         losses[bool(flag)] = json.loads((run / "metrics.json").read_text())["loss"]
     assert np.allclose(losses[True], losses[False], rtol=1e-9, atol=0), losses
@@ -237,3 +237,60 @@ def test_warning_level_hides_the_run_log_lines_on_the_console(tmp_path, tiny_fmn
                  "0", "--eval-runs", "0", "--no-progress", "--out", str(tmp_path / "r")]) == 0
     assert " INFO " not in capsys.readouterr().err
     assert "INFO" in (tmp_path / "r" / "run.log").read_text()  # the run's own log keeps everything
+
+
+def test_resume_of_a_run_written_with_the_flat_config_of_hyperdm_0_1(tmp_path, tiny_fmnist_root, capsys, monkeypatch):
+    """tests/data/flat_run: `distill --ipc 1 --iterations 4 --batch-real 8 --eval-runs 0 --checkpoint-every 2 --seed 3`
+    interrupted after 3 iterations by hyperdm 0.1 (flat config.json and checkpoint); resuming it today must finish
+    the run as the uninterrupted 0.1 run did."""
+    import shutil
+
+    monkeypatch.setattr("hyperdm.distill.plots.plot_poincare", lambda *a, **k: None)
+    src = Path(__file__).parent / "data" / "flat_run"
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    args = ["--log-level", "WARNING", "distill", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "4",
+            "--batch-real", "8", "--eval-runs", "0", "--checkpoint-every", "2", "--seed", "3", "--no-progress", "--out", str(run)]
+    assert "matcher" in json.loads((run / "config.json").read_text()) and "k" in json.loads((run / "config.json").read_text())
+    # other settings than the checkpoint's: refused with the settings named by path, nothing changed
+    assert main([*args, "--k", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "was made with different settings (matcher.k)" in err and "resume with the same settings" in err
+    assert main([*args, "--resume"]) == 0
+    loss = json.loads((run / "metrics.json").read_text())["loss"]
+    want = json.loads((src / "uninterrupted_loss.json").read_text())["loss"]
+    assert len(loss) == 4 and loss[:3] == want[:3]  # the first three come from the old checkpoint
+    assert loss == pytest.approx(want, rel=1e-6)
+    cfg = json.loads((run / "config.json").read_text())  # rewritten in the nested form
+    assert cfg["matcher"]["k"] == 1 and cfg["eval"]["runs"] == 0 and "k" not in cfg
+
+
+#: every `hyperdm distill` option before the options were read from the configuration's fields
+OPTIONS_OF_0_1 = ("--iterations", "--batch-real", "--lr-img", "--k", "--scale", "--max-norm", "--no-clamp", "--match-dtype",
+                  "--compile-matcher", "--model", "--init", "--dsa", "--eval-every", "--eval-at", "--eval-epochs",
+                  "--eval-runs", "--arch", "--partition", "--ce-weight", "--net-num", "--model-train-steps", "--net-batch",
+                  "--experts", "--expert-epochs", "--expert-per-class", "--expert-seed", "--expert-dir", "--iter-calib",
+                  "--match-dsa", "--checkpoint-every", "--prune-keep", "--prune-score")
+
+
+def test_distill_has_an_option_for_every_setting_and_keeps_the_old_names():
+    from hyperdm.distill.config import FLAT, DistillConfig
+    from hyperdm.distill.settings import leaves
+
+    sub = build_parser()._subparsers._group_actions[0].choices["distill"]  # noqa: SLF001
+    flags = {s for action in sub._actions for s in action.option_strings}
+    assert set(OPTIONS_OF_0_1) <= flags
+    dests = {action.dest for action in sub._actions}
+    assert {flat for _, flat, f, _ in leaves(DistillConfig) if f.metadata["cli"]} <= dests
+    assert set(FLAT) - dests == set()  # the rest (method, dataset, ...) are the command's own arguments
+    # an option reaches its setting through resolve(): the parsed values are NOT_GIVEN unless typed
+    a = sub.parse_args(["--eval-at", "5", "7", "--arch", "ConvNet", "AlexNet", "--no-clamp", "--dsa", "none"])
+    assert (a.eval_at, a.eval_archs, a.max_norm__none, a.dsa_strategy) == ([5, 7], ["ConvNet", "AlexNet"], True, "")
+    assert repr(a.k) == "NOT_GIVEN"
+
+
+def test_a_method_option_for_another_method_is_refused_before_work(tmp_path, capsys, no_work):
+    assert main(["distill", "--net-num", "5", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "idm.net_num (--net-num) is a setting of --method idm; this run is --method dm" in err
+    assert not (tmp_path / "o").exists()

@@ -37,18 +37,20 @@ def dance_cfg(matcher="hyperbolic", **kw):
 
 def test_paper_preset_follows_table_6_and_the_reference():
     c = resolve(preset="paper", method="dance", matcher="hyperbolic", dataset="cifar10", ipc=10)
-    assert (c.k, c.scale, c.lr_img) == (0.2, 40, 0.2)
-    assert (c.iterations, c.partition, c.batch_real, c.momentum_img, c.iter_calib) == (10000, 2, 128, 0.5, 1)
-    assert (c.experts, c.expert_epochs, c.expert_lr, c.expert_batch, c.expert_per_class) == (20, 60, 0.01, 64, None)
+    assert (c.matcher.k, c.matcher.scale, c.lr_img) == (0.2, 40, 0.2)
+    assert (c.iterations, c.partition, c.batch_real, c.momentum_img, c.dance.iter_calib) == (10000, 2, 128, 0.5, 1)
+    x = c.dance.experts
+    assert (x.count, x.epochs, x.lr, x.batch, x.per_class) == (20, 60, 0.01, 64, None)
     assert (c.match_dsa, c.match_aug_mode, c.dsa_strategy) == ("color_crop_cutout", "M", "color_crop_cutout_flip_scale_rotate")
     assert get_loop("dance") is DanceLoop
     # the mmd baseline keeps Dance's own rule lr_img = 0.01 x ipc (pixel units)
     assert resolve(preset="paper", method="dance", matcher="mmd", dataset="cifar10", ipc=50).lr_img == 0.5
     assert resolve(preset="paper", method="dance", matcher="mmd", dataset="cifar100", ipc=1).lr_img == 0.01
     c1 = resolve(preset="paper", method="dance", matcher="hyperbolic", dataset="cifar100", ipc=10)
-    assert (c1.k, c1.scale, c1.lr_img) == (1.5, 80, 0.1)
+    assert (c1.matcher.k, c1.matcher.scale, c1.lr_img) == (1.5, 80, 0.1)
     w = resolve(preset="paper", method="dance", matcher="hyperbolic", dataset="imagewoof", ipc=1)
-    assert (w.k, w.scale, w.lr_img, w.model, w.experts, w.expert_epochs) == (0.6, 100, 0.1, "ConvNetD5", 5, 80)
+    assert (w.matcher.k, w.matcher.scale, w.lr_img, w.model) == (0.6, 100, 0.1, "ConvNetD5")
+    assert (w.dance.experts.count, w.dance.experts.epochs) == (5, 80)
     assert resolve(preset="paper", method="dance", matcher="mmd", dataset="imagewoof", ipc=10).lr_img == 1.0
     assert "depth-5" in w.sources["model"]
 
@@ -57,18 +59,18 @@ def test_fashion_mnist_has_no_dance_row():
     with pytest.raises(ValueError, match="no HDD row.*method=dance"):
         resolve(preset="paper", method="dance", matcher="hyperbolic", dataset="fashion-mnist", ipc=10)
     c = resolve(preset="cpu", method="dance", matcher="hyperbolic", dataset="fashion-mnist", ipc=10)
-    assert (c.k, c.scale, c.lr_img) == (1, 40, 0.1)  # k and lambda of the DM row, Dance's own lr_img
-    assert "no Dance row" in c.sources["k"] and "0.01 x ipc" in c.sources["lr_img"]
+    assert (c.matcher.k, c.matcher.scale, c.lr_img) == (1, 40, 0.1)  # k and lambda of the DM row, Dance's own lr_img
+    assert "no Dance row" in c.sources["matcher.k"] and "0.01 x ipc" in c.sources["lr_img"]
     m = resolve(preset="cpu", method="dance", matcher="mmd", dataset="fashion-mnist", ipc=10)
-    assert m.lr_img == c.lr_img and (m.experts, m.expert_epochs, m.expert_per_class) == (4, 4, 200)
+    assert m.lr_img == c.lr_img and (m.dance.experts.count, m.dance.experts.epochs, m.dance.experts.per_class) == (4, 4, 200)
 
 
 @pytest.mark.parametrize("bad, msg", [
-    ({"experts": 0}, "experts, expert_epochs and expert_batch must be >= 1"),
-    ({"expert_epochs": 0}, "experts, expert_epochs and expert_batch must be >= 1"),
-    ({"expert_lr": 0.0}, "expert_lr must be > 0"),
-    ({"expert_per_class": 0}, "expert_per_class must be >= 1"),
-    ({"iter_calib": -1}, "iter_calib must be >= 0"),
+    ({"experts": 0}, r"dance.experts.count \(--experts\), .epochs and .batch must be >= 1"),
+    ({"expert_epochs": 0}, r"dance.experts.count \(--experts\), .epochs and .batch must be >= 1"),
+    ({"expert_lr": 0.0}, "dance.experts.lr must be > 0"),
+    ({"expert_per_class": 0}, r"dance.experts.per_class \(--expert-per-class\) must be >= 1"),
+    ({"iter_calib": -1}, "dance.iter_calib must be >= 0"),
     ({"match_dsa": "color_blur"}, r"unknown DSA group\(s\) \['blur'\].*valid groups"),
     ({"match_aug_mode": "X"}, "match_aug_mode must be 'S'"),
 ])
@@ -221,7 +223,7 @@ def test_tiny_dance_run(tmp_path, matcher):
 @needs_fmnist
 def test_resume_refuses_changed_expert_settings(tmp_path):
     DanceLoop(dance_cfg(iterations=2, eval_runs=0), small(FMNIST), str(tmp_path / "r"), progress=False).run()
-    with pytest.raises(ValueError, match="different settings.*expert_epochs"):
+    with pytest.raises(ValueError, match=r"different settings \(dance.experts.epochs\)"):
         DanceLoop(dance_cfg(iterations=2, eval_runs=0, expert_epochs=2), small(FMNIST), str(tmp_path / "r"),
                   progress=False).run(resume=True)
     # the cache location may change: the experts are retrained identically there
@@ -238,7 +240,7 @@ def test_evaluate_expands_a_dance_set(tmp_path, tiny_fmnist_root, caplog):
                  "--batch-real", "4", "--experts", "1", "--expert-epochs", "1", "--expert-per-class", "5",
                  "--expert-dir", str(tmp_path / "experts"), "--eval-runs", "0", "--out", str(run), "--no-progress"]) == 0
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["method"] == "dance" and cfg["experts"] == 1 and cfg["match_dsa"] == "color_crop_cutout"
+    assert cfg["method"] == "dance" and cfg["dance"]["experts"]["count"] == 1 and cfg["match_dsa"] == "color_crop_cutout"
     assert main(["--log-level", "INFO", "evaluate", str(run), *data, "--epochs", "1", "--runs", "1", "--no-progress"]) == 0
     assert "expanded the 2x2-partitioned set to 40 training images" in caplog.text
 

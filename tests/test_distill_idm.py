@@ -25,13 +25,14 @@ def idm_cfg(matcher="hyperbolic", **kw):
 
 def test_paper_preset_follows_table_and_command_txt():
     c = resolve(preset="paper", method="idm", matcher="hyperbolic", dataset="cifar10", ipc=10)
-    assert (c.k, c.scale, c.lr_img) == (3, 100, 1) and c.iterations == 10000
-    assert (c.partition, c.ce_weight, c.net_num, c.net_generate_interval, c.fetch_net_num, c.train_net_num) == (2, 0.5, 100, 30, 2, 1)
+    assert (c.matcher.k, c.matcher.scale, c.lr_img) == (3, 100, 1) and c.iterations == 10000
+    i = c.idm
+    assert (c.partition, i.ce_weight, i.net_num, i.net_generate_interval, i.fetch_net_num, i.train_net_num) == (2, 0.5, 100, 30, 2, 1)
     c1 = resolve(preset="paper", method="idm", matcher="mmd", dataset="cifar10", ipc=1)
-    assert (c1.batch_real, c1.net_generate_interval, c1.lr_img) == (5000, 5, 0.2)
-    assert resolve(preset="paper", method="idm", dataset="cifar10", ipc=50).ce_weight == 0.1
+    assert (c1.batch_real, c1.idm.net_generate_interval, c1.lr_img) == (5000, 5, 0.2)
+    assert resolve(preset="paper", method="idm", dataset="cifar10", ipc=50).idm.ce_weight == 0.1
     f = resolve(preset="paper", method="idm", dataset="fashion-mnist", ipc=10)
-    assert (f.k, f.scale, f.lr_img) == (2, 60, 1)  # Table 6, a dataset IDM's own code does not support
+    assert (f.matcher.k, f.matcher.scale, f.lr_img) == (2, 60, 1)  # Table 6, a dataset IDM's own code does not support
 
 
 @needs_fmnist

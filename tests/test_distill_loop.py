@@ -57,7 +57,7 @@ def test_tiny_run_writes_every_artifact(tmp_path, matcher):
     for name in ("config.json", "checkpoint.pt", "synthetic.pt", "synthetic.png", "metrics.json", "poincare.png", "run.log"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["matcher"] == matcher and cfg["seed"] == 3 and cfg["versions"]["torch"] == torch.__version__
+    assert cfg["matcher"]["kind"] == matcher and cfg["seed"] == 3 and cfg["versions"]["torch"] == torch.__version__
     assert cfg["sources"]["iterations"] == "command line / override"
     images, labels, meta = load_synthetic(out)
     assert images.shape == (10, 1, 28, 28) and labels.tolist() == list(range(10))
@@ -101,7 +101,7 @@ def test_batched_forward_equals_reference_per_class_loop(tmp_path):
     loss = loop.matching_loss(it)
     # the reference: one forward per class, the same draws
     net, gen = loop.fresh_network(it), loop.generator(it)
-    matcher = HyperbolicMatcher(cfg.k, cfg.scale, max_norm=cfg.max_norm)
+    matcher = HyperbolicMatcher(cfg.matcher.k, cfg.matcher.scale, max_norm=cfg.matcher.max_norm)
     ref = torch.zeros((), dtype=torch.float64)
     for c in range(10):
         seed = derive_seed(cfg.seed, it, c)
@@ -259,7 +259,7 @@ def test_scale_auto_starts_at_the_mmd_line_and_is_kept_by_the_checkpoint(tmp_pat
     hdd = DMLoop(tiny_cfg(scale="auto", iterations=2, eval_runs=0), real, str(tmp_path / "hdd"), progress=False)
     m = hdd.run()
     lam = m["matcher_scale"]
-    assert lam > 0 and json.loads((tmp_path / "hdd" / "config.json").read_text())["scale"] == "auto"
+    assert lam > 0 and json.loads((tmp_path / "hdd" / "config.json").read_text())["matcher"]["scale"] == "auto"
     # same network, batch, augmentation and images in iteration 0: the hyperbolic loss equals DM's MMD line
     mmd = DMLoop(tiny_cfg("mmd", iterations=1, eval_runs=0), real, str(tmp_path / "mmd"), progress=False).run()
     assert m["loss"][0] == pytest.approx(mmd["loss"][0], rel=1e-5)

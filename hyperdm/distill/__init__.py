@@ -2,20 +2,34 @@
 
 One concern per module: :mod:`.data` (dataset readers), :mod:`.models` (ConvNet and the
 cross-architecture zoo), :mod:`.augment` (DSA), :mod:`.evaluate` (the standard protocol),
-:mod:`.presets` (paper Tables 5/6 and the cpu protocol), :mod:`.artifacts` (run directory),
+:mod:`.config` (the settings, nested by concern), :mod:`.presets` (paper Tables 5/6 and the cpu
+protocol), :mod:`.artifacts` (run directory),
 :mod:`.loops` (DM; IDM and Dance plug into the same base), :mod:`.plots`, :mod:`.cli`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import TYPE_CHECKING
 
-from .presets import DistillConfig, resolve
+from .config import DanceConfig, DistillConfig, EvalConfig, IDMConfig, MatcherConfig, validate
+from .presets import resolve
+from .settings import NOT_GIVEN
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["DistillConfig", "resolve", "distill"]
+__all__ = [
+    "DistillConfig",
+    "MatcherConfig",
+    "EvalConfig",
+    "IDMConfig",
+    "DanceConfig",
+    "NOT_GIVEN",
+    "resolve",
+    "distill",
+]
 
 
 def distill(
@@ -29,14 +43,33 @@ def distill(
 ) -> dict:
     """Run one distillation as configured (load data, loop, evaluate, artifacts); returns the metrics.
 
-    ``matcher`` replaces the matcher ``cfg`` asks for (any module ``matcher(real, syn) -> loss``
-    taking ``[C, N, D]`` features). A directory ``out`` that holds a run is refused
-    (FileExistsError) unless ``resume`` (continue it) or ``overwrite`` (replace its run files).
+    Checks first, writing nothing when one fails: the settings, the device, that ``out`` may receive the
+    run (a directory that holds one is refused, FileExistsError, unless ``resume``: continue it, or
+    ``overwrite``: replace its run files), that it is writable, and a checkpoint to resume. Under torchrun
+    it joins the process group (``cuda`` becomes ``cuda:LOCAL_RANK``; rank 0 writes and logs); ``cfg``
+    itself is not changed. ``matcher`` replaces the matcher ``cfg`` asks for (any module
+    ``matcher(real, syn) -> loss`` taking ``[C, N, D]`` features).
     """
+    from .artifacts import RunDir, check_writable
     from .data import load_dataset
     from .loops import get_loop
+    from .parallel import check_device, joined
 
-    real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-    return get_loop(cfg.method)(cfg, real, out, matcher=matcher, progress=progress).run(
-        resume=resume, overwrite=overwrite
-    )
+    validate(cfg)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
+    check_device(cfg.device)
+    loop_cls = get_loop(cfg.method)
+    rd = RunDir(out)
+    why = rd.refusal(resume=resume, overwrite=overwrite)
+    if why:
+        raise FileExistsError(why)
+    check_writable(rd.path)
+    if resume and rd.checkpoint.exists():
+        rd.check_checkpoint()  # container and CRC checks now; the loop reads it (weights_only) before distilling
+    with joined(cfg.device) as (par, device):  # under torchrun: join the process group, cuda -> cuda:LOCAL_RANK
+        if not par.is_main:  # rank 0 speaks for the run
+            logging.getLogger("hyperdm").setLevel(logging.WARNING)
+        cfg = dataclasses.replace(cfg, device=device)
+        real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+        return loop_cls(cfg, real, out, matcher=matcher, progress=progress).run(resume=resume, overwrite=overwrite)

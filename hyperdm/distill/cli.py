@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import math
 import sys
 import traceback
+import types
+import typing
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
+
+from .settings import fraction, int_at_least, positive_float
 
 __all__ = ["main", "build_parser"]
 
@@ -63,55 +66,58 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     _add_common_args(p, top=False)
 
 
-def _scale_arg(text: str) -> Any:
-    if text == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 or 'auto', got {text!r}")
-    return value
+def _add_setting_args(p: argparse.ArgumentParser) -> None:
+    """One option per setting of :class:`~hyperdm.distill.config.DistillConfig`, read from its fields: the flag is
+    ``--`` + the flat name (``matcher.k``: ``--k``; ``eval.epochs``: ``--eval-epochs``) unless the field names
+    another, the type, choices and help come from the field. Each defaults to NOT_GIVEN (the preset decides)."""
+    from .config import DistillConfig
+    from .settings import NOT_GIVEN, leaves
+
+    for path, flat, f, tp in leaves(DistillConfig):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        base = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (typing.Union, types.UnionType) else [tp]
+        kw: dict[str, Any] = {"dest": flat, "default": NOT_GIVEN,
+                              "help": meta["help"] + ("" if path == flat else f" [{path}]")}
+        if base == [bool]:
+            kw.update(action="store_const", const=True)
+        else:
+            elem = base[0]
+            if typing.get_origin(elem) is tuple:
+                elem = typing.get_args(elem)[0]
+                kw["nargs"] = "+"
+            kw.update(type=meta.get("parse") or elem, choices=meta.get("choices"), metavar=meta.get("metavar"))
+        flag, _ = _setting_flags(flat)
+        none_flag = meta.get("none_flag")  # e.g. --no-clamp: the setting None
+        if none_flag is None:
+            p.add_argument(flag, **kw)
+            continue
+        p.add_argument(flag, **kw)
+        p.add_argument(none_flag[0], dest=f"{flat}__none", action="store_true", help=none_flag[1])
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
+def _setting_options() -> list[str]:
+    """Flat names (= argparse dests) of the settings that have a command-line option."""
+    from .config import DistillConfig
+    from .settings import leaves
 
-    return parse
+    return [flat for _, flat, f, _ in leaves(DistillConfig) if f.metadata.get("cli", True)]
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+def _setting_flags(flat: str) -> tuple[str, Optional[str]]:
+    """The command-line flag of the setting with flat name ``flat``, and its None flag (e.g. --no-clamp) if any."""
+    from .config import DistillConfig
+    from .settings import leaves, option
 
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.2, got {text!r}") from None
-    if not 0 < value <= 1:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1] (0.2 keeps 20 % of each class), got {text!r}")
-    return value
+    f = next(f for _, name, f, _ in leaves(DistillConfig) if name == flat)
+    none_flag = f.metadata.get("none_flag")
+    return option(flat, f), none_flag[0] if none_flag else None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .presets import METHODS, MATCHERS, PRESETS, PRUNE_SCORES
-
     from .. import __version__
+    from .config import METHODS, MATCHERS, PRESETS, PRUNE_SCORES
 
     parser = _Parser(
         prog="hyperdm", description="Hyperbolic dataset distillation (HDD) toolkit.", epilog=_EPILOG,
@@ -135,51 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", choices=PRESETS, default="cpu",
                    help="paper: the paper's Tables 5/6 and full protocol (20,000 iterations, 1,000-epoch evaluation); "
                         "cpu: a reduced protocol a 2-core machine finishes in minutes (default)")
-    d.add_argument("--iterations", type=_int_at_least(0), help="distillation iterations (paper 20,000; cpu 200)")
-    d.add_argument("--batch-real", type=int, help="real images per class per iteration (paper 256; cpu 64)")
-    d.add_argument("--lr-img", type=_positive_float, help="SGD learning rate of the images (paper table; DM 1)")
-    d.add_argument("--k", type=_positive_float, help="hyperbolic: geoopt's curvature parameter k > 0 (curvature -1/k)")
-    d.add_argument("--scale", type=_scale_arg, metavar="LAMBDA|auto",
-                   help="hyperbolic: the paper's lambda, multiplying the geodesic distance; 'auto': MMD / distance of "
-                        "the first batch, so the loss starts at the MMD line's magnitude")
-    d.add_argument("--max-norm", type=_positive_float,
-                   help="hyperbolic: exp-map clamp of |v|/sqrt(k) (official code: 10); --no-clamp removes it")
-    d.add_argument("--no-clamp", action="store_true", help="hyperbolic: exact exp-map (not the method as published)")
-    d.add_argument("--match-dtype", choices=["float32", "float64"], help="dtype of the matching (paper HDD: float64)")
-    d.add_argument("--compile-matcher", dest="compile_matcher", action="store_const", const=True,
-                   help="hyperbolic: torch.compile the matching maths (same loss; fewer kernels on GPUs; "
-                        "the first iteration compiles for tens of seconds)")
-    d.add_argument("--model", help="distillation backbone (default ConvNet; ConvNetD4 for 64x64 images)")
-    d.add_argument("--init", choices=["real", "noise"], help="initialise from random real images (default) or noise")
-    d.add_argument("--dsa", dest="dsa_strategy", metavar="STRATEGY",
-                   help="DSA strategy (default color_crop_cutout_flip_scale_rotate; 'none' disables)")
-    d.add_argument("--eval-every", type=_int_at_least(0), help="evaluate every N iterations (0: only at the end)")
-    d.add_argument("--eval-at", dest="eval_at", type=int, nargs="+", metavar="IT",
-                   help="also evaluate at these iterations (e.g. 200 500 1000)")
-    d.add_argument("--eval-epochs", type=_int_at_least(0), help="epochs of each evaluation training (paper 1,000; cpu 300)")
-    d.add_argument("--eval-runs", type=_int_at_least(0), help="fresh networks per evaluation (paper 3; cpu 2; 0 skips evaluation)")
-    d.add_argument("--arch", dest="eval_archs", nargs="+", metavar="NAME",
-                   help="evaluation architectures: ConvNet AlexNet VGG11 ResNet18 (default ConvNet)")
-    d.add_argument("--partition", type=int, help="idm, dance: each stored image holds a PxP grid of sub-images (IDM: 2; Dance: --factor 2)")
-    d.add_argument("--ce-weight", type=float, help="idm: weight of the accuracy-weighted cross-entropy term (IDM: 0.5 / 0.1)")
-    d.add_argument("--net-num", type=int, help="idm: size of the model queue (IDM: 100)")
-    d.add_argument("--model-train-steps", type=int, help="idm: SGD steps per fetched queue network per iteration (IDM: 10)")
-    d.add_argument("--net-batch", type=int, help="idm: real batch size for training the queue networks (IDM: 256)")
-    d.add_argument("--experts", type=int, help="dance: number of expert networks (Dance: 20)")
-    d.add_argument("--expert-epochs", type=int, help="dance: training epochs of each expert (Dance: 60)")
-    d.add_argument("--expert-per-class", type=int, metavar="N",
-                   help="dance: train the experts on N real images per class (default: all; cpu preset 200)")
-    d.add_argument("--expert-seed", type=int, help="dance: seed of the experts (default 0; shared by runs of any --seed)")
-    d.add_argument("--expert-dir", metavar="DIR",
-                   help="dance: expert cache root (default $HYPERDM_CACHE/experts or ~/.cache/hyperdm/experts)")
-    d.add_argument("--iter-calib", type=int, help="dance: calibration passes per iteration (Dance: 1; 0 disables)")
-    d.add_argument("--match-dsa", metavar="STRATEGY",
-                   help="DSA strategy of the matching step only (default: --dsa; Dance: color_crop_cutout)")
-    d.add_argument("--checkpoint-every", type=_int_at_least(1), help="write checkpoint.pt every N iterations (atomic)")
-    d.add_argument("--prune-keep", type=_fraction, metavar="F",
-                   help="hierarchical pruning: keep the fraction F of each class closest to the root (e.g. 0.2)")
-    d.add_argument("--prune-score", choices=PRUNE_SCORES,
-                   help="pruning score (default radius; random: the uniform baseline, no network)")
+    _add_setting_args(d)
     d.add_argument("--out", default=None, metavar="DIR",
                    help="run directory (default runs/<method>-<matcher>-<dataset>-ipc<N>-seed<S>)")
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -192,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "batch 256, lr x0.1 at half, DSA) and report final-epoch test accuracy, mean +- std.")
     e.add_argument("path", help="a run directory or a synthetic .pt ({'data': [[images, labels]]})")
     e.add_argument("--dataset", help="dataset of the test set (default: from the run's config.json or the .pt)")
-    e.add_argument("--epochs", type=_int_at_least(1), default=1000, help="training epochs (default 1000, the standard protocol)")
-    e.add_argument("--runs", type=_int_at_least(1), default=3, help="fresh networks per architecture (default 3)")
+    e.add_argument("--epochs", type=int_at_least(1), default=1000, help="training epochs (default 1000, the standard protocol)")
+    e.add_argument("--runs", type=int_at_least(1), default=3, help="fresh networks per architecture (default 3)")
     e.add_argument("--arch", nargs="+", default=["ConvNet"], metavar="NAME", help="ConvNet AlexNet VGG11 ResNet18")
     e.add_argument("--dsa", default="color_crop_cutout_flip_scale_rotate", help="DSA strategy during training ('none' disables)")
     e.add_argument("--out", default=None, metavar="FILE", help="write the results as JSON here (default: print only)")
@@ -204,11 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score every training image by its hyperbolic radius (or distance to its class "
                                    "centroid) under random ConvNets and save the kept indices (.npy and .json).")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset to prune")
-    p.add_argument("--keep", type=_fraction, required=True, help="fraction of each class to keep, in (0, 1], e.g. 0.2")
+    p.add_argument("--keep", type=fraction, required=True, help="fraction of each class to keep, in (0, 1], e.g. 0.2")
     p.add_argument("--score", choices=PRUNE_SCORES, default="radius",
                    help="ranking score (default radius; random: uniform per class, the baseline)")
-    p.add_argument("--nets", type=_int_at_least(1), default=3, help="random ConvNets to average the score over (default 3)")
-    p.add_argument("--k", type=_positive_float, default=1.0, help="geoopt's curvature parameter k (curvature -1/k)")
+    p.add_argument("--nets", type=int_at_least(1), default=3, help="random ConvNets to average the score over (default 3)")
+    p.add_argument("--k", type=positive_float, default=1.0, help="geoopt's curvature parameter k (curvature -1/k)")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="output name; writes FILE.npy (indices) and FILE.json, keeping FILE as typed (kept_0.01 -> kept_0.01.npy)")
     p.add_argument("--overwrite", action="store_true", help="replace FILE.npy / FILE.json if they exist (refused otherwise)")
@@ -250,56 +212,26 @@ def _fill_defaults(a: argparse.Namespace) -> None:
 
 
 def _distill(a: argparse.Namespace) -> int:
-    from .artifacts import RunDir, check_writable
-    from .data import load_dataset
-    from .loops import get_loop
-    from .parallel import check_device, joined
+    from . import distill
+    from .settings import NOT_GIVEN
+    from .parallel import launched_rank
     from .presets import resolve
 
-    # ---- every check before any work; nothing is written when one fails
-    if a.no_clamp and a.max_norm is not None:
-        raise ValueError("--no-clamp and --max-norm contradict each other; pass one of them.")
-    if a.resume and a.overwrite:
-        raise ValueError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
-    check_device(a.device)
-    overrides: dict[str, Any] = {
-        name: getattr(a, name)
-        for name in ("iterations", "batch_real", "lr_img", "k", "scale", "match_dtype", "model", "init", "dsa_strategy",
-                     "eval_every", "eval_at", "eval_epochs", "eval_runs", "eval_archs", "checkpoint_every", "prune_keep", "prune_score",
-                     "partition", "ce_weight", "net_num", "model_train_steps", "net_batch", "experts", "expert_epochs",
-                     "expert_per_class", "expert_seed", "expert_dir", "iter_calib", "match_dsa",
-                     "compile_matcher")
-    }
-    overrides["max_norm"] = a.max_norm  # None means "not given" to resolve(); --no-clamp is applied below
-    for name in ("dsa_strategy", "match_dsa"):
-        if overrides[name] == "none":
-            overrides[name] = ""
+    overrides: dict[str, Any] = {name: getattr(a, name) for name in _setting_options()}
+    for name in overrides:
+        if getattr(a, f"{name}__none", False):  # --no-clamp: max_norm None, an ordinary override
+            if overrides[name] is not NOT_GIVEN:
+                flag, off = _setting_flags(name)
+                raise ValueError(f"{off} and {flag} contradict each other; pass one of them.")
+            overrides[name] = None
     # only what was typed is labelled "command line" in the settings table
     overrides.update({name: getattr(a, name) for name in ("seed", "device", "data_root") if name in a.given})
     if a.download:
         overrides["download"] = True
     cfg = resolve(preset=a.preset, method=a.method, matcher=a.matcher, dataset=a.dataset, ipc=a.ipc, overrides=overrides)
-    if a.no_clamp:
-        cfg.max_norm = None
-        cfg.sources["max_norm"] = "command line: --no-clamp (exact exp-map; not the method as published)"
-    loop_cls = get_loop(cfg.method)
-    out = a.out or f"runs/{cfg.method}-{cfg.matcher}-{cfg.dataset}-ipc{cfg.ipc}-seed{cfg.seed}"
-    rd = RunDir(out)
-    why = rd.refusal(resume=a.resume, overwrite=a.overwrite)
-    if why:
-        raise FileExistsError(why)
-    check_writable(rd.path)
-    if a.resume and rd.checkpoint.exists():
-        rd.check_checkpoint()  # container and CRC checks now; the loop reads it (weights_only) before distilling
-
-    with joined(cfg.device) as (par, device):  # under torchrun: join the process group, cuda -> cuda:LOCAL_RANK
-        if not par.is_main:  # rank 0 speaks for the run
-            logging.getLogger("hyperdm").setLevel(logging.WARNING)
-        cfg.device = device
-        real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-        loop = loop_cls(cfg, real, out, progress=not a.no_progress)
-        metrics = loop.run(resume=a.resume, overwrite=a.overwrite)
-    if not par.is_main:
+    out = a.out or f"runs/{cfg.method}-{cfg.matcher.kind}-{cfg.dataset}-ipc{cfg.ipc}-seed{cfg.seed}"
+    metrics = distill(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
+    if launched_rank() != 0:  # rank 0 speaks for the run
         return 0
     print(f"run directory: {Path(out).resolve()}")
     for e in metrics["evals"]:
@@ -396,6 +328,7 @@ def _prune(a: argparse.Namespace) -> int:
 
 def _plot(a: argparse.Namespace) -> int:
     from .artifacts import RunDir, check_writable, load_synthetic, read_json
+    from .config import run_setting
     from .data import load_dataset
     from .plots import plot_loss, plot_poincare
 
@@ -418,8 +351,10 @@ def _plot(a: argparse.Namespace) -> int:
     real = load_dataset(dataset, a.data_root or cfg.get("data_root"), download=a.download)
     rd.save_grid(real.denormalise(images), nrow=int(cfg.get("ipc") or meta.get("ipc") or 10))
     shown, shown_labels = _as_training_set(images, labels, meta)
-    plot_poincare(real, shown, shown_labels, rd.poincare, k=float(cfg.get("k", 1.0)), max_norm=cfg.get("max_norm", 10.0),
-                  model=cfg.get("model", "ConvNet"), seed=int(cfg.get("seed", 0)))
+    # config.json is nested (matcher.k) since hyperdm 0.2, flat (k) before: run_setting reads both
+    plot_poincare(real, shown, shown_labels, rd.poincare, k=float(run_setting(cfg, "matcher.k", 1.0)),
+                  max_norm=run_setting(cfg, "matcher.max_norm", 10.0), model=cfg.get("model", "ConvNet"),
+                  seed=int(cfg.get("seed", 0)))
     if rd.metrics.exists():
         plot_loss(read_json(rd.metrics), rd.path / "loss.png")
     print(f"wrote {rd.grid}, {rd.poincare}" + (f", {rd.path / 'loss.png'}" if rd.metrics.exists() else ""))

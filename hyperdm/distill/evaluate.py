@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from .augment import dsa
 from .data import DatasetInfo
 from .models import seeded_network
 from .seeding import Stream, derive_seed, progress_bar
+from .settings import int_at_least, positive_float, setting
 
 __all__ = ["EvalConfig", "train_and_test", "evaluate_synthetic", "check_synthetic", "accuracy", "derive_seed", "progress_bar"]
 
@@ -35,17 +36,30 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalConfig:
-    epochs: int = 1000
-    runs: int = 3
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch: int = 256
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    archs: tuple[str, ...] = ("ConvNet",)
-    seed: int = 0
-    device: str = "cpu"
-    test_batch: int = 1024
+    """The evaluation protocol: ``runs`` fresh ``archs`` networks, each trained ``epochs`` epochs (SGD ``lr``,
+    ``momentum``, ``weight_decay``, batch ``batch``, DSA ``dsa_strategy``) on the synthetic set.
+
+    Inside a distillation run (``DistillConfig.eval``) ``every`` and ``at`` say when to evaluate, and
+    ``dsa_strategy``, ``seed`` and ``device`` come from the run (its ``dsa_strategy``, a seed derived from
+    its ``seed``, its ``device``).
+    """
+
+    FLAT_PREFIX: ClassVar[str] = "eval_"
+
+    epochs: int = setting(1000, "epochs of each evaluation training (paper 1,000; cpu 300)", parse=int_at_least(0))
+    runs: int = setting(3, "fresh networks per evaluation (paper 3; cpu 2; 0 skips evaluation)", parse=int_at_least(0))
+    lr: float = setting(0.01, "SGD learning rate of the evaluation training", parse=positive_float)
+    momentum: float = setting(0.9, "SGD momentum of the evaluation training")
+    weight_decay: float = setting(5e-4, "weight decay of the evaluation training")
+    batch: int = setting(256, "batch size of the evaluation training", parse=int_at_least(1))
+    dsa_strategy: str = setting("color_crop_cutout_flip_scale_rotate", "DSA strategy of the training", run="dsa_strategy")
+    archs: tuple[str, ...] = setting(("ConvNet",), "evaluation architectures: ConvNet AlexNet VGG11 ResNet18 (default ConvNet)",
+                                     flag="--arch", metavar="NAME")
+    seed: int = setting(0, "seed of the evaluation", run="seed")
+    device: str = setting("cpu", "torch device", run="device")
+    test_batch: int = setting(1024, "batch size of the test pass", parse=int_at_least(1))
+    every: int = setting(2000, "evaluate every N iterations of a run (0: only at the end)", parse=int_at_least(0))
+    at: tuple[int, ...] = setting((), "also evaluate at these iterations (e.g. 200 500 1000)", metavar="IT")
 
     def validate(self) -> None:
         """Raise ValueError naming the fix for any setting that cannot give an accuracy."""

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Parallel", "check_device", "init_from_env", "joined", "shutdown"]
+__all__ = ["Parallel", "check_device", "init_from_env", "joined", "launched_rank", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,11 @@ def check_device(device: str) -> torch.device:
             raise ValueError(f"--device {device}: Apple's Metal (MPS) backend is not available here; use --device cpu.")
         return d
     raise ValueError(f"--device {device}: hyperdm runs on cpu, cuda or mps; use one of them.")
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun's environment says (``RANK``; 0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def init_from_env(device: str) -> tuple[Parallel, str]:

@@ -19,7 +19,6 @@ bit-identical synthetic images.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import platform
@@ -41,7 +40,7 @@ from ..seeding import Stream, derive_seed, progress_bar
 from ..models import seeded_network
 from ..parallel import Parallel, check_device
 from ..prune import prune_indices
-from ..presets import DistillConfig, validate
+from ..config import DistillConfig, validate
 from ..synset import expand, pack
 
 __all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "eval_config", "per_sample_network"]
@@ -49,10 +48,15 @@ __all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "eval_config", 
 log = logging.getLogger(__name__)
 
 _CHECKPOINT_FORMAT = 1
-# settings that do not change what the images become; every other DistillConfig field must match on --resume
-_MAY_CHANGE_ON_RESUME = frozenset({"preset", "eval_every", "eval_at", "eval_epochs", "eval_runs", "eval_archs", "eval_lr", "eval_batch",
-                                   "checkpoint_every", "device", "data_root", "download", "expert_dir", "compile_matcher",
-                                   "sources"})
+# settings (paths; a section name covers the section) that do not change what the images become; every
+# other setting must match on --resume
+_MAY_CHANGE_ON_RESUME = frozenset({"preset", "eval", "checkpoint_every", "device", "data_root", "download",
+                                   "dance.expert_dir", "matcher.compile"})
+
+
+def _may_change_on_resume(path: str) -> bool:
+    parts = path.split(".")
+    return any(".".join(parts[:n]) in _MAY_CHANGE_ON_RESUME for n in range(1, len(parts) + 1))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,18 +66,16 @@ class NonFiniteLossError(RuntimeError):
 def build_matcher(cfg: DistillConfig, process_group: Any = None) -> nn.Module:
     """The matcher a config asks for. The loop checks finiteness itself, with a run-level message.
     ``process_group``: match against the real features of every rank (data-parallel runs)."""
-    if cfg.matcher == "mmd":
+    m = cfg.matcher
+    if m.kind == "mmd":
         return MMDMatcher(reduction="sum", check_finite=False, process_group=process_group)
-    return HyperbolicMatcher(cfg.k, cfg.scale, max_norm=cfg.max_norm, reduction="sum", check_finite=False,
-                             compile=cfg.compile_matcher, process_group=process_group)
+    return HyperbolicMatcher(m.k, m.scale, max_norm=m.max_norm, hierarchical=m.hierarchical, reduction="sum",
+                             check_finite=False, compile=m.compile, process_group=process_group)
 
 
 def eval_config(cfg: DistillConfig, *, device: Optional[str] = None) -> EvalConfig:
-    """The evaluation a run with ``cfg`` performs (epochs, runs, lr, batch, DSA, architectures, seed)."""
-    return EvalConfig(
-        epochs=cfg.eval_epochs, runs=cfg.eval_runs, lr=cfg.eval_lr, batch=cfg.eval_batch, dsa_strategy=cfg.dsa_strategy,
-        archs=tuple(cfg.eval_archs), seed=derive_seed(cfg.seed, Stream.EVAL), device=device or cfg.device,
-    )
+    """The evaluation a run with ``cfg`` performs (:meth:`DistillConfig.eval_config`)."""
+    return cfg.eval_config(device=device)
 
 
 def per_sample_network(net: nn.Module) -> bool:
@@ -116,7 +118,7 @@ class DistillLoop:
                                  "process_group=torch.distributed.group.WORLD.")
         group = self.par.group if self.par.enabled else None
         self.matcher = (matcher if matcher is not None else build_matcher(cfg, group)).to(self.device)
-        self.match_dtype = torch.float64 if cfg.match_dtype == "float64" else torch.float32
+        self.match_dtype = torch.float64 if cfg.matcher.dtype == "float64" else torch.float32
         self.train_images = real.train_images.to(self.device)
         self.train_labels = real.train_labels.to(self.device)
         self.class_indices: list[Tensor] = [i.to(self.device) for i in real.indices_by_class()]
@@ -142,7 +144,7 @@ class DistillLoop:
         forward one blank image, so that a network that cannot take them fails now, not after the distillation."""
         info = self.real.info
         blank = torch.zeros(1, info.channels, *info.im_size)
-        for name in dict.fromkeys((self.cfg.model, *self.cfg.eval_archs)):
+        for name in dict.fromkeys((self.cfg.model, *self.cfg.eval.archs)):
             try:
                 net = seeded_network(name, info.channels, info.num_classes, info.im_size, seed=0).eval()
                 with torch.no_grad():
@@ -260,7 +262,7 @@ class DistillLoop:
 
     def check_finite(self, value: float, it: int) -> None:
         if not math.isfinite(value):
-            raise NonFiniteLossError(f"the {self.cfg.matcher} loss is {value} at iteration {it}")
+            raise NonFiniteLossError(f"the {self.cfg.matcher.kind} loss is {value} at iteration {it}")
 
     def training_set(self) -> tuple[Tensor, Tensor]:
         """The synthetic set as training images (expanded if the method stores partitioned images)."""
@@ -300,7 +302,7 @@ class DistillLoop:
         cfg = self.cfg
         labels = self.real.train_labels
         kept = prune_indices(self.train_images, labels, self.real.info, keep=cfg.prune_keep, score=cfg.prune_score,
-                             nets=cfg.prune_nets, k=cfg.k, model=cfg.model, seed=cfg.seed)
+                             nets=cfg.prune_nets, k=cfg.matcher.k, model=cfg.model, seed=cfg.seed)
         self.kept = kept.cpu()
         self._apply_kept()
         how = "uniformly at random" if cfg.prune_score == "random" else f"score {cfg.prune_score} over {cfg.prune_nets} random {cfg.model}"
@@ -361,9 +363,8 @@ class DistillLoop:
         return state
 
     def _resume(self, state: dict[str, Any]) -> int:
-        old = DistillConfig.from_dict(state["config"])
-        changed = [f.name for f in dataclasses.fields(DistillConfig)
-                   if f.name not in _MAY_CHANGE_ON_RESUME and getattr(old, f.name) != getattr(self.cfg, f.name)]
+        old, new = DistillConfig.from_dict(state["config"]).settings(), self.cfg.settings()
+        changed = [p for p in dict.fromkeys((*old, *new)) if not _may_change_on_resume(p) and old.get(p) != new.get(p)]
         if changed:
             raise ValueError(
                 f"--resume: the checkpoint in {self.run_dir.path} was made with different settings ({', '.join(changed)}); "
@@ -404,7 +405,7 @@ class DistillLoop:
 
     def evaluate(self, it: int) -> dict[str, Any]:
         assert self.syn is not None
-        ecfg = eval_config(self.cfg)
+        ecfg = self.cfg.eval_config()
         images, labels = self.training_set()
         res = evaluate_synthetic(images, labels, self.real.test_images, self.real.test_labels, self.real.info,
                                  ecfg, progress=self.progress)
@@ -443,7 +444,7 @@ class DistillLoop:
             rd.path.mkdir(parents=True, exist_ok=True)
         with rd.logging_to_file() if self.par.is_main else contextlib.nullcontext():
             log.info("hyperdm %s: %s with the %s matcher on %s, IPC %d, preset %s%s\n%s",
-                     __version__, cfg.method, cfg.matcher, cfg.dataset, cfg.ipc, cfg.preset,
+                     __version__, cfg.method, cfg.matcher.kind, cfg.dataset, cfg.ipc, cfg.preset,
                      f", {self.par.world} processes (torch.distributed)" if self.par.enabled else "", cfg.summary())
             if resume and state is None:
                 log.info("--resume: no checkpoint in %s yet; starting from the beginning", rd.path)
@@ -457,10 +458,10 @@ class DistillLoop:
             self.metrics["real_images_used"] = int(sum(int(i.numel()) for i in self.class_indices))
             self.write_config()
             self.prepare()
-            eval_its = cfg.eval_iterations() if cfg.eval_runs > 0 and cfg.eval_epochs > 0 else []
+            eval_its = cfg.eval_iterations() if cfg.eval.runs > 0 and cfg.eval.epochs > 0 else []
             done = {e["iteration"] for e in self.metrics["evals"]}
             per_it = self.images_per_iteration()
-            bar = progress_bar(cfg.iterations, f"{cfg.method}+{cfg.matcher}", self.progress, initial=start)
+            bar = progress_bar(cfg.iterations, f"{cfg.method}+{cfg.matcher.kind}", self.progress, initial=start)
             it = start
             last_good = start
             t_distill = 0.0
@@ -541,7 +542,7 @@ class DistillLoop:
         images = self.syn.detach().cpu()
         rd.save_synthetic(
             images, self.syn_labels.cpu(), normalised=True, mean=list(info.mean), std=list(info.std), dataset=info.name,
-            ipc=self.cfg.ipc, method=self.cfg.method, matcher=self.cfg.matcher, partition=self.partition, hyperdm=__version__,
+            ipc=self.cfg.ipc, method=self.cfg.method, matcher=self.cfg.matcher.kind, partition=self.partition, hyperdm=__version__,
         )
         pix = self.real.denormalise(images)
         rd.save_grid(pix, nrow=self.cfg.ipc)
@@ -551,7 +552,7 @@ class DistillLoop:
             from ..plots import plot_poincare
 
             shown, shown_labels = self.training_set()  # the images the matcher saw (expanded when partitioned)
-            plot_poincare(self.real, shown.cpu(), shown_labels.cpu(), rd.poincare, k=self.cfg.k, max_norm=self.cfg.max_norm,
+            plot_poincare(self.real, shown.cpu(), shown_labels.cpu(), rd.poincare, k=self.cfg.matcher.k, max_norm=self.cfg.matcher.max_norm,
                           model=self.cfg.model, seed=self.cfg.seed)
         except ImportError as e:  # matplotlib is in the [distill] extra
             log.warning("poincare.png skipped: %s (pip install \".[distill]\")", e)

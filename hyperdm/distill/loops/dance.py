@@ -47,9 +47,8 @@ log = logging.getLogger(__name__)
 
 
 def expert_config(cfg: Any) -> ExpertConfig:
-    """The :class:`ExpertConfig` of a :class:`~hyperdm.distill.presets.DistillConfig`."""
-    return ExpertConfig(count=cfg.experts, epochs=cfg.expert_epochs, lr=cfg.expert_lr, batch=cfg.expert_batch,
-                        model=cfg.model, per_class=cfg.expert_per_class, seed=cfg.expert_seed)
+    """The :class:`ExpertConfig` of a :class:`~hyperdm.distill.config.DistillConfig` (its ``dance.experts``, the run's model)."""
+    return cfg.expert_config()
 
 
 class DanceLoop(DistillLoop):
@@ -78,7 +77,7 @@ class DanceLoop(DistillLoop):
             self.par.barrier()
         self.experts, directory = load_or_train_experts(
             self.real.train_images, self.real.train_labels, self.real.info, ecfg,
-            root=self.cfg.expert_dir, device=self.cfg.device, progress=self.progress)
+            root=self.cfg.dance.expert_dir, device=self.cfg.device, progress=self.progress)
         if self.par.is_main:
             self.par.barrier()
         dev = self.device
@@ -121,15 +120,15 @@ class DanceLoop(DistillLoop):
             loss, _, _ = self.class_matching_loss(self.middle, c, derive_seed(cfg.seed, it, c), gen)
             total += self.image_step(loss, it)
         calib = 0.0
-        for p in range(cfg.iter_calib):  # inter-class view: calibrate through the trained expert
+        for p in range(cfg.dance.iter_calib):  # inter-class view: calibrate through the trained expert
             for c in range(self.num_classes):
                 x_syn, y_syn = self.syn_expanded(c)
                 syn = self.augment(x_syn, derive_seed(cfg.seed, it, Stream.DANCE_PART, p, c))
                 calib += self.image_step(F.cross_entropy(self.expert_net(syn), y_syn), it)
-        if cfg.iter_calib > 0:
-            self.metrics.setdefault("calibration_loss", []).append(calib / (cfg.iter_calib * self.num_classes))
+        if cfg.dance.iter_calib > 0:
+            self.metrics.setdefault("calibration_loss", []).append(calib / (cfg.dance.iter_calib * self.num_classes))
         return total
 
     def images_per_iteration(self) -> int:
         # the matching step's images, then iter_calib passes over the expanded synthetic set
-        return super().images_per_iteration() + self.cfg.iter_calib * self.num_classes * self.cfg.ipc * self.partition**2
+        return super().images_per_iteration() + self.cfg.dance.iter_calib * self.num_classes * self.cfg.ipc * self.partition**2

@@ -62,11 +62,11 @@ class IDMLoop(DistillLoop):
 
     def _new_net(self, it: int, tag: int) -> _Queued:
         net = self.fresh_network(it, tag=1000 + tag, trainable=True)
-        opt = torch.optim.SGD(net.parameters(), lr=self.cfg.lr_net, momentum=0.9, weight_decay=5e-4)
+        opt = torch.optim.SGD(net.parameters(), lr=self.cfg.idm.lr_net, momentum=0.9, weight_decay=5e-4)
         return _Queued(net, opt, born=it * 1000 + tag)
 
     def _grow(self, it: int) -> None:
-        cfg = self.cfg
+        cfg = self.cfg.idm
         if not self.queue:
             self.queue = [self._new_net(-1, t) for t in range(cfg.net_initial)]
         if it % cfg.net_generate_interval == 0:
@@ -78,7 +78,7 @@ class IDMLoop(DistillLoop):
                 q.correct = q.seen = 0
 
     def _train_queue(self, it: int, gen: torch.Generator) -> None:
-        cfg = self.cfg
+        cfg = self.cfg.idm
         for j in torch.randperm(len(self.queue), generator=gen)[: cfg.fetch_net_num].tolist():
             q = self.queue[j]
             q.net.train()
@@ -109,7 +109,7 @@ class IDMLoop(DistillLoop):
         cfg = self.cfg
         gen = self.generator(it)
         self._grow(it)
-        chosen = torch.randperm(len(self.queue), generator=gen)[: cfg.train_net_num].tolist()
+        chosen = torch.randperm(len(self.queue), generator=gen)[: cfg.idm.train_net_num].tolist()
         total = 0.0
         for n, j in enumerate(chosen):
             q = self.queue[j]
@@ -119,8 +119,8 @@ class IDMLoop(DistillLoop):
             for c in range(self.num_classes):
                 # --- DM's MMD line, as a matcher call (one class) ---
                 loss, f_syn, y_syn = self.class_matching_loss(q.net, c, derive_seed(cfg.seed, it, n, c), gen)
-                if cfg.ce_weight > 0 and weight > 0:
-                    loss = loss + cfg.ce_weight * weight * F.cross_entropy(q.net.classifier(f_syn), y_syn)
+                if cfg.idm.ce_weight > 0 and weight > 0:
+                    loss = loss + cfg.idm.ce_weight * weight * F.cross_entropy(q.net.classifier(f_syn), y_syn)
                 total += self.image_step(loss, it)
             q.net.requires_grad_(True)
         self._train_queue(it, gen)
@@ -128,7 +128,7 @@ class IDMLoop(DistillLoop):
 
     def images_per_iteration(self) -> int:
         cfg = self.cfg  # each chosen network matches every class once, then the queue trains
-        return cfg.train_net_num * super().images_per_iteration() + cfg.fetch_net_num * cfg.model_train_steps * cfg.net_batch
+        return cfg.idm.train_net_num * super().images_per_iteration() + cfg.idm.fetch_net_num * cfg.idm.model_train_steps * cfg.idm.net_batch
 
     # ---- resume -------------------------------------------------------------------------------
 
