@@ -13,21 +13,35 @@ import torch
 
 from hyperdm.distill.cli import build_parser, main
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_help_documents_every_option():
     parser = build_parser()
-    subs = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public accessor
+    subs = parser._subparsers._group_actions[0].choices
     assert set(subs) == {"distill", "evaluate", "prune", "plot"}
     for name, sp in subs.items():
         for action in sp._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help and len(action.help) > 10, (name, action.option_strings)
     text = subs["distill"].format_help()
-    for opt in ("--method", "--matcher", "--dataset", "--ipc", "--preset", "--iterations", "--eval-epochs", "--eval-runs",
-                "--data-root", "--out", "--seed", "--device", "--resume", "--prune-keep", "--download"):
+    for opt in (
+        "--method",
+        "--matcher",
+        "--dataset",
+        "--ipc",
+        "--preset",
+        "--iterations",
+        "--eval-epochs",
+        "--eval-runs",
+        "--data-root",
+        "--out",
+        "--seed",
+        "--device",
+        "--resume",
+        "--prune-keep",
+        "--download",
+    ):
         assert opt in text
     assert "curvature is -1/k" in text
 
@@ -43,7 +57,10 @@ def test_python_dash_m_entry_point():
         (["distill", "--dataset", "imagenet-21k"], "unknown dataset|imagenet-21k"),
         (["distill", "--dataset", "mnist", "--data-root", "{tmp}"], "{tmp}"),
         (["distill", "--ipc", "0"], "positive integer"),
-        (["distill", "--method", "dance", "--experts", "0"], r"dance.experts.count \(--experts\), .epochs and .batch must be >= 1"),
+        (
+            ["distill", "--method", "dance", "--experts", "0"],
+            r"dance.experts.count \(--experts\), .epochs and .batch must be >= 1",
+        ),
         (["distill", "--method", "dance", "--match-dsa", "color_blur"], "unknown DSA group"),
         (["distill", "--preset", "paper", "--dataset", "mnist"], "--k and --scale"),
         (["evaluate", "{tmp}/nothing"], "no synthetic set"),
@@ -68,21 +85,94 @@ def test_bad_preset_is_an_argparse_error(capsys):
 def test_distill_evaluate_prune_plot(tmp_path, capsys, tiny_fmnist_root):
     run = tmp_path / "run"
     data = ["--data-root", str(tiny_fmnist_root)]
-    rc = main(["--log-level", "WARNING", "distill", *data, "--matcher", "hyperbolic", "--ipc", "1", "--iterations", "2", "--batch-real", "8",
-               "--eval-epochs", "2", "--eval-runs", "1", "--out", str(run), "--no-progress", "--seed", "1"])
+    rc = main(
+        [
+            "--log-level",
+            "WARNING",
+            "distill",
+            *data,
+            "--matcher",
+            "hyperbolic",
+            "--ipc",
+            "1",
+            "--iterations",
+            "2",
+            "--batch-real",
+            "8",
+            "--eval-epochs",
+            "2",
+            "--eval-runs",
+            "1",
+            "--out",
+            str(run),
+            "--no-progress",
+            "--seed",
+            "1",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "ConvNet test accuracy" in out and str(run.resolve()) in out
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["iterations"] == 2 and cfg["matcher"]["k"] == 1 and cfg["matcher"]["scale"] == 20  # Fashion-MNIST IPC 1 row: k 1, lambda 20
+    assert (
+        cfg["iterations"] == 2 and cfg["matcher"]["k"] == 1 and cfg["matcher"]["scale"] == 20
+    )  # Fashion-MNIST IPC 1 row: k 1, lambda 20
     # evaluate the run directory and the .pt; JSON output
-    assert main(["evaluate", str(run), *data, "--epochs", "2", "--runs", "2", "--out", str(tmp_path / "ev.json"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                *data,
+                "--epochs",
+                "2",
+                "--runs",
+                "2",
+                "--out",
+                str(tmp_path / "ev.json"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     ev = json.loads((tmp_path / "ev.json").read_text())
     assert len(ev["results"]["ConvNet"]["accs"]) == 2
-    assert main(["evaluate", str(run / "synthetic.pt"), *data, "--epochs", "1", "--runs", "1", "--dataset", "fashion-mnist", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run / "synthetic.pt"),
+                *data,
+                "--epochs",
+                "1",
+                "--runs",
+                "1",
+                "--dataset",
+                "fashion-mnist",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "ConvNet:" in capsys.readouterr().out
     # prune
-    assert main(["prune", *data, "--dataset", "fashion-mnist", "--keep", "0.1", "--nets", "1", "--out", str(tmp_path / "kept")]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                *data,
+                "--dataset",
+                "fashion-mnist",
+                "--keep",
+                "0.1",
+                "--nets",
+                "1",
+                "--out",
+                str(tmp_path / "kept"),
+            ]
+        )
+        == 0
+    )
     kept = np.load(tmp_path / "kept.npy")
     assert kept.shape == (30,) and np.all(np.diff(kept) > 0)
     assert json.loads((tmp_path / "kept.json").read_text())["kept"] == 30
@@ -91,24 +181,95 @@ def test_distill_evaluate_prune_plot(tmp_path, capsys, tiny_fmnist_root):
     assert main(["plot", str(run), *data]) == 0
     assert (run / "poincare.png").stat().st_size > 0 and (run / "loss.png").stat().st_size > 0
     # a finished run can be resumed (re-writes artifacts, no new iterations)
-    assert main(["--log-level", "WARNING", "distill", *data, "--matcher", "hyperbolic", "--ipc", "1", "--iterations", "2", "--batch-real", "8",
-                 "--eval-epochs", "2", "--eval-runs", "1", "--out", str(run), "--no-progress", "--seed", "1", "--resume"]) == 0
+    assert (
+        main(
+            [
+                "--log-level",
+                "WARNING",
+                "distill",
+                *data,
+                "--matcher",
+                "hyperbolic",
+                "--ipc",
+                "1",
+                "--iterations",
+                "2",
+                "--batch-real",
+                "8",
+                "--eval-epochs",
+                "2",
+                "--eval-runs",
+                "1",
+                "--out",
+                str(run),
+                "--no-progress",
+                "--seed",
+                "1",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     m = json.loads((run / "metrics.json").read_text())
     assert len(m["loss"]) == 2 and len(m["evals"]) == 1
 
 
 def test_evaluate_rejects_wrong_dataset(tmp_path, capsys, tiny_fmnist_root):
     torch.save({"data": [[torch.zeros(2, 3, 32, 32), torch.tensor([0, 1])]]}, tmp_path / "s.pt")
-    assert main(["evaluate", str(tmp_path / "s.pt"), "--dataset", "fashion-mnist", "--data-root", str(tiny_fmnist_root), "--epochs", "1", "--runs", "1"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "s.pt"),
+                "--dataset",
+                "fashion-mnist",
+                "--data-root",
+                str(tiny_fmnist_root),
+                "--epochs",
+                "1",
+                "--runs",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "--dataset" in capsys.readouterr().err
 
 
 def test_no_clamp_reaches_the_run(tmp_path, tiny_fmnist_root):
     run = tmp_path / "run"
-    assert main(["--log-level", "WARNING", "distill", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "1",
-                 "--batch-real", "4", "--eval-runs", "0", "--no-clamp", "--k", "2", "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--log-level",
+                "WARNING",
+                "distill",
+                "--data-root",
+                str(tiny_fmnist_root),
+                "--ipc",
+                "1",
+                "--iterations",
+                "1",
+                "--batch-real",
+                "4",
+                "--eval-runs",
+                "0",
+                "--no-clamp",
+                "--k",
+                "2",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["matcher"]["max_norm"] is None and cfg["matcher"]["k"] == 2 and "no clamp" in cfg["sources"]["matcher.max_norm"]
+    assert (
+        cfg["matcher"]["max_norm"] is None
+        and cfg["matcher"]["k"] == 2
+        and "no clamp" in cfg["sources"]["matcher.max_norm"]
+    )
     assert "max_norm=None" in cfg["matcher_repr"]
 
 
@@ -124,8 +285,30 @@ def test_compile_matcher_reaches_the_run_and_gives_the_plain_loss(tmp_path, tiny
     losses = {}
     for flag in ([], ["--compile-matcher"]):
         run = tmp_path / ("compiled" if flag else "plain")
-        assert main(["--log-level", "WARNING", "distill", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations",
-                     "2", "--batch-real", "4", "--eval-runs", "0", "--out", str(run), "--no-progress", *flag]) == 0
+        assert (
+            main(
+                [
+                    "--log-level",
+                    "WARNING",
+                    "distill",
+                    "--data-root",
+                    str(tiny_fmnist_root),
+                    "--ipc",
+                    "1",
+                    "--iterations",
+                    "2",
+                    "--batch-real",
+                    "4",
+                    "--eval-runs",
+                    "0",
+                    "--out",
+                    str(run),
+                    "--no-progress",
+                    *flag,
+                ]
+            )
+            == 0
+        )
         cfg = json.loads((run / "config.json").read_text())
         assert cfg["matcher"]["compile"] is bool(flag)
         assert ("compile=True" in cfg["matcher_repr"]) is bool(flag)
@@ -138,18 +321,24 @@ def test_compile_matcher_reaches_the_run_and_gives_the_plain_loss(tmp_path, tiny
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, says", [
-    (["distill", "--eval-every", "-5"], "argument --eval-every: must be >= 0, got -5"),
-    (["distill", "--iterations", "-1"], "argument --iterations: must be >= 0, got -1"),
-    (["distill", "--lr-img", "inf"], "argument --lr-img: must be a finite number > 0, got 'inf'"),
-    (["distill", "--scale", "nan"], "argument --scale: expected a finite number >= 0 or 'auto', got 'nan'"),
-    (["distill", "--prune-keep", "0"], "argument --prune-keep: must be a fraction in (0, 1]"),
-    (["evaluate", "x", "--epochs", "-5"], "argument --epochs: must be >= 1, got -5"),
-    (["evaluate", "x", "--runs", "0"], "argument --runs: must be >= 1, got 0"),
-    (["prune", "--keep", "0", "--out", "k"], "argument --keep: must be a fraction in (0, 1] (0.2 keeps 20 % of each class), got '0'"),
-    (["prune", "--keep", "1.5", "--out", "k"], "argument --keep: must be a fraction in (0, 1]"),
-    (["prune", "--keep", "0.2", "--nets", "0", "--out", "k"], "argument --nets: must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["distill", "--eval-every", "-5"], "argument --eval-every: must be >= 0, got -5"),
+        (["distill", "--iterations", "-1"], "argument --iterations: must be >= 0, got -1"),
+        (["distill", "--lr-img", "inf"], "argument --lr-img: must be a finite number > 0, got 'inf'"),
+        (["distill", "--scale", "nan"], "argument --scale: expected a finite number >= 0 or 'auto', got 'nan'"),
+        (["distill", "--prune-keep", "0"], "argument --prune-keep: must be a fraction in (0, 1]"),
+        (["evaluate", "x", "--epochs", "-5"], "argument --epochs: must be >= 1, got -5"),
+        (["evaluate", "x", "--runs", "0"], "argument --runs: must be >= 1, got 0"),
+        (
+            ["prune", "--keep", "0", "--out", "k"],
+            "argument --keep: must be a fraction in (0, 1] (0.2 keeps 20 % of each class), got '0'",
+        ),
+        (["prune", "--keep", "1.5", "--out", "k"], "argument --keep: must be a fraction in (0, 1]"),
+        (["prune", "--keep", "0.2", "--nets", "0", "--out", "k"], "argument --nets: must be >= 1, got 0"),
+    ],
+)
 def test_bad_values_are_refused_by_the_parser_in_one_line(args, says, capsys):
     with pytest.raises(SystemExit) as e:
         main(args)
@@ -166,14 +355,20 @@ def no_work(monkeypatch):
     monkeypatch.setattr("hyperdm.distill.data.load_dataset", refuse)
 
 
-@pytest.mark.parametrize("args, says", [
-    (["distill", "--arch", "FooNet"], "unknown architecture 'FooNet'; valid names: ConvNet, AlexNet, VGG11, ResNet18"),
-    (["distill", "--model", "FooNet"], "unknown architecture 'FooNet'"),
-    (["evaluate", "{tmp}/x.pt", "--arch", "FooNet"], "unknown architecture 'FooNet'"),
-    (["distill", "--resume", "--overwrite"], "pass one of them"),
-    (["plot", "{tmp}/typo"], "no run directory at {tmp}/typo; pass a directory written by `hyperdm distill`."),
-    (["evaluate", "{tmp}/missing.pt"], "no synthetic set at {tmp}/missing.pt"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (
+            ["distill", "--arch", "FooNet"],
+            "unknown architecture 'FooNet'; valid names: ConvNet, AlexNet, VGG11, ResNet18",
+        ),
+        (["distill", "--model", "FooNet"], "unknown architecture 'FooNet'"),
+        (["evaluate", "{tmp}/x.pt", "--arch", "FooNet"], "unknown architecture 'FooNet'"),
+        (["distill", "--resume", "--overwrite"], "pass one of them"),
+        (["plot", "{tmp}/typo"], "no run directory at {tmp}/typo; pass a directory written by `hyperdm distill`."),
+        (["evaluate", "{tmp}/missing.pt"], "no synthetic set at {tmp}/missing.pt"),
+    ],
+)
 def test_bad_names_fail_before_any_work_and_leave_nothing(tmp_path, capsys, no_work, args, says):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     before = sorted(tmp_path.iterdir())
@@ -211,8 +406,10 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, 
     monkeypatch.setattr("hyperdm.distill.presets.resolve", bug)
     assert main(["distill", "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
-    assert err.strip() == ("hyperdm distill: internal error: RuntimeError: something nobody expected. This is a bug in "
-                           "hyperdm; run again with --debug for the traceback and report it.")
+    assert err.strip() == (
+        "hyperdm distill: internal error: RuntimeError: something nobody expected. This is a bug in "
+        "hyperdm; run again with --debug for the traceback and report it."
+    )
     assert main(["distill", "--out", str(tmp_path / "r"), "--debug"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "something nobody expected" in err
@@ -220,8 +417,20 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, 
 
 def test_sources_say_command_line_only_for_what_was_typed(tmp_path, tiny_fmnist_root, monkeypatch):
     monkeypatch.setattr("hyperdm.distill.plots.plot_poincare", lambda *a, **k: None)
-    common = ["--log-level", "WARNING", "distill", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "0",
-              "--eval-runs", "0", "--no-progress"]
+    common = [
+        "--log-level",
+        "WARNING",
+        "distill",
+        "--data-root",
+        str(tiny_fmnist_root),
+        "--ipc",
+        "1",
+        "--iterations",
+        "0",
+        "--eval-runs",
+        "0",
+        "--no-progress",
+    ]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
     src = json.loads((tmp_path / "a" / "config.json").read_text())["sources"]
     assert "seed" not in src and "device" not in src and "download" not in src  # the defaults: never typed
@@ -233,8 +442,27 @@ def test_sources_say_command_line_only_for_what_was_typed(tmp_path, tiny_fmnist_
 
 def test_warning_level_hides_the_run_log_lines_on_the_console(tmp_path, tiny_fmnist_root, capsys, monkeypatch):
     monkeypatch.setattr("hyperdm.distill.plots.plot_poincare", lambda *a, **k: None)
-    assert main(["distill", "--log-level", "WARNING", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations",
-                 "0", "--eval-runs", "0", "--no-progress", "--out", str(tmp_path / "r")]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--log-level",
+                "WARNING",
+                "--data-root",
+                str(tiny_fmnist_root),
+                "--ipc",
+                "1",
+                "--iterations",
+                "0",
+                "--eval-runs",
+                "0",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 0
+    )
     assert " INFO " not in capsys.readouterr().err
     assert "INFO" in (tmp_path / "r" / "run.log").read_text()  # the run's own log keeps everything
 
@@ -249,9 +477,31 @@ def test_resume_of_a_run_written_with_the_flat_config_of_hyperdm_0_1(tmp_path, t
     src = Path(__file__).parent / "data" / "flat_run"
     run = tmp_path / "run"
     shutil.copytree(src, run)
-    args = ["--log-level", "WARNING", "distill", "--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "4",
-            "--batch-real", "8", "--eval-runs", "0", "--checkpoint-every", "2", "--seed", "3", "--no-progress", "--out", str(run)]
-    assert "matcher" in json.loads((run / "config.json").read_text()) and "k" in json.loads((run / "config.json").read_text())
+    args = [
+        "--log-level",
+        "WARNING",
+        "distill",
+        "--data-root",
+        str(tiny_fmnist_root),
+        "--ipc",
+        "1",
+        "--iterations",
+        "4",
+        "--batch-real",
+        "8",
+        "--eval-runs",
+        "0",
+        "--checkpoint-every",
+        "2",
+        "--seed",
+        "3",
+        "--no-progress",
+        "--out",
+        str(run),
+    ]
+    assert "matcher" in json.loads((run / "config.json").read_text()) and "k" in json.loads(
+        (run / "config.json").read_text()
+    )
     # other settings than the checkpoint's: refused with the settings named by path, nothing changed
     assert main([*args, "--k", "2", "--resume"]) == 2
     err = capsys.readouterr().err
@@ -266,18 +516,47 @@ def test_resume_of_a_run_written_with_the_flat_config_of_hyperdm_0_1(tmp_path, t
 
 
 #: every `hyperdm distill` option before the options were read from the configuration's fields
-OPTIONS_OF_0_1 = ("--iterations", "--batch-real", "--lr-img", "--k", "--scale", "--max-norm", "--no-clamp", "--match-dtype",
-                  "--compile-matcher", "--model", "--init", "--dsa", "--eval-every", "--eval-at", "--eval-epochs",
-                  "--eval-runs", "--arch", "--partition", "--ce-weight", "--net-num", "--model-train-steps", "--net-batch",
-                  "--experts", "--expert-epochs", "--expert-per-class", "--expert-seed", "--expert-dir", "--iter-calib",
-                  "--match-dsa", "--checkpoint-every", "--prune-keep", "--prune-score")
+OPTIONS_OF_0_1 = (
+    "--iterations",
+    "--batch-real",
+    "--lr-img",
+    "--k",
+    "--scale",
+    "--max-norm",
+    "--no-clamp",
+    "--match-dtype",
+    "--compile-matcher",
+    "--model",
+    "--init",
+    "--dsa",
+    "--eval-every",
+    "--eval-at",
+    "--eval-epochs",
+    "--eval-runs",
+    "--arch",
+    "--partition",
+    "--ce-weight",
+    "--net-num",
+    "--model-train-steps",
+    "--net-batch",
+    "--experts",
+    "--expert-epochs",
+    "--expert-per-class",
+    "--expert-seed",
+    "--expert-dir",
+    "--iter-calib",
+    "--match-dsa",
+    "--checkpoint-every",
+    "--prune-keep",
+    "--prune-score",
+)
 
 
 def test_distill_has_an_option_for_every_setting_and_keeps_the_old_names():
     from hyperdm.distill.config import FLAT, DistillConfig
     from hyperdm.distill.settings import leaves
 
-    sub = build_parser()._subparsers._group_actions[0].choices["distill"]  # noqa: SLF001
+    sub = build_parser()._subparsers._group_actions[0].choices["distill"]
     flags = {s for action in sub._actions for s in action.option_strings}
     assert set(OPTIONS_OF_0_1) <= flags
     dests = {action.dest for action in sub._actions}

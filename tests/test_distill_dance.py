@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from test_distill_loop import FMNIST, kill_and_resume, needs_fmnist, small
 
 from hyperdm.distill import experts as experts_mod
 from hyperdm.distill.artifacts import load_synthetic
@@ -14,8 +15,6 @@ from hyperdm.distill.cli import main
 from hyperdm.distill.experts import ExpertConfig, expert_lr, load_or_train_experts
 from hyperdm.distill.loops import DanceLoop, get_loop
 from hyperdm.distill.presets import resolve
-
-from test_distill_loop import FMNIST, kill_and_resume, needs_fmnist, small
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +24,17 @@ def _cache_in_tmp(tmp_path, monkeypatch):
 
 
 def dance_cfg(matcher="hyperbolic", **kw):
-    base = dict(iterations=4, batch_real=8, eval_epochs=2, eval_runs=1, checkpoint_every=2, seed=5,
-                experts=2, expert_epochs=1, expert_per_class=10)
+    base = dict(
+        iterations=4,
+        batch_real=8,
+        eval_epochs=2,
+        eval_runs=1,
+        checkpoint_every=2,
+        seed=5,
+        experts=2,
+        expert_epochs=1,
+        expert_per_class=10,
+    )
     base.update(kw)
     ipc = base.pop("ipc", 1)
     return resolve(preset="cpu", method="dance", matcher=matcher, dataset="fashion-mnist", ipc=ipc, overrides=base)
@@ -41,7 +49,11 @@ def test_paper_preset_follows_table_6_and_the_reference():
     assert (c.iterations, c.partition, c.batch_real, c.momentum_img, c.dance.iter_calib) == (10000, 2, 128, 0.5, 1)
     x = c.dance.experts
     assert (x.count, x.epochs, x.lr, x.batch, x.per_class) == (20, 60, 0.01, 64, None)
-    assert (c.match_dsa, c.match_aug_mode, c.dsa_strategy) == ("color_crop_cutout", "M", "color_crop_cutout_flip_scale_rotate")
+    assert (c.match_dsa, c.match_aug_mode, c.dsa_strategy) == (
+        "color_crop_cutout",
+        "M",
+        "color_crop_cutout_flip_scale_rotate",
+    )
     assert get_loop("dance") is DanceLoop
     # the mmd baseline keeps Dance's own rule lr_img = 0.01 x ipc (pixel units)
     assert resolve(preset="paper", method="dance", matcher="mmd", dataset="cifar10", ipc=50).lr_img == 0.5
@@ -62,18 +74,25 @@ def test_fashion_mnist_has_no_dance_row():
     assert (c.matcher.k, c.matcher.scale, c.lr_img) == (1, 40, 0.1)  # k and lambda of the DM row, Dance's own lr_img
     assert "no Dance row" in c.sources["matcher.k"] and "0.01 x ipc" in c.sources["lr_img"]
     m = resolve(preset="cpu", method="dance", matcher="mmd", dataset="fashion-mnist", ipc=10)
-    assert m.lr_img == c.lr_img and (m.dance.experts.count, m.dance.experts.epochs, m.dance.experts.per_class) == (4, 4, 200)
+    assert m.lr_img == c.lr_img and (m.dance.experts.count, m.dance.experts.epochs, m.dance.experts.per_class) == (
+        4,
+        4,
+        200,
+    )
 
 
-@pytest.mark.parametrize("bad, msg", [
-    ({"experts": 0}, r"dance.experts.count \(--experts\), .epochs and .batch must be >= 1"),
-    ({"expert_epochs": 0}, r"dance.experts.count \(--experts\), .epochs and .batch must be >= 1"),
-    ({"expert_lr": 0.0}, "dance.experts.lr must be > 0"),
-    ({"expert_per_class": 0}, r"dance.experts.per_class \(--expert-per-class\) must be >= 1"),
-    ({"iter_calib": -1}, "dance.iter_calib must be >= 0"),
-    ({"match_dsa": "color_blur"}, r"unknown DSA group\(s\) \['blur'\].*valid groups"),
-    ({"match_aug_mode": "X"}, "match_aug_mode must be 'S'"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        ({"experts": 0}, r"dance.experts.count \(--experts\), .epochs and .batch must be >= 1"),
+        ({"expert_epochs": 0}, r"dance.experts.count \(--experts\), .epochs and .batch must be >= 1"),
+        ({"expert_lr": 0.0}, "dance.experts.lr must be > 0"),
+        ({"expert_per_class": 0}, r"dance.experts.per_class \(--expert-per-class\) must be >= 1"),
+        ({"iter_calib": -1}, "dance.iter_calib must be >= 0"),
+        ({"match_dsa": "color_blur"}, r"unknown DSA group\(s\) \['blur'\].*valid groups"),
+        ({"match_aug_mode": "X"}, "match_aug_mode must be 'S'"),
+    ],
+)
 def test_bad_dance_settings_say_what_to_fix(bad, msg):
     with pytest.raises(ValueError, match=msg):
         dance_cfg(**bad)
@@ -173,9 +192,12 @@ def test_expert_cache_is_reused_and_keyed_by_settings(tmp_path, monkeypatch, cap
         assert all(torch.equal(a.trained[k], b.trained[k]) and torch.equal(a.init[k], b.init[k]) for k in a.trained)
     monkeypatch.undo()
     # other settings or other data -> another directory, never a wrong reuse
-    assert experts_mod.expert_dir(tmp_path, info, ExpertConfig(count=2, epochs=2, batch=16), "x") != \
-        experts_mod.expert_dir(tmp_path, info, cfg, "x")
-    other = load_or_train_experts(x[1:], y[1:], info, ExpertConfig(count=1, epochs=1, batch=16), root=tmp_path, progress=False)[1]
+    assert experts_mod.expert_dir(
+        tmp_path, info, ExpertConfig(count=2, epochs=2, batch=16), "x"
+    ) != experts_mod.expert_dir(tmp_path, info, cfg, "x")
+    other = load_or_train_experts(
+        x[1:], y[1:], info, ExpertConfig(count=1, epochs=1, batch=16), root=tmp_path, progress=False
+    )[1]
     assert other != d1
 
 
@@ -224,11 +246,16 @@ def test_tiny_dance_run(tmp_path, matcher):
 def test_resume_refuses_changed_expert_settings(tmp_path):
     DanceLoop(dance_cfg(iterations=2, eval_runs=0), small(FMNIST), str(tmp_path / "r"), progress=False).run()
     with pytest.raises(ValueError, match=r"different settings \(dance.experts.epochs\)"):
-        DanceLoop(dance_cfg(iterations=2, eval_runs=0, expert_epochs=2), small(FMNIST), str(tmp_path / "r"),
-                  progress=False).run(resume=True)
+        DanceLoop(
+            dance_cfg(iterations=2, eval_runs=0, expert_epochs=2), small(FMNIST), str(tmp_path / "r"), progress=False
+        ).run(resume=True)
     # the cache location may change: the experts are retrained identically there
-    DanceLoop(dance_cfg(iterations=2, eval_runs=0, expert_dir=str(tmp_path / "elsewhere")), small(FMNIST),
-              str(tmp_path / "r"), progress=False).run(resume=True)
+    DanceLoop(
+        dance_cfg(iterations=2, eval_runs=0, expert_dir=str(tmp_path / "elsewhere")),
+        small(FMNIST),
+        str(tmp_path / "r"),
+        progress=False,
+    ).run(resume=True)
     assert any((tmp_path / "elsewhere").iterdir())
 
 
@@ -236,18 +263,74 @@ def test_resume_refuses_changed_expert_settings(tmp_path):
 def test_evaluate_expands_a_dance_set(tmp_path, tiny_fmnist_root, caplog):
     run = tmp_path / "run"
     data = ["--data-root", str(tiny_fmnist_root)]
-    assert main(["--log-level", "INFO", "distill", "--method", "dance", *data, "--ipc", "1", "--iterations", "2",
-                 "--batch-real", "4", "--experts", "1", "--expert-epochs", "1", "--expert-per-class", "5",
-                 "--expert-dir", str(tmp_path / "experts"), "--eval-runs", "0", "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--log-level",
+                "INFO",
+                "distill",
+                "--method",
+                "dance",
+                *data,
+                "--ipc",
+                "1",
+                "--iterations",
+                "2",
+                "--batch-real",
+                "4",
+                "--experts",
+                "1",
+                "--expert-epochs",
+                "1",
+                "--expert-per-class",
+                "5",
+                "--expert-dir",
+                str(tmp_path / "experts"),
+                "--eval-runs",
+                "0",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["method"] == "dance" and cfg["dance"]["experts"]["count"] == 1 and cfg["match_dsa"] == "color_crop_cutout"
-    assert main(["--log-level", "INFO", "evaluate", str(run), *data, "--epochs", "1", "--runs", "1", "--no-progress"]) == 0
+    assert (
+        cfg["method"] == "dance" and cfg["dance"]["experts"]["count"] == 1 and cfg["match_dsa"] == "color_crop_cutout"
+    )
+    assert (
+        main(["--log-level", "INFO", "evaluate", str(run), *data, "--epochs", "1", "--runs", "1", "--no-progress"]) == 0
+    )
     assert "expanded the 2x2-partitioned set to 40 training images" in caplog.text
 
 
-DANCE_ARGS = ["distill", "--method", "dance", "--matcher", "hyperbolic", "--ipc", "1", "--iterations", "12", "--batch-real", "4",
-              "--experts", "2", "--expert-epochs", "1", "--expert-per-class", "5",
-              "--eval-runs", "0", "--checkpoint-every", "2", "--seed", "17", "--no-progress"]
+DANCE_ARGS = [
+    "distill",
+    "--method",
+    "dance",
+    "--matcher",
+    "hyperbolic",
+    "--ipc",
+    "1",
+    "--iterations",
+    "12",
+    "--batch-real",
+    "4",
+    "--experts",
+    "2",
+    "--expert-epochs",
+    "1",
+    "--expert-per-class",
+    "5",
+    "--eval-runs",
+    "0",
+    "--checkpoint-every",
+    "2",
+    "--seed",
+    "17",
+    "--no-progress",
+]
 
 
 @needs_fmnist
@@ -256,7 +339,9 @@ def test_dance_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_fmn
     full, killed = tmp_path / "full", tmp_path / "killed"
     # separate expert caches: the killed run also trains its own experts, identically
     killed_args = [*DANCE_ARGS, *data, "--out", str(killed), "--expert-dir", str(tmp_path / "eb")]
-    kill_and_resume([*DANCE_ARGS, *data, "--out", str(full), "--expert-dir", str(tmp_path / "ea")], killed_args, killed, at=4)
+    kill_and_resume(
+        [*DANCE_ARGS, *data, "--out", str(full), "--expert-dir", str(tmp_path / "ea")], killed_args, killed, at=4
+    )
     assert torch.equal(load_synthetic(full)[0], load_synthetic(killed)[0])
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, killed))
     assert ma["loss"] == mb["loss"] and len(ma["loss"]) == 12

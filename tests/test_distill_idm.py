@@ -6,18 +6,29 @@ import json
 
 import pytest
 import torch
+from test_distill_loop import FMNIST, kill_and_resume, needs_fmnist, small
 
 from hyperdm.distill.artifacts import load_synthetic
 from hyperdm.distill.cli import main
 from hyperdm.distill.loops import IDMLoop
 from hyperdm.distill.presets import resolve
 
-from test_distill_loop import FMNIST, kill_and_resume, needs_fmnist, small
-
 
 def idm_cfg(matcher="hyperbolic", **kw):
-    base = dict(iterations=4, batch_real=8, eval_epochs=2, eval_runs=1, checkpoint_every=2, seed=5,
-                net_generate_interval=2, net_num=3, net_initial=2, model_train_steps=2, net_batch=16, acc_window=0)
+    base = dict(
+        iterations=4,
+        batch_real=8,
+        eval_epochs=2,
+        eval_runs=1,
+        checkpoint_every=2,
+        seed=5,
+        net_generate_interval=2,
+        net_num=3,
+        net_initial=2,
+        model_train_steps=2,
+        net_batch=16,
+        acc_window=0,
+    )
     base.update(kw)
     ipc = base.pop("ipc", 1)
     return resolve(preset="cpu", method="idm", matcher=matcher, dataset="fashion-mnist", ipc=ipc, overrides=base)
@@ -27,7 +38,14 @@ def test_paper_preset_follows_table_and_command_txt():
     c = resolve(preset="paper", method="idm", matcher="hyperbolic", dataset="cifar10", ipc=10)
     assert (c.matcher.k, c.matcher.scale, c.lr_img) == (3, 100, 1) and c.iterations == 10000
     i = c.idm
-    assert (c.partition, i.ce_weight, i.net_num, i.net_generate_interval, i.fetch_net_num, i.train_net_num) == (2, 0.5, 100, 30, 2, 1)
+    assert (c.partition, i.ce_weight, i.net_num, i.net_generate_interval, i.fetch_net_num, i.train_net_num) == (
+        2,
+        0.5,
+        100,
+        30,
+        2,
+        1,
+    )
     c1 = resolve(preset="paper", method="idm", matcher="mmd", dataset="cifar10", ipc=1)
     assert (c1.batch_real, c1.idm.net_generate_interval, c1.lr_img) == (5000, 5, 0.2)
     assert resolve(preset="paper", method="idm", dataset="cifar10", ipc=50).idm.ce_weight == 0.1
@@ -61,18 +79,65 @@ def test_queue_networks_train_and_weight_the_ce_term(tmp_path):
 def test_evaluate_expands_an_idm_set(tmp_path, tiny_fmnist_root, capsys, caplog):
     run = tmp_path / "run"
     data = ["--data-root", str(tiny_fmnist_root)]
-    assert main(["--log-level", "INFO", "distill", "--method", "idm", *data, "--ipc", "1", "--iterations", "2", "--batch-real", "4",
-                 "--eval-runs", "0", "--out", str(run), "--no-progress"]) == 0
-    assert main(["--log-level", "INFO", "evaluate", str(run), *data, "--epochs", "1", "--runs", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--log-level",
+                "INFO",
+                "distill",
+                "--method",
+                "idm",
+                *data,
+                "--ipc",
+                "1",
+                "--iterations",
+                "2",
+                "--batch-real",
+                "4",
+                "--eval-runs",
+                "0",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["--log-level", "INFO", "evaluate", str(run), *data, "--epochs", "1", "--runs", "1", "--no-progress"]) == 0
+    )
     assert "expanded the 2x2-partitioned set to 40 training images" in caplog.text
     caplog.clear()
     assert main(["--log-level", "INFO", "plot", str(run), *data]) == 0  # the disk shows the expanded images too
     assert "expanded the 2x2-partitioned set to 40 training images" in caplog.text
 
 
-IDM_ARGS = ["distill", "--method", "idm", "--matcher", "hyperbolic", "--ipc", "1", "--iterations", "16", "--batch-real", "4",
-            "--net-batch", "8", "--model-train-steps", "1", "--net-num", "4",
-            "--eval-runs", "0", "--checkpoint-every", "2", "--seed", "13", "--no-progress"]
+IDM_ARGS = [
+    "distill",
+    "--method",
+    "idm",
+    "--matcher",
+    "hyperbolic",
+    "--ipc",
+    "1",
+    "--iterations",
+    "16",
+    "--batch-real",
+    "4",
+    "--net-batch",
+    "8",
+    "--model-train-steps",
+    "1",
+    "--net-num",
+    "4",
+    "--eval-runs",
+    "0",
+    "--checkpoint-every",
+    "2",
+    "--seed",
+    "13",
+    "--no-progress",
+]
 
 
 @needs_fmnist
@@ -95,6 +160,10 @@ def test_idm_bad_ipc_counts_the_partition(tmp_path):
 def test_resume_refuses_changed_idm_settings(tmp_path):
     IDMLoop(idm_cfg(iterations=2, eval_runs=0), small(FMNIST), str(tmp_path), progress=False).run()
     with pytest.raises(ValueError, match="different settings.*net_num"):
-        IDMLoop(idm_cfg(iterations=2, eval_runs=0, net_num=5), small(FMNIST), str(tmp_path), progress=False).run(resume=True)
+        IDMLoop(idm_cfg(iterations=2, eval_runs=0, net_num=5), small(FMNIST), str(tmp_path), progress=False).run(
+            resume=True
+        )
     # evaluation settings may change
-    IDMLoop(idm_cfg(iterations=2, eval_runs=1, eval_epochs=1), small(FMNIST), str(tmp_path), progress=False).run(resume=True)
+    IDMLoop(idm_cfg(iterations=2, eval_runs=1, eval_epochs=1), small(FMNIST), str(tmp_path), progress=False).run(
+        resume=True
+    )

@@ -32,14 +32,23 @@ try:
     FMNIST = load_dataset("fashion-mnist")
 except FileNotFoundError:  # pragma: no cover - CI installs dataset-fashion-mnist
     FMNIST = None
-needs_fmnist = pytest.mark.skipif(FMNIST is None, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+needs_fmnist = pytest.mark.skipif(
+    FMNIST is None, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
+)
 
 
 def small(real, per_class: int = 40, test: int = 2000):
     """A class-balanced subset of the real data (keeps the tests fast)."""
-    idx = torch.cat([torch.nonzero(real.train_labels == c).squeeze(1)[:per_class] for c in range(real.info.num_classes)])
-    return dataclasses.replace(real, train_images=real.train_images[idx], train_labels=real.train_labels[idx],
-                               test_images=real.test_images[:test], test_labels=real.test_labels[:test])
+    idx = torch.cat(
+        [torch.nonzero(real.train_labels == c).squeeze(1)[:per_class] for c in range(real.info.num_classes)]
+    )
+    return dataclasses.replace(
+        real,
+        train_images=real.train_images[idx],
+        train_labels=real.train_labels[idx],
+        test_images=real.test_images[:test],
+        test_labels=real.test_labels[:test],
+    )
 
 
 def tiny_cfg(matcher="hyperbolic", **kw):
@@ -54,7 +63,15 @@ def tiny_cfg(matcher="hyperbolic", **kw):
 def test_tiny_run_writes_every_artifact(tmp_path, matcher):
     out = tmp_path / "run"
     metrics = DMLoop(tiny_cfg(matcher), small(FMNIST), str(out), progress=False).run()
-    for name in ("config.json", "checkpoint.pt", "synthetic.pt", "synthetic.png", "metrics.json", "poincare.png", "run.log"):
+    for name in (
+        "config.json",
+        "checkpoint.pt",
+        "synthetic.pt",
+        "synthetic.png",
+        "metrics.json",
+        "poincare.png",
+        "run.log",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["matcher"]["kind"] == matcher and cfg["seed"] == 3 and cfg["versions"]["torch"] == torch.__version__
@@ -69,7 +86,9 @@ def test_tiny_run_writes_every_artifact(tmp_path, matcher):
     assert m["storage"]["float32_bytes"] == 10 * 784 * 4 and m["storage"]["uint8_bytes"] == 10 * 784
     assert [e["iteration"] for e in m["evals"]] == [4]
     assert 0 <= m["evals"][0]["ConvNet"]["mean"] <= 1
-    assert metrics["evals"] == m["evals"] and metrics["images_per_second"] == m["images_per_second"]  # returned = written
+    assert (
+        metrics["evals"] == m["evals"] and metrics["images_per_second"] == m["images_per_second"]
+    )  # returned = written
     assert "iterations" in (out / "run.log").read_text()  # the resolved settings are logged
 
 
@@ -141,7 +160,9 @@ class _NaNAfter(nn.Module):
 @needs_fmnist
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
-    loop = DMLoop(tiny_cfg("mmd", iterations=10, eval_runs=0), small(FMNIST), str(out), matcher=_NaNAfter(5), progress=False)
+    loop = DMLoop(
+        tiny_cfg("mmd", iterations=10, eval_runs=0), small(FMNIST), str(out), matcher=_NaNAfter(5), progress=False
+    )
     with pytest.raises(NonFiniteLossError, match="iteration 5.*last good checkpoint \\(iteration 4\\)"):
         loop.run()
     st = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -154,9 +175,13 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
 @needs_fmnist
 def test_nan_before_the_first_checkpoint_does_not_point_at_one(tmp_path):
     out = tmp_path / "run"
-    loop = DMLoop(tiny_cfg("mmd", iterations=10, eval_runs=0), small(FMNIST), str(out), matcher=_NaNAfter(0), progress=False)
-    with pytest.raises(NonFiniteLossError, match="iteration 0; stopped before the first checkpoint, so there is nothing to "
-                                                 "resume.*--overwrite"):
+    loop = DMLoop(
+        tiny_cfg("mmd", iterations=10, eval_runs=0), small(FMNIST), str(out), matcher=_NaNAfter(0), progress=False
+    )
+    with pytest.raises(
+        NonFiniteLossError,
+        match="iteration 0; stopped before the first checkpoint, so there is nothing to resume.*--overwrite",
+    ):
         loop.run()
     assert not (out / "checkpoint.pt").exists()
     assert "stopped before the first checkpoint" in json.loads((out / "metrics.json").read_text())["stopped"]
@@ -205,12 +230,35 @@ def test_short_dm_run_beats_chance_on_fashion_mnist(tmp_path):
 
 def _cli(args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "hyperdm", "--log-level", "WARNING", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hyperdm", "--log-level", "WARNING", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
-RESUME_ARGS = ["distill", "--matcher", "hyperbolic", "--ipc", "2", "--iterations", "30", "--batch-real", "8",
-               "--eval-runs", "0", "--checkpoint-every", "3", "--seed", "11", "--no-progress"]
+RESUME_ARGS = [
+    "distill",
+    "--matcher",
+    "hyperbolic",
+    "--ipc",
+    "2",
+    "--iterations",
+    "30",
+    "--batch-real",
+    "8",
+    "--eval-runs",
+    "0",
+    "--checkpoint-every",
+    "3",
+    "--seed",
+    "11",
+    "--no-progress",
+]
 
 
 def kill_and_resume(full_args, killed_args, killed: Path, *, at: int, timeout: float = 180) -> int:
@@ -283,7 +331,7 @@ def test_random_prune_score_is_the_uniform_baseline():
     counts = torch.zeros(500)
     for s in range(200):
         counts[prune_indices(images, labels, None, keep=0.2, score="random", seed=s)] += 1
-    assert 15 < counts.min() and counts.max() < 70 and abs(float(counts.mean()) - 40) < 1e-9
+    assert counts.min() > 15 and counts.max() < 70 and abs(float(counts.mean()) - 40) < 1e-9
 
 
 @needs_fmnist

@@ -85,9 +85,13 @@ def test_eval_at_adds_evaluations_and_survives_a_round_trip():
 
 
 def test_overrides_win_and_are_recorded():
-    cfg = resolve(preset="paper", overrides={"iterations": 7, "k": 2.5, "eval_archs": ["ConvNet", "AlexNet"], "seed": NOT_GIVEN})
+    cfg = resolve(
+        preset="paper", overrides={"iterations": 7, "k": 2.5, "eval_archs": ["ConvNet", "AlexNet"], "seed": NOT_GIVEN}
+    )
     assert cfg.iterations == 7 and cfg.matcher.k == 2.5 and cfg.eval.archs == ("ConvNet", "AlexNet")
-    assert cfg.sources["matcher.k"] == "command line / override" and cfg.sources["iterations"] == "command line / override"
+    assert (
+        cfg.sources["matcher.k"] == "command line / override" and cfg.sources["iterations"] == "command line / override"
+    )
     assert cfg.seed == 0 and "seed" not in cfg.sources  # NOT_GIVEN: the default decides
     lines = {line.split()[0]: line for line in cfg.summary().splitlines()}
     assert lines["matcher.k"].split()[1] == "2.5" and lines["matcher.k"].endswith("command line / override")
@@ -160,8 +164,9 @@ def test_not_given_is_one_named_sentinel():
 def test_the_three_override_forms_give_one_config():
     flat = resolve(overrides={"k": 2.0, "eval_epochs": 5, "expert_per_class": 7}, method="dance")
     dotted = resolve(overrides={"matcher.k": 2.0, "eval.epochs": 5, "dance.experts.per_class": 7}, method="dance")
-    nested = resolve(overrides={"matcher": {"k": 2.0}, "eval": {"epochs": 5}, "dance": {"experts": {"per_class": 7}}},
-                     method="dance")
+    nested = resolve(
+        overrides={"matcher": {"k": 2.0}, "eval": {"epochs": 5}, "dance": {"experts": {"per_class": 7}}}, method="dance"
+    )
     assert flat == dotted == nested
     assert (nested.matcher.k, nested.eval.epochs, nested.dance.experts.per_class) == (2.0, 5, 7)
     assert nested.sources["dance.experts.per_class"] == "command line / override"
@@ -183,22 +188,35 @@ def test_the_sections_hold_only_their_method():
     assert resolve(method="dm").idm is None and resolve(method="dm").dance is None
     idm = resolve(method="idm")
     assert idm.dance is None and idm.idm.net_num == 10 and idm.partition == 2
-    assert "idm.net_num" in idm.summary() and "dance." not in idm.summary() and "unused" not in idm.summary().split("matcher")[0]
+    assert (
+        "idm.net_num" in idm.summary()
+        and "dance." not in idm.summary()
+        and "unused" not in idm.summary().split("matcher")[0]
+    )
     assert "idm" not in resolve(method="dm").summary()
     assert resolve(method="dance").expert_config().model == resolve(method="dance").model
 
 
-@pytest.mark.parametrize("overrides, says", [
-    ({"net_num": 5}, r"idm.net_num \(--net-num\) is a setting of --method idm; this run is --method dm"),
-    ({"dance": {"iter_calib": 2}}, r"dance.iter_calib \(--iter-calib\) is a setting of --method dance"),
-    ({"matcher": {"kk": 2.0}}, r"unknown setting 'matcher.kk'; did you mean 'matcher.k'\? the matcher settings are: kind, k, "),
-    ({"eval": 5}, r"override 'eval' is a section: give a dict of its settings, e.g. \{'eval': \{'epochs': \.\.\.\}\}"),
-    ({"matcher": {"k": "two"}}, r"setting matcher.k \(--k\) takes a number; got 'two' \(str\)"),
-    ({"iterations": 2.5}, r"setting iterations \(--iterations\) takes an integer; got 2.5"),
-    ({"eval_archs": "ConvNet"}, r"setting eval.archs \(--arch\) takes a list of a string"),
-    ({"max_norm": "none"}, r"takes a number or None"),
-    ({"itterations": 5}, r"unknown setting 'itterations'; did you mean 'iterations'\?"),
-])
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        ({"net_num": 5}, r"idm.net_num \(--net-num\) is a setting of --method idm; this run is --method dm"),
+        ({"dance": {"iter_calib": 2}}, r"dance.iter_calib \(--iter-calib\) is a setting of --method dance"),
+        (
+            {"matcher": {"kk": 2.0}},
+            r"unknown setting 'matcher.kk'; did you mean 'matcher.k'\? the matcher settings are: kind, k, ",
+        ),
+        (
+            {"eval": 5},
+            r"override 'eval' is a section: give a dict of its settings, e.g. \{'eval': \{'epochs': \.\.\.\}\}",
+        ),
+        ({"matcher": {"k": "two"}}, r"setting matcher.k \(--k\) takes a number; got 'two' \(str\)"),
+        ({"iterations": 2.5}, r"setting iterations \(--iterations\) takes an integer; got 2.5"),
+        ({"eval_archs": "ConvNet"}, r"setting eval.archs \(--arch\) takes a list of a string"),
+        ({"max_norm": "none"}, r"takes a number or None"),
+        ({"itterations": 5}, r"unknown setting 'itterations'; did you mean 'iterations'\?"),
+    ],
+)
 def test_bad_overrides_are_refused_before_anything_is_resolved(overrides, says, monkeypatch):
     import hyperdm.distill.presets as presets
 
@@ -211,7 +229,9 @@ def test_nested_round_trip_and_readable_json():
     cfg = resolve(method="idm", overrides={"max_norm": None, "eval_at": [5]})
     text = json.dumps(cfg.to_dict(), indent=2)
     d = json.loads(text)
-    assert d["matcher"]["max_norm"] is None and d["idm"]["net_num"] == 10 and d["dance"] is None and d["eval"]["at"] == [5]
+    assert (
+        d["matcher"]["max_norm"] is None and d["idm"]["net_num"] == 10 and d["dance"] is None and d["eval"]["at"] == [5]
+    )
     assert not {"seed", "device", "dsa_strategy"} & set(d["eval"])  # run-derived: the run's own settings
     assert "model" not in resolve(method="dance").to_dict()["dance"]["experts"]
     assert DistillConfig.from_dict(d) == cfg
@@ -231,8 +251,17 @@ def test_a_flat_config_json_of_hyperdm_0_1_maps_into_the_sections():
     assert cfg.idm is None and cfg.dance is None  # 0.1 kept every method's settings; a DM run uses neither
     assert cfg.sources["matcher.k"] == flat["sources"]["k"] and cfg.sources["eval.runs"] == flat["sources"]["eval_runs"]
     # the same run resolved today has the same settings
-    today = resolve(ipc=1, overrides={"iterations": 4, "batch_real": 8, "eval_runs": 0, "checkpoint_every": 2, "seed": 3,
-                                      "data_root": flat["data_root"]})
+    today = resolve(
+        ipc=1,
+        overrides={
+            "iterations": 4,
+            "batch_real": 8,
+            "eval_runs": 0,
+            "checkpoint_every": 2,
+            "seed": 3,
+            "data_root": flat["data_root"],
+        },
+    )
     assert today.settings() == cfg.settings()
 
 

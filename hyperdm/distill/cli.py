@@ -16,8 +16,9 @@ import sys
 import traceback
 import types
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional, Sequence
+from typing import Any, NoReturn
 
 from .settings import fraction, int_at_least, positive_float
 
@@ -47,21 +48,38 @@ class _Parser(argparse.ArgumentParser):
 def _add_common_args(p: argparse.ArgumentParser, *, top: bool) -> None:
     """--log-level and --debug, accepted before and after the subcommand (the subcommand's copies default to
     'not given', so they never undo the top-level ones)."""
-    p.add_argument("--log-level", default="INFO" if top else argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="console log level (default INFO)")
-    p.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
-                   help="show the Python traceback of an error (for bug reports)")
+    p.add_argument(
+        "--log-level",
+        default="INFO" if top else argparse.SUPPRESS,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="console log level (default INFO)",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="show the Python traceback of an error (for bug reports)",
+    )
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", default=None, metavar="DIR",
-                   help="where the datasets live (default: $HYPERDM_DATA, else ./data, then system copies such as "
-                        "/usr/share/datasets/fashion-mnist); a root given here (or in $HYPERDM_DATA) is the only place "
-                        "searched. Fashion-MNIST is found in the torchvision layout DIR/FashionMNIST/raw")
-    p.add_argument("--download", action="store_true",
-                   help="fetch Fashion-MNIST / MNIST from their canonical source if missing (nothing is downloaded without it)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="where the datasets live (default: $HYPERDM_DATA, else ./data, then system copies such as "
+        "/usr/share/datasets/fashion-mnist); a root given here (or in $HYPERDM_DATA) is the only place "
+        "searched. Fashion-MNIST is found in the torchvision layout DIR/FashionMNIST/raw",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch Fashion-MNIST / MNIST from their canonical source if missing (nothing is downloaded without it)",
+    )
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
-    p.add_argument("--seed", type=int, default=None, help="seed of every random choice (default 0); same seed on CPU = same images")
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of every random choice (default 0); same seed on CPU = same images"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the log still reports progress)")
     _add_common_args(p, top=False)
 
@@ -77,9 +95,16 @@ def _add_setting_args(p: argparse.ArgumentParser) -> None:
         meta = f.metadata
         if not meta.get("cli", True):
             continue
-        base = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (typing.Union, types.UnionType) else [tp]
-        kw: dict[str, Any] = {"dest": flat, "default": NOT_GIVEN,
-                              "help": meta["help"] + ("" if path == flat else f" [{path}]")}
+        base = (
+            [a for a in typing.get_args(tp) if a is not type(None)]
+            if typing.get_origin(tp) in (typing.Union, types.UnionType)
+            else [tp]
+        )
+        kw: dict[str, Any] = {
+            "dest": flat,
+            "default": NOT_GIVEN,
+            "help": meta["help"] + ("" if path == flat else f" [{path}]"),
+        }
         if base == [bool]:
             kw.update(action="store_const", const=True)
         else:
@@ -105,7 +130,7 @@ def _setting_options() -> list[str]:
     return [flat for _, flat, f, _ in leaves(DistillConfig) if f.metadata.get("cli", True)]
 
 
-def _setting_flags(flat: str) -> tuple[str, Optional[str]]:
+def _setting_flags(flat: str) -> tuple[str, str | None]:
     """The command-line flag of the setting with flat name ``flat``, and its None flag (e.g. --no-clamp) if any."""
     from .config import DistillConfig
     from .settings import leaves, option
@@ -117,68 +142,119 @@ def _setting_flags(flat: str) -> tuple[str, Optional[str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    from .config import METHODS, MATCHERS, PRESETS, PRUNE_SCORES
+    from .config import MATCHERS, METHODS, PRESETS, PRUNE_SCORES
 
     parser = _Parser(
-        prog="hyperdm", description="Hyperbolic dataset distillation (HDD) toolkit.", epilog=_EPILOG,
+        prog="hyperdm",
+        description="Hyperbolic dataset distillation (HDD) toolkit.",
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"hyperdm {__version__}", help="print the version and exit")
+    parser.add_argument(
+        "--version", action="version", version=f"hyperdm {__version__}", help="print the version and exit"
+    )
     _add_common_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{distill,evaluate,prune,plot}")
 
-    d = sub.add_parser("distill", help="distil a synthetic set, evaluate it, write the run directory",
-                       description="Distil IPC synthetic images per class with a DM-family loop and a matcher, then "
-                                   "evaluate them. Every setting comes from --preset unless given here; the run "
-                                   "prints and saves (config.json) what each setting resolved to and why.",
-                       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = sub.add_parser(
+        "distill",
+        help="distil a synthetic set, evaluate it, write the run directory",
+        description="Distil IPC synthetic images per class with a DM-family loop and a matcher, then "
+        "evaluate them. Every setting comes from --preset unless given here; the run "
+        "prints and saves (config.json) what each setting resolved to and why.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d.add_argument("--method", choices=METHODS, default="dm", help="distillation loop (default dm)")
-    d.add_argument("--matcher", choices=MATCHERS, default="hyperbolic",
-                   help="mmd: DM's Euclidean mean matching (the baseline); hyperbolic: HDD (default)")
-    d.add_argument("--dataset", default="fashion-mnist",
-                   help="fashion-mnist, mnist, cifar10, cifar100, svhn, tinyimagenet, imagewoof, imagenette, imagefolder")
+    d.add_argument(
+        "--matcher",
+        choices=MATCHERS,
+        default="hyperbolic",
+        help="mmd: DM's Euclidean mean matching (the baseline); hyperbolic: HDD (default)",
+    )
+    d.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        help="fashion-mnist, mnist, cifar10, cifar100, svhn, tinyimagenet, imagewoof, imagenette, imagefolder",
+    )
     d.add_argument("--ipc", type=int, default=10, help="synthetic images per class (default 10)")
-    d.add_argument("--preset", choices=PRESETS, default="cpu",
-                   help="paper: the paper's Tables 5/6 and full protocol (20,000 iterations, 1,000-epoch evaluation); "
-                        "cpu: a reduced protocol a 2-core machine finishes in minutes (default)")
+    d.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="cpu",
+        help="paper: the paper's Tables 5/6 and full protocol (20,000 iterations, 1,000-epoch evaluation); "
+        "cpu: a reduced protocol a 2-core machine finishes in minutes (default)",
+    )
     _add_setting_args(d)
-    d.add_argument("--out", default=None, metavar="DIR",
-                   help="run directory (default runs/<method>-<matcher>-<dataset>-ipc<N>-seed<S>)")
+    d.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="run directory (default runs/<method>-<matcher>-<dataset>-ipc<N>-seed<S>)",
+    )
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    d.add_argument("--overwrite", action="store_true",
-                   help="replace the run files already in --out (without it, or --resume, an existing run is refused)")
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run files already in --out (without it, or --resume, an existing run is refused)",
+    )
     _add_data_args(d)
 
-    e = sub.add_parser("evaluate", help="evaluate a synthetic set with the standard protocol",
-                       description="Train fresh networks on a synthetic set (SGD lr 0.01, momentum 0.9, wd 5e-4, "
-                                   "batch 256, lr x0.1 at half, DSA) and report final-epoch test accuracy, mean +- std.")
+    e = sub.add_parser(
+        "evaluate",
+        help="evaluate a synthetic set with the standard protocol",
+        description="Train fresh networks on a synthetic set (SGD lr 0.01, momentum 0.9, wd 5e-4, "
+        "batch 256, lr x0.1 at half, DSA) and report final-epoch test accuracy, mean +- std.",
+    )
     e.add_argument("path", help="a run directory or a synthetic .pt ({'data': [[images, labels]]})")
     e.add_argument("--dataset", help="dataset of the test set (default: from the run's config.json or the .pt)")
-    e.add_argument("--epochs", type=int_at_least(1), default=1000, help="training epochs (default 1000, the standard protocol)")
+    e.add_argument(
+        "--epochs", type=int_at_least(1), default=1000, help="training epochs (default 1000, the standard protocol)"
+    )
     e.add_argument("--runs", type=int_at_least(1), default=3, help="fresh networks per architecture (default 3)")
     e.add_argument("--arch", nargs="+", default=["ConvNet"], metavar="NAME", help="ConvNet AlexNet VGG11 ResNet18")
-    e.add_argument("--dsa", default="color_crop_cutout_flip_scale_rotate", help="DSA strategy during training ('none' disables)")
+    e.add_argument(
+        "--dsa", default="color_crop_cutout_flip_scale_rotate", help="DSA strategy during training ('none' disables)"
+    )
     e.add_argument("--out", default=None, metavar="FILE", help="write the results as JSON here (default: print only)")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
     _add_data_args(e)
 
-    p = sub.add_parser("prune", help="rank real images by hyperbolic radius and keep a fraction",
-                       description="Score every training image by its hyperbolic radius (or distance to its class "
-                                   "centroid) under random ConvNets and save the kept indices (.npy and .json).")
+    p = sub.add_parser(
+        "prune",
+        help="rank real images by hyperbolic radius and keep a fraction",
+        description="Score every training image by its hyperbolic radius (or distance to its class "
+        "centroid) under random ConvNets and save the kept indices (.npy and .json).",
+    )
     p.add_argument("--dataset", default="fashion-mnist", help="dataset to prune")
     p.add_argument("--keep", type=fraction, required=True, help="fraction of each class to keep, in (0, 1], e.g. 0.2")
-    p.add_argument("--score", choices=PRUNE_SCORES, default="radius",
-                   help="ranking score (default radius; random: uniform per class, the baseline)")
-    p.add_argument("--nets", type=int_at_least(1), default=3, help="random ConvNets to average the score over (default 3)")
+    p.add_argument(
+        "--score",
+        choices=PRUNE_SCORES,
+        default="radius",
+        help="ranking score (default radius; random: uniform per class, the baseline)",
+    )
+    p.add_argument(
+        "--nets", type=int_at_least(1), default=3, help="random ConvNets to average the score over (default 3)"
+    )
     p.add_argument("--k", type=positive_float, default=1.0, help="geoopt's curvature parameter k (curvature -1/k)")
-    p.add_argument("--out", required=True, metavar="FILE",
-                   help="output name; writes FILE.npy (indices) and FILE.json, keeping FILE as typed (kept_0.01 -> kept_0.01.npy)")
-    p.add_argument("--overwrite", action="store_true", help="replace FILE.npy / FILE.json if they exist (refused otherwise)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="output name; writes FILE.npy (indices) and FILE.json, keeping FILE as typed (kept_0.01 -> kept_0.01.npy)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace FILE.npy / FILE.json if they exist (refused otherwise)"
+    )
     _add_data_args(p)
 
-    q = sub.add_parser("plot", help="redraw a run's figures (grid, Poincare disk, loss curve)",
-                       description="Redraw synthetic.png, poincare.png and loss.png of a run directory from its "
-                                   "synthetic.pt and metrics.json (the figures are replaced; the results are only read).")
+    q = sub.add_parser(
+        "plot",
+        help="redraw a run's figures (grid, Poincare disk, loss curve)",
+        description="Redraw synthetic.png, poincare.png and loss.png of a run directory from its "
+        "synthetic.pt and metrics.json (the figures are replaced; the results are only read).",
+    )
     q.add_argument("run", help="a run directory written by `hyperdm distill`")
     _add_data_args(q)
     return parser
@@ -213,9 +289,9 @@ def _fill_defaults(a: argparse.Namespace) -> None:
 
 def _distill(a: argparse.Namespace) -> int:
     from . import distill
-    from .settings import NOT_GIVEN
     from .parallel import launched_rank
     from .presets import resolve
+    from .settings import NOT_GIVEN
 
     overrides: dict[str, Any] = {name: getattr(a, name) for name in _setting_options()}
     for name in overrides:
@@ -228,7 +304,9 @@ def _distill(a: argparse.Namespace) -> int:
     overrides.update({name: getattr(a, name) for name in ("seed", "device", "data_root") if name in a.given})
     if a.download:
         overrides["download"] = True
-    cfg = resolve(preset=a.preset, method=a.method, matcher=a.matcher, dataset=a.dataset, ipc=a.ipc, overrides=overrides)
+    cfg = resolve(
+        preset=a.preset, method=a.method, matcher=a.matcher, dataset=a.dataset, ipc=a.ipc, overrides=overrides
+    )
     out = a.out or f"runs/{cfg.method}-{cfg.matcher.kind}-{cfg.dataset}-ipc{cfg.ipc}-seed{cfg.seed}"
     metrics = distill(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
     if launched_rank() != 0:  # rank 0 speaks for the run
@@ -237,8 +315,10 @@ def _distill(a: argparse.Namespace) -> int:
     for e in metrics["evals"]:
         for arch, r in e.items():
             if arch != "iteration":
-                print(f"iteration {e['iteration']}: {arch} test accuracy {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % "
-                      f"({len(r['accs'])} runs, {r['epochs']} epochs)")
+                print(
+                    f"iteration {e['iteration']}: {arch} test accuracy {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % "
+                    f"({len(r['accs'])} runs, {r['epochs']} epochs)"
+                )
     return 0
 
 
@@ -247,8 +327,14 @@ def _evaluate(a: argparse.Namespace) -> int:
     from .data import load_dataset
     from .evaluate import EvalConfig, check_synthetic, evaluate_synthetic
 
-    cfg = EvalConfig(epochs=a.epochs, runs=a.runs, archs=tuple(a.arch), seed=a.seed, device=a.device,
-                     dsa_strategy="" if a.dsa == "none" else a.dsa)
+    cfg = EvalConfig(
+        epochs=a.epochs,
+        runs=a.runs,
+        archs=tuple(a.arch),
+        seed=a.seed,
+        device=a.device,
+        dsa_strategy="" if a.dsa == "none" else a.dsa,
+    )
     cfg.validate()  # epochs, runs, architecture names, DSA strategy, device
     out = Path(a.out) if a.out else None
     if out is not None:
@@ -262,16 +348,29 @@ def _evaluate(a: argparse.Namespace) -> int:
         raise ValueError("this synthetic set is stored in pixel scale; hyperdm evaluates normalised images.")
     real = load_dataset(dataset, a.data_root, download=a.download)
     if tuple(images.shape[1:]) != (real.info.channels, *real.info.im_size):
-        raise ValueError(f"the synthetic images are {tuple(images.shape[1:])} but {real.info.name} images are "
-                         f"{(real.info.channels, *real.info.im_size)}; pass the right --dataset.")
+        raise ValueError(
+            f"the synthetic images are {tuple(images.shape[1:])} but {real.info.name} images are "
+            f"{(real.info.channels, *real.info.im_size)}; pass the right --dataset."
+        )
     images, labels = _as_training_set(images, labels, meta)
     check_synthetic(images, labels, real.info)
-    res = evaluate_synthetic(images, labels, real.test_images, real.test_labels, real.info, cfg, progress=not a.no_progress)
+    res = evaluate_synthetic(
+        images, labels, real.test_images, real.test_labels, real.info, cfg, progress=not a.no_progress
+    )
     for arch, r in res.items():
-        print(f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % ({len(r['accs'])} runs, {a.epochs} epochs, final epoch)")
+        print(
+            f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % ({len(r['accs'])} runs, {a.epochs} epochs, final epoch)"
+        )
     if out is not None:
-        write_json(out, {"path": str(a.path), "dataset": real.info.name, "eval": {
-            "epochs": a.epochs, "runs": a.runs, "seed": a.seed}, "results": res})
+        write_json(
+            out,
+            {
+                "path": str(a.path),
+                "dataset": real.info.name,
+                "eval": {"epochs": a.epochs, "runs": a.runs, "seed": a.seed},
+                "results": res,
+            },
+        )
     return 0
 
 
@@ -281,8 +380,10 @@ def _as_training_set(images: Any, labels: Any, meta: dict[str, Any]) -> tuple[An
 
     partition = meta.get("partition", 1)
     if not isinstance(partition, int) or isinstance(partition, bool) or partition < 1:
-        raise ValueError(f"the set's 'partition' must be an integer >= 1 (1: plain images; 2: IDM / Dance 2x2 grids); "
-                         f"got {partition!r}.")
+        raise ValueError(
+            f"the set's 'partition' must be an integer >= 1 (1: plain images; 2: IDM / Dance 2x2 grids); "
+            f"got {partition!r}."
+        )
     if partition > 1:
         images, labels = expand(images, labels, partition)
         log.info("expanded the %dx%d-partitioned set to %d training images", partition, partition, images.shape[0])
@@ -307,8 +408,17 @@ def _prune(a: argparse.Namespace) -> int:
     info = real.info
     with joined(a.device) as (par, device):  # under torchrun each rank scores its stride of the images
         # the same scoring networks as `distill --prune-keep` with the same --seed, so both keep the same images
-        kept = prune_indices(real.train_images, real.train_labels, info, keep=a.keep, score=a.score, nets=a.nets, k=a.k,
-                             seed=a.seed, device=device)
+        kept = prune_indices(
+            real.train_images,
+            real.train_labels,
+            info,
+            keep=a.keep,
+            score=a.score,
+            nets=a.nets,
+            k=a.k,
+            seed=a.seed,
+            device=device,
+        )
     if not par.is_main:
         return 0
     buf = io.BytesIO()
@@ -316,8 +426,19 @@ def _prune(a: argparse.Namespace) -> int:
     npy_existed = npy.exists()
     atomic_write_bytes(npy, buf.getvalue())
     try:
-        write_json(js, {"dataset": info.name, "keep": a.keep, "score": a.score, "nets": a.nets, "k": a.k,
-                        "seed": a.seed, "kept": int(kept.numel()), "total": int(real.train_labels.numel())})
+        write_json(
+            js,
+            {
+                "dataset": info.name,
+                "keep": a.keep,
+                "score": a.score,
+                "nets": a.nets,
+                "k": a.k,
+                "seed": a.seed,
+                "kept": int(kept.numel()),
+                "total": int(real.train_labels.numel()),
+            },
+        )
     except BaseException:
         if not npy_existed:  # no half pair: the .npy alone would look like a finished result
             npy.unlink(missing_ok=True)
@@ -336,12 +457,16 @@ def _plot(a: argparse.Namespace) -> int:
     if not run.exists():
         raise FileNotFoundError(f"no run directory at {run}; pass a directory written by `hyperdm distill`.")
     if not run.is_dir():
-        raise NotADirectoryError(f"{run} is a file; `hyperdm plot` redraws the figures of a run directory: pass the "
-                                 f"directory that holds the run (for a synthetic .pt alone, `hyperdm evaluate {run}`).")
+        raise NotADirectoryError(
+            f"{run} is a file; `hyperdm plot` redraws the figures of a run directory: pass the "
+            f"directory that holds the run (for a synthetic .pt alone, `hyperdm evaluate {run}`)."
+        )
     rd = RunDir(run)
     if not rd.synthetic.exists():
-        raise FileNotFoundError(f"{run} holds no synthetic.pt, so it is not a finished run directory; pass one written "
-                                "by `hyperdm distill` (or finish the run with `hyperdm distill ... --resume`).")
+        raise FileNotFoundError(
+            f"{run} holds no synthetic.pt, so it is not a finished run directory; pass one written "
+            "by `hyperdm distill` (or finish the run with `hyperdm distill ... --resume`)."
+        )
     check_writable(run, what="the run directory", fix="copy the run directory to a writable disk and plot the copy")
     images, labels, meta = load_synthetic(rd.path)
     cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
@@ -352,9 +477,16 @@ def _plot(a: argparse.Namespace) -> int:
     rd.save_grid(real.denormalise(images), nrow=int(cfg.get("ipc") or meta.get("ipc") or 10))
     shown, shown_labels = _as_training_set(images, labels, meta)
     # config.json is nested (matcher.k) since hyperdm 0.2, flat (k) before: run_setting reads both
-    plot_poincare(real, shown, shown_labels, rd.poincare, k=float(run_setting(cfg, "matcher.k", 1.0)),
-                  max_norm=run_setting(cfg, "matcher.max_norm", 10.0), model=cfg.get("model", "ConvNet"),
-                  seed=int(cfg.get("seed", 0)))
+    plot_poincare(
+        real,
+        shown,
+        shown_labels,
+        rd.poincare,
+        k=float(run_setting(cfg, "matcher.k", 1.0)),
+        max_norm=run_setting(cfg, "matcher.max_norm", 10.0),
+        model=cfg.get("model", "ConvNet"),
+        seed=int(cfg.get("seed", 0)),
+    )
     if rd.metrics.exists():
         plot_loss(read_json(rd.metrics), rd.path / "loss.png")
     print(f"wrote {rd.grid}, {rd.poincare}" + (f", {rd.path / 'loss.png'}" if rd.metrics.exists() else ""))
@@ -362,7 +494,11 @@ def _plot(a: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "distill": _distill, "evaluate": _evaluate, "prune": _prune, "plot": _plot}
+    "distill": _distill,
+    "evaluate": _evaluate,
+    "prune": _prune,
+    "plot": _plot,
+}
 
 #: what to do about an OSError, by errno
 _OS_FIXES = {
@@ -374,7 +510,7 @@ _OS_FIXES = {
 }
 
 
-def _expected_message(e: BaseException) -> Optional[str]:
+def _expected_message(e: BaseException) -> str | None:
     """The one-line message of an expected failure, or None for a bug."""
     from .loops import NonFiniteLossError
 
@@ -389,12 +525,14 @@ def _expected_message(e: BaseException) -> Optional[str]:
     if isinstance(e, (ValueError, NotImplementedError, ImportError)):
         return str(e)
     if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (a RuntimeError)
-        return (f"out of memory on the device: {str(e).splitlines()[0]}; lower --batch-real or --ipc, or use a device with "
-                "more memory.")
+        return (
+            f"out of memory on the device: {str(e).splitlines()[0]}; lower --batch-real or --ipc, or use a device with "
+            "more memory."
+        )
     return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``hyperdm`` command; returns the exit status (0, 2 for an expected failure, 1 for a bug, 130 for Ctrl-C)."""
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -410,8 +548,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if a.debug:
             traceback.print_exc()
         if msg is None:
-            print(f"hyperdm {a.command}: internal error: {type(e).__name__}: {e}. This is a bug in hyperdm; run again with "
-                  "--debug for the traceback and report it.", file=sys.stderr)
+            print(
+                f"hyperdm {a.command}: internal error: {type(e).__name__}: {e}. This is a bug in hyperdm; run again with "
+                "--debug for the traceback and report it.",
+                file=sys.stderr,
+            )
             return 1
         print(f"hyperdm {a.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,7 +30,15 @@ from .models import seeded_network
 from .seeding import Stream, derive_seed, progress_bar
 from .settings import int_at_least, positive_float, setting
 
-__all__ = ["EvalConfig", "train_and_test", "evaluate_synthetic", "check_synthetic", "accuracy", "derive_seed", "progress_bar"]
+__all__ = [
+    "EvalConfig",
+    "train_and_test",
+    "evaluate_synthetic",
+    "check_synthetic",
+    "accuracy",
+    "derive_seed",
+    "progress_bar",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +61,15 @@ class EvalConfig:
     momentum: float = setting(0.9, "SGD momentum of the evaluation training")
     weight_decay: float = setting(5e-4, "weight decay of the evaluation training")
     batch: int = setting(256, "batch size of the evaluation training", parse=int_at_least(1))
-    dsa_strategy: str = setting("color_crop_cutout_flip_scale_rotate", "DSA strategy of the training", run="dsa_strategy")
-    archs: tuple[str, ...] = setting(("ConvNet",), "evaluation architectures: ConvNet AlexNet VGG11 ResNet18 (default ConvNet)",
-                                     flag="--arch", metavar="NAME")
+    dsa_strategy: str = setting(
+        "color_crop_cutout_flip_scale_rotate", "DSA strategy of the training", run="dsa_strategy"
+    )
+    archs: tuple[str, ...] = setting(
+        ("ConvNet",),
+        "evaluation architectures: ConvNet AlexNet VGG11 ResNet18 (default ConvNet)",
+        flag="--arch",
+        metavar="NAME",
+    )
     seed: int = setting(0, "seed of the evaluation", run="seed")
     device: str = setting("cpu", "torch device", run="device")
     test_batch: int = setting(1024, "batch size of the test pass", parse=int_at_least(1))
@@ -69,7 +84,9 @@ class EvalConfig:
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"epochs (--epochs) must be an integer >= 1; got {self.epochs!r}.")
         if not isinstance(self.runs, int) or self.runs < 1:
-            raise ValueError(f"runs (--runs) must be an integer >= 1 (the accuracy is a mean over runs); got {self.runs!r}.")
+            raise ValueError(
+                f"runs (--runs) must be an integer >= 1 (the accuracy is a mean over runs); got {self.runs!r}."
+            )
         if not (math.isfinite(self.lr) and self.lr > 0) or self.batch < 1 or self.test_batch < 1:
             raise ValueError("lr must be a finite number > 0, batch and test_batch >= 1.")
         if not self.archs:
@@ -114,7 +131,9 @@ def train_and_test(
         raise ValueError("the synthetic images contain NaN/inf; evaluate a good checkpoint instead.")
     device = cfg.device
     gen = torch.Generator().manual_seed(derive_seed(seed, Stream.EVAL_ORDER))
-    net = seeded_network(arch, info.channels, info.num_classes, info.im_size, seed=derive_seed(seed, Stream.EVAL_NET)).to(device)
+    net = seeded_network(
+        arch, info.channels, info.num_classes, info.im_size, seed=derive_seed(seed, Stream.EVAL_NET)
+    ).to(device)
     x_all, y_all = images.detach().to(device), labels.detach().to(device)
     lr = cfg.lr
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -167,7 +186,7 @@ def evaluate_synthetic(
     info: DatasetInfo,
     cfg: EvalConfig = EvalConfig(),
     *,
-    archs: Optional[Sequence[str]] = None,
+    archs: Sequence[str] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate with ``cfg.runs`` fresh networks per architecture. Returns, per arch, the
@@ -187,7 +206,15 @@ def evaluate_synthetic(
         runs = []
         for r in range(cfg.runs):
             res = train_and_test(
-                images, labels, test_images, test_labels, info, arch=arch, cfg=cfg, seed=derive_seed(cfg.seed, r), progress=progress
+                images,
+                labels,
+                test_images,
+                test_labels,
+                info,
+                arch=arch,
+                cfg=cfg,
+                seed=derive_seed(cfg.seed, r),
+                progress=progress,
             )
             runs.append(res)
             log.info("eval %s run %d/%d: test accuracy %.2f%%", arch, r + 1, cfg.runs, 100 * res["test_acc"])
@@ -200,7 +227,14 @@ def evaluate_synthetic(
             "epochs": cfg.epochs,
         }
         if accs:
-            log.info("eval %s: %.2f +- %.2f %% over %d runs (%d epochs)", arch, 100 * out[arch]["mean"], 100 * out[arch]["std"], len(accs), cfg.epochs)
+            log.info(
+                "eval %s: %.2f +- %.2f %% over %d runs (%d epochs)",
+                arch,
+                100 * out[arch]["mean"],
+                100 * out[arch]["std"],
+                len(accs),
+                cfg.epochs,
+            )
     return out
 
 
@@ -208,14 +242,18 @@ def check_synthetic(images: Tensor, labels: Tensor, info: DatasetInfo) -> None:
     """Raise ValueError unless ``images`` / ``labels`` can train a network for dataset ``info``."""
     want = (info.channels, *info.im_size)
     if images.dim() != 4 or tuple(images.shape[1:]) != want:
-        raise ValueError(f"the synthetic images are {tuple(images.shape)} but {info.name} images are {want}; "
-                         "pass the --dataset they were distilled from.")
+        raise ValueError(
+            f"the synthetic images are {tuple(images.shape)} but {info.name} images are {want}; "
+            "pass the --dataset they were distilled from."
+        )
     if labels.dim() != 1 or labels.numel() != images.shape[0]:
-        raise ValueError(f"expected one label per image; got labels {tuple(labels.shape)} for {images.shape[0]} images.")
+        raise ValueError(
+            f"expected one label per image; got labels {tuple(labels.shape)} for {images.shape[0]} images."
+        )
     if not bool(torch.isfinite(images).all()):
         raise ValueError("the synthetic images contain NaN/inf; evaluate a set from a good checkpoint instead.")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= info.num_classes):
-        raise ValueError(f"labels must be classes 0..{info.num_classes - 1} of {info.name}; found "
-                         f"{int(labels.min())}..{int(labels.max())}. Pass the --dataset the set was distilled from.")
-
-
+        raise ValueError(
+            f"labels must be classes 0..{info.num_classes - 1} of {info.name}; found "
+            f"{int(labels.min())}..{int(labels.max())}. Pass the --dataset the set was distilled from."
+        )

@@ -30,7 +30,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,12 +39,21 @@ from torch import Tensor
 from .artifacts import CorruptFileError, UnsafeFileError, atomic_save, load_torch_file, write_json
 from .augment import DSAParams, cutmix, dsa
 from .data import DatasetInfo
-from .seeding import Stream, derive_seed, progress_bar
 from .models import seeded_network
+from .seeding import Stream, derive_seed, progress_bar
 from .settings import int_at_least, positive_float, setting
 
-__all__ = ["ExpertConfig", "Expert", "default_cache_root", "expert_dir", "load_or_train_experts", "train_expert",
-           "expert_lr", "data_fingerprint", "subset_per_class"]
+__all__ = [
+    "ExpertConfig",
+    "Expert",
+    "default_cache_root",
+    "expert_dir",
+    "load_or_train_experts",
+    "train_expert",
+    "expert_lr",
+    "data_fingerprint",
+    "subset_per_class",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +69,25 @@ class ExpertConfig:
 
     count: int = setting(20, "dance: number of expert networks (Dance: 20)", flat="experts")
     epochs: int = setting(60, "dance: training epochs of each expert (Dance: 60)")
-    lr: float = setting(0.01, "dance: SGD learning rate of the experts (x gamma at 2/3 and 5/6 of the epochs)", parse=positive_float)
+    lr: float = setting(
+        0.01, "dance: SGD learning rate of the experts (x gamma at 2/3 and 5/6 of the epochs)", parse=positive_float
+    )
     momentum: float = setting(0.9, "dance: SGD momentum of the experts")
     weight_decay: float = setting(5e-4, "dance: weight decay of the experts")
     batch: int = setting(64, "dance: batch size of the expert training")
     gamma: float = setting(0.2, "dance: learning-rate factor at each milestone of the expert training")
-    strategy: str = setting("color_crop", "dance: DiffAug groups of the expert training")  # DANCE: color_crop_cutout; CutMix replaces cutout
+    strategy: str = setting(
+        "color_crop", "dance: DiffAug groups of the expert training"
+    )  # DANCE: color_crop_cutout; CutMix replaces cutout
     cutmix_prob: float = setting(0.5, "dance: probability of CutMix on an expert training batch")
     cutmix_beta: float = setting(1.0, "dance: Beta parameter of CutMix's mixing ratio")
     model: str = setting("ConvNet", "expert architecture", run="model")
-    per_class: Optional[int] = setting(None, "dance: train the experts on N real images per class (default: all; cpu preset 200)",
-                                       metavar="N", parse=int_at_least(1))
+    per_class: int | None = setting(
+        None,
+        "dance: train the experts on N real images per class (default: all; cpu preset 200)",
+        metavar="N",
+        parse=int_at_least(1),
+    )
     seed: int = setting(0, "dance: seed of the experts (default 0; shared by runs of any --seed)")
 
     def milestones(self) -> tuple[int, int]:
@@ -107,7 +124,7 @@ def data_fingerprint(images: Tensor, labels: Tensor) -> str:
     return h.hexdigest()
 
 
-def subset_per_class(labels: Tensor, per_class: Optional[int], num_classes: int, *, seed: int) -> Tensor:
+def subset_per_class(labels: Tensor, per_class: int | None, num_classes: int, *, seed: int) -> Tensor:
     """Indices of ``per_class`` random images of every class (sorted), or of every image when None."""
     if per_class is None:
         return torch.arange(labels.numel())
@@ -125,8 +142,14 @@ def expert_dir(root: Path, info: DatasetInfo, cfg: ExpertConfig, fingerprint: st
     return Path(root) / f"{info.name}-{cfg.model}-{digest}"
 
 
-def _epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, x_all: Tensor, y_all: Tensor, cfg: ExpertConfig,
-           gen: torch.Generator) -> float:
+def _epoch(
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    x_all: Tensor,
+    y_all: Tensor,
+    cfg: ExpertConfig,
+    gen: torch.Generator,
+) -> float:
     """One epoch over (x_all, y_all) in random order; returns the training accuracy."""
     params = DSAParams(aug_mode="M")
     n = x_all.shape[0]
@@ -163,16 +186,28 @@ def _load_cached(path: Path) -> dict:
     except (CorruptFileError, UnsafeFileError) as e:
         raise type(e)(f"{e} Delete it (rm {path}); the expert is trained again.") from None
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise CorruptFileError(f"{path} is not a hyperdm expert file (format {_FORMAT}); delete it (rm {path}) and it is "
-                               "trained again.")
+        raise CorruptFileError(
+            f"{path} is not a hyperdm expert file (format {_FORMAT}); delete it (rm {path}) and it is trained again."
+        )
     return state
 
 
-def train_expert(i: int, images: Tensor, labels: Tensor, info: DatasetInfo, cfg: ExpertConfig, directory: Path, *,
-                 device: str = "cpu", bar=None) -> Expert:
+def train_expert(
+    i: int,
+    images: Tensor,
+    labels: Tensor,
+    info: DatasetInfo,
+    cfg: ExpertConfig,
+    directory: Path,
+    *,
+    device: str = "cpu",
+    bar=None,
+) -> Expert:
     """Train expert ``i`` (continuing from its partial file if one is there) and write ``expertNNN.pt``."""
     final, partial = directory / f"expert{i:03d}.pt", directory / f"expert{i:03d}.partial.pt"
-    net = seeded_network(cfg.model, info.channels, info.num_classes, info.im_size, seed=derive_seed(cfg.seed, i, Stream.EXPERT_NET)).to(device)
+    net = seeded_network(
+        cfg.model, info.channels, info.num_classes, info.im_size, seed=derive_seed(cfg.seed, i, Stream.EXPERT_NET)
+    ).to(device)
     init = _cpu_state(net)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start, acc = 0, 0.0
@@ -189,23 +224,50 @@ def train_expert(i: int, images: Tensor, labels: Tensor, info: DatasetInfo, cfg:
     for e in range(start, cfg.epochs):
         for g in opt.param_groups:
             g["lr"] = expert_lr(cfg, e)
-        acc = _epoch(net, opt, x_all, y_all, cfg, torch.Generator().manual_seed(derive_seed(cfg.seed, i, e, Stream.EXPERT_EPOCH)))
+        acc = _epoch(
+            net, opt, x_all, y_all, cfg, torch.Generator().manual_seed(derive_seed(cfg.seed, i, e, Stream.EXPERT_EPOCH))
+        )
         if e + 1 < cfg.epochs:
-            atomic_save({"format": _FORMAT, "epoch": e + 1, "init": init, "net": _cpu_state(net),
-                         "opt": opt.state_dict(), "train_acc": acc}, partial)
+            atomic_save(
+                {
+                    "format": _FORMAT,
+                    "epoch": e + 1,
+                    "init": init,
+                    "net": _cpu_state(net),
+                    "opt": opt.state_dict(),
+                    "train_acc": acc,
+                },
+                partial,
+            )
         if bar is not None:
             bar.update(1)
     expert = Expert(init=init, trained=_cpu_state(net), train_acc=acc)
-    atomic_save({"format": _FORMAT, "init": expert.init, "trained": expert.trained, "train_acc": acc,
-                 "epochs": cfg.epochs}, final)
+    atomic_save(
+        {"format": _FORMAT, "init": expert.init, "trained": expert.trained, "train_acc": acc, "epochs": cfg.epochs},
+        final,
+    )
     partial.unlink(missing_ok=True)
-    log.info("expert %d/%d trained: %d epochs, last-epoch training accuracy %.1f%% (%.1f s)",
-             i + 1, cfg.count, cfg.epochs, 100 * acc, time.perf_counter() - t0)
+    log.info(
+        "expert %d/%d trained: %d epochs, last-epoch training accuracy %.1f%% (%.1f s)",
+        i + 1,
+        cfg.count,
+        cfg.epochs,
+        100 * acc,
+        time.perf_counter() - t0,
+    )
     return expert
 
 
-def load_or_train_experts(images: Tensor, labels: Tensor, info: DatasetInfo, cfg: ExpertConfig, *,
-                          root: Optional[Path] = None, device: str = "cpu", progress: bool = True) -> tuple[list[Expert], Path]:
+def load_or_train_experts(
+    images: Tensor,
+    labels: Tensor,
+    info: DatasetInfo,
+    cfg: ExpertConfig,
+    *,
+    root: Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[list[Expert], Path]:
     """The ``cfg.count`` experts for this training data: read from the cache, trained (and cached) where missing.
 
     Returns the experts (state dicts on the CPU) and their cache directory.
@@ -217,19 +279,33 @@ def load_or_train_experts(images: Tensor, labels: Tensor, info: DatasetInfo, cfg
     directory.mkdir(parents=True, exist_ok=True)
     meta = directory / "meta.json"
     if not meta.exists():
-        write_json(meta, {"dataset": info.name, "train_images": int(y.numel()), "config": dataclasses.asdict(cfg),
-                          "format": _FORMAT, "note": "Dance experts made by hyperdm; safe to delete (they are retrained)"})
+        write_json(
+            meta,
+            {
+                "dataset": info.name,
+                "train_images": int(y.numel()),
+                "config": dataclasses.asdict(cfg),
+                "format": _FORMAT,
+                "note": "Dance experts made by hyperdm; safe to delete (they are retrained)",
+            },
+        )
     have = [i for i in range(cfg.count) if (directory / f"expert{i:03d}.pt").exists()]
     if have:
         log.info("experts: reusing %d of %d cached in %s", len(have), cfg.count, directory)
     todo = [i for i in range(cfg.count) if i not in have]
-    experts: list[Optional[Expert]] = [None] * cfg.count
+    experts: list[Expert | None] = [None] * cfg.count
     for i in have:
         s = _load_cached(directory / f"expert{i:03d}.pt")
         experts[i] = Expert(init=s["init"], trained=s["trained"], train_acc=float(s["train_acc"]))
     if todo:
-        log.info("experts: training %d %s on %d real images for %d epochs each (cache: %s)",
-                 len(todo), cfg.model, y.numel(), cfg.epochs, directory)
+        log.info(
+            "experts: training %d %s on %d real images for %d epochs each (cache: %s)",
+            len(todo),
+            cfg.model,
+            y.numel(),
+            cfg.epochs,
+            directory,
+        )
         bar = progress_bar(len(todo) * cfg.epochs, "experts", progress)
         try:
             for i in todo:

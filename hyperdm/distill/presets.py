@@ -12,15 +12,39 @@ the paper prints it in a column headed "K". ``scale`` is the paper's lambda.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
-from .config import (METHODS, MATCHERS, PRESETS, PRUNE_SCORES, DanceConfig, DistillConfig, IDMConfig, MatcherConfig,
-                     parse_overrides, validate)
+from .config import (
+    MATCHERS,
+    METHODS,
+    PRESETS,
+    PRUNE_SCORES,
+    DanceConfig,
+    DistillConfig,
+    IDMConfig,
+    MatcherConfig,
+    parse_overrides,
+    validate,
+)
 from .data import canonical_name
 from .settings import NOT_GIVEN, leaves, option, set_path
 
-__all__ = ["HDDRow", "PAPER_HDD", "DistillConfig", "MatcherConfig", "IDMConfig", "DanceConfig", "NOT_GIVEN", "PRESETS",
-           "METHODS", "MATCHERS", "PRUNE_SCORES", "resolve", "paper_row", "validate"]
+__all__ = [
+    "HDDRow",
+    "PAPER_HDD",
+    "DistillConfig",
+    "MatcherConfig",
+    "IDMConfig",
+    "DanceConfig",
+    "NOT_GIVEN",
+    "PRESETS",
+    "METHODS",
+    "MATCHERS",
+    "PRUNE_SCORES",
+    "resolve",
+    "paper_row",
+    "validate",
+]
 
 
 @dataclass(frozen=True)
@@ -32,7 +56,7 @@ class HDDRow:
     lr_img: float
 
 
-def _rows(method: str, dataset: str, ipc1: tuple, ipc10: tuple, ipc50: Optional[tuple] = None) -> dict:
+def _rows(method: str, dataset: str, ipc1: tuple, ipc10: tuple, ipc50: tuple | None = None) -> dict:
     out = {(method, dataset, 1): HDDRow(*ipc1), (method, dataset, 10): HDDRow(*ipc10)}
     if ipc50 is not None:
         out[(method, dataset, 50)] = HDDRow(*ipc50)
@@ -56,7 +80,7 @@ PAPER_HDD: dict[tuple[str, str, int], HDDRow] = {
 }
 
 
-def paper_row(method: str, dataset: str, ipc: int) -> Optional[HDDRow]:
+def paper_row(method: str, dataset: str, ipc: int) -> HDDRow | None:
     return PAPER_HDD.get((method, canonical_name(dataset), int(ipc)))
 
 
@@ -146,9 +170,11 @@ def _dance_lr_img(dataset: str, ipc: int) -> tuple[float, str]:
 
 def _dance_specifics(dataset: str) -> dict[str, tuple[Any, str]]:
     if dataset in ("imagewoof", "imagenette"):
-        return {"model": ("ConvNetD5", f"{_DANCE_SRC}: depth-5 ConvNet for ImageNet subsets"),
-                "dance.experts.count": (5, f"{_DANCE_SRC}: --pretrain_amount 5 for ImageNet subsets"),
-                "dance.experts.epochs": (80, f"{_DANCE_SRC}: --pretrain_epochs 80 for ImageNet subsets")}
+        return {
+            "model": ("ConvNetD5", f"{_DANCE_SRC}: depth-5 ConvNet for ImageNet subsets"),
+            "dance.experts.count": (5, f"{_DANCE_SRC}: --pretrain_amount 5 for ImageNet subsets"),
+            "dance.experts.epochs": (80, f"{_DANCE_SRC}: --pretrain_epochs 80 for ImageNet subsets"),
+        }
     if dataset == "tinyimagenet":
         return {"model": ("ConvNetD4", "DM / IDM: depth-4 ConvNet for 64x64 images")}
     return {}
@@ -156,7 +182,9 @@ def _dance_specifics(dataset: str) -> dict[str, tuple[Any, str]]:
 
 def _idm_specifics(dataset: str, ipc: int) -> dict[str, tuple[Any, str]]:
     """command.txt settings that depend on dataset and IPC (Fashion-MNIST / SVHN follow the CIFAR-10 lines)."""
-    out: dict[str, tuple[Any, str]] = {"idm.ce_weight": (0.5 if ipc < 50 else 0.1, f"{_IDM_SRC}: --ce_weight (CIFAR-10 IPC {ipc})")}
+    out: dict[str, tuple[Any, str]] = {
+        "idm.ce_weight": (0.5 if ipc < 50 else 0.1, f"{_IDM_SRC}: --ce_weight (CIFAR-10 IPC {ipc})")
+    }
     if ipc == 1:
         out["batch_real"] = (5000, f"{_IDM_SRC}: --batch_real 5000 at IPC 1")
         out["idm.net_generate_interval"] = (5, f"{_IDM_SRC}: --net_generate_interval 5 at IPC 1")
@@ -179,8 +207,14 @@ def _method_table(preset: str, method: str, dataset: str, ipc: int) -> dict[str,
     table["eval.lr"] = (0.01, "reference evaluate_synset: SGD lr 0.01, momentum 0.9, wd 5e-4")
     table["eval.batch"] = (256, "reference evaluate_synset: batch 256")
     if method == "dance":
-        table["init"] = ("real", "DANCE --init mix: random real images, f*f of them down-sampled into each stored image")
-        table["dsa_strategy"] = ("color_crop_cutout_flip_scale_rotate", "DANCE --dsa_strategy color_crop_cutout_flip_scale_rotate (evaluation)")
+        table["init"] = (
+            "real",
+            "DANCE --init mix: random real images, f*f of them down-sampled into each stored image",
+        )
+        table["dsa_strategy"] = (
+            "color_crop_cutout_flip_scale_rotate",
+            "DANCE --dsa_strategy color_crop_cutout_flip_scale_rotate (evaluation)",
+        )
         table.update(_DANCE_COMMON)
         table.update(_DANCE_PAPER_LOOP if paper else _DANCE_CPU_LOOP)
         if paper:
@@ -188,7 +222,10 @@ def _method_table(preset: str, method: str, dataset: str, ipc: int) -> dict[str,
         table["lr_img"] = _dance_lr_img(dataset, ipc)
         return table
     table["init"] = ("real", "reference DM: initialise from random real images")
-    table["dsa_strategy"] = ("color_crop_cutout_flip_scale_rotate", "reference DM: DSA color_crop_cutout_flip_scale_rotate")
+    table["dsa_strategy"] = (
+        "color_crop_cutout_flip_scale_rotate",
+        "reference DM: DSA color_crop_cutout_flip_scale_rotate",
+    )
     table["match_dsa"] = (None, "the matching uses dsa_strategy")
     table["match_aug_mode"] = ("S", "reference DM: DSA aug_mode 'S' (one group per call)")
     if method == "idm":
@@ -202,11 +239,20 @@ def _method_table(preset: str, method: str, dataset: str, ipc: int) -> dict[str,
     return table
 
 
-def _matcher_table(preset: str, method: str, matcher: str, dataset: str, ipc: int, given: set[str]) -> dict[str, tuple[Any, str]]:
+def _matcher_table(
+    preset: str, method: str, matcher: str, dataset: str, ipc: int, given: set[str]
+) -> dict[str, tuple[Any, str]]:
     """path -> (value, why) of the matcher settings (and the paper's lr_img where its tables give one)."""
     if matcher == "mmd":
-        unused = {p: (v, "unused by the mmd matcher") for p, v in
-                  (("matcher.k", 1.0), ("matcher.scale", 20.0), ("matcher.max_norm", 10.0), ("matcher.hierarchical", False))}
+        unused = {
+            p: (v, "unused by the mmd matcher")
+            for p, v in (
+                ("matcher.k", 1.0),
+                ("matcher.scale", 20.0),
+                ("matcher.max_norm", 10.0),
+                ("matcher.hierarchical", False),
+            )
+        }
         return {**unused, "matcher.dtype": ("float32", "reference DM: the MMD line in float32")}
     table: dict[str, tuple[Any, str]] = {
         "matcher.max_norm": (10.0, "official HDD code: exp-map clamps |v|/sqrt(k) at 10"),
@@ -247,7 +293,7 @@ def resolve(
     matcher: str = "hyperbolic",
     dataset: str = "fashion-mnist",
     ipc: int = 10,
-    overrides: Optional[dict[str, Any]] = None,
+    overrides: dict[str, Any] | None = None,
 ) -> DistillConfig:
     """Resolve a preset into a full :class:`DistillConfig`; ``overrides`` (e.g. from the CLI) win.
 
@@ -282,10 +328,12 @@ def resolve(
         section = path.split(".")[0]
         if section in ("idm", "dance") and section != method:
             opt = next(option(flat, f) for p, flat, f, _ in leaves(DistillConfig) if p == path)
-            raise ValueError(f"{path} ({opt}) is a setting of --method {section}; this run is "
-                             f"--method {method}. Drop it, or run --method {section}.")
+            raise ValueError(
+                f"{path} ({opt}) is a setting of --method {section}; this run is "
+                f"--method {method}. Drop it, or run --method {section}."
+            )
     cfg = DistillConfig(method=method, dataset=dataset, ipc=ipc, preset=preset)
-    src = {p: "argument" for p in _ARGUMENTS}
+    src = dict.fromkeys(_ARGUMENTS, "argument")
     table = _method_table(preset, method, dataset, ipc)
     table.update(_matcher_table(preset, method, matcher, dataset, ipc, set(given)))
     for path, (value, why) in {"matcher.kind": (matcher, "argument"), **table}.items():

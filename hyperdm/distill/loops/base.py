@@ -24,7 +24,8 @@ import math
 import platform
 import sys
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,13 +35,13 @@ from ... import __version__
 from ...matchers import HyperbolicMatcher, MMDMatcher
 from ..artifacts import CorruptFileError, RunDir, UnsafeFileError, storage_sizes, write_json
 from ..augment import DSAParams, dsa
+from ..config import DistillConfig, validate
 from ..data import RealData
 from ..evaluate import EvalConfig, evaluate_synthetic
-from ..seeding import Stream, derive_seed, progress_bar
 from ..models import seeded_network
 from ..parallel import Parallel, check_device
 from ..prune import prune_indices
-from ..config import DistillConfig, validate
+from ..seeding import Stream, derive_seed, progress_bar
 from ..synset import expand, pack
 
 __all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "eval_config", "per_sample_network"]
@@ -50,8 +51,9 @@ log = logging.getLogger(__name__)
 _CHECKPOINT_FORMAT = 1
 # settings (paths; a section name covers the section) that do not change what the images become; every
 # other setting must match on --resume
-_MAY_CHANGE_ON_RESUME = frozenset({"preset", "eval", "checkpoint_every", "device", "data_root", "download",
-                                   "dance.expert_dir", "matcher.compile"})
+_MAY_CHANGE_ON_RESUME = frozenset(
+    {"preset", "eval", "checkpoint_every", "device", "data_root", "download", "dance.expert_dir", "matcher.compile"}
+)
 
 
 def _may_change_on_resume(path: str) -> bool:
@@ -69,11 +71,19 @@ def build_matcher(cfg: DistillConfig, process_group: Any = None) -> nn.Module:
     m = cfg.matcher
     if m.kind == "mmd":
         return MMDMatcher(reduction="sum", check_finite=False, process_group=process_group)
-    return HyperbolicMatcher(m.k, m.scale, max_norm=m.max_norm, hierarchical=m.hierarchical, reduction="sum",
-                             check_finite=False, compile=m.compile, process_group=process_group)
+    return HyperbolicMatcher(
+        m.k,
+        m.scale,
+        max_norm=m.max_norm,
+        hierarchical=m.hierarchical,
+        reduction="sum",
+        check_finite=False,
+        compile=m.compile,
+        process_group=process_group,
+    )
 
 
-def eval_config(cfg: DistillConfig, *, device: Optional[str] = None) -> EvalConfig:
+def eval_config(cfg: DistillConfig, *, device: str | None = None) -> EvalConfig:
     """The evaluation a run with ``cfg`` performs (:meth:`DistillConfig.eval_config`)."""
     return cfg.eval_config(device=device)
 
@@ -96,7 +106,7 @@ class DistillLoop:
         real: RealData,
         out: str,
         *,
-        matcher: Optional[nn.Module] = None,
+        matcher: nn.Module | None = None,
         progress: bool = True,
     ) -> None:
         validate(cfg)
@@ -114,8 +124,10 @@ class DistillLoop:
                     f"{self.par.world} processes here) support --method dm, idm and dance. Run it without torchrun."
                 )
             if matcher is not None and getattr(matcher, "process_group", None) is None:
-                raise ValueError("a matcher passed to a data-parallel run must match across ranks: give it "
-                                 "process_group=torch.distributed.group.WORLD.")
+                raise ValueError(
+                    "a matcher passed to a data-parallel run must match across ranks: give it "
+                    "process_group=torch.distributed.group.WORLD."
+                )
         group = self.par.group if self.par.enabled else None
         self.matcher = (matcher if matcher is not None else build_matcher(cfg, group)).to(self.device)
         self.match_dtype = torch.float64 if cfg.matcher.dtype == "float64" else torch.float32
@@ -134,10 +146,10 @@ class DistillLoop:
         self.match_strategy = cfg.dsa_strategy if cfg.match_dsa is None else cfg.match_dsa
         self.match_params = DSAParams(aug_mode=cfg.match_aug_mode)
         self.syn_labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(cfg.ipc)
-        self.syn: Optional[Tensor] = None
-        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.syn: Tensor | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
         self.metrics: dict[str, Any] = {"loss": [], "evals": [], "distill_seconds": 0.0, "images_seen": 0}
-        self.kept: Optional[Tensor] = None
+        self.kept: Tensor | None = None
 
     def _check_architectures(self) -> None:
         """Build the distillation model and every evaluation architecture once for this dataset's images and
@@ -150,17 +162,24 @@ class DistillLoop:
                 with torch.no_grad():
                     net(blank)
             except (RuntimeError, ValueError) as e:
-                raise ValueError(f"architecture {name} cannot run on {info.name} images "
-                                 f"({info.channels}x{info.im_size[0]}x{info.im_size[1]}): {e}; choose another --model / --arch.") from None
+                raise ValueError(
+                    f"architecture {name} cannot run on {info.name} images "
+                    f"({info.channels}x{info.im_size[0]}x{info.im_size[1]}): {e}; choose another --model / --arch."
+                ) from None
 
     # ---- pieces the methods call -------------------------------------------------------------
 
-    def fresh_network(self, it: int, *, tag: int = 0, model: Optional[str] = None, trainable: bool = False) -> nn.Module:
+    def fresh_network(self, it: int, *, tag: int = 0, model: str | None = None, trainable: bool = False) -> nn.Module:
         """A randomly initialised network for iteration ``it`` (seeded by ``(seed, it, tag)``), in train
         mode on the run's device; its parameters are frozen unless ``trainable``."""
         info = self.real.info
-        net = seeded_network(model or self.cfg.model, info.channels, info.num_classes, info.im_size,
-                             seed=derive_seed(self.cfg.seed, it, Stream.NETWORK, tag))
+        net = seeded_network(
+            model or self.cfg.model,
+            info.channels,
+            info.num_classes,
+            info.im_size,
+            seed=derive_seed(self.cfg.seed, it, Stream.NETWORK, tag),
+        )
         net = net.to(self.device).train()
         for p in net.parameters():
             p.requires_grad_(trainable)
@@ -207,7 +226,9 @@ class DistillLoop:
         real = self.augment(self.par.shard(self.sample_real(c, self.cfg.batch_real, gen)), seed)
         return real, self.augment(x_syn, seed), y_syn
 
-    def class_matching_loss(self, net: nn.Module, c: int, seed: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    def class_matching_loss(
+        self, net: nn.Module, c: int, seed: int, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """One class's matching step under ``net``: ``(loss, syn_features, syn_labels)``.
 
         The inputs of :meth:`augmented_class`, features from ``net.embed`` (the real ones without grad),
@@ -229,9 +250,15 @@ class DistillLoop:
         dt = self.match_dtype
         if len({f.shape[0] for f in real_feats}) == 1 and len({f.shape[0] for f in syn_feats}) == 1:
             return self.matcher(torch.stack(list(real_feats)).to(dt), torch.stack(list(syn_feats)).to(dt))
-        rl = torch.cat([torch.full((f.shape[0],), c, dtype=torch.long, device=f.device) for c, f in enumerate(real_feats)])
-        sl = torch.cat([torch.full((f.shape[0],), c, dtype=torch.long, device=f.device) for c, f in enumerate(syn_feats)])
-        return self.matcher(torch.cat(list(real_feats)).to(dt), torch.cat(list(syn_feats)).to(dt), real_labels=rl, syn_labels=sl)
+        rl = torch.cat(
+            [torch.full((f.shape[0],), c, dtype=torch.long, device=f.device) for c, f in enumerate(real_feats)]
+        )
+        sl = torch.cat(
+            [torch.full((f.shape[0],), c, dtype=torch.long, device=f.device) for c, f in enumerate(syn_feats)]
+        )
+        return self.matcher(
+            torch.cat(list(real_feats)).to(dt), torch.cat(list(syn_feats)).to(dt), real_labels=rl, syn_labels=sl
+        )
 
     # ---- to implement ---------------------------------------------------------------------------
 
@@ -301,12 +328,31 @@ class DistillLoop:
         """Keep ``prune_keep`` of each class, ranked by hyperbolic radius over random networks (paper Sec. 4.3)."""
         cfg = self.cfg
         labels = self.real.train_labels
-        kept = prune_indices(self.train_images, labels, self.real.info, keep=cfg.prune_keep, score=cfg.prune_score,
-                             nets=cfg.prune_nets, k=cfg.matcher.k, model=cfg.model, seed=cfg.seed)
+        kept = prune_indices(
+            self.train_images,
+            labels,
+            self.real.info,
+            keep=cfg.prune_keep,
+            score=cfg.prune_score,
+            nets=cfg.prune_nets,
+            k=cfg.matcher.k,
+            model=cfg.model,
+            seed=cfg.seed,
+        )
         self.kept = kept.cpu()
         self._apply_kept()
-        how = "uniformly at random" if cfg.prune_score == "random" else f"score {cfg.prune_score} over {cfg.prune_nets} random {cfg.model}"
-        log.info("pruning: kept %d of %d real images (%.0f%% per class, %s)", kept.numel(), labels.numel(), 100 * cfg.prune_keep, how)
+        how = (
+            "uniformly at random"
+            if cfg.prune_score == "random"
+            else f"score {cfg.prune_score} over {cfg.prune_nets} random {cfg.model}"
+        )
+        log.info(
+            "pruning: kept %d of %d real images (%.0f%% per class, %s)",
+            kept.numel(),
+            labels.numel(),
+            100 * cfg.prune_keep,
+            how,
+        )
 
     def _apply_kept(self) -> None:
         assert self.kept is not None
@@ -337,20 +383,25 @@ class DistillLoop:
         if self.par.is_main:  # rank 0 writes for all
             self.run_dir.save_checkpoint(self._state(it))
 
-    def _load_state(self) -> Optional[dict[str, Any]]:
+    def _load_state(self) -> dict[str, Any] | None:
         """The checkpoint of this run directory (None if there is none), checked for format and shapes."""
         rd = self.run_dir
         state = rd.load_checkpoint()  # weights_only=True after the container checks; names the fix when damaged
         if state is None:
             return None
         fix = rd.damaged_checkpoint_fix()
-        lacks = [k for k in ("format", "iteration", "images", "labels", "optimizer", "matcher", "metrics", "config")
-                 if k not in state]
+        lacks = [
+            k
+            for k in ("format", "iteration", "images", "labels", "optimizer", "matcher", "metrics", "config")
+            if k not in state
+        ]
         if lacks:
             raise CorruptFileError(f"{rd.checkpoint} is not a hyperdm checkpoint (it lacks {', '.join(lacks)}). {fix}")
         if state.get("format") != _CHECKPOINT_FORMAT:
-            raise CorruptFileError(f"{rd.checkpoint} has checkpoint format {state.get('format')!r}; this hyperdm "
-                                   f"({__version__}) reads format {_CHECKPOINT_FORMAT}. {fix}")
+            raise CorruptFileError(
+                f"{rd.checkpoint} has checkpoint format {state.get('format')!r}; this hyperdm "
+                f"({__version__}) reads format {_CHECKPOINT_FORMAT}. {fix}"
+            )
         try:
             DistillConfig.from_dict(state["config"])
         except (TypeError, ValueError, AttributeError) as e:
@@ -358,8 +409,10 @@ class DistillLoop:
         images = state.get("images")
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] != self.num_classes * self.cfg.ipc:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise CorruptFileError(f"{rd.checkpoint}: its images are {shape}, not {self.num_classes * self.cfg.ipc} "
-                                   f"images of {self.real.info.name}. {fix}")
+            raise CorruptFileError(
+                f"{rd.checkpoint}: its images are {shape}, not {self.num_classes * self.cfg.ipc} "
+                f"images of {self.real.info.name}. {fix}"
+            )
         return state
 
     def _resume(self, state: dict[str, Any]) -> int:
@@ -379,7 +432,9 @@ class DistillLoop:
         self.matcher.load_state_dict(state["matcher"])
         self.metrics = state["metrics"]
         self.load_extra_state(state.get("extra", {}))
-        log.info("resumed from iteration %d of %d (%s)", state["iteration"], self.cfg.iterations, self.run_dir.checkpoint)
+        log.info(
+            "resumed from iteration %d of %d (%s)", state["iteration"], self.cfg.iterations, self.run_dir.checkpoint
+        )
         return int(state["iteration"])
 
     def write_config(self) -> None:
@@ -407,8 +462,9 @@ class DistillLoop:
         assert self.syn is not None
         ecfg = self.cfg.eval_config()
         images, labels = self.training_set()
-        res = evaluate_synthetic(images, labels, self.real.test_images, self.real.test_labels, self.real.info,
-                                 ecfg, progress=self.progress)
+        res = evaluate_synthetic(
+            images, labels, self.real.test_images, self.real.test_labels, self.real.info, ecfg, progress=self.progress
+        )
         entry = {"iteration": it, **{a: {k: v for k, v in r.items() if k != "runs"} for a, r in res.items()}}
         return entry
 
@@ -443,9 +499,17 @@ class DistillLoop:
                 rd.remove_stale_temps()  # left by a write that a SIGKILL interrupted
             rd.path.mkdir(parents=True, exist_ok=True)
         with rd.logging_to_file() if self.par.is_main else contextlib.nullcontext():
-            log.info("hyperdm %s: %s with the %s matcher on %s, IPC %d, preset %s%s\n%s",
-                     __version__, cfg.method, cfg.matcher.kind, cfg.dataset, cfg.ipc, cfg.preset,
-                     f", {self.par.world} processes (torch.distributed)" if self.par.enabled else "", cfg.summary())
+            log.info(
+                "hyperdm %s: %s with the %s matcher on %s, IPC %d, preset %s%s\n%s",
+                __version__,
+                cfg.method,
+                cfg.matcher.kind,
+                cfg.dataset,
+                cfg.ipc,
+                cfg.preset,
+                f", {self.par.world} processes (torch.distributed)" if self.par.enabled else "",
+                cfg.summary(),
+            )
             if resume and state is None:
                 log.info("--resume: no checkpoint in %s yet; starting from the beginning", rd.path)
             if state is not None:
@@ -495,15 +559,25 @@ class DistillLoop:
                         last_good = it
                         rate = (it - start) / t_distill if t_distill > 0 else 0.0
                         eta = (cfg.iterations - it) / rate if rate > 0 else float("nan")
-                        log.info("iteration %d/%d  loss per class %.4g  %.2f it/s  ETA %.0f s (distillation only)  checkpoint saved",
-                                 it, cfg.iterations, value / self.num_classes, rate, eta)
+                        log.info(
+                            "iteration %d/%d  loss per class %.4g  %.2f it/s  ETA %.0f s (distillation only)  checkpoint saved",
+                            it,
+                            cfg.iterations,
+                            value / self.num_classes,
+                            rate,
+                            eta,
+                        )
             except NonFiniteLossError as e:
                 if rd.checkpoint.exists():
-                    msg = (f"{e}; stopped. The last good checkpoint (iteration {last_good}) is kept in {rd.checkpoint}. "
-                           "Lower --lr-img or --scale, check the data, or resume from the checkpoint with other settings in a new run.")
+                    msg = (
+                        f"{e}; stopped. The last good checkpoint (iteration {last_good}) is kept in {rd.checkpoint}. "
+                        "Lower --lr-img or --scale, check the data, or resume from the checkpoint with other settings in a new run."
+                    )
                 else:
-                    msg = (f"{e}; stopped before the first checkpoint, so there is nothing to resume. Lower --lr-img or "
-                           "--scale or check the data, then start again with --overwrite (or another --out).")
+                    msg = (
+                        f"{e}; stopped before the first checkpoint, so there is nothing to resume. Lower --lr-img or "
+                        "--scale or check the data, then start again with --overwrite (or another --out)."
+                    )
                 log.error(msg)
                 self.metrics["stopped"] = msg
                 self._write_metrics(final=False)
@@ -541,8 +615,17 @@ class DistillLoop:
         rd, info = self.run_dir, self.real.info
         images = self.syn.detach().cpu()
         rd.save_synthetic(
-            images, self.syn_labels.cpu(), normalised=True, mean=list(info.mean), std=list(info.std), dataset=info.name,
-            ipc=self.cfg.ipc, method=self.cfg.method, matcher=self.cfg.matcher.kind, partition=self.partition, hyperdm=__version__,
+            images,
+            self.syn_labels.cpu(),
+            normalised=True,
+            mean=list(info.mean),
+            std=list(info.std),
+            dataset=info.name,
+            ipc=self.cfg.ipc,
+            method=self.cfg.method,
+            matcher=self.cfg.matcher.kind,
+            partition=self.partition,
+            hyperdm=__version__,
         )
         pix = self.real.denormalise(images)
         rd.save_grid(pix, nrow=self.cfg.ipc)
@@ -552,14 +635,21 @@ class DistillLoop:
             from ..plots import plot_poincare
 
             shown, shown_labels = self.training_set()  # the images the matcher saw (expanded when partitioned)
-            plot_poincare(self.real, shown.cpu(), shown_labels.cpu(), rd.poincare, k=self.cfg.matcher.k, max_norm=self.cfg.matcher.max_norm,
-                          model=self.cfg.model, seed=self.cfg.seed)
+            plot_poincare(
+                self.real,
+                shown.cpu(),
+                shown_labels.cpu(),
+                rd.poincare,
+                k=self.cfg.matcher.k,
+                max_norm=self.cfg.matcher.max_norm,
+                model=self.cfg.model,
+                seed=self.cfg.seed,
+            )
         except ImportError as e:  # matplotlib is in the [distill] extra
-            log.warning("poincare.png skipped: %s (pip install \".[distill]\")", e)
+            log.warning('poincare.png skipped: %s (pip install ".[distill]")', e)
         for e in self.metrics["evals"]:
             for arch, r in e.items():
                 if arch != "iteration":
                     log.info("iteration %d, %s: %.2f +- %.2f %%", e["iteration"], arch, 100 * r["mean"], 100 * r["std"])
         log.info("artifacts in %s", rd.path)
         return final
-

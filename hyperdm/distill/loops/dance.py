@@ -31,14 +31,14 @@ synthetic images per class are used in the reference, which every preset here st
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..seeding import Stream, derive_seed
 from ..experts import Expert, ExpertConfig, load_or_train_experts
+from ..seeding import Stream, derive_seed
 from .base import DistillLoop
 
 __all__ = ["DanceLoop", "expert_config"]
@@ -64,9 +64,9 @@ class DanceLoop(DistillLoop):
         self.pixel_lo, self.pixel_hi = -mean / std, (1 - mean) / std  # [0, 1] in normalised units
         self.pixel_grad_scale = 1.0 / std**2  # SGD in pixel units, see the module docstring
         self.experts: list[Expert] = []
-        self.expert_dir: Optional[str] = None
-        self.middle: Optional[nn.Module] = None
-        self.expert_net: Optional[nn.Module] = None
+        self.expert_dir: str | None = None
+        self.middle: nn.Module | None = None
+        self.expert_net: nn.Module | None = None
 
     # ---- experts ----------------------------------------------------------------------------
 
@@ -76,13 +76,21 @@ class DanceLoop(DistillLoop):
         if not self.par.is_main:  # rank 0 goes first, so that only it trains; the others then read its cache
             self.par.barrier()
         self.experts, directory = load_or_train_experts(
-            self.real.train_images, self.real.train_labels, self.real.info, ecfg,
-            root=self.cfg.dance.expert_dir, device=self.cfg.device, progress=self.progress)
+            self.real.train_images,
+            self.real.train_labels,
+            self.real.info,
+            ecfg,
+            root=self.cfg.dance.expert_dir,
+            device=self.cfg.device,
+            progress=self.progress,
+        )
         if self.par.is_main:
             self.par.barrier()
         dev = self.device
-        self.experts = [Expert({k: v.to(dev) for k, v in e.init.items()}, {k: v.to(dev) for k, v in e.trained.items()}, e.train_acc)
-                        for e in self.experts]
+        self.experts = [
+            Expert({k: v.to(dev) for k, v in e.init.items()}, {k: v.to(dev) for k, v in e.trained.items()}, e.train_acc)
+            for e in self.experts
+        ]
         self.expert_dir = str(directory)
         self.metrics["experts"] = {"dir": self.expert_dir, "train_acc": [e.train_acc for e in self.experts]}
         self.middle = self.fresh_network(-1, tag=3000)
@@ -131,4 +139,7 @@ class DanceLoop(DistillLoop):
 
     def images_per_iteration(self) -> int:
         # the matching step's images, then iter_calib passes over the expanded synthetic set
-        return super().images_per_iteration() + self.cfg.dance.iter_calib * self.num_classes * self.cfg.ipc * self.partition**2
+        return (
+            super().images_per_iteration()
+            + self.cfg.dance.iter_calib * self.num_classes * self.cfg.ipc * self.partition**2
+        )

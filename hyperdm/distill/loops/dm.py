@@ -16,8 +16,6 @@ forward (its ConvNetBN branch); this loop does the same, without chunking.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -30,14 +28,16 @@ __all__ = ["DMLoop"]
 class DMLoop(DistillLoop):
     method = "dm"
     supports_distributed = True  # each rank forwards its stride of every real batch (see distill.parallel)
-    forward_chunk: Optional[int] = None  # None: 4096 on CUDA, 512 on the CPU (see the module docstring)
+    forward_chunk: int | None = None  # None: 4096 on CUDA, 512 on the CPU (see the module docstring)
 
     def matching_loss(self, it: int) -> Tensor:
         cfg = self.cfg
         net = self.fresh_network(it)
         gen = self.generator(it)
         real, syn = [], []
-        for c in range(self.num_classes):  # the per-class inputs of the shared step, embedded below in two batched forwards
+        for c in range(
+            self.num_classes
+        ):  # the per-class inputs of the shared step, embedded below in two batched forwards
             r, s, _ = self.augmented_class(c, derive_seed(cfg.seed, it, c), gen)
             real.append(r)
             syn.append(s)

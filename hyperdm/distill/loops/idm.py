@@ -84,7 +84,9 @@ class IDMLoop(DistillLoop):
             q.net.train()
             for _ in range(cfg.model_train_steps):
                 x, y = self.sample_real_any(cfg.net_batch, gen)
-                if self.par.enabled:  # this rank's stride; the summed loss / whole batch size, all-reduced = the mean's gradient
+                if (
+                    self.par.enabled
+                ):  # this rank's stride; the summed loss / whole batch size, all-reduced = the mean's gradient
                     n_all = y.numel()
                     x, y = self.par.shard(x), self.par.shard(y)
                     out = q.net(x)
@@ -128,13 +130,26 @@ class IDMLoop(DistillLoop):
 
     def images_per_iteration(self) -> int:
         cfg = self.cfg  # each chosen network matches every class once, then the queue trains
-        return cfg.idm.train_net_num * super().images_per_iteration() + cfg.idm.fetch_net_num * cfg.idm.model_train_steps * cfg.idm.net_batch
+        return (
+            cfg.idm.train_net_num * super().images_per_iteration()
+            + cfg.idm.fetch_net_num * cfg.idm.model_train_steps * cfg.idm.net_batch
+        )
 
     # ---- resume -------------------------------------------------------------------------------
 
     def extra_state(self) -> dict[str, Any]:
-        return {"queue": [{"net": q.net.state_dict(), "opt": q.opt.state_dict(), "born": q.born, "correct": q.correct, "seen": q.seen}
-                          for q in self.queue]}
+        return {
+            "queue": [
+                {
+                    "net": q.net.state_dict(),
+                    "opt": q.opt.state_dict(),
+                    "born": q.born,
+                    "correct": q.correct,
+                    "seen": q.seen,
+                }
+                for q in self.queue
+            ]
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.queue = []
