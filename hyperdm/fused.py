@@ -72,7 +72,7 @@ from . import lorentz
 __all__ = ["hdd_distance", "CHUNK_ELEMENTS"]
 
 #: Largest ``[C, n, D]`` slice the exact spread of a no-grad side processes at once (elements).
-CHUNK_ELEMENTS = 1 << 21
+CHUNK_ELEMENTS = 1 << 20
 
 _F64 = torch.float64
 _TINY = 1e-300  # radii below this (in units of sqrt(k)) are this: sinh(t)/t is then exactly 1
