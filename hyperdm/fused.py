@@ -156,7 +156,10 @@ class _Pair:
         em = torch.exp(-tc)
         b = torch.sinh(tc)
         c = b + em  # cosh(t), without cancellation
-        if tmax > _UNSCALED_RADIUS or dt not in (torch.float32, _F64):  # scale each class by e^{-T}, T its largest t
+        # scale each class by e^{-T}, T its largest t, where e^{t} could overflow a float32 sum; not with
+        # hierarchical weights w = t / sinh(t): they make the weights t, t coth(t), t e^{-t} / sinh(t), which
+        # never overflow, and rescaling them would underflow (radius 100: e^{-100} is below float32's range)
+        if not hierarchical and (tmax > _UNSCALED_RADIUS or dt not in (torch.float32, _F64)):
             if reduce is None:
                 top = tc.amax(-1, keepdim=True)
             else:  # every rank scales the real sums alike

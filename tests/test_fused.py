@@ -165,6 +165,30 @@ class _Ops(TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 3e-3)], ids=["float32", "float16"])
+def test_hierarchical_without_clamp_far_out_in_low_precision(dtype, tol):
+    """Hierarchical weights w = t / sinh(t) keep every per-point weight polynomial in t: far out (radius
+    95-105 sqrt(k), no clamp) low-precision features give the float64 composition's distances. Rescaling by the
+    class's largest e^{-t} made the weights underflow float32 there (the distance came out 0)."""
+    g = torch.Generator().manual_seed(31)
+
+    def shell(n):
+        x = torch.randn(3, n, 16, generator=g, dtype=F64)
+        return x / x.norm(dim=-1, keepdim=True) * (95.0 + 10.0 * torch.rand(3, n, 1, generator=g, dtype=F64))
+
+    real, syn = shell(40).to(dtype), shell(4).to(dtype)
+    want = _composed(real.double(), syn.double(), 1.0, None, True)
+    syn_g = syn.clone().requires_grad_()
+    got = fused.hdd_distance(real, syn_g, k=1.0, max_norm=None, hierarchical=True)
+    assert want.min() > 0.1
+    torch.testing.assert_close(got, want, rtol=tol, atol=0)
+    (grad,) = torch.autograd.grad(got.sum(), syn_g)
+    syn64 = syn.double().requires_grad_()
+    (want_grad,) = torch.autograd.grad(_composed(real.double(), syn64, 1.0, None, True).sum(), syn64)
+    assert torch.isfinite(grad).all()
+    assert (grad.double() - want_grad).norm() <= 100 * tol * want_grad.norm()
+
+
 @pytest.mark.parametrize("chunk,blocks", [(4096, 4), (1024, 12)])  # whole classes; row blocks of each class
 def test_real_side_without_grad_keeps_no_graph_and_no_full_temporary(monkeypatch, chunk, blocks):
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk)
