@@ -331,7 +331,8 @@ class CentroidSums(NamedTuple):
     point ``i`` in units of ``sqrt(k)``, ``u_i = v_i / |v_i|``, weights ``w_i`` divided by their
     total ``W`` and every exponential shifted by ``top``:
 
-    * ``weight``: ``W = sum_i w_i`` (before division), ``top``: ``max_i t_i``;
+    * ``weight``: ``W = sum_i w_i`` (before division), ``top``: ``max_i t_i`` (0 with hierarchical weights,
+      which never overflow);
     * ``m0 = sum_i w_i cosh(t_i) e^{-top}``, ``ms = sum_i b_i u_i`` with ``b_i = w_i sinh(t_i) e^{-top}``;
     * ``a_minus``, ``a_plus``: ``sum_i w_i e^{-/+t_i - top}``; ``b``: ``B = sum_i b_i``;
     * ``spread``: ``sum_i b_i |u_i - ũ|^2`` about these points' own ``ũ = ms / B``;
@@ -394,7 +395,9 @@ def feature_centroid_sums(
         tc = torch.where(mask, tc, torch.zeros_like(tc))
     weight = w.sum(-1, keepdim=True)
     w = w / torch.where(weight > 0, weight, torch.ones_like(weight))
-    top = tc.amax(-1, keepdim=True).detach()
+    # the common scale e^{-top}: the largest radius, except with hierarchical weights t / sinh(t), which keep
+    # every weight polynomial in t (rescaling them would underflow a float32 mat-vec far out)
+    top = torch.zeros_like(tc[..., :1]) if hierarchical else tc.amax(-1, keepdim=True).detach()
     e_plus = w * torch.exp(tc - top)
     e_minus = w * torch.exp(-tc - top)
     half_one_minus = -torch.expm1(-2.0 * tc) / 2.0  # (1 - e^{-2t}) / 2

@@ -550,7 +550,7 @@ def _ref_sums(feats, k, max_norm, weights, hier):
         w = [wi * (1 if t == 0 else t / mp.sinh(t)) for wi, t in zip(w, ts, strict=True)]
     total = mp.fsum(w)
     wn = [wi / total for wi in w]
-    top = max(ts)
+    top = mp.mpf(0) if hier else max(ts)  # hierarchical weights are not rescaled (they never overflow)
     b = [wi * mp.sinh(t) * mp.exp(-top) for wi, t in zip(wn, ts, strict=True)]
     B = mp.fsum(b)
     ms = RefPoint(0, [(bi / f.r, f.ex) for bi, f in zip(b, feats, strict=True) if f.r != 0])  # sum_i b_i u_i
@@ -1142,3 +1142,20 @@ def test_agrees_with_geoopt(k, D):
         assert torch.allclose(L.centroid(x, k=k, weights=w), cg, rtol=1e-10, atol=0)
         fw = None if w is None else w[None]
         assert torch.allclose(L.feature_centroid(v[None], k=k, weights=fw)[0], cg, rtol=1e-10, atol=0)
+
+
+def test_feature_centroid_hierarchical_far_out_in_float32():
+    """Hierarchical weights t / sinh(t), no clamp, a point near the origin beside points at radius 95-105:
+    float32 features give the float64 centroid (to float32 rounding) and finite gradients. Rescaling the
+    weights by the largest e^{-t} made them underflow float32 (zero centroid space part, NaN gradients)."""
+    g = torch.Generator().manual_seed(41)
+    x = torch.randn(2, 7, 5, generator=g, dtype=torch.float64)
+    v = x / x.norm(dim=-1, keepdim=True) * (95.0 + 10.0 * torch.rand(2, 7, 1, generator=g, dtype=torch.float64))
+    v[:, 0] *= 1e-10  # one point at |v| ~ 1e-8
+    w = torch.rand(2, 7, generator=g, dtype=torch.float64) + 0.1
+    v32 = v.float().requires_grad_()
+    got = L.feature_centroid(v32, k=1.0, hierarchical=True, weights=w.float())
+    want = L.feature_centroid(v32.detach().double(), k=1.0, hierarchical=True, weights=w.float().double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0)
+    (grad,) = torch.autograd.grad(got[..., 1:].sum(), v32)
+    assert torch.isfinite(grad).all()
