@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .artifacts import CorruptFileError, UnsafeFileError, atomic_save, load_torch_file, write_json
+from .artifacts import CorruptFileError, PathLike, UnsafeFileError, atomic_save, load_torch_file, write_json
 from .augment import DSAParams, cutmix, dsa
 from .data import DatasetInfo
 from .models import seeded_network
@@ -267,7 +267,7 @@ def load_or_train_experts(
     info: DatasetInfo,
     cfg: ExpertConfig,
     *,
-    root: Path | None = None,
+    root: PathLike | None = None,
     device: str = "cpu",
     progress: bool = True,
 ) -> tuple[list[Expert], Path]:
