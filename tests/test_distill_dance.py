@@ -24,17 +24,17 @@ def _cache_in_tmp(tmp_path, monkeypatch):
 
 
 def dance_cfg(matcher="hyperbolic", **kw):
-    base = dict(
-        iterations=4,
-        batch_real=8,
-        eval_epochs=2,
-        eval_runs=1,
-        checkpoint_every=2,
-        seed=5,
-        experts=2,
-        expert_epochs=1,
-        expert_per_class=10,
-    )
+    base = {
+        "iterations": 4,
+        "batch_real": 8,
+        "eval_epochs": 2,
+        "eval_runs": 1,
+        "checkpoint_every": 2,
+        "seed": 5,
+        "experts": 2,
+        "expert_epochs": 1,
+        "expert_per_class": 10,
+    }
     base.update(kw)
     ipc = base.pop("ipc", 1)
     return resolve(preset="cpu", method="dance", matcher=matcher, dataset="fashion-mnist", ipc=ipc, overrides=base)
@@ -68,7 +68,7 @@ def test_paper_preset_follows_table_6_and_the_reference():
 
 
 def test_fashion_mnist_has_no_dance_row():
-    with pytest.raises(ValueError, match="no HDD row.*method=dance"):
+    with pytest.raises(ValueError, match=r"no HDD row.*method=dance"):
         resolve(preset="paper", method="dance", matcher="hyperbolic", dataset="fashion-mnist", ipc=10)
     c = resolve(preset="cpu", method="dance", matcher="hyperbolic", dataset="fashion-mnist", ipc=10)
     assert (c.matcher.k, c.matcher.scale, c.lr_img) == (1, 40, 0.1)  # k and lambda of the DM row, Dance's own lr_img
@@ -188,7 +188,7 @@ def test_expert_cache_is_reused_and_keyed_by_settings(tmp_path, monkeypatch, cap
     with caplog.at_level("INFO", logger="hyperdm"):
         again, d2 = load_or_train_experts(x, y, info, cfg, root=tmp_path, progress=False)
     assert d2 == d1 and "reusing 2 of 2 cached" in caplog.text
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         assert all(torch.equal(a.trained[k], b.trained[k]) and torch.equal(a.init[k], b.init[k]) for k in a.trained)
     monkeypatch.undo()
     # other settings or other data -> another directory, never a wrong reuse
@@ -230,6 +230,13 @@ def test_interrupted_expert_training_resumes_bit_for_bit(tmp_path, monkeypatch):
 
 
 @needs_fmnist
+def test_dance_loop_refuses_a_config_without_dance_settings(tmp_path):
+    dm = resolve(preset="cpu", method="dm", dataset="fashion-mnist", ipc=1, overrides={"iterations": 1})
+    with pytest.raises(ValueError, match=r"DanceLoop needs the dance settings.*--method dm.*method='dance'"):
+        DanceLoop(dm, small(FMNIST), str(tmp_path), progress=False)
+
+
+@needs_fmnist
 @pytest.mark.parametrize("matcher", ["mmd", "hyperbolic"])
 def test_tiny_dance_run(tmp_path, matcher):
     m = DanceLoop(dance_cfg(matcher), small(FMNIST), str(tmp_path / "run"), progress=False).run()
@@ -237,7 +244,7 @@ def test_tiny_dance_run(tmp_path, matcher):
     assert len(m["calibration_loss"]) == 4 and all(v > 0 for v in m["calibration_loss"])
     assert len(m["experts"]["train_acc"]) == 2 and str(tmp_path / "cache") in m["experts"]["dir"]
     assert m["images_seen"] == 4 * (10 * 8 + 10 * 4 * 2)  # real + expanded synthetic, matched and calibrated
-    images, labels, meta = load_synthetic(tmp_path / "run")
+    images, _, meta = load_synthetic(tmp_path / "run")
     assert images.shape == (10, 1, 28, 28) and meta["partition"] == 2 and meta["method"] == "dance"
     assert 0 <= m["evals"][0]["ConvNet"]["mean"] <= 1
 

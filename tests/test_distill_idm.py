@@ -15,20 +15,20 @@ from hyperdm.distill.presets import resolve
 
 
 def idm_cfg(matcher="hyperbolic", **kw):
-    base = dict(
-        iterations=4,
-        batch_real=8,
-        eval_epochs=2,
-        eval_runs=1,
-        checkpoint_every=2,
-        seed=5,
-        net_generate_interval=2,
-        net_num=3,
-        net_initial=2,
-        model_train_steps=2,
-        net_batch=16,
-        acc_window=0,
-    )
+    base = {
+        "iterations": 4,
+        "batch_real": 8,
+        "eval_epochs": 2,
+        "eval_runs": 1,
+        "checkpoint_every": 2,
+        "seed": 5,
+        "net_generate_interval": 2,
+        "net_num": 3,
+        "net_initial": 2,
+        "model_train_steps": 2,
+        "net_batch": 16,
+        "acc_window": 0,
+    }
     base.update(kw)
     ipc = base.pop("ipc", 1)
     return resolve(preset="cpu", method="idm", matcher=matcher, dataset="fashion-mnist", ipc=ipc, overrides=base)
@@ -61,7 +61,7 @@ def test_tiny_idm_run(tmp_path, matcher):
     assert len(m["loss"]) == 4 and all(v > 0 for v in m["loss"])
     # queue: 2 initial + one new at it 0 and 2, capped at 3 (oldest leave)
     assert len(loop.queue) == 3
-    images, labels, meta = load_synthetic(tmp_path)
+    images, _, meta = load_synthetic(tmp_path)
     assert images.shape == (10, 1, 28, 28) and meta["partition"] == 2 and meta["method"] == "idm"
     assert 0 <= m["evals"][0]["ConvNet"]["mean"] <= 1
 
@@ -157,9 +157,16 @@ def test_idm_bad_ipc_counts_the_partition(tmp_path):
 
 
 @needs_fmnist
+def test_idm_loop_refuses_a_config_without_idm_settings(tmp_path):
+    dm = resolve(preset="cpu", method="dm", dataset="fashion-mnist", ipc=1, overrides={"iterations": 1})
+    with pytest.raises(ValueError, match=r"IDMLoop needs the idm settings.*--method dm.*method='idm'"):
+        IDMLoop(dm, small(FMNIST), str(tmp_path), progress=False)
+
+
+@needs_fmnist
 def test_resume_refuses_changed_idm_settings(tmp_path):
     IDMLoop(idm_cfg(iterations=2, eval_runs=0), small(FMNIST), str(tmp_path), progress=False).run()
-    with pytest.raises(ValueError, match="different settings.*net_num"):
+    with pytest.raises(ValueError, match=r"different settings.*net_num"):
         IDMLoop(idm_cfg(iterations=2, eval_runs=0, net_num=5), small(FMNIST), str(tmp_path), progress=False).run(
             resume=True
         )

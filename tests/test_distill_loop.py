@@ -52,7 +52,7 @@ def small(real, per_class: int = 40, test: int = 2000):
 
 
 def tiny_cfg(matcher="hyperbolic", **kw):
-    base = dict(iterations=4, batch_real=8, eval_epochs=2, eval_runs=1, checkpoint_every=2, seed=3)
+    base = {"iterations": 4, "batch_real": 8, "eval_epochs": 2, "eval_runs": 1, "checkpoint_every": 2, "seed": 3}
     base.update(kw)
     ipc = base.pop("ipc", 1)
     return resolve(preset="cpu", matcher=matcher, dataset="fashion-mnist", ipc=ipc, overrides=base)
@@ -163,7 +163,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     loop = DMLoop(
         tiny_cfg("mmd", iterations=10, eval_runs=0), small(FMNIST), str(out), matcher=_NaNAfter(5), progress=False
     )
-    with pytest.raises(NonFiniteLossError, match="iteration 5.*last good checkpoint \\(iteration 4\\)"):
+    with pytest.raises(NonFiniteLossError, match=r"iteration 5.*last good checkpoint \(iteration 4\)"):
         loop.run()
     st = torch.load(out / "checkpoint.pt", weights_only=True)
     assert st["iteration"] == 4 and torch.isfinite(st["images"]).all()
@@ -180,7 +180,7 @@ def test_nan_before_the_first_checkpoint_does_not_point_at_one(tmp_path):
     )
     with pytest.raises(
         NonFiniteLossError,
-        match="iteration 0; stopped before the first checkpoint, so there is nothing to resume.*--overwrite",
+        match=r"iteration 0; stopped before the first checkpoint, so there is nothing to resume\..*--overwrite",
     ):
         loop.run()
     assert not (out / "checkpoint.pt").exists()
@@ -193,7 +193,7 @@ def test_existing_run_is_never_overwritten(tmp_path):
     DMLoop(tiny_cfg(eval_runs=0, iterations=2), small(FMNIST), str(out), progress=False).run()
     with pytest.raises(FileExistsError, match="--resume"):
         DMLoop(tiny_cfg(eval_runs=0, iterations=2), small(FMNIST), str(out), progress=False).run()
-    with pytest.raises(ValueError, match="different settings.*seed"):
+    with pytest.raises(ValueError, match=r"different settings.*seed"):
         DMLoop(tiny_cfg(eval_runs=0, iterations=2, seed=9), small(FMNIST), str(out), progress=False).run(resume=True)
 
 

@@ -264,13 +264,15 @@ def _setup_logging(level: str) -> None:
     """The console log at ``level``; the handler has the level itself, so run.log (which records INFO while a run
     lasts) never brings INFO lines to a console asked for WARNING."""
     root = logging.getLogger("hyperdm")
-    console = [h for h in root.handlers if getattr(h, "_hyperdm_console", False)]
+    console = [
+        h for h in root.handlers if isinstance(h, logging.StreamHandler) and getattr(h, "_hyperdm_console", False)
+    ]
     if not console:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        h._hyperdm_console = True  # type: ignore[attr-defined]
-        root.addHandler(h)
-        console = [h]
+        new = logging.StreamHandler(sys.stderr)
+        new.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        new._hyperdm_console = True  # type: ignore[attr-defined]
+        root.addHandler(new)
+        console = [new]
     for h in console:
         if h.stream is not sys.stderr:  # main() called again (tests, notebooks) after sys.stderr was replaced
             h.stream = sys.stderr  # not setStream(): it flushes the old stream, which may be closed
@@ -340,7 +342,7 @@ def _evaluate(a: argparse.Namespace) -> int:
     if out is not None:
         check_new_files([out], overwrite=a.overwrite)
     images, labels, meta = load_synthetic(a.path)  # weights_only=True: nothing in the file runs
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    config: dict[str, Any] = c if isinstance(c := meta.get("config"), dict) else {}
     dataset = a.dataset or config.get("dataset") or meta.get("dataset")
     if not dataset or not isinstance(dataset, str):
         raise ValueError(f"{a.path} does not say which dataset it was distilled from; pass --dataset NAME.")
@@ -358,9 +360,8 @@ def _evaluate(a: argparse.Namespace) -> int:
         images, labels, real.test_images, real.test_labels, real.info, cfg, progress=not a.no_progress
     )
     for arch, r in res.items():
-        print(
-            f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % ({len(r['accs'])} runs, {a.epochs} epochs, final epoch)"
-        )
+        detail = f"{len(r['accs'])} runs, {a.epochs} epochs, final epoch"
+        print(f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % ({detail})")
     if out is not None:
         write_json(
             out,
@@ -469,7 +470,7 @@ def _plot(a: argparse.Namespace) -> int:
         )
     check_writable(run, what="the run directory", fix="copy the run directory to a writable disk and plot the copy")
     images, labels, meta = load_synthetic(rd.path)
-    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    cfg: dict[str, Any] = c if isinstance(c := meta.get("config"), dict) else {}
     dataset = cfg.get("dataset") or meta.get("dataset")
     if not dataset or not isinstance(dataset, str):
         raise ValueError(f"{run} does not say which dataset it was distilled from (no config.json).")
@@ -526,14 +527,15 @@ def _expected_message(e: BaseException) -> str | None:
         return str(e)
     if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (a RuntimeError)
         return (
-            f"out of memory on the device: {str(e).splitlines()[0]}; lower --batch-real or --ipc, or use a device with "
-            "more memory."
+            f"out of memory on the device: {str(e).splitlines()[0]}; lower --batch-real or --ipc, or use a device "
+            "with more memory."
         )
     return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``hyperdm`` command; returns the exit status (0, 2 for an expected failure, 1 for a bug, 130 for Ctrl-C)."""
+    """Run one ``hyperdm`` command; returns the exit status (0, 2 for an expected failure, 1 for a bug, 130 for
+    Ctrl-C)."""
     parser = build_parser()
     a = parser.parse_args(argv)
     _setup_logging(a.log_level)
@@ -549,8 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         if msg is None:
             print(
-                f"hyperdm {a.command}: internal error: {type(e).__name__}: {e}. This is a bug in hyperdm; run again with "
-                "--debug for the traceback and report it.",
+                f"hyperdm {a.command}: internal error: {type(e).__name__}: {e}. This is a bug in hyperdm; run again "
+                "with --debug for the traceback and report it.",
                 file=sys.stderr,
             )
             return 1

@@ -120,11 +120,14 @@ def train_and_test(
     info: DatasetInfo,
     *,
     arch: str = "ConvNet",
-    cfg: EvalConfig = EvalConfig(),
+    cfg: EvalConfig | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Train one fresh ``arch`` on (``images``, ``labels``) and test it; returns final-epoch numbers."""
+    """Train one fresh ``arch`` on (``images``, ``labels``) and test it; returns final-epoch numbers.
+
+    ``cfg`` defaults to a fresh ``EvalConfig()``."""
+    cfg = EvalConfig() if cfg is None else cfg
     if images.shape[0] == 0:
         raise ValueError("the synthetic set is empty.")
     if not torch.isfinite(images).all():
@@ -184,16 +187,18 @@ def evaluate_synthetic(
     test_images: Tensor,
     test_labels: Tensor,
     info: DatasetInfo,
-    cfg: EvalConfig = EvalConfig(),
+    cfg: EvalConfig | None = None,
     *,
     archs: Sequence[str] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate with ``cfg.runs`` fresh networks per architecture. Returns, per arch, the
-    accuracies of every run (final epoch), their mean and population std (as the reference's np.std).
+    """Evaluate with ``cfg.runs`` fresh networks per architecture (``cfg`` defaults to a fresh ``EvalConfig()``).
+    Returns, per arch, the accuracies of every run (final epoch), their mean and population std (as the
+    reference's np.std).
 
     Checks first (ValueError): the settings (:meth:`EvalConfig.validate`), images ``[N, C, H, W]``
     of the dataset's shape, one label per image, every label a class of ``info``."""
+    cfg = EvalConfig() if cfg is None else cfg
     cfg.validate()
     if archs is not None:
         from .models import check_architecture

@@ -30,13 +30,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .artifacts import CorruptFileError, UnsafeFileError, atomic_save, load_torch_file, write_json
+from .artifacts import CorruptFileError, PathLike, UnsafeFileError, atomic_save, load_torch_file, write_json
 from .augment import DSAParams, cutmix, dsa
 from .data import DatasetInfo
 from .models import seeded_network
@@ -180,7 +180,8 @@ def _cpu_state(net: torch.nn.Module) -> dict[str, Tensor]:
 
 
 def _load_cached(path: Path) -> dict:
-    """A cached expert file, read safely (``weights_only=True``); a damaged one names the fix (delete it: it is retrained)."""
+    """A cached expert file, read safely (``weights_only=True``); a damaged one names the fix (delete it: it is
+    retrained)."""
     try:
         state = load_torch_file(path, what="a cached Dance expert")
     except (CorruptFileError, UnsafeFileError) as e:
@@ -201,9 +202,11 @@ def train_expert(
     directory: Path,
     *,
     device: str = "cpu",
-    bar=None,
+    bar: Any = None,
 ) -> Expert:
-    """Train expert ``i`` (continuing from its partial file if one is there) and write ``expertNNN.pt``."""
+    """Train expert ``i`` (continuing from its partial file if one is there) and write ``expertNNN.pt``.
+
+    ``bar``: a progress bar from :func:`progress_bar` (advanced by one per epoch), or None."""
     final, partial = directory / f"expert{i:03d}.pt", directory / f"expert{i:03d}.partial.pt"
     net = seeded_network(
         cfg.model, info.channels, info.num_classes, info.im_size, seed=derive_seed(cfg.seed, i, Stream.EXPERT_NET)
@@ -264,7 +267,7 @@ def load_or_train_experts(
     info: DatasetInfo,
     cfg: ExpertConfig,
     *,
-    root: Path | None = None,
+    root: PathLike | None = None,
     device: str = "cpu",
     progress: bool = True,
 ) -> tuple[list[Expert], Path]:

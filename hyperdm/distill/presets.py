@@ -84,7 +84,10 @@ def paper_row(method: str, dataset: str, ipc: int) -> HDDRow | None:
     return PAPER_HDD.get((method, canonical_name(dataset), int(ipc)))
 
 
-_PAPER_LOOP = {  # DM (Zhao & Bilen) and the official HDD DM code
+#: path -> (value, why): settings a preset gives and the source each follows
+_Table = dict[str, tuple[object, str]]
+
+_PAPER_LOOP: _Table = {  # DM (Zhao & Bilen) and the official HDD DM code
     "iterations": (20000, "paper: DM with HDD runs 20,000 iterations"),
     "batch_real": (256, "paper / reference DM: 256 real images per class"),
     "momentum_img": (0.5, "reference DM: SGD on images, momentum 0.5"),
@@ -93,7 +96,7 @@ _PAPER_LOOP = {  # DM (Zhao & Bilen) and the official HDD DM code
     "eval.runs": (3, "paper: mean +- std over 3 runs"),
     "checkpoint_every": (500, "hyperdm"),
 }
-_CPU_LOOP = {
+_CPU_LOOP: _Table = {
     "iterations": (200, "cpu preset (reduced protocol)"),
     "batch_real": (64, "cpu preset (reduced protocol)"),
     "momentum_img": (0.5, "reference DM: SGD on images, momentum 0.5"),
@@ -105,7 +108,7 @@ _CPU_LOOP = {
 
 
 _IDM_SRC = "IDM command.txt"
-_IDM_COMMON = {  # uitrbn/IDM command.txt (CIFAR-10 lines; IDM's argparse defaults give plain DM)
+_IDM_COMMON: _Table = {  # uitrbn/IDM command.txt (CIFAR-10 lines; IDM's argparse defaults give plain DM)
     "partition": (2, f"{_IDM_SRC}: --aug (2x2 partition and expansion)"),
     "idm.net_num": (100, "IDM default --net_num 100"),
     "idm.net_initial": (3, "IDM code: the queue starts with 3 networks"),
@@ -117,12 +120,12 @@ _IDM_COMMON = {  # uitrbn/IDM command.txt (CIFAR-10 lines; IDM's argparse defaul
     "idm.lr_net": (0.01, f"{_IDM_SRC}: --net_decay (SGD 0.01, momentum 0.9, wd 5e-4)"),
     "idm.acc_window": (100, f"{_IDM_SRC}: accuracy meters reset at each --eval_interval 100"),
 }
-_IDM_PAPER_LOOP = {
+_IDM_PAPER_LOOP: _Table = {
     "iterations": (10000, "paper: IDM with HDD runs 10,000 iterations"),
     "batch_real": (256, "IDM default --batch_real 256"),
     "eval.every": (1000, "hyperdm (IDM evaluates every 100; evaluation does not change the result)"),
 }
-_IDM_CPU_LOOP = {
+_IDM_CPU_LOOP: _Table = {
     "iterations": (60, "cpu preset (reduced protocol)"),
     "batch_real": (64, "cpu preset (reduced protocol)"),
     "idm.net_num": (10, "cpu preset (reduced protocol)"),
@@ -135,7 +138,7 @@ _IDM_CPU_LOOP = {
 
 
 _DANCE_SRC = "DANCE reproduce settings"
-_DANCE_COMMON = {  # Hansong-Zhang/DANCE: arguments/arg_condense.py, reproduce_condense.py, pretrain.py, README
+_DANCE_COMMON: _Table = {  # Hansong-Zhang/DANCE: arguments/arg_condense.py, reproduce_condense.py, pretrain.py, README
     "partition": (2, "DANCE README: --factor 2 (multi-formation, 2x2)"),
     "batch_real": (128, "DANCE default --batch_real 128"),
     "momentum_img": (0.5, "DANCE default --mom_img 0.5"),
@@ -145,13 +148,13 @@ _DANCE_COMMON = {  # Hansong-Zhang/DANCE: arguments/arg_condense.py, reproduce_c
     "dance.experts.lr": (0.01, "DANCE pretrain: SGD lr 0.01, momentum 0.9, wd 5e-4, x0.2 at 2/3 and 5/6 of the epochs"),
     "dance.experts.batch": (64, "DANCE pretrain default --batch_real 64"),
 }
-_DANCE_PAPER_LOOP = {
+_DANCE_PAPER_LOOP: _Table = {
     "iterations": (10000, f"{_DANCE_SRC}: --niter 10000 (paper: Dance with HDD 10,000 iterations)"),
     "dance.experts.count": (20, f"{_DANCE_SRC}: --pretrain_amount 20"),
     "dance.experts.epochs": (60, f"{_DANCE_SRC}: --pretrain_epochs 60"),
     "eval.every": (1000, "hyperdm (Dance evaluates every 500; evaluation does not change the result)"),
 }
-_DANCE_CPU_LOOP = {
+_DANCE_CPU_LOOP: _Table = {
     "iterations": (60, "cpu preset (reduced protocol)"),
     "batch_real": (64, "cpu preset (reduced protocol)"),
     "dance.experts.count": (4, "cpu preset (reduced protocol): few experts"),
@@ -168,7 +171,7 @@ def _dance_lr_img(dataset: str, ipc: int) -> tuple[float, str]:
     return round(0.01 * ipc, 10), f"{_DANCE_SRC}: lr_img 0.01 x ipc (pixel units)"
 
 
-def _dance_specifics(dataset: str) -> dict[str, tuple[Any, str]]:
+def _dance_specifics(dataset: str) -> _Table:
     if dataset in ("imagewoof", "imagenette"):
         return {
             "model": ("ConvNetD5", f"{_DANCE_SRC}: depth-5 ConvNet for ImageNet subsets"),
@@ -180,11 +183,9 @@ def _dance_specifics(dataset: str) -> dict[str, tuple[Any, str]]:
     return {}
 
 
-def _idm_specifics(dataset: str, ipc: int) -> dict[str, tuple[Any, str]]:
+def _idm_specifics(dataset: str, ipc: int) -> _Table:
     """command.txt settings that depend on dataset and IPC (Fashion-MNIST / SVHN follow the CIFAR-10 lines)."""
-    out: dict[str, tuple[Any, str]] = {
-        "idm.ce_weight": (0.5 if ipc < 50 else 0.1, f"{_IDM_SRC}: --ce_weight (CIFAR-10 IPC {ipc})")
-    }
+    out: _Table = {"idm.ce_weight": (0.5 if ipc < 50 else 0.1, f"{_IDM_SRC}: --ce_weight (CIFAR-10 IPC {ipc})")}
     if ipc == 1:
         out["batch_real"] = (5000, f"{_IDM_SRC}: --batch_real 5000 at IPC 1")
         out["idm.net_generate_interval"] = (5, f"{_IDM_SRC}: --net_generate_interval 5 at IPC 1")
@@ -199,10 +200,10 @@ def _idm_specifics(dataset: str, ipc: int) -> dict[str, tuple[Any, str]]:
     return out
 
 
-def _method_table(preset: str, method: str, dataset: str, ipc: int) -> dict[str, tuple[Any, str]]:
+def _method_table(preset: str, method: str, dataset: str, ipc: int) -> _Table:
     """path -> (value, why) of the loop, evaluation and method settings of ``preset`` for ``method``."""
     paper = preset == "paper"
-    table = dict(_PAPER_LOOP if paper else _CPU_LOOP)
+    table: _Table = dict(_PAPER_LOOP if paper else _CPU_LOOP)
     table["model"] = ("ConvNet", "paper: ConvNet-3 (width 128, instance norm)")
     table["eval.lr"] = (0.01, "reference evaluate_synset: SGD lr 0.01, momentum 0.9, wd 5e-4")
     table["eval.batch"] = (256, "reference evaluate_synset: batch 256")
@@ -239,9 +240,7 @@ def _method_table(preset: str, method: str, dataset: str, ipc: int) -> dict[str,
     return table
 
 
-def _matcher_table(
-    preset: str, method: str, matcher: str, dataset: str, ipc: int, given: set[str]
-) -> dict[str, tuple[Any, str]]:
+def _matcher_table(preset: str, method: str, matcher: str, dataset: str, ipc: int, given: set[str]) -> _Table:
     """path -> (value, why) of the matcher settings (and the paper's lr_img where its tables give one)."""
     if matcher == "mmd":
         unused = {
@@ -254,7 +253,7 @@ def _matcher_table(
             )
         }
         return {**unused, "matcher.dtype": ("float32", "reference DM: the MMD line in float32")}
-    table: dict[str, tuple[Any, str]] = {
+    table: _Table = {
         "matcher.max_norm": (10.0, "official HDD code: exp-map clamps |v|/sqrt(k) at 10"),
         "matcher.dtype": ("float64", "official HDD code: matching in float64"),
     }
@@ -312,7 +311,8 @@ def resolve(
     accuracies are not the paper's.
     """
     given = parse_overrides(overrides)
-    args = {"preset": preset, "method": method, "matcher.kind": matcher, "dataset": dataset, "ipc": ipc}
+    # the arguments as given (overrides may replace them): Any until the checks below
+    args: dict[str, Any] = {"preset": preset, "method": method, "matcher.kind": matcher, "dataset": dataset, "ipc": ipc}
     args.update({p: given.pop(p) for p in _ARGUMENTS if p in given})
     preset, method, matcher, ipc = args["preset"], args["method"], args["matcher.kind"], args["ipc"]
     if preset not in PRESETS:

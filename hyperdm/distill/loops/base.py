@@ -38,7 +38,7 @@ from ..augment import DSAParams, dsa
 from ..config import DistillConfig, validate
 from ..data import RealData
 from ..evaluate import EvalConfig, evaluate_synthetic
-from ..models import seeded_network
+from ..models import _Embedder, seeded_network
 from ..parallel import Parallel, check_device
 from ..prune import prune_indices
 from ..seeding import Stream, derive_seed, progress_bar
@@ -89,7 +89,8 @@ def eval_config(cfg: DistillConfig, *, device: str | None = None) -> EvalConfig:
 
 
 def per_sample_network(net: nn.Module) -> bool:
-    """True when ``net``'s output for a sample does not depend on the rest of its batch (no batch norm in train mode)."""
+    """True when ``net``'s output for a sample does not depend on the rest of its batch (no batch norm in train
+    mode)."""
     return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
@@ -169,7 +170,7 @@ class DistillLoop:
 
     # ---- pieces the methods call -------------------------------------------------------------
 
-    def fresh_network(self, it: int, *, tag: int = 0, model: str | None = None, trainable: bool = False) -> nn.Module:
+    def fresh_network(self, it: int, *, tag: int = 0, model: str | None = None, trainable: bool = False) -> _Embedder:
         """A randomly initialised network for iteration ``it`` (seeded by ``(seed, it, tag)``), in train
         mode on the run's device; its parameters are frozen unless ``trainable``."""
         info = self.real.info
@@ -206,7 +207,8 @@ class DistillLoop:
         return self.syn[c * self.cfg.ipc : (c + 1) * self.cfg.ipc]
 
     def syn_expanded(self, c: int) -> tuple[Tensor, Tensor]:
-        """Class ``c``'s synthetic images as the networks see them (expanded when the set is partitioned), with labels."""
+        """Class ``c``'s synthetic images as the networks see them (expanded when the set is partitioned), with
+        labels."""
         ipc = self.cfg.ipc
         return expand(self.syn_class(c), self.syn_labels[c * ipc : (c + 1) * ipc], self.partition)
 
@@ -227,7 +229,7 @@ class DistillLoop:
         return real, self.augment(x_syn, seed), y_syn
 
     def class_matching_loss(
-        self, net: nn.Module, c: int, seed: int, gen: torch.Generator
+        self, net: _Embedder, c: int, seed: int, gen: torch.Generator
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One class's matching step under ``net``: ``(loss, syn_features, syn_labels)``.
 
@@ -324,15 +326,16 @@ class DistillLoop:
         self.syn = syn.detach().clone().float().requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
 
-    def _prune(self) -> None:
-        """Keep ``prune_keep`` of each class, ranked by hyperbolic radius over random networks (paper Sec. 4.3)."""
+    def _prune(self, keep: float) -> None:
+        """Keep the fraction ``keep`` (``prune_keep``) of each class, ranked by hyperbolic radius over random
+        networks (paper Sec. 4.3)."""
         cfg = self.cfg
         labels = self.real.train_labels
         kept = prune_indices(
             self.train_images,
             labels,
             self.real.info,
-            keep=cfg.prune_keep,
+            keep=keep,
             score=cfg.prune_score,
             nets=cfg.prune_nets,
             k=cfg.matcher.k,
@@ -350,7 +353,7 @@ class DistillLoop:
             "pruning: kept %d of %d real images (%.0f%% per class, %s)",
             kept.numel(),
             labels.numel(),
-            100 * cfg.prune_keep,
+            100 * keep,
             how,
         )
 
@@ -420,8 +423,8 @@ class DistillLoop:
         changed = [p for p in dict.fromkeys((*old, *new)) if not _may_change_on_resume(p) and old.get(p) != new.get(p)]
         if changed:
             raise ValueError(
-                f"--resume: the checkpoint in {self.run_dir.path} was made with different settings ({', '.join(changed)}); "
-                "resume with the same settings, or use a new --out directory."
+                f"--resume: the checkpoint in {self.run_dir.path} was made with different settings "
+                f"({', '.join(changed)}); resume with the same settings, or use a new --out directory."
             )
         self.kept = state.get("kept")
         if self.kept is not None:
@@ -469,7 +472,8 @@ class DistillLoop:
         return entry
 
     def run(self, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-        """Distil, evaluate at ``cfg.eval_iterations()``, write every artifact. Returns the metrics as written to metrics.json.
+        """Distil, evaluate at ``cfg.eval_iterations()``, write every artifact. Returns the metrics as written to
+        metrics.json.
 
         ``resume``: continue from the run directory's checkpoint (a fresh start if it has none).
         ``overwrite``: remove the run files already in the directory and start over. Without either, a
@@ -516,9 +520,10 @@ class DistillLoop:
                 start = self._resume(state)
             else:
                 if cfg.prune_keep is not None and cfg.prune_keep < 1:
-                    self._prune()
+                    self._prune(cfg.prune_keep)
                 self._init_synthetic()
                 start = 0
+            assert self.syn is not None  # set by _resume or _init_synthetic
             self.metrics["real_images_used"] = int(sum(int(i.numel()) for i in self.class_indices))
             self.write_config()
             self.prepare()
@@ -560,7 +565,8 @@ class DistillLoop:
                         rate = (it - start) / t_distill if t_distill > 0 else 0.0
                         eta = (cfg.iterations - it) / rate if rate > 0 else float("nan")
                         log.info(
-                            "iteration %d/%d  loss per class %.4g  %.2f it/s  ETA %.0f s (distillation only)  checkpoint saved",
+                            "iteration %d/%d  loss per class %.4g  %.2f it/s  ETA %.0f s (distillation only)  "
+                            "checkpoint saved",
                             it,
                             cfg.iterations,
                             value / self.num_classes,
@@ -571,7 +577,8 @@ class DistillLoop:
                 if rd.checkpoint.exists():
                     msg = (
                         f"{e}; stopped. The last good checkpoint (iteration {last_good}) is kept in {rd.checkpoint}. "
-                        "Lower --lr-img or --scale, check the data, or resume from the checkpoint with other settings in a new run."
+                        "Lower --lr-img or --scale, check the data, or resume from the checkpoint with other settings "
+                        "in a new run."
                     )
                 else:
                     msg = (
@@ -647,9 +654,11 @@ class DistillLoop:
             )
         except ImportError as e:  # matplotlib is in the [distill] extra
             log.warning('poincare.png skipped: %s (pip install ".[distill]")', e)
-        for e in self.metrics["evals"]:
-            for arch, r in e.items():
+        for entry in self.metrics["evals"]:
+            for arch, r in entry.items():
                 if arch != "iteration":
-                    log.info("iteration %d, %s: %.2f +- %.2f %%", e["iteration"], arch, 100 * r["mean"], 100 * r["std"])
+                    log.info(
+                        "iteration %d, %s: %.2f +- %.2f %%", entry["iteration"], arch, 100 * r["mean"], 100 * r["std"]
+                    )
         log.info("artifacts in %s", rd.path)
         return final

@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ..config import DanceConfig
 from ..experts import Expert, ExpertConfig, load_or_train_experts
+from ..models import _Embedder
 from ..seeding import Stream, derive_seed
 from .base import DistillLoop
 
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 
 
 def expert_config(cfg: Any) -> ExpertConfig:
-    """The :class:`ExpertConfig` of a :class:`~hyperdm.distill.config.DistillConfig` (its ``dance.experts``, the run's model)."""
+    """The :class:`ExpertConfig` of a :class:`~hyperdm.distill.config.DistillConfig` (its ``dance.experts``, the
+    run's model)."""
     return cfg.expert_config()
 
 
@@ -59,14 +61,26 @@ class DanceLoop(DistillLoop):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.cfg.dance is None:
+            raise ValueError(
+                f"DanceLoop needs the dance settings, and this config is --method {self.cfg.method} (it has none); "
+                "build it for Dance: resolve(method='dance', ...) or DistillConfig(method='dance', ...)."
+            )
         mean = torch.tensor(self.real.info.mean, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
         std = torch.tensor(self.real.info.std, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
         self.pixel_lo, self.pixel_hi = -mean / std, (1 - mean) / std  # [0, 1] in normalised units
         self.pixel_grad_scale = 1.0 / std**2  # SGD in pixel units, see the module docstring
         self.experts: list[Expert] = []
         self.expert_dir: str | None = None
-        self.middle: nn.Module | None = None
-        self.expert_net: nn.Module | None = None
+        self.middle: _Embedder | None = None
+        self.expert_net: _Embedder | None = None
+
+    @property
+    def dance(self) -> DanceConfig:
+        """The run's ``dance`` section (``cfg.dance``; checked present when the loop was built)."""
+        dance = self.cfg.dance
+        assert dance is not None, "cfg.dance was removed after the DanceLoop was built"
+        return dance
 
     # ---- experts ----------------------------------------------------------------------------
 
@@ -80,7 +94,7 @@ class DanceLoop(DistillLoop):
             self.real.train_labels,
             self.real.info,
             ecfg,
-            root=self.cfg.dance.expert_dir,
+            root=self.dance.expert_dir,
             device=self.cfg.device,
             progress=self.progress,
         )
@@ -117,7 +131,7 @@ class DanceLoop(DistillLoop):
 
     def step(self, it: int) -> float:
         assert self.syn is not None and self.middle is not None and self.expert_net is not None
-        cfg = self.cfg
+        cfg, calib_passes = self.cfg, self.dance.iter_calib
         gen = self.generator(it)
         self._load_expert(gen)
         with torch.no_grad():  # the reference clamps the images to the valid pixel range every iteration
@@ -128,18 +142,17 @@ class DanceLoop(DistillLoop):
             loss, _, _ = self.class_matching_loss(self.middle, c, derive_seed(cfg.seed, it, c), gen)
             total += self.image_step(loss, it)
         calib = 0.0
-        for p in range(cfg.dance.iter_calib):  # inter-class view: calibrate through the trained expert
+        for p in range(calib_passes):  # inter-class view: calibrate through the trained expert
             for c in range(self.num_classes):
                 x_syn, y_syn = self.syn_expanded(c)
                 syn = self.augment(x_syn, derive_seed(cfg.seed, it, Stream.DANCE_PART, p, c))
                 calib += self.image_step(F.cross_entropy(self.expert_net(syn), y_syn), it)
-        if cfg.dance.iter_calib > 0:
-            self.metrics.setdefault("calibration_loss", []).append(calib / (cfg.dance.iter_calib * self.num_classes))
+        if calib_passes > 0:
+            self.metrics.setdefault("calibration_loss", []).append(calib / (calib_passes * self.num_classes))
         return total
 
     def images_per_iteration(self) -> int:
         # the matching step's images, then iter_calib passes over the expanded synthetic set
         return (
-            super().images_per_iteration()
-            + self.cfg.dance.iter_calib * self.num_classes * self.cfg.ipc * self.partition**2
+            super().images_per_iteration() + self.dance.iter_calib * self.num_classes * self.cfg.ipc * self.partition**2
         )

@@ -9,9 +9,10 @@ The reference code runs one forward per class. Instance norm normalises each sam
 own, so the features of a sample do not depend on the rest of its batch: this loop runs the
 real images of all classes in one batched forward (in chunks of ``forward_chunk`` images, to
 bound memory: 4096 on CUDA; 512 on the CPU, where a 2,560-image forward ran about 25 % slower than
-chunks of 128 to 1024 because its activations do not stay in cache) and the synthetic images in another, which gives the same features up to float
-rounding (tested). For networks with batch norm the reference itself runs all classes in one
-forward (its ConvNetBN branch); this loop does the same, without chunking.
+chunks of 128 to 1024 because its activations do not stay in cache) and the synthetic images in
+another, which gives the same features up to float rounding (tested). For networks with batch norm
+the reference itself runs all classes in one forward (its ConvNetBN branch); this loop does the same,
+without chunking.
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ class DMLoop(DistillLoop):
         net = self.fresh_network(it)
         gen = self.generator(it)
         real, syn = [], []
-        for c in range(
-            self.num_classes
-        ):  # the per-class inputs of the shared step, embedded below in two batched forwards
+        # the per-class inputs of the shared step, embedded below in two batched forwards
+        for c in range(self.num_classes):
             r, s, _ = self.augmented_class(c, derive_seed(cfg.seed, it, c), gen)
             real.append(r)
             syn.append(s)

@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ..config import IDMConfig
+from ..models import _Embedder
 from ..seeding import derive_seed
 from .base import DistillLoop
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Queued:
-    net: nn.Module
+    net: _Embedder
     opt: torch.optim.Optimizer
     born: int
     correct: int = 0
@@ -56,17 +57,29 @@ class IDMLoop(DistillLoop):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.cfg.idm is None:
+            raise ValueError(
+                f"IDMLoop needs the idm settings, and this config is --method {self.cfg.method} (it has none); "
+                "build it for IDM: resolve(method='idm', ...) or DistillConfig(method='idm', ...)."
+            )
         self.queue: list[_Queued] = []
+
+    @property
+    def idm(self) -> IDMConfig:
+        """The run's ``idm`` section (``cfg.idm``; checked present when the loop was built)."""
+        idm = self.cfg.idm
+        assert idm is not None, "cfg.idm was removed after the IDMLoop was built"
+        return idm
 
     # ---- the model queue ------------------------------------------------------------------
 
     def _new_net(self, it: int, tag: int) -> _Queued:
         net = self.fresh_network(it, tag=1000 + tag, trainable=True)
-        opt = torch.optim.SGD(net.parameters(), lr=self.cfg.idm.lr_net, momentum=0.9, weight_decay=5e-4)
+        opt = torch.optim.SGD(net.parameters(), lr=self.idm.lr_net, momentum=0.9, weight_decay=5e-4)
         return _Queued(net, opt, born=it * 1000 + tag)
 
     def _grow(self, it: int) -> None:
-        cfg = self.cfg.idm
+        cfg = self.idm
         if not self.queue:
             self.queue = [self._new_net(-1, t) for t in range(cfg.net_initial)]
         if it % cfg.net_generate_interval == 0:
@@ -78,15 +91,15 @@ class IDMLoop(DistillLoop):
                 q.correct = q.seen = 0
 
     def _train_queue(self, it: int, gen: torch.Generator) -> None:
-        cfg = self.cfg.idm
+        cfg = self.idm
         for j in torch.randperm(len(self.queue), generator=gen)[: cfg.fetch_net_num].tolist():
             q = self.queue[j]
             q.net.train()
             for _ in range(cfg.model_train_steps):
                 x, y = self.sample_real_any(cfg.net_batch, gen)
-                if (
-                    self.par.enabled
-                ):  # this rank's stride; the summed loss / whole batch size, all-reduced = the mean's gradient
+                # under torchrun: this rank's stride; the summed loss / whole batch size, all-reduced = the
+                # mean's gradient
+                if self.par.enabled:
                     n_all = y.numel()
                     x, y = self.par.shard(x), self.par.shard(y)
                     out = q.net(x)
@@ -108,10 +121,10 @@ class IDMLoop(DistillLoop):
 
     def step(self, it: int) -> float:
         assert self.optimizer is not None
-        cfg = self.cfg
+        cfg, idm = self.cfg, self.idm
         gen = self.generator(it)
         self._grow(it)
-        chosen = torch.randperm(len(self.queue), generator=gen)[: cfg.idm.train_net_num].tolist()
+        chosen = torch.randperm(len(self.queue), generator=gen)[: idm.train_net_num].tolist()
         total = 0.0
         for n, j in enumerate(chosen):
             q = self.queue[j]
@@ -121,18 +134,18 @@ class IDMLoop(DistillLoop):
             for c in range(self.num_classes):
                 # --- DM's MMD line, as a matcher call (one class) ---
                 loss, f_syn, y_syn = self.class_matching_loss(q.net, c, derive_seed(cfg.seed, it, n, c), gen)
-                if cfg.idm.ce_weight > 0 and weight > 0:
-                    loss = loss + cfg.idm.ce_weight * weight * F.cross_entropy(q.net.classifier(f_syn), y_syn)
+                if idm.ce_weight > 0 and weight > 0:
+                    loss = loss + idm.ce_weight * weight * F.cross_entropy(q.net.classifier(f_syn), y_syn)
                 total += self.image_step(loss, it)
             q.net.requires_grad_(True)
         self._train_queue(it, gen)
         return total
 
     def images_per_iteration(self) -> int:
-        cfg = self.cfg  # each chosen network matches every class once, then the queue trains
+        idm = self.idm  # each chosen network matches every class once, then the queue trains
         return (
-            cfg.idm.train_net_num * super().images_per_iteration()
-            + cfg.idm.fetch_net_num * cfg.idm.model_train_steps * cfg.idm.net_batch
+            idm.train_net_num * super().images_per_iteration()
+            + idm.fetch_net_num * idm.model_train_steps * idm.net_batch
         )
 
     # ---- resume -------------------------------------------------------------------------------
