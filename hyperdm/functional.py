@@ -211,32 +211,18 @@ def _hyperbolic_per_class(
     reduce: lorentz.Reduce | None = None,
     use_fused: bool | str = "auto",
 ) -> Tensor:
+    common: dict[str, Any] = {
+        "k": k,
+        "max_norm": max_norm,
+        "hierarchical": hierarchical,
+        "real_mask": rmask,
+        "syn_mask": smask,
+        "reduce": reduce,
+        "fused": use_fused,
+    }
     if isinstance(scale, Tensor):  # a computed lambda (scale="auto"): applied outside, in float64
-        d = fused.hdd_distance(
-            real,
-            syn,
-            k=k,
-            max_norm=max_norm,
-            hierarchical=hierarchical,
-            real_mask=rmask,
-            syn_mask=smask,
-            reduce=reduce,
-            fused=use_fused,
-        )
-        return (scale * d).to(real.dtype)
-    return fused.hdd_distance(
-        real,
-        syn,
-        k=k,
-        max_norm=max_norm,
-        hierarchical=hierarchical,
-        real_mask=rmask,
-        syn_mask=smask,
-        reduce=reduce,
-        fused=use_fused,
-        scale=scale,
-        dtype=real.dtype,
-    )
+        return (scale * fused.hdd_distance(real, syn, **common)).to(real.dtype)
+    return fused.hdd_distance(real, syn, **common, scale=scale, dtype=real.dtype)
 
 
 def _mmd_per_class(

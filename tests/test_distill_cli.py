@@ -85,31 +85,30 @@ def test_bad_preset_is_an_argparse_error(capsys):
 def test_distill_evaluate_prune_plot(tmp_path, capsys, tiny_fmnist_root):
     run = tmp_path / "run"
     data = ["--data-root", str(tiny_fmnist_root)]
-    rc = main(
-        [
-            "--log-level",
-            "WARNING",
-            "distill",
-            *data,
-            "--matcher",
-            "hyperbolic",
-            "--ipc",
-            "1",
-            "--iterations",
-            "2",
-            "--batch-real",
-            "8",
-            "--eval-epochs",
-            "2",
-            "--eval-runs",
-            "1",
-            "--out",
-            str(run),
-            "--no-progress",
-            "--seed",
-            "1",
-        ]
-    )
+    distill = [
+        "--log-level",
+        "WARNING",
+        "distill",
+        *data,
+        "--matcher",
+        "hyperbolic",
+        "--ipc",
+        "1",
+        "--iterations",
+        "2",
+        "--batch-real",
+        "8",
+        "--eval-epochs",
+        "2",
+        "--eval-runs",
+        "1",
+        "--out",
+        str(run),
+        "--no-progress",
+        "--seed",
+        "1",
+    ]
+    rc = main(distill)
     assert rc == 0
     out = capsys.readouterr().out
     assert "ConvNet test accuracy" in out and str(run.resolve()) in out
@@ -181,35 +180,7 @@ def test_distill_evaluate_prune_plot(tmp_path, capsys, tiny_fmnist_root):
     assert main(["plot", str(run), *data]) == 0
     assert (run / "poincare.png").stat().st_size > 0 and (run / "loss.png").stat().st_size > 0
     # a finished run can be resumed (re-writes artifacts, no new iterations)
-    assert (
-        main(
-            [
-                "--log-level",
-                "WARNING",
-                "distill",
-                *data,
-                "--matcher",
-                "hyperbolic",
-                "--ipc",
-                "1",
-                "--iterations",
-                "2",
-                "--batch-real",
-                "8",
-                "--eval-epochs",
-                "2",
-                "--eval-runs",
-                "1",
-                "--out",
-                str(run),
-                "--no-progress",
-                "--seed",
-                "1",
-                "--resume",
-            ]
-        )
-        == 0
-    )
+    assert main([*distill, "--resume"]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert len(m["loss"]) == 2 and len(m["evals"]) == 1
 
