@@ -16,10 +16,13 @@ Forward, per side (``v`` is ``[C, N, D]``; per-point scalars and ``[C, D]`` sums
    ``m_0 = sum_i c_i``; the Law centroid is ``sqrt(k) m / sqrt(Q)`` with
    ``Q = (sum_i w_i e^{-t_i-T})(sum_i w_i e^{t_i-T}) + B sum_i b_i |u_i - m_s/B|^2``,
    ``B = sum_i b_i`` (see :func:`hyperdm.lorentz.feature_centroid`);
-3. the spread ``|u_i - m_s/B|^2``, evaluated exactly as ``|v_i - n_i m_s/B|^2 / n_i^2``. For
+3. the spread ``|u_i - m_s/B|^2``, evaluated exactly as ``|v_i - (n_i/B) m_s|^2 / n_i^2``. For
    features without grad (the real side of DM, IDM and Dance) the differences go through one
-   reused buffer of at most :data:`CHUNK_ELEMENTS` elements, so no ``[C, N, D]`` temporary is
-   made and the buffer stays in cache.
+   reused buffer of at most :data:`CHUNK_ELEMENTS` elements (:data:`DEVICE_CHUNK_ELEMENTS`
+   off the CPU), so no ``[C, N, D]`` temporary is made and the buffer stays in cache; when
+   whole classes fit in it (and the sums are not all-reduced over processes), each slice's
+   mat-vec (step 2) is taken right before its differences, so the slice is read from memory
+   once for both.
 
    The spread cannot come from the two sums alone without losing the method's precision:
    ``sum_i b_i |u_i - m_s/B|^2 = B - |m_s|^2/B`` subtracts two numbers that agree to
@@ -69,10 +72,18 @@ from torch import Tensor
 
 from . import lorentz
 
-__all__ = ["hdd_distance", "CHUNK_ELEMENTS"]
+__all__ = ["hdd_distance", "CHUNK_ELEMENTS", "DEVICE_CHUNK_ELEMENTS"]
 
-#: Largest ``[C, n, D]`` slice the exact spread of a no-grad side processes at once (elements).
-CHUNK_ELEMENTS = 1 << 20
+#: Largest ``[C, n, D]`` slice the exact spread of a no-grad side processes at once on CPU tensors
+#: (elements): 2 MiB of float32, so a slice read by the mat-vec is still in cache for its spread.
+CHUNK_ELEMENTS = 1 << 19
+#: The same on other devices (CUDA): a bounded temporary in few slices, since every op is a kernel launch.
+DEVICE_CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunk_elements(v: Tensor) -> int:
+    return CHUNK_ELEMENTS if v.device.type == "cpu" else DEVICE_CHUNK_ELEMENTS
+
 
 _F64 = torch.float64
 _TINY = 1e-300  # radii below this (in units of sqrt(k)) are this: sinh(t)/t is then exactly 1
@@ -83,17 +94,19 @@ _UNSCALED_RADIUS = 40.0
 
 
 def _spread_norms(v: Tensor, n: Tensor, ut: Tensor, chunked: bool) -> Tensor:
-    """``|v_i - n_i ut|`` per point of ``v`` ``[C, N, D]`` (``n`` ``[C, N, 1]``, ``ut`` ``[C, 1, D]``).
+    """``|v_i - n_i ut|`` per point of ``v`` ``[C, N, D]`` (``n`` ``[C, N, 1]``, ``ut`` ``[C, 1, D]``): the
+    spread's differences with ``n_i / B`` and ``m_s`` for ``n`` and ``ut``.
 
     ``chunked``: one reused buffer of at most :data:`CHUNK_ELEMENTS` elements holds the differences,
     whole classes (contiguous in memory) when a class fits, else row blocks of one class; so no
     ``[C, N, D]`` temporary is made and the buffer stays in cache.
     """
     C, N, D = v.shape
-    if not chunked or N < 2 or v.numel() <= CHUNK_ELEMENTS:
+    chunk = _chunk_elements(v)
+    if not chunked or N < 2 or v.numel() <= chunk:
         return torch.linalg.vector_norm(torch.addcmul(v, n, ut, value=-1.0), dim=-1)
-    if N * D <= CHUNK_ELEMENTS:
-        g = CHUNK_ELEMENTS // (N * D)
+    if chunk >= N * D:
+        g = chunk // (N * D)
         buf = torch.empty(g, N, D, dtype=v.dtype, device=v.device)
         return torch.cat(
             [
@@ -101,7 +114,7 @@ def _spread_norms(v: Tensor, n: Tensor, ut: Tensor, chunked: bool) -> Tensor:
                 for vc, nc, uc in zip(v.split(g), n.split(g), ut.split(g), strict=True)
             ]
         )
-    step = max(1, CHUNK_ELEMENTS // D)
+    step = max(1, chunk // D)
     buf = torch.empty(1, step, D, dtype=v.dtype, device=v.device)
     return torch.cat(
         [
@@ -117,6 +130,31 @@ def _spread_norms(v: Tensor, n: Tensor, ut: Tensor, chunked: bool) -> Tensor:
             for c in range(C)
         ]
     )
+
+
+def _sum_and_spread(v: Tensor, rows: Tensor, nb: Tensor) -> tuple[Tensor, Tensor]:
+    """The weighted sums ``rows @ v`` and the spread norms ``|v_i - nb_i m|`` (``m`` the first row's sum) of
+    ``v`` ``[C, N, D]`` without grad, a slice of whole classes at a time (``rows`` ``[C, r, D]``, ``nb``
+    ``[C, N, 1]`` = ``n_i / B``).
+
+    Each slice's difference is taken right after its mat-vec, while the slice is still in cache, through one
+    reused buffer of at most :data:`CHUNK_ELEMENTS` elements: one read of ``v`` from memory for both.
+    """
+    C, N, D = v.shape
+    g = max(1, _chunk_elements(v) // (N * D))
+    first = rows.shape[1] > 1  # a second row (k's gradient) is summed but is not the reference
+    if g >= C:
+        m = torch.bmm(rows, v)
+        return m, torch.linalg.vector_norm(torch.addcmul(v, nb, m[:, :1] if first else m, value=-1.0), dim=-1)
+    buf = torch.empty(g, N, D, dtype=v.dtype, device=v.device)
+    sums, devs = [], []
+    for vc, rc, nc in zip(v.split(g), rows.split(g), nb.split(g), strict=True):
+        m = torch.bmm(rc, vc)
+        sums.append(m)
+        out = buf if vc.shape[0] == g else buf[: vc.shape[0]]
+        ref = m[:, :1] if first else m
+        devs.append(torch.linalg.vector_norm(torch.addcmul(vc, nc, ref, value=-1.0, out=out), dim=-1))
+    return torch.cat(sums), torch.cat(devs)
 
 
 def _per_side_sums(x: Tensor, N: int, M: int) -> Tensor:
@@ -188,8 +226,18 @@ class _Pair:
         rows_r = g_r.unsqueeze(1)
         if k_rows:
             rows_r = torch.cat((rows_r, ((tc < tmax) * cb)[:, :N].to(dt).unsqueeze(1)), dim=1)
-        m_r = torch.bmm(rows_r, real)
-        ms = torch.cat((m_r[:, :1], torch.bmm(g_s.unsqueeze(1), syn)), dim=1).to(_F64)
+        # the spread's reference per point, n_i u~ = (n_i / B) m_s: known now unless the real sums change below
+        final = reduce is None and real_summary is None
+        nb = self._nb(n, sums, N, dt) if final else None
+        # the real side's mat-vec and exact spread in one sweep of whole-class slices, where nothing needs the
+        # all-reduced sums first (each class's reference is then known right after its mat-vec)
+        dev_r: Tensor | None = None
+        if nb is not None and chunk_real and N * real.shape[-1] <= _chunk_elements(real):
+            m_r, dev_r = _sum_and_spread(real, rows_r, nb[:, :N])
+        else:
+            m_r = torch.bmm(rows_r, real)
+        ms_dt = torch.cat((m_r[:, :1] if k_rows else m_r, torch.bmm(g_s.unsqueeze(1), syn)), dim=1)
+        ms = ms_dt.to(_F64)
         self.ksum = m_r[:, 1].to(_F64) if k_rows else None
         if reduce is not None:
             D = ms.shape[-1]
@@ -202,11 +250,14 @@ class _Pair:
             ms = torch.stack((real_summary[0], ms[:, 1]), dim=1)
             sums = torch.stack((real_summary[1], sums[:, 1]), dim=1)
         bsum = sums[..., 0]
-        # pass 3: the exact spread |u_i - u~|^2, u~ = m_s / B, as |v_i - n_i u~|^2 / n_i^2
-        ut = (ms / bsum.unsqueeze(-1)).to(dt)
-        n_r, n_s = n_dt.unsqueeze(-1).split([N, M], dim=1)
-        u_r, u_s = ut.split(1, dim=1)
-        dev = torch.cat((_spread_norms(real, n_r, u_r, chunk_real), _spread_norms(syn, n_s, u_s, False)), dim=-1)
+        # pass 3: the exact spread |u_i - u~|^2, u~ = m_s / B, as |v_i - (n_i / B) m_s|^2 / n_i^2
+        if nb is None:
+            nb, ms_dt = self._nb(n, sums, N, dt), ms.to(dt)
+        nb_r, nb_s = nb.split([N, M], dim=1)
+        m_r_dt, m_s_dt = ms_dt.split(1, dim=1)
+        if dev_r is None:
+            dev_r = _spread_norms(real, nb_r, m_r_dt, chunk_real)
+        dev = torch.cat((dev_r, _spread_norms(syn, nb_s, m_s_dt, False)), dim=-1)
         sp = (dev.to(_F64) / nsafe).square()
         # one point has no spread (rounding of u and u~ would leave eps^2 there)
         # (the backward drops the spread's derivative there too: self.multi, per side)
@@ -253,6 +304,11 @@ class _Pair:
             # per point, stacked once: [C, 7 or 8, N + M]
             self.points = torch.stack((nsafe, gamma, tc, cb, em, b + c, sp) + (() if h is None else (h,)), dim=1)
             self.sides = torch.stack((a_plus, sums[..., 2], bsum, spread), dim=-1)  # [C, 2, 4]
+
+    @staticmethod
+    def _nb(n: Tensor, sums: Tensor, N: int, dt: torch.dtype) -> Tensor:
+        """``n_i / B`` of each point over its side's ``B`` (``sums[:, side, 0]``), ``[C, N + M, 1]`` in ``dt``."""
+        return torch.cat((n[:, :N] / sums[:, 0, :1], n[:, N:] / sums[:, 1, :1]), dim=-1).to(dt).unsqueeze(-1)
 
     def side_points(self, i: int) -> tuple[Tensor, ...]:
         """Side ``i``'s per-point rows: nsafe, gamma, t, cb, e^{-t}, e^{t}, spread [, h] (each ``[C, N or M]``)."""

@@ -120,6 +120,7 @@ class HyperbolicMatcher(nn.Module):
                     f"manifold must be a geoopt.Lorentz (e.g. hyperdm.StableLorentz(k)); got {type(manifold).__name__}."
                 )
             F._check_k(manifold.k)
+            k = float(manifold.k.detach())
         k = 1.0 if k is None else k
         F._check_k(k)
         if compile and process_group is not None:
@@ -154,7 +155,7 @@ class HyperbolicMatcher(nn.Module):
         if fused not in ("auto", True, False):
             raise ValueError(f"fused must be 'auto', True or False; got {fused!r}.")
         self.fused = fused
-        self._k = float(k)
+        self._k = float(k)  # the fixed k when no manifold holds it (with one, the manifold's k is the only one)
 
     @property
     def k(self) -> float | Tensor:

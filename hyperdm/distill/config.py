@@ -180,7 +180,8 @@ class DistillConfig:
     )
     partition: int = setting(
         1,
-        "idm, dance: each stored image holds a PxP grid of sub-images (IDM: 2; Dance: --factor 2)",
+        "each stored image holds a PxP grid of sub-images, expanded before matching and evaluation "
+        "(IDM: 2; Dance: --factor 2)",
         parse=int_at_least(1),
     )
     checkpoint_every: int = setting(100, "write checkpoint.pt every N iterations (atomic)", parse=int_at_least(1))

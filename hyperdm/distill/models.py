@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "Embedder",
     "ConvNet",
     "AlexNet",
     "VGG11",
@@ -86,8 +87,9 @@ def _is_mnist_like(channels: int, im_size: tuple[int, int]) -> bool:
     return channels == 1 and tuple(im_size) == (28, 28)
 
 
-class _Embedder(nn.Module):
-    """``features`` -> flatten = ``embed``; ``classifier(embed(x))`` = ``forward``."""
+class Embedder(nn.Module):
+    """Base of the bundled networks: ``embed(x)`` is ``features(x)`` flattened (what the matchers compare,
+    ``embed_dim`` wide) and ``forward(x)`` is ``classifier(embed(x))``."""
 
     features: nn.Module
     classifier: nn.Module
@@ -100,7 +102,7 @@ class _Embedder(nn.Module):
         return self.classifier(self.embed(x))
 
 
-class ConvNet(_Embedder):
+class ConvNet(Embedder):
     """ConvNet-D, the DC/DM/IDM backbone.
 
     Layout: ``depth`` x [conv3x3(width, padding 1) -> norm -> act -> pool 2x2 stride 2]
@@ -149,7 +151,7 @@ class ConvNet(_Embedder):
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
 
-class AlexNet(_Embedder):
+class AlexNet(Embedder):
     """The reference's small-image AlexNet (no normalisation).
 
     Layout: conv5x5(128, padding 2; 4 for 1-channel 28x28) -> ReLU -> maxpool2
@@ -181,7 +183,7 @@ class AlexNet(_Embedder):
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
 
-class VGG11(_Embedder):
+class VGG11(Embedder):
     """VGG11 for small images.
 
     Layout: cfg ``64,M,128,M,256,256,M,512,512,M,512,512,M`` where a number is
@@ -239,7 +241,7 @@ class _BasicBlock(nn.Module):
         return torch.relu(self.n2(self.conv2(out)) + self.shortcut(x))
 
 
-class ResNet18(_Embedder):
+class ResNet18(Embedder):
     """ResNet-18 for small images.
 
     Layout: stem conv3x3(64, stride 1, padding 1, no bias) -> norm -> ReLU (no stem pooling);
@@ -272,7 +274,7 @@ class ResNet18(_Embedder):
 _ALIASES = "ConvNetD<depth> (e.g. ConvNetD4, ConvNetD5), ConvNetBN, ConvNetLN, ConvNetNN, VGG11BN, ResNet18BN"
 
 
-def get_network(name: str, channels: int, num_classes: int, im_size: tuple[int, int], **kwargs: Any) -> _Embedder:
+def get_network(name: str, channels: int, num_classes: int, im_size: tuple[int, int], **kwargs: Any) -> Embedder:
     """Build architecture ``name`` (case-insensitive; '-' and '_' ignored).
 
     Names: ConvNet, AlexNet, VGG11, ResNet18 (``ARCHITECTURES``) and the aliases ConvNetD<depth>
@@ -297,11 +299,11 @@ def check_architecture(name: str) -> None:
     _parse(name)
 
 
-def _parse(name: str) -> tuple[type[_Embedder], dict[str, Any]]:
+def _parse(name: str) -> tuple[type[Embedder], dict[str, Any]]:
     """The class and the settings an architecture name stands for."""
     key = str(name).lower().replace("-", "").replace("_", "")
     forced: dict[str, Any] = {}
-    cls: type[_Embedder]
+    cls: type[Embedder]
     if key == "convnet":
         cls = ConvNet
     elif (m := re.fullmatch(r"convnetd(\d+)", key)) is not None:
@@ -326,7 +328,7 @@ def _parse(name: str) -> tuple[type[_Embedder], dict[str, Any]]:
 
 def seeded_network(
     name: str, channels: int, num_classes: int, im_size: tuple[int, int], *, seed: int, **kwargs: Any
-) -> _Embedder:
+) -> Embedder:
     """:func:`get_network` initialised from ``torch.manual_seed(seed)`` on the CPU, without touching the
     caller's global RNG state; the same seed gives the same weights on every device."""
     with torch.random.fork_rng(devices=[]):

@@ -38,7 +38,7 @@ from ..augment import DSAParams, dsa
 from ..config import DistillConfig, validate
 from ..data import RealData
 from ..evaluate import EvalConfig, evaluate_synthetic
-from ..models import _Embedder, seeded_network
+from ..models import Embedder, seeded_network
 from ..parallel import Parallel, check_device
 from ..prune import prune_indices
 from ..seeding import Stream, derive_seed, progress_bar
@@ -170,7 +170,7 @@ class DistillLoop:
 
     # ---- pieces the methods call -------------------------------------------------------------
 
-    def fresh_network(self, it: int, *, tag: int = 0, model: str | None = None, trainable: bool = False) -> _Embedder:
+    def fresh_network(self, it: int, *, tag: int = 0, model: str | None = None, trainable: bool = False) -> Embedder:
         """A randomly initialised network for iteration ``it`` (seeded by ``(seed, it, tag)``), in train
         mode on the run's device; its parameters are frozen unless ``trainable``."""
         info = self.real.info
@@ -229,7 +229,7 @@ class DistillLoop:
         return real, self.augment(x_syn, seed), y_syn
 
     def class_matching_loss(
-        self, net: _Embedder, c: int, seed: int, gen: torch.Generator
+        self, net: Embedder, c: int, seed: int, gen: torch.Generator
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One class's matching step under ``net``: ``(loss, syn_features, syn_labels)``.
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from ..config import DanceConfig
 from ..experts import Expert, ExpertConfig, load_or_train_experts
-from ..models import _Embedder
+from ..models import Embedder
 from ..seeding import Stream, derive_seed
 from .base import DistillLoop
 
@@ -72,8 +72,8 @@ class DanceLoop(DistillLoop):
         self.pixel_grad_scale = 1.0 / std**2  # SGD in pixel units, see the module docstring
         self.experts: list[Expert] = []
         self.expert_dir: str | None = None
-        self.middle: _Embedder | None = None
-        self.expert_net: _Embedder | None = None
+        self.middle: Embedder | None = None
+        self.expert_net: Embedder | None = None
 
     @property
     def dance(self) -> DanceConfig:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import IDMConfig
-from ..models import _Embedder
+from ..models import Embedder
 from ..seeding import derive_seed
 from .base import DistillLoop
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Queued:
-    net: _Embedder
+    net: Embedder
     opt: torch.optim.Optimizer
     born: int
     correct: int = 0
