@@ -282,3 +282,32 @@ def test_convergence_harvests_a_nested_config_json_like_a_flat_one(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"evals": evals, "final": False, "distill_seconds": 12.0}))
     assert [r["id"] for r in convergence.rows_of_run(tmp_path, "no-clamp", want)] == ["dm/no-clamp/ipc1/seed0/it200"]
     assert convergence.rows_of_run(tmp_path, "no-clamp", {**want, "max_norm": 10.0}) == []
+
+
+GPU_SESSION = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh"
+
+
+def test_gpu_session_script_parses_and_refuses_a_missing_or_unknown_phase(tmp_path):
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", str(GPU_SESSION)], capture_output=True).returncode == 0
+    r = subprocess.run(["bash", str(GPU_SESSION)], capture_output=True, text=True)
+    assert r.returncode != 0 and "usage: gpu_session.sh prepare|bench|protocol" in r.stderr
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PYTHON": sys.executable, "DEVICE_DIR": str(tmp_path)}
+    r = subprocess.run(["bash", str(GPU_SESSION), "warmup"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "unknown phase warmup" in r.stdout
+
+
+def test_gpu_session_prepare_names_the_missing_dataset(tmp_path):
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "DEVICE_DIR": str(tmp_path / "dev"), "FMNIST_DIR": str(tmp_path / "none")}
+    # no download here: a stand-in python whose "pip download" succeeds without fetching anything
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "python").chmod(0o755)
+    env["PATH"] = f"{fake}:{env['PATH']}"
+    r = subprocess.run(["bash", str(GPU_SESSION), "prepare"], capture_output=True, text=True, env=env)
+    assert r.returncode == 1
+    assert "missing" in r.stdout and "dataset-fashion-mnist" in r.stdout

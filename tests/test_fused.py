@@ -54,6 +54,26 @@ def test_value_and_gradients_match_the_autograd_composition(k, max_norm, hierarc
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
 
 
+@pytest.mark.parametrize("chunk", [160, 320, 100])  # one class per slice; two (the last slice one); row blocks
+def test_k_gradient_with_the_real_side_in_slices(monkeypatch, chunk):
+    """A learned k with real features without grad: k's share from the real side is a second row of each slice's
+    mat-vec (the first row alone is the spread's reference); value and gradients as the autograd composition."""
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk)
+    real = _features(3, 20, 8, scale=1.2, seed=1)  # 160 elements per class
+    syn = _features(3, 4, 8, scale=1.5, seed=2).requires_grad_()
+    kt = torch.tensor(1.3, dtype=F64, requires_grad=True)
+    go = torch.rand(3, dtype=F64, generator=torch.Generator().manual_seed(3)) + 0.5
+    want = _composed(real, syn, kt, 1.5, False)
+    got = fused.hdd_distance(real, syn, k=kt, max_norm=1.5)
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14)
+    for a, b in zip(
+        torch.autograd.grad((got * go).sum(), (syn, kt)),
+        torch.autograd.grad((want * go).sum(), (syn, kt)),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+
+
 @pytest.mark.parametrize("max_norm", [10.0, None])
 def test_masks_exclude_padded_rows(max_norm):
     real = _features(2, 6, 5, seed=4)
