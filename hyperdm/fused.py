@@ -180,6 +180,8 @@ class _Pair:
         keep: bool = True,
         scale: float = 1.0,
     ) -> None:
+        #: the Triton path (the real side summarised by its kernel; the synthetic side's gradient by another)
+        self.kernel = real_summary is not None
         if real_summary is not None:  # the real side comes summarised (Triton kernel): per-point work for syn only
             real = real[:, :0]
         N, M = real.shape[-2], syn.shape[-2]
@@ -364,6 +366,19 @@ class _Pair:
             kq = (free * nsafe * dq).sum(-1)
             return None, (kappa * torch.linalg.vecdot(self.ksum, gam) - 0.5 * lam2 * kq) / sk
         dt = v.dtype
+        if self.kernel and i == 1:  # the Triton path: dot products, coefficient and the write in one pass over the rows
+            from . import triton_kernels
+
+            g = go.unsqueeze(-1)
+            gn = g / nsafe
+            coef = torch.stack(
+                (ks * cb * free * gn / nsafe, -gamma * gn / nsafe, -ls * dq * free * gn, gamma * g), dim=-1
+            )
+            grad, pg = triton_kernels.syn_grad(v, gam, hvec, coef)
+            if not need_k:
+                return grad, None
+            radial = torch.addcmul(ks * cb * pg / nsafe, ls, dq, value=-1.0) * free
+            return grad, (nsafe * radial).sum(-1)
         pg, ph = torch.bmm(v, torch.stack((gam, hvec), dim=-1).to(dt)).to(_F64).unbind(-1)  # v . Γ, v . H
         radial = torch.addcmul(ks * cb * pg / nsafe, ls, dq, value=-1.0) * free
         g = go.unsqueeze(-1)
@@ -470,11 +485,11 @@ def hdd_distance(
     sums over processes (real features without grad only). Gradients reach ``real``, ``syn``
     and ``k`` as they require; see the module docstring for the forms.
 
-    ``fused`` selects the Triton kernel of :mod:`hyperdm.triton_kernels` for the real side:
-    ``"auto"`` (default) uses it on CUDA tensors when ``triton`` is importable and the call is the
-    DM case it covers (real features without grad, no masks, not hierarchical, a fixed ``k``,
-    a single process); ``True`` requires it (an error says why it cannot run); ``False`` never
-    uses it.
+    ``fused`` selects the Triton kernels of :mod:`hyperdm.triton_kernels` (the real side's pass and
+    the synthetic features' gradient): ``"auto"`` (default) uses them on CUDA tensors when
+    ``triton`` is importable and the call is the DM case they cover (real features without grad,
+    no masks, not hierarchical, a fixed ``k``, a single process); ``True`` requires them (an error
+    says why they cannot run); ``False`` never uses them.
 
     ``scale`` multiplies the distances and ``dtype`` is the result's dtype (float64 by default);
     both are applied inside the function, so a loss ``scale * d`` in the features' dtype costs

@@ -69,9 +69,10 @@ class HyperbolicMatcher(nn.Module):
             :mod:`hyperdm.distributed`), the synthetic side stays local, so the loss and the
             synthetic gradient equal single-process ones on the union of the real data, on every
             rank. ``scale="auto"`` then picks the same lambda on every rank.
-        fused: the Triton kernel for the real side (one pass over the real features, no
-            temporaries; :mod:`hyperdm.triton_kernels`). ``"auto"`` (default): used on CUDA
-            tensors when ``triton`` is importable and the call is the DM case it covers (real
+        fused: the Triton kernels (:mod:`hyperdm.triton_kernels`): one pass over the real
+            features with no temporaries, and the synthetic features' gradient in one pass.
+            ``"auto"`` (default): used on CUDA tensors when ``triton`` is importable and the call
+            is the DM case they cover (real
             features without grad, ``[C, N, D]`` or ``[N, D]`` inputs, ``hierarchical=False``, a
             fixed ``k``, no ``process_group``); otherwise the PyTorch path. ``True``: always (an
             error says why it cannot run); ``False``: never. Both compute the same loss.

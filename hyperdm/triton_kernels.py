@@ -1,4 +1,4 @@
-r"""Triton kernel for the real side of the HDD loss: one pass over each class's real features.
+r"""Triton kernels of the HDD loss: one pass over each class's real features, and the synthetic side's gradient.
 
 For real features ``v`` ``[C, N, D]`` without grad, :func:`real_summary` returns what
 :mod:`hyperdm.fused` needs of them, in one read of ``v`` and without temporaries: per class,
@@ -18,6 +18,11 @@ accumulators when it grows (as an online softmax does). The partial results of t
 are combined in a few small ops. Accumulation is in float32 for float32/float16/bfloat16
 features and in float64 for float64 ones.
 
+:func:`syn_grad` writes the gradient of the synthetic features in one pass: per row, the two dot
+products ``v_i . Gamma`` and ``v_i . H`` with the class's vectors, the row's coefficient from them
+and per-point float64 factors, and ``coef_i v_i + zeta_i H`` (see :mod:`hyperdm.fused` for the
+formula); the row is loaded once.
+
 Runs on CUDA tensors; on CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1``
 set before triton is first imported), which the tests use.
 """
@@ -31,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["interpreting", "real_summary"]
+__all__ = ["interpreting", "real_summary", "syn_grad"]
 
 _STATS = 5  # top, sum b, sum c, sum e^{-t}, sum b |u - p|^2
 
@@ -170,3 +175,76 @@ def real_summary(v: Tensor, *, sk: float, tmax: float, rows_per_program: int = 6
     spread = sums[:, 3] - dev.square().sum(-1) / bsum.clamp_min(1e-300)  # about u~, shifted exactly
     spread = spread.clamp_min(0.0) * float(N > 1)
     return ms, sums[:, :3], spread
+
+
+@functools.cache
+def _grad_kernel(interpret: bool) -> Any:
+    triton = _triton()
+    tl = triton.language
+
+    def syn_grad_pass(  # type: ignore[no-untyped-def]
+        v_ptr,
+        gam_ptr,
+        h_ptr,
+        coef_ptr,
+        out_ptr,
+        pg_ptr,
+        M,
+        D,
+        BLOCK_D: tl.constexpr,  # type: ignore[name-defined]
+        F64: tl.constexpr,  # type: ignore[name-defined]
+    ):
+        c = tl.program_id(0)
+        i = tl.program_id(1)
+        acc_t = tl.float64 if F64 else tl.float32
+        offs = tl.arange(0, BLOCK_D)
+        dmask = offs < D
+        gam = tl.load(gam_ptr + c.to(tl.int64) * D + offs, mask=dmask, other=0.0)
+        h = tl.load(h_ptr + c.to(tl.int64) * D + offs, mask=dmask, other=0.0)
+        row = (c * M + i).to(tl.int64)
+        x = tl.load(v_ptr + row * D + offs, mask=dmask, other=0.0).to(acc_t)
+        pg = tl.sum(x * gam, axis=0).to(tl.float64)
+        ph = tl.sum(x * h, axis=0).to(tl.float64)
+        a = tl.load(coef_ptr + row * 4 + 0)
+        b = tl.load(coef_ptr + row * 4 + 1)
+        d = tl.load(coef_ptr + row * 4 + 2)
+        z = tl.load(coef_ptr + row * 4 + 3)
+        cv = (a * pg + b * ph + d).to(acc_t)
+        g = cv * x + z.to(acc_t) * h
+        tl.store(out_ptr + row * D + offs, g.to(out_ptr.dtype.element_ty), mask=dmask)
+        tl.store(pg_ptr + row, pg)
+
+    return triton.jit(syn_grad_pass)
+
+
+def syn_grad(v: Tensor, gam: Tensor, h: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
+    """``(grad [C, M, D] in v's dtype, v_i . gam [C, M] float64)`` with ``grad_i = (a_i (v_i . gam) +
+    b_i (v_i . h) + d_i) v_i + z_i h``: ``v`` ``[C, M, D]``, ``gam`` and ``h`` ``[C, D]``, ``coef``
+    ``[C, M, 4]`` float64 holding ``a, b, d, z`` per point. Products and sums in float32 for
+    float32/float16/bfloat16 features (float64 for float64), the coefficient in float64."""
+    triton = _triton()
+    if triton is None:
+        raise RuntimeError(
+            "the Triton kernel needs triton (pip install triton); pass fused=False for the PyTorch path."
+        )
+    C, M, D = v.shape
+    v = v.contiguous()
+    f64 = v.dtype == torch.float64
+    acc = torch.float64 if f64 else torch.float32
+    out = torch.empty_like(v)
+    pg = torch.empty(C, M, dtype=torch.float64, device=v.device)
+    if C * M == 0:
+        return out, pg
+    _grad_kernel(interpreting())[(C, M)](
+        v,
+        gam.to(acc).contiguous(),
+        h.to(acc).contiguous(),
+        coef.to(torch.float64).contiguous(),
+        out,
+        pg,
+        M,
+        D,
+        BLOCK_D=triton.next_power_of_2(D),
+        F64=f64,
+    )
+    return out, pg
