@@ -72,10 +72,10 @@ class HyperbolicMatcher(nn.Module):
         fused: the Triton kernels (:mod:`hyperdm.triton_kernels`): one pass over the real
             features with no temporaries, and the synthetic features' gradient in one pass.
             ``"auto"`` (default): used on CUDA tensors when ``triton`` is importable and the call
-            is the DM case they cover (real
-            features without grad, ``[C, N, D]`` or ``[N, D]`` inputs, ``hierarchical=False``, a
-            fixed ``k``, no ``process_group``); otherwise the PyTorch path. ``True``: always (an
-            error says why it cannot run); ``False``: never. Both compute the same loss.
+            is the DM case they cover (real features without grad, ``[C, N, D]`` or ``[N, D]``
+            inputs, ``hierarchical=False``, a fixed ``k``, no ``process_group``); otherwise the
+            PyTorch path. ``True``: always (an error says why they cannot run); ``False``: never.
+            Both compute the same loss.
 
     The loss is one autograd function with an analytic backward (:mod:`hyperdm.fused`): real
     features without grad keep no autograd graph and no ``[C, N, D]`` temporary.
