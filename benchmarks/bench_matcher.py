@@ -35,6 +35,10 @@ compared with the same quantity computed by hyperdm in float64 on the same data 
 three hyperbolic variants, MMD for ``mmd``).
 
 Example:  python benchmarks/bench_matcher.py --device cpu --repeats 30
+
+``--ops-only`` counts ATen ops and nothing else (no timing), also for the Triton path when run with
+``TRITON_INTERPRET=1`` (``benchmarks/results/matcher_ops_cpu.json``):
+``TRITON_INTERPRET=1 python benchmarks/bench_matcher.py --ops-only``
 """
 
 from __future__ import annotations
@@ -168,6 +172,87 @@ def op_counts_device_slicing(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) 
         return op_counts(fn, real, syn)
     finally:
         fused.CHUNK_ELEMENTS = chunk
+
+
+def op_counts_triton_path(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> dict[str, int]:
+    """:func:`op_counts` of the Triton path (``fused=True``) with each kernel launch counted once: on CPU tensors
+    the kernels run under Triton's interpreter, whose own ATen ops are left out (on CUDA a launch is one kernel)."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    from hyperdm import triton_kernels
+
+    launches = 0
+    factories = {"_kernel": triton_kernels._kernel, "_grad_kernel": triton_kernels._grad_kernel}
+
+    def counted(factory: Callable[[bool], Any]) -> Callable[[bool], Any]:
+        def get(interpret: bool) -> Any:
+            kernel = factory(interpret)
+
+            class Launch:
+                def __getitem__(self, grid: Any) -> Callable[..., Any]:
+                    def run(*a: Any, **kw: Any) -> Any:
+                        nonlocal launches
+                        launches += 1
+                        with _disable_current_modes():
+                            return kernel[grid](*a, **kw)
+
+                    return run
+
+            return Launch()
+
+        return get
+
+    for name, factory in factories.items():
+        setattr(triton_kernels, name, counted(factory))
+    try:
+        counts = op_counts(fn, real, syn)
+    finally:
+        for name, factory in factories.items():
+            setattr(triton_kernels, name, factory)
+    return {**counts, "kernel_launches": launches, "all_with_launches": counts["all"] + launches}
+
+
+def ops_only(args: argparse.Namespace) -> int:
+    """``--ops-only``: ATen op counts of one forward + backward, no timing (deterministic; quick on a busy machine)."""
+    from hyperdm import triton_kernels
+
+    C, N, D = args.C, args.N, args.D
+    s = args.feat_norm / math.sqrt(D / 2.0)
+    rows: list[dict[str, Any]] = []
+    for M in args.M:
+        gen = torch.Generator().manual_seed(args.seed + M)
+        for dname in args.dtypes:
+            dtype = DTYPES[dname]
+            real = (torch.randn(C, N, D, generator=gen, dtype=torch.float64).relu_() * s).to(dtype)
+            syn = (torch.randn(C, M, D, generator=gen, dtype=torch.float64).relu_() * s).to(dtype).requires_grad_()
+            row: dict[str, Any] = {"dtype": dname, "M": M, "mmd_line": op_counts(mmd_line, real, syn)}
+            for name, chk in (("hdd", True), ("hdd_nocheck", False)):
+                fn = hyperdm.HyperbolicMatcher(check_finite=chk)
+                row[name] = op_counts(fn, real, syn)
+                row[name + "_device_slicing"] = op_counts_device_slicing(fn, real, syn)
+                if triton_kernels._triton() is not None and triton_kernels.interpreting():
+                    row[name + "_triton_path"] = op_counts_triton_path(
+                        hyperdm.HyperbolicMatcher(check_finite=chk, fused=True), real, syn
+                    )
+            rows.append(row)
+            for key, v in row.items():
+                if isinstance(v, dict):
+                    extra = f" + {v['kernel_launches']} kernel launches" if "kernel_launches" in v else ""
+                    print(f"{dname:<8}{M:>4}  {key:<26}{v['all']:>5} /{v['kernels']:>4} /{v['host_syncs']:>2}{extra}")
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "matcher_ops_cpu.json"
+    result = {
+        "benchmark": "matcher ATen ops, forward + backward",
+        "command": "python " + " ".join([os.path.relpath(__file__), *sys.argv[1:]]),
+        "machine": machine(torch.device("cpu")),
+        "settings": {"C": C, "N": N, "M": args.M, "D": D, "dtypes": args.dtypes},
+        "columns": "all ATen ops dispatched / kernels (views left out) / host syncs; *_device_slicing: the spread "
+        "sliced as off the CPU; *_triton_path: fused=True with each Triton launch counted once (kernels run "
+        "under Triton's interpreter on CPU tensors; its own ATen ops left out)",
+        "rows": rows,
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
 
 
 def make_variants(dtype: torch.dtype, compiled: bool = False, cuda: bool = False) -> dict[str, LossFn]:
@@ -310,9 +395,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compiled", action="store_true", help="add the torch.compile variant hdd_compiled")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--ops-only",
+        action="store_true",
+        help="count ATen ops only (CPU; also the Triton path under Triton's interpreter when TRITON_INTERPRET=1)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ops_only:
+        return ops_only(args)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
