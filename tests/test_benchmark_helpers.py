@@ -311,3 +311,22 @@ def test_gpu_session_prepare_names_the_missing_dataset(tmp_path):
     r = subprocess.run(["bash", str(GPU_SESSION), "prepare"], capture_output=True, text=True, env=env)
     assert r.returncode == 1
     assert "missing" in r.stdout and "dataset-fashion-mnist" in r.stdout
+
+
+def test_bench_matcher_ops_only_counts_the_triton_launches(tmp_path):
+    """--ops-only: deterministic op counts; the Triton path's two kernels counted once each (under the interpreter
+    their own ops are left out), the literal MMD line's 15 ops as documented."""
+    import bench_matcher
+    from hyperdm import triton_kernels
+
+    if triton_kernels._triton() is None or not triton_kernels.interpreting():
+        pytest.skip("needs triton under its interpreter (TRITON_INTERPRET=1, set by conftest without CUDA)")
+    out = tmp_path / "ops.json"
+    argv = ["--ops-only", "--C", "2", "--N", "6", "--M", "2", "--D", "8", "--dtypes", "float64", "--out", str(out)]
+    assert bench_matcher.main(argv) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["mmd_line"] == {"all": 15, "kernels": 11, "host_syncs": 0}
+    tp = row["hdd_nocheck_triton_path"]
+    assert tp["kernel_launches"] == 2 and tp["all_with_launches"] == tp["all"] + 2
+    assert tp["host_syncs"] == 0 and row["hdd"]["host_syncs"] == 1
+    assert row["hdd_device_slicing"] == row["hdd"]  # a tiny tensor is one slice either way
