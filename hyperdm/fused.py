@@ -141,7 +141,7 @@ def _sum_and_spread(v: Tensor, rows: Tensor, nb: Tensor) -> tuple[Tensor, Tensor
     reused buffer of at most :data:`CHUNK_ELEMENTS` elements: one read of ``v`` from memory for both.
     """
     C, N, D = v.shape
-    g = max(1, _chunk_elements(v) // (N * D))
+    g = max(1, _chunk_elements(v) // max(1, N * D))
     first = rows.shape[1] > 1  # a second row (k's gradient) is summed but is not the reference
     if g >= C:
         m = torch.bmm(rows, v)
@@ -495,6 +495,17 @@ def hdd_distance(
     both are applied inside the function, so a loss ``scale * d`` in the features' dtype costs
     no extra autograd nodes.
     """
+    if real.dim() != 3 or syn.dim() != 3 or real.shape[0] != syn.shape[0] or real.shape[2] != syn.shape[2]:
+        raise ValueError(
+            f"hdd_distance takes real [C, N, D] and syn [C, M, D] features with the same C and D; got "
+            f"{tuple(real.shape)} and {tuple(syn.shape)} (HyperbolicMatcher also takes [N, D] features with labels)."
+        )
+    # (with reduce, this process may hold no real feature: the other processes' sums complete the class)
+    if (real.shape[1] == 0 and reduce is None) or syn.shape[1] == 0 or real.shape[2] == 0:
+        raise ValueError(
+            f"hdd_distance needs at least one real and one synthetic feature per class and D >= 1; got real "
+            f"{tuple(real.shape)} and syn {tuple(syn.shape)}."
+        )
     if reduce is not None:  # the reduction happens inside the autograd function, where nothing requires grad
         from .distributed import check_no_grad
 

@@ -248,3 +248,20 @@ def test_dispatched_op_count_of_the_default_matcher():
         loss = HyperbolicMatcher(check_finite=False)(real, syn)
         torch.autograd.grad(loss, syn)
     assert 50 < Count.n <= 175, Count.n
+
+
+@pytest.mark.parametrize(
+    "real_shape,syn_shape,match",
+    [
+        ((2, 0, 4), (2, 3, 4), "at least one real and one synthetic"),
+        ((2, 3, 4), (2, 0, 4), "at least one real and one synthetic"),
+        ((2, 3, 0), (2, 3, 0), "D >= 1"),
+        ((2, 3, 4), (3, 3, 4), "same C and D"),
+        ((3, 4), (3, 4), "same C and D"),
+    ],
+)
+def test_bad_shapes_are_refused_with_the_fix(real_shape, syn_shape, match):
+    """An empty class gave NaN distances (and a slicing step divided by zero); wrong ranks or sizes failed deep
+    inside. Each is refused before any work."""
+    with pytest.raises(ValueError, match=match):
+        fused.hdd_distance(torch.rand(real_shape), torch.rand(syn_shape, requires_grad=True), k=1.0)
