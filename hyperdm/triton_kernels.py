@@ -65,9 +65,7 @@ def _kernel(interpret: bool) -> Any:
     # parameters stay unannotated and mypy is told so
     def real_pass(  # type: ignore[no-untyped-def]
         v_ptr,
-        stats_ptr,
-        ms_ptr,
-        dev_ptr,
+        part_ptr,
         N,
         D,
         rows_per,
@@ -118,15 +116,15 @@ def _kernel(interpret: bool) -> Any:
             sb += b
             sc += (ep + em) * 0.5
             se += em
-        out = stats_ptr + (c * splits + s) * 5
+        # one float64 row per program: top, sum b, sum c, sum e^{-t}, sum b |u - p|^2, m_s [D], sum b (u - p) [D]
+        out = part_ptr + (c * splits + s).to(tl.int64) * (5 + 2 * D)  # 5: _STATS (kernels read no globals)
         tl.store(out + 0, top)
         tl.store(out + 1, sb)
         tl.store(out + 2, sc)
         tl.store(out + 3, se)
         tl.store(out + 4, s2)
-        row = (c * splits + s).to(tl.int64) * D
-        tl.store(ms_ptr + row + offs, ms, mask=dmask)
-        tl.store(dev_ptr + row + offs, dev, mask=dmask)
+        tl.store(out + 5 + offs, ms, mask=dmask)
+        tl.store(out + 5 + D + offs, dev, mask=dmask)
 
     return triton.jit(real_pass)
 
@@ -144,17 +142,12 @@ def real_summary(v: Tensor, *, sk: float, tmax: float, rows_per_program: int = 6
         raise ValueError("the Triton kernel needs at least one real feature per class and D >= 1.")
     v = v.contiguous()
     f64 = v.dtype == torch.float64
-    acc = torch.float64 if f64 else torch.float32
     splits = triton.cdiv(N, rows_per_program)
-    stats = torch.empty(C, splits, _STATS, dtype=acc, device=v.device)
-    ms = torch.empty(C, splits, D, dtype=acc, device=v.device)
-    dev = torch.empty(C, splits, D, dtype=acc, device=v.device)
+    part = torch.empty(C, splits, _STATS + 2 * D, dtype=torch.float64, device=v.device)
     tiny = 1e-300 if f64 else 1e-30
     _kernel(interpreting())[(C, splits)](
         v,
-        stats,
-        ms,
-        dev,
+        part,
         N,
         D,
         rows_per_program,
@@ -165,16 +158,17 @@ def real_summary(v: Tensor, *, sk: float, tmax: float, rows_per_program: int = 6
         BLOCK_D=triton.next_power_of_2(D),
         F64=f64,
     )
-    stats, ms, dev = stats.double(), ms.double(), dev.double()
-    top = stats[..., 0]
-    f = torch.exp(top - top.amax(-1, keepdim=True))  # bring the row blocks to one scale
-    sums = (stats[..., 1:] * f.unsqueeze(-1)).sum(1)  # B, sum c, sum e^{-t}, sum b |u - p|^2
-    ms = (ms * f.unsqueeze(-1)).sum(1)
-    dev = (dev * f.unsqueeze(-1)).sum(1)
-    bsum = sums[:, 0]
-    spread = sums[:, 3] - dev.square().sum(-1) / bsum.clamp_min(1e-300)  # about u~, shifted exactly
-    spread = spread.clamp_min(0.0) * float(N > 1)
-    return ms, sums[:, :3], spread
+    if splits == 1:  # each class's sums are already on one scale
+        tot = part[:, 0, 1:]
+    else:  # bring the row blocks to one scale
+        top = part[..., :1]
+        tot = (part[..., 1:] * torch.exp(top - top.amax(1, keepdim=True))).sum(1)
+    sums, ms, dev = tot[:, :3], tot[:, _STATS - 1 : _STATS - 1 + D], tot[:, _STATS - 1 + D :]
+    # the spread about u~, shifted exactly from the one about p
+    spread = (tot[:, 3] - dev.square().sum(-1) / sums[:, 0].clamp_min(1e-300)).clamp_min(0.0)
+    if N == 1:
+        spread = spread * 0.0
+    return ms, sums, spread
 
 
 @functools.cache
