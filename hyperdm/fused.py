@@ -65,7 +65,7 @@ is one more row of the forward mat-vec, so no extra pass.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -106,14 +106,7 @@ def _spread_norms(v: Tensor, n: Tensor, ut: Tensor, chunked: bool) -> Tensor:
     if not chunked or N < 2 or v.numel() <= chunk:
         return torch.linalg.vector_norm(torch.addcmul(v, n, ut, value=-1.0), dim=-1)
     if chunk >= N * D:
-        g = chunk // (N * D)
-        buf = torch.empty(g, N, D, dtype=v.dtype, device=v.device)
-        return torch.cat(
-            [
-                torch.linalg.vector_norm(torch.addcmul(vc, nc, uc, value=-1.0, out=buf[: vc.shape[0]]), dim=-1)
-                for vc, nc, uc in zip(v.split(g), n.split(g), ut.split(g), strict=True)
-            ]
-        )
+        return _class_sweep(v, n, ref=ut)[1]
     step = max(1, chunk // D)
     buf = torch.empty(1, step, D, dtype=v.dtype, device=v.device)
     return torch.cat(
@@ -132,29 +125,34 @@ def _spread_norms(v: Tensor, n: Tensor, ut: Tensor, chunked: bool) -> Tensor:
     )
 
 
-def _sum_and_spread(v: Tensor, rows: Tensor, nb: Tensor) -> tuple[Tensor, Tensor]:
-    """The weighted sums ``rows @ v`` and the spread norms ``|v_i - nb_i m|`` (``m`` the first row's sum) of
-    ``v`` ``[C, N, D]`` without grad, a slice of whole classes at a time (``rows`` ``[C, r, D]``, ``nb``
-    ``[C, N, 1]`` = ``n_i / B``).
+def _class_sweep(
+    v: Tensor, nb: Tensor, *, ref: Tensor | None = None, rows: Tensor | None = None
+) -> tuple[Tensor | None, Tensor]:
+    """The spread norms ``|v_i - nb_i m|`` of ``v`` ``[C, N, D]`` without grad (``nb`` ``[C, N, 1]`` =
+    ``n_i / B``), a slice of whole classes at a time through one reused buffer of at most
+    :data:`CHUNK_ELEMENTS` elements; returns ``(rows @ v or None, norms)``.
 
-    Each slice's difference is taken right after its mat-vec, while the slice is still in cache, through one
-    reused buffer of at most :data:`CHUNK_ELEMENTS` elements: one read of ``v`` from memory for both.
+    ``m`` is ``ref`` ``[C, 1, D]``, or with ``rows`` ``[C, r, N]`` the first row of each slice's own
+    mat-vec ``rows @ v`` (a second row, for k's gradient, is summed but is not the reference), taken
+    right before the slice's differences while the slice is still in cache: one read of ``v`` from
+    memory for both.
     """
+    assert (ref is None) != (rows is None), "give ref or rows"
     C, N, D = v.shape
     g = max(1, _chunk_elements(v) // max(1, N * D))
-    first = rows.shape[1] > 1  # a second row (k's gradient) is summed but is not the reference
-    if g >= C:
-        m = torch.bmm(rows, v)
-        return m, torch.linalg.vector_norm(torch.addcmul(v, nb, m[:, :1] if first else m, value=-1.0), dim=-1)
-    buf = torch.empty(g, N, D, dtype=v.dtype, device=v.device)
+    first = rows is not None and rows.shape[1] > 1
+    buf = torch.empty(g, N, D, dtype=v.dtype, device=v.device) if g < C else None
     sums, devs = [], []
-    for vc, rc, nc in zip(v.split(g), rows.split(g), nb.split(g), strict=True):
-        m = torch.bmm(rc, vc)
+    src = rows if rows is not None else cast(Tensor, ref)
+    for vc, nc, sc in zip(v.split(g), nb.split(g), src.split(g), strict=True):
+        m = torch.bmm(sc, vc) if rows is not None else sc
         sums.append(m)
-        out = buf if vc.shape[0] == g else buf[: vc.shape[0]]
-        ref = m[:, :1] if first else m
-        devs.append(torch.linalg.vector_norm(torch.addcmul(vc, nc, ref, value=-1.0, out=out), dim=-1))
-    return torch.cat(sums), torch.cat(devs)
+        out = None if buf is None else buf if vc.shape[0] == g else buf[: vc.shape[0]]
+        diff = torch.addcmul(vc, nc, m[:, :1] if first else m, value=-1.0, out=out)
+        devs.append(torch.linalg.vector_norm(diff, dim=-1))
+    if len(devs) == 1:
+        return (None if rows is None else sums[0]), devs[0]
+    return (None if rows is None else torch.cat(sums)), torch.cat(devs)
 
 
 def _per_side_sums(x: Tensor, N: int, M: int) -> Tensor:
@@ -235,7 +233,8 @@ class _Pair:
         # all-reduced sums first (each class's reference is then known right after its mat-vec)
         dev_r: Tensor | None = None
         if nb is not None and chunk_real and N * real.shape[-1] <= _chunk_elements(real):
-            m_r, dev_r = _sum_and_spread(real, rows_r, nb[:, :N])
+            m_r, dev_r = _class_sweep(real, nb[:, :N], rows=rows_r)
+            assert m_r is not None
         else:
             m_r = torch.bmm(rows_r, real)
         ms_dt = torch.cat((m_r[:, :1] if k_rows else m_r, torch.bmm(g_s.unsqueeze(1), syn)), dim=1)
@@ -374,11 +373,8 @@ class _Pair:
             coef = torch.stack(
                 (ks * cb * free * gn / nsafe, -gamma * gn / nsafe, -ls * dq * free * gn, gamma * g), dim=-1
             )
-            grad, pg = triton_kernels.syn_grad(v, gam, hvec, coef)
-            if not need_k:
-                return grad, None
-            radial = torch.addcmul(ks * cb * pg / nsafe, ls, dq, value=-1.0) * free
-            return grad, (nsafe * radial).sum(-1)
+            assert not need_k  # hdd_distance takes this path only for a fixed k
+            return triton_kernels.syn_grad(v, gam, hvec, coef)[0], None
         pg, ph = torch.bmm(v, torch.stack((gam, hvec), dim=-1).to(dt)).to(_F64).unbind(-1)  # v . Γ, v . H
         radial = torch.addcmul(ks * cb * pg / nsafe, ls, dq, value=-1.0) * free
         g = go.unsqueeze(-1)

@@ -472,19 +472,6 @@ def feature_centroid(
     tensors) before the centroid is formed. A process may hold no point of a group (``mask`` all
     False) as long as some process does.
     """
-    if v.dim() != 3:
-        lead = v.shape[:-2]
-        flat = lambda a: None if a is None else a.reshape(-1, a.shape[-1])  # noqa: E731
-        c = feature_centroid(
-            v.reshape(-1, *v.shape[-2:]),
-            k=k,
-            max_norm=max_norm,
-            weights=flat(weights),
-            hierarchical=hierarchical,
-            mask=flat(mask),
-            reduce=reduce,
-        )
-        return c.reshape(*lead, c.shape[-1])
     sums = feature_centroid_sums(v, k=k, max_norm=max_norm, weights=weights, hierarchical=hierarchical, mask=mask)
     if reduce is not None:
         from .distributed import reduce_centroid_sums  # the reduction lives with the other collectives

@@ -51,6 +51,15 @@ def _triton() -> Any:
     return triton
 
 
+def _require_triton() -> Any:
+    triton = _triton()
+    if triton is None:
+        raise RuntimeError(
+            "the Triton kernel needs triton (pip install triton); pass fused=False for the PyTorch path."
+        )
+    return triton
+
+
 def interpreting() -> bool:
     """True when Triton's interpreter is on (``TRITON_INTERPRET=1``): kernels then run on CPU tensors."""
     return os.environ.get("TRITON_INTERPRET") == "1"
@@ -132,11 +141,7 @@ def _kernel(interpret: bool) -> Any:
 def real_summary(v: Tensor, *, sk: float, tmax: float, rows_per_program: int = 64) -> tuple[Tensor, Tensor, Tensor]:
     """``(m_s [C, D], sums [C, 3] = (B, sum cosh, sum e^{-t}), spread [C])``, float64, each class scaled by
     ``e^{-T}``."""
-    triton = _triton()
-    if triton is None:
-        raise RuntimeError(
-            "the Triton kernel needs triton (pip install triton); pass fused=False for the PyTorch path."
-        )
+    triton = _require_triton()
     C, N, D = v.shape
     if N == 0 or D == 0:
         raise ValueError("the Triton kernel needs at least one real feature per class and D >= 1.")
@@ -216,11 +221,7 @@ def syn_grad(v: Tensor, gam: Tensor, h: Tensor, coef: Tensor) -> tuple[Tensor, T
     b_i (v_i . h) + d_i) v_i + z_i h``: ``v`` ``[C, M, D]``, ``gam`` and ``h`` ``[C, D]``, ``coef``
     ``[C, M, 4]`` float64 holding ``a, b, d, z`` per point. Products and sums in float32 for
     float32/float16/bfloat16 features (float64 for float64), the coefficient in float64."""
-    triton = _triton()
-    if triton is None:
-        raise RuntimeError(
-            "the Triton kernel needs triton (pip install triton); pass fused=False for the PyTorch path."
-        )
+    triton = _require_triton()
     C, M, D = v.shape
     v = v.contiguous()
     f64 = v.dtype == torch.float64
