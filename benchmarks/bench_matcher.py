@@ -51,6 +51,7 @@ import platform
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -182,33 +183,29 @@ def op_counts_triton_path(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> 
     from hyperdm import triton_kernels
 
     launches = 0
-    factories = {"_kernel": triton_kernels._kernel, "_grad_kernel": triton_kernels._grad_kernel}
 
-    def counted(factory: Callable[[bool], Any]) -> Callable[[bool], Any]:
-        def get(interpret: bool) -> Any:
-            kernel = factory(interpret)
+    class Launch:
+        def __init__(self, kernel: Any) -> None:
+            self.kernel = kernel
 
-            class Launch:
-                def __getitem__(self, grid: Any) -> Callable[..., Any]:
-                    def run(*a: Any, **kw: Any) -> Any:
-                        nonlocal launches
-                        launches += 1
-                        with _disable_current_modes():
-                            return kernel[grid](*a, **kw)
+        def __getitem__(self, grid: Any) -> Callable[..., Any]:
+            def run(*a: Any, **kw: Any) -> Any:
+                nonlocal launches
+                launches += 1
+                with _disable_current_modes():
+                    return self.kernel[grid](*a, **kw)
 
-                    return run
+            return run
 
-            return Launch()
-
-        return get
-
-    for name, factory in factories.items():
-        setattr(triton_kernels, name, counted(factory))
+    kernels = triton_kernels._kernels
+    counted = types.SimpleNamespace(
+        **{name: Launch(getattr(kernels(), name)) for name in ("real_pass", "syn_finish", "syn_rows")}
+    )
+    triton_kernels._kernels = lambda: counted  # type: ignore[assignment]
     try:
         counts = op_counts(fn, real, syn)
     finally:
-        for name, factory in factories.items():
-            setattr(triton_kernels, name, factory)
+        triton_kernels._kernels = kernels
     return {**counts, "kernel_launches": launches, "all_with_launches": counts["all"] + launches}
 
 

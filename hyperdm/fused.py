@@ -174,14 +174,9 @@ class _Pair:
         reduce: lorentz.Reduce | None,
         k_rows: bool,
         chunk_real: bool,
-        real_summary: tuple[Tensor, Tensor, Tensor] | None = None,
         keep: bool = True,
         scale: float = 1.0,
     ) -> None:
-        #: the Triton path (the real side summarised by its kernel; the synthetic side's gradient by another)
-        self.kernel = real_summary is not None
-        if real_summary is not None:  # the real side comes summarised (Triton kernel): per-point work for syn only
-            real = real[:, :0]
         N, M = real.shape[-2], syn.shape[-2]
         dt = real.dtype
         n_dt = torch.cat(
@@ -227,7 +222,7 @@ class _Pair:
         if k_rows:
             rows_r = torch.cat((rows_r, ((tc < tmax) * cb)[:, :N].to(dt).unsqueeze(1)), dim=1)
         # the spread's reference per point, n_i u~ = (n_i / B) m_s: known now unless the real sums change below
-        final = reduce is None and real_summary is None
+        final = reduce is None
         nb = self._nb(n, sums, N, dt) if final else None
         # the real side's mat-vec and exact spread in one sweep of whole-class slices, where nothing needs the
         # all-reduced sums first (each class's reference is then known right after its mat-vec)
@@ -247,9 +242,6 @@ class _Pair:
             sums = torch.stack((both[:, D:], sums[:, 1]), dim=1)
             if self.ksum is not None:
                 self.ksum = reduce(self.ksum, "sum")
-        if real_summary is not None:
-            ms = torch.stack((real_summary[0], ms[:, 1]), dim=1)
-            sums = torch.stack((real_summary[1], sums[:, 1]), dim=1)
         bsum = sums[..., 0]
         # pass 3: the exact spread |u_i - u~|^2, u~ = m_s / B, as |v_i - (n_i / B) m_s|^2 / n_i^2
         if nb is None:
@@ -271,12 +263,10 @@ class _Pair:
             self.multi = (many[:, 0], many[:, 1])
             sp = sp * torch.cat((many[:, :1].expand(-1, N), many[:, 1:].expand(-1, M)), dim=-1)
         else:
-            self.multi = (float(N > 1 or reduce is not None or real_summary is not None), float(M > 1))
+            self.multi = (float(N > 1 or reduce is not None), float(M > 1))
             if self.multi != (1.0, 1.0):
                 sp = sp * torch.tensor([self.multi[0]] * N + [self.multi[1]] * M, dtype=_F64, device=sp.device)
         spread = _per_side_sums(b * sp, N, M)
-        if real_summary is not None:
-            spread = torch.stack((real_summary[2], spread[:, 1]), dim=-1)
         if reduce is not None:
             spread = torch.stack((reduce(spread[:, 0], "sum"), spread[:, 1]), dim=-1)
         a_plus = sums[..., 1] + bsum
@@ -365,16 +355,6 @@ class _Pair:
             kq = (free * nsafe * dq).sum(-1)
             return None, (kappa * torch.linalg.vecdot(self.ksum, gam) - 0.5 * lam2 * kq) / sk
         dt = v.dtype
-        if self.kernel and i == 1:  # the Triton path: dot products, coefficient and the write in one pass over the rows
-            from . import triton_kernels
-
-            g = go.unsqueeze(-1)
-            gn = g / nsafe
-            coef = torch.stack(
-                (ks * cb * free * gn / nsafe, -gamma * gn / nsafe, -ls * dq * free * gn, gamma * g), dim=-1
-            )
-            assert not need_k  # hdd_distance takes this path only for a fixed k
-            return triton_kernels.syn_grad(v, gam, hvec, coef)[0], None
         pg, ph = torch.bmm(v, torch.stack((gam, hvec), dim=-1).to(dt)).to(_F64).unbind(-1)  # v . Γ, v . H
         radial = torch.addcmul(ks * cb * pg / nsafe, ls, dq, value=-1.0) * free
         g = go.unsqueeze(-1)
@@ -413,11 +393,12 @@ class _HDDDistance(torch.autograd.Function):
                 ),
                 dim=-1,
             )
-        summary = None
-        if use_kernel:
+        ctx.syn_grad = None
+        if use_kernel:  # the Triton kernels: the distance and the synthetic gradient, no work in the backward
             from . import triton_kernels
 
-            summary = triton_kernels.real_summary(real, sk=float(sk), tmax=tmax)
+            d, ctx.syn_grad = triton_kernels.hdd(real, syn, sk=float(sk), tmax=tmax, scale=scale, grad=need_s)
+            return d.to(out_dtype)
         p = _Pair(
             real,
             syn,
@@ -428,7 +409,6 @@ class _HDDDistance(torch.autograd.Function):
             reduce,
             k_rows=need_k and not need_r,
             chunk_real=not need_r,
-            real_summary=summary,
             keep=need_r or need_s or need_k,
             scale=scale,
         )
@@ -440,6 +420,9 @@ class _HDDDistance(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_d: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.syn_grad is not None:  # the Triton path wrote the gradient of the distance in the forward
+            g = ctx.syn_grad
+            return (None, g * grad_d.to(g.dtype).view(-1, 1, 1)) + (None,) * 10
         real, syn = ctx.saved_tensors
         p, sk = ctx.pair, ctx.sk
         go = grad_d.to(_F64)  # the scale is in the chord gradient and in p.d
@@ -481,8 +464,9 @@ def hdd_distance(
     sums over processes (real features without grad only). Gradients reach ``real``, ``syn``
     and ``k`` as they require; see the module docstring for the forms.
 
-    ``fused`` selects the Triton kernels of :mod:`hyperdm.triton_kernels` (the real side's pass and
-    the synthetic features' gradient): ``"auto"`` (default) uses them on CUDA tensors when
+    ``fused`` selects the Triton kernels of :mod:`hyperdm.triton_kernels` (the distance and the
+    synthetic features' gradient in three launches, written in the forward; the backward scales
+    it): ``"auto"`` (default) uses them on CUDA tensors when
     ``triton`` is importable and the call is the DM case they cover (real features without grad,
     no masks, not hierarchical, a fixed ``k``, a single process); ``True`` requires them (an error
     says why they cannot run); ``False`` never uses them.

@@ -60,8 +60,9 @@ class HyperbolicMatcher(nn.Module):
             the toolkit's loops pass ``False`` and check the loss they read anyway).
         compile: run the per-class maths through ``torch.compile`` (Inductor), which fuses
             its ~100 small element-wise kernels into a few; the loss and gradient are the
-            plain path's (tested to float64 round-off). Pays on GPUs, where the plain path
-            is launch-bound; on CPUs it is about as fast as the plain path. The first call
+            plain path's (tested to float64 round-off). Meant for GPUs, where the plain path
+            is launch-bound; on CPUs it is slower than the plain path (measured 2.7-3.2x in
+            float32 on a 2-core CPU), so leave it off there. The first call
             compiles (tens of seconds; again for each new shape, dtype or ``k``/``scale``).
         process_group: a ``torch.distributed`` group (e.g. ``torch.distributed.group.WORLD``):
             each rank passes its shard of the real features and the whole synthetic set; the real
@@ -69,8 +70,10 @@ class HyperbolicMatcher(nn.Module):
             :mod:`hyperdm.distributed`), the synthetic side stays local, so the loss and the
             synthetic gradient equal single-process ones on the union of the real data, on every
             rank. ``scale="auto"`` then picks the same lambda on every rank.
-        fused: the Triton kernels (:mod:`hyperdm.triton_kernels`): one pass over the real
-            features with no temporaries, and the synthetic features' gradient in one pass.
+        fused: the Triton kernels (:mod:`hyperdm.triton_kernels`): the whole loss and the
+            synthetic features' gradient in three launches (one pass over the real features with
+            no temporaries, one program per class for the synthetic side and the distance, one per
+            synthetic row for the gradient), with no other work on the host.
             ``"auto"`` (default): used on CUDA tensors when ``triton`` is importable and the call
             is the DM case they cover (real features without grad, ``[C, N, D]`` or ``[N, D]``
             inputs, ``hierarchical=False``, a fixed ``k``, no ``process_group``); otherwise the
