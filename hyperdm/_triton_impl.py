@@ -11,8 +11,8 @@ import triton
 import triton.language as tl
 
 
-# Triton reads the kernel's annotations (constexpr marks compile-time constants), so the other
-# parameters stay unannotated and mypy is told so
+# Triton reads the kernels' annotations: constexpr marks compile-time constants, and float parameters are
+# annotated float64 (a Python float is passed as float32 otherwise: 1e-300 would be 0, 1/sqrt(k) rounded)
 @triton.jit
 def real_pass(
     v_ptr,
@@ -21,9 +21,9 @@ def real_pass(
     D,
     rows_per,
     splits,
-    inv_sk,
-    tmax,
-    tiny,
+    inv_sk: tl.float64,
+    tmax: tl.float64,
+    tiny: tl.float64,
     BLOCK_D: tl.constexpr,
     F64: tl.constexpr,
 ):
@@ -41,6 +41,10 @@ def real_pass(
     s2 = tl.zeros((), acc_t)
     ms = tl.zeros((BLOCK_D,), acc_t)
     dev = tl.zeros((BLOCK_D,), acc_t)
+    zero = tl.zeros((), acc_t)  # the float64 scalars in the accumulators' type
+    inv_sk = (zero + inv_sk).to(acc_t)
+    tmax = (zero + tmax).to(acc_t)
+    tiny = (zero + tiny).to(acc_t)
     start = s * rows_per
     stop = tl.minimum(start + rows_per, N)
     for i in range(start, stop):
@@ -134,13 +138,13 @@ def syn_finish(
     M,
     D,
     splits,
-    sk,
-    inv_sk,
-    tmax,
-    tiny,
-    multi_r,
-    multi_s,
-    scale,
+    sk: tl.float64,
+    inv_sk: tl.float64,
+    tmax: tl.float64,
+    tiny: tl.float64,
+    multi_r: tl.float64,
+    multi_s: tl.float64,
+    scale: tl.float64,
     BLOCK_D: tl.constexpr,
     F64: tl.constexpr,
     GRAD: tl.constexpr,
@@ -255,10 +259,10 @@ def syn_rows(
     out_ptr,
     M,
     D,
-    sk,
-    inv_sk,
-    tmax,
-    tiny,
+    sk: tl.float64,
+    inv_sk: tl.float64,
+    tmax: tl.float64,
+    tiny: tl.float64,
     BLOCK_D: tl.constexpr,
     F64: tl.constexpr,
 ):

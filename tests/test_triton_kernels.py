@@ -190,6 +190,60 @@ def test_kernel_keeps_precision_at_nearly_coincident_directions(dtype):
     assert abs(got - want) <= 500 * torch.finfo(dtype).eps * max(want, 1.0), (got, want)
 
 
+_COMPILE_FOR_CUDA = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from hyperdm import _triton_impl as K
+
+v, acc, block, warps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+f64 = v == "*fp64"
+kernels = [
+    (K.real_pass, dict(v_ptr=v, part_ptr="*fp64", N="i32", D="i32", rows_per="i32", splits="i32"),
+     ("inv_sk", "tmax", "tiny"), {}),
+    (K.syn_finish, dict(part_ptr="*fp64", v_ptr=v, d_ptr="*fp64", cls_ptr="*fp64", vec_ptr=acc, M="i32", D="i32",
+     splits="i32"), ("sk", "inv_sk", "tmax", "tiny", "multi_r", "multi_s", "scale"), {"GRAD": True}),
+    (K.syn_rows, dict(v_ptr=v, cls_ptr="*fp64", vec_ptr=acc, out_ptr=v, M="i32", D="i32"),
+     ("sk", "inv_sk", "tmax", "tiny"), {}),
+]
+for fn, sig, floats, extra in kernels:
+    # launched with Python floats, which Triton passes as float32 unless the parameter says float64
+    assert {p.name for p in fn.params if p.annotation_type == "fp64"} == set(floats), fn.__name__
+    consts = {"BLOCK_D": block, "F64": f64, **extra}
+    sig = {**sig, **{n: "fp64" for n in floats}, **{n: "constexpr" for n in consts}}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": warps})
+    assert k.asm.get("cubin"), fn.__name__
+print("compiled")
+"""
+
+
+@pytest.mark.parametrize(
+    "v,acc,block,warps",
+    [("*fp32", "*fp32", 2048, 8), ("*fp64", "*fp64", 2048, 8), ("*fp16", "*fp32", 4096, 16)],
+    ids=["float32", "float64", "float16"],
+)
+def test_kernels_compile_for_a_cuda_gpu(v, acc, block, warps):
+    """The kernels compiled by Triton's CUDA backend to a cubin for an H100/H200 (sm_90), no GPU needed: the
+    interpreter runs Python on NumPy and lets through what the compiler refuses (a float32 loop variable the
+    loop makes float64; Python floats passed as float32)."""
+    import subprocess
+    import sys
+
+    if os.environ.get("CI") != "true":
+        pytest.importorskip("triton.backends.nvidia")
+    env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_CUDA, v, acc, str(block), str(warps)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
+
+
 def test_matcher_and_function_select_the_kernel():
     real = _features(2, 6, 8, scale=5.0, seed=4, dtype=torch.float32)
     syn = _features(2, 3, 8, scale=5.0, seed=5, dtype=torch.float32)
