@@ -64,7 +64,7 @@ from geoopt.manifolds.lorentz import math as gmath
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import hyperdm
-from hyperdm import fused
+from hyperdm import fused, triton_kernels
 
 VARIANTS = ("hdd", "hdd_nocheck", "mmd", "mmd_line", "naive_geoopt")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -180,8 +180,6 @@ def op_counts_triton_path(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> 
     the kernels run under Triton's interpreter, whose own ATen ops are left out (on CUDA a launch is one kernel)."""
     from torch.utils._python_dispatch import _disable_current_modes
 
-    from hyperdm import triton_kernels
-
     launches = 0
 
     class Launch:
@@ -211,7 +209,6 @@ def op_counts_triton_path(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> 
 
 def ops_only(args: argparse.Namespace) -> int:
     """``--ops-only``: ATen op counts of one forward + backward, no timing (deterministic; quick on a busy machine)."""
-    from hyperdm import triton_kernels
 
     C, N, D = args.C, args.N, args.D
     s = args.feat_norm / math.sqrt(D / 2.0)
@@ -262,10 +259,31 @@ def make_variants(dtype: torch.dtype, compiled: bool = False, cuda: bool = False
     }
     if compiled:
         out["hdd_compiled"] = hyperdm.HyperbolicMatcher(check_finite=False, compile=True)
-    if cuda:  # the PyTorch path and the Triton kernel, each forced
+    if cuda:  # the PyTorch path and the Triton kernels, each forced; the kernels also with other row blocks
         out["hdd_eager"] = hyperdm.HyperbolicMatcher(check_finite=False, fused=False)
         out["hdd_triton"] = hyperdm.HyperbolicMatcher(check_finite=False, fused=True)
+        for rows in TRITON_ROWS:
+            out[f"hdd_triton_rows{rows}"] = with_rows_per_program(out["hdd_triton"], rows)
     return out
+
+
+#: Rows per program of the Triton real pass timed beside the default (``triton_kernels.ROWS_PER_PROGRAM``).
+TRITON_ROWS = (8, 16, 32, 128)
+
+
+def with_rows_per_program(fn: LossFn, rows: int) -> LossFn:
+    """``fn`` with the Triton real pass cut into blocks of ``rows`` rows (the gradient is written in the forward,
+    so only the forward reads the setting)."""
+
+    def run(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
+        keep = triton_kernels.ROWS_PER_PROGRAM
+        triton_kernels.ROWS_PER_PROGRAM = rows
+        try:
+            return fn(real, syn)
+        finally:
+            triton_kernels.ROWS_PER_PROGRAM = keep
+
+    return run
 
 
 # --------------------------------------------------------------------------- measurement
@@ -445,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             "hdd_compiled": "hdd",
             "hdd_eager": "hdd",
             "hdd_triton": "hdd",
+            **{f"hdd_triton_rows{rows}": "hdd" for rows in TRITON_ROWS},
         }
 
         for dname in args.dtypes:
@@ -528,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
                         {
                             "hdd_triton_over_mmd_line": med["hdd_triton"] / med["mmd_line"],
                             "hdd_eager_over_mmd_line": med["hdd_eager"] / med["mmd_line"],
+                            **{
+                                f"hdd_triton_rows{rows}_over_mmd_line": med[f"hdd_triton_rows{rows}"] / med["mmd_line"]
+                                for rows in TRITON_ROWS
+                            },
                         }
                         if "hdd_triton" in med
                         else {}
@@ -552,13 +575,13 @@ def main(argv: list[str] | None = None) -> int:
     mem_col = "cuda peak MiB" if device.type == "cuda" else "saved MiB"
     print()
     print(
-        f"{'dtype':<8}{'M':>4}  {'variant':<13}{'median ms':>10}{'IQR ms':>9}{mem_col:>14}"
+        f"{'dtype':<8}{'M':>4}  {'variant':<19}{'median ms':>10}{'IQR ms':>9}{mem_col:>14}"
         f"{'loss':>20}{'rel vs f64 ref':>16}"
     )
     for rec in records:
         mem = rec.get("cuda_peak_bytes", rec["saved_bytes_extra"]) / 2**20
         print(
-            f"{rec['dtype']:<8}{rec['M']:>4}  {rec['variant']:<13}{rec['median_ms']:>10.3f}{rec['iqr_ms']:>9.3f}"
+            f"{rec['dtype']:<8}{rec['M']:>4}  {rec['variant']:<19}{rec['median_ms']:>10.3f}{rec['iqr_ms']:>9.3f}"
             f"{mem:>14.3f}{rec['loss']:>20.12g}{rec['loss_rel_vs_reference']:>16.2e}"
         )
     memory = (
@@ -589,6 +612,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"compiled/plain (both unchecked) {ra['hdd_compiled_over_hdd_nocheck']:.2f}, "
                 f"compiled/MMD {ra['hdd_compiled_over_mmd']:.2f}, first call (compiling) {ra['compile_s']:.1f} s"
             )
+    for ra in ratios:
+        if "hdd_triton_over_mmd_line" in ra:
+            others = ", ".join(f"{r}: {ra[f'hdd_triton_rows{r}_over_mmd_line']:.2f}" for r in TRITON_ROWS)
+            print(
+                f"{ra['dtype']:<8}{ra['M']:>4}  Triton/line {ra['hdd_triton_over_mmd_line']:.2f} "
+                f"(rows per program {triton_kernels.ROWS_PER_PROGRAM}; {others}), "
+                f"eager/line {ra['hdd_eager_over_mmd_line']:.2f}"
+            )
     nh = [r["naive_geoopt_over_hdd"] for r in ratios]
     by_dtype = {d: [r["hdd_over_mmd_line"] for r in ratios if r["dtype"] == d] for d in args.dtypes}
     limits = {"float32": 2.5, "float64": 3.5}
@@ -608,6 +639,14 @@ def main(argv: list[str] | None = None) -> int:
         "max": max(nh),
         "met_in_all_settings": min(nh) >= 5.0,
     }
+    tr = [r["hdd_triton_over_mmd_line"] for r in ratios if "hdd_triton_over_mmd_line" in r]
+    if tr:
+        targets["triton_within_1.2x_of_mmd_line"] = {
+            "target": 1.2,
+            "min": min(tr),
+            "max": max(tr),
+            "met_in_all_settings": max(tr) <= 1.2,
+        }
     ops = {(r["dtype"], r["M"], r["variant"]): r["aten_ops"] for r in records if "aten_ops" in r}
     hdd_ops = [v for (d, m, name), v in ops.items() if name == "hdd"]
     nochk_syncs = [v["host_syncs"] for (d, m, name), v in ops.items() if name == "hdd_nocheck"]
@@ -624,12 +663,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'dtype':<8}{'M':>4}  ATen ops forward + backward (all / kernels / host syncs)")
     for (d, m, name), v in ops.items():
-        print(f"{d:<8}{m:>4}  {name:<13}{v['all']:>5} /{v['kernels']:>4} /{v['host_syncs']:>2}")
+        print(f"{d:<8}{m:>4}  {name:<19}{v['all']:>5} /{v['kernels']:>4} /{v['host_syncs']:>2}")
     for rec in records:
         if "aten_ops_device_slicing" in rec:
             dv = rec["aten_ops_device_slicing"]
             print(
-                f"{rec['dtype']:<8}{rec['M']:>4}  {'hdd':<13}{dv['all']:>5} /{dv['kernels']:>4} /{dv['host_syncs']:>2}"
+                f"{rec['dtype']:<8}{rec['M']:>4}  {'hdd':<19}{dv['all']:>5} /{dv['kernels']:>4} /{dv['host_syncs']:>2}"
                 "  (spread sliced as off the CPU)"
             )
     print()

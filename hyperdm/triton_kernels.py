@@ -6,7 +6,7 @@ when asked, their gradient with respect to the synthetic features (the backward 
 :mod:`hyperdm.fused` then only multiplies it by the upstream gradient). With
 ``t_i = min(|v_i|/sqrt(k), max_norm)``, ``b_i = sinh(t_i) e^{-T}`` and ``T`` a side's largest ``t``:
 
-1. **the real pass** (programs over classes and blocks of 64 rows; :func:`real_summary` combines
+1. **the real pass** (programs over classes and blocks of :data:`ROWS_PER_PROGRAM` rows; :func:`real_summary` combines
    its output on the host, for inspection): each row is loaded once (``BLOCK_D >= D`` elements in
    registers) for ``B = sum_i b_i``, ``sum_i cosh(t_i) e^{-T}``, ``sum_i e^{-t_i-T}``,
    ``m_s = sum_i (b_i/|v_i|) v_i`` and the spread ``sum_i b_i |u_i - u~|^2`` about
@@ -44,6 +44,10 @@ from torch import Tensor
 __all__ = ["hdd", "interpreting", "real_summary"]
 
 _STATS = 5  # top, sum b, sum c, sum e^{-t}, sum b |u - p|^2
+
+#: Real rows per program of the real pass. Fewer rows mean more programs (a GPU with many SMs is kept
+#: busy at small ``C * N``) but more partial sums to write and combine (``5 + 3 D`` float64 per program).
+ROWS_PER_PROGRAM = 64
 
 
 @functools.lru_cache(maxsize=1)
@@ -84,7 +88,7 @@ def _warps(block: int) -> int:
     return min(16, max(4, block // 256))
 
 
-def _real_partials(v: Tensor, *, sk: float, tmax: float, rows_per_program: int = 64) -> tuple[Tensor, int]:
+def _real_partials(v: Tensor, *, sk: float, tmax: float, rows_per_program: int | None = None) -> tuple[Tensor, int]:
     """The real pass: ``([C, splits, 5 + 3 D] float64, splits)``, one row per program (see :func:`real_summary`)."""
     triton = _require_triton()
     C, N, D = v.shape
@@ -92,6 +96,9 @@ def _real_partials(v: Tensor, *, sk: float, tmax: float, rows_per_program: int =
         raise ValueError("the Triton kernel needs at least one real feature per class and D >= 1.")
     v = v.contiguous()
     f64 = v.dtype == torch.float64
+    rows_per_program = ROWS_PER_PROGRAM if rows_per_program is None else int(rows_per_program)
+    if rows_per_program < 1:
+        raise ValueError(f"rows_per_program must be >= 1; got {rows_per_program}.")
     splits = triton.cdiv(N, rows_per_program)
     block = triton.next_power_of_2(D)
     part = torch.empty(C, splits, _STATS + 3 * D, dtype=torch.float64, device=v.device)
@@ -103,7 +110,9 @@ def _real_partials(v: Tensor, *, sk: float, tmax: float, rows_per_program: int =
     return part, splits
 
 
-def real_summary(v: Tensor, *, sk: float, tmax: float, rows_per_program: int = 64) -> tuple[Tensor, Tensor, Tensor]:
+def real_summary(
+    v: Tensor, *, sk: float, tmax: float, rows_per_program: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(m_s [C, D], sums [C, 3] = (B, sum cosh, sum e^{-t}), spread [C])``, float64, each class scaled by
     ``e^{-T}``: the real pass with its row blocks combined on the host (what :func:`hdd`'s second kernel
     does in-kernel), for inspection and tests."""

@@ -313,6 +313,25 @@ def test_gpu_session_prepare_names_the_missing_dataset(tmp_path):
     assert "missing" in r.stdout and "dataset-fashion-mnist" in r.stdout
 
 
+def test_bench_matcher_rows_variant_sets_the_row_blocks_for_its_call_only():
+    import bench_matcher
+    from hyperdm import triton_kernels
+
+    seen = []
+
+    def fn(real, syn):
+        seen.append(triton_kernels.ROWS_PER_PROGRAM)
+        raise RuntimeError("boom")
+
+    before = triton_kernels.ROWS_PER_PROGRAM
+    with pytest.raises(RuntimeError, match="boom"):
+        bench_matcher.with_rows_per_program(fn, 16)(None, None)
+    after = triton_kernels.ROWS_PER_PROGRAM
+    assert seen == [16] and after == before  # restored after an error too
+    names = bench_matcher.make_variants(torch.float32, cuda=True)
+    assert {f"hdd_triton_rows{r}" for r in bench_matcher.TRITON_ROWS} <= set(names)
+
+
 def test_bench_matcher_ops_only_counts_the_triton_launches(tmp_path):
     """--ops-only: deterministic op counts; the Triton path's three kernels counted once each (under the interpreter
     their own ops are left out), the literal MMD line's 15 ops as documented."""
