@@ -1,7 +1,7 @@
 """The Triton kernels themselves (see :mod:`hyperdm.triton_kernels` for what they compute and their launchers).
 
-Imported only when triton is: ``@triton.jit`` reads ``TRITON_INTERPRET`` here, at import. Kernel
-parameters stay unannotated except the compile-time constants (Triton reads the annotations).
+Imported only when triton is: ``@triton.jit`` reads ``TRITON_INTERPRET`` here, at import. Triton reads
+the parameters' annotations (compile-time constants; float64 scalars), so the others stay unannotated.
 """
 
 # mypy: ignore-errors
@@ -34,45 +34,43 @@ def real_pass(
     dmask = offs < D
     base = v_ptr + c.to(tl.int64) * N * D
     p = tl.zeros((BLOCK_D,), acc_t)  # the reference direction: the point that set the running top
-    top = tl.full((), float("-inf"), acc_t)
-    sb = tl.zeros((), acc_t)
-    sc = tl.zeros((), acc_t)
-    se = tl.zeros((), acc_t)
-    s2 = tl.zeros((), acc_t)
     ms = tl.zeros((BLOCK_D,), acc_t)
     dev = tl.zeros((BLOCK_D,), acc_t)
-    zero = tl.zeros((), acc_t)  # the float64 scalars in the accumulators' type
-    inv_sk = (zero + inv_sk).to(acc_t)
-    tmax = (zero + tmax).to(acc_t)
-    tiny = (zero + tiny).to(acc_t)
+    # per-row scalars and their sums in float64 whatever the features' type (as on the PyTorch path): e^{-t-T}
+    # reaches e^{-600} with the exact map, below float32's range
+    top = tl.full((), float("-inf"), tl.float64)
+    sb = tl.zeros((), tl.float64)
+    sc = tl.zeros((), tl.float64)
+    se = tl.zeros((), tl.float64)
+    s2 = tl.zeros((), tl.float64)
+    tiny_v = (tl.zeros((), acc_t) + tiny).to(acc_t)  # smallest norm a direction is divided by
     start = s * rows_per
     stop = tl.minimum(start + rows_per, N)
     for i in range(start, stop):
         x = tl.load(base + i * D + offs, mask=dmask, other=0.0).to(acc_t)
-        n = tl.sqrt(tl.sum(x * x, axis=0))
-        t = n * inv_sk
-        tc = tl.minimum(tl.maximum(t, tiny), tmax)
-        nsafe = tl.maximum(n, tiny)
+        nv = tl.sqrt(tl.sum(x * x, axis=0))
+        n = nv.to(tl.float64)
+        tc = tl.minimum(tl.maximum(n * inv_sk, 1e-300), tmax)
+        u = x / tl.maximum(nv, tiny_v)
         if tc > top:  # this point raises the top: it becomes the reference, and the spread's sums move to it
-            q = x / nsafe
-            dp = p - q
-            s2 += 2.0 * tl.sum(dp * dev, axis=0) + sb * tl.sum(dp * dp, axis=0)
-            dev += sb * dp
-            p = q
+            dp = p - u
+            s2 += 2.0 * tl.sum(dp * dev, axis=0).to(tl.float64) + sb * tl.sum(dp * dp, axis=0).to(tl.float64)
+            dev += sb.to(acc_t) * dp
+            p = u
         new_top = tl.maximum(top, tc)
         r = tl.exp(top - new_top)  # rescale what came before
         sb, sc, se, s2 = sb * r, sc * r, se * r, s2 * r
-        ms, dev = ms * r, dev * r
+        ra = r.to(acc_t)
+        ms, dev = ms * ra, dev * ra
         top = new_top
-        ep = tl.exp(tc - top)
-        em = tl.exp(-tc - top)
         b = sinh_scaled(tc, top)
-        d = x / nsafe - p
-        ms += (b / nsafe) * x
-        dev += b * d
-        s2 += b * tl.sum(d * d, axis=0)
+        em = tl.exp(-tc - top)
+        d = u - p
+        ms += (b / tl.maximum(n, 1e-300 / inv_sk)).to(acc_t) * x
+        dev += b.to(acc_t) * d
+        s2 += b * tl.sum(d * d, axis=0).to(tl.float64)
         sb += b
-        sc += (ep + em) * 0.5
+        sc += b + em
         se += em
     # one float64 row per program: top, sum b, sum c, sum e^{-t}, sum b |u - p|^2, m_s, sum b (u - p), p ([D] each)
     out = part_ptr + (c * splits + s).to(tl.int64) * (5 + 3 * D)  # 5: _STATS (kernels read no globals)
@@ -120,7 +118,7 @@ def sinh(x):
 
 @triton.jit
 def point(x, inv_sk, tmax, tiny, nmin, top):
-    """One synthetic row's scalars (float64): |v|, t, w sinh(t) e^{-T}, cosh(t) e^{-T}, e^{-t-T}."""
+    """One synthetic row's scalars (float64): |v| (at least ``nmin``), t, sinh(t) e^{-T}, cosh(t) e^{-T}, e^{-t-T}."""
     n = tl.sqrt(tl.sum(x * x, axis=0)).to(tl.float64)
     t = tl.minimum(tl.maximum(n * inv_sk, tiny), tmax)
     b = sinh_scaled(t, top)
