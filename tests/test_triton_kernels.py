@@ -32,9 +32,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _features(c, n, d, *, scale, seed, dtype):
+# where the kernels run: CPU tensors under the interpreter, else (a machine with CUDA) the GPU
+DEV = torch.device("cpu") if triton_kernels.interpreting() else torch.device("cuda")
+
+
+def _features(c, n, d, *, scale, seed, dtype, device=DEV):
     g = torch.Generator().manual_seed(seed)
-    return ((torch.randn(c, n, d, generator=g, dtype=F64).relu() + 0.05) * scale).to(dtype)
+    return ((torch.randn(c, n, d, generator=g, dtype=F64).relu() + 0.05) * scale).to(device=device, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])
@@ -47,7 +51,7 @@ def test_kernel_equals_the_pytorch_path(dtype, max_norm, n, m):
     syn = _features(3, m, 40, scale=0.7 * math.sqrt(k), seed=n + m, dtype=dtype).requires_grad_()
     a = fused.hdd_distance(real, syn, k=k, max_norm=max_norm, fused=False, scale=3.0)
     b = fused.hdd_distance(real, syn, k=k, max_norm=max_norm, fused=True, scale=3.0)
-    w = torch.tensor([0.5, -2.0, 1.25], dtype=F64)  # an upstream gradient that is not all ones
+    w = torch.tensor([0.5, -2.0, 1.25], dtype=F64, device=DEV)  # an upstream gradient that is not all ones
     (ga,) = torch.autograd.grad((a * w).sum(), syn)
     (gb,) = torch.autograd.grad((b * w).sum(), syn)
     tol = 1e-13 if dtype == F64 else 2e-6
@@ -99,8 +103,8 @@ def test_kernel_one_real_point_far_out_in_float32():
     """One real point per class at radius ~100 (exact map): its centroid is the point itself, Q = e^{-2t} * 2,
     which a float32 sum would flush to 0 (the real pass once returned 1.76 for distances near 100 here)."""
     g = torch.Generator().manual_seed(3)
-    real = (torch.randn(2, 1, 16, generator=g, dtype=F64).abs() * 30).float()
-    syn = (torch.randn(2, 2, 16, generator=g, dtype=F64).abs() * 30).float()
+    real = (torch.randn(2, 1, 16, generator=g, dtype=F64).abs() * 30).float().to(DEV)
+    syn = (torch.randn(2, 2, 16, generator=g, dtype=F64).abs() * 30).float().to(DEV)
     assert float(real.norm(dim=-1).min()) > 90
     want = fused.hdd_distance(real.double(), syn.double(), k=1.0, max_norm=None, fused=False)
     got = fused.hdd_distance(real, syn, k=1.0, max_norm=None, fused=True)
@@ -135,6 +139,7 @@ def test_kernel_spread_when_the_first_feature_is_an_outlier(dtype):
     cr = ref_centroid([ref_point(feature(row), k, max_norm=10.0) for row in real[0].double()], k)
     cs = ref_centroid([ref_point(feature(row), k, max_norm=10.0) for row in syn[0].double()], k)
     want = float(ref_dist(cr, cs, k))
+    real, syn = real.to(DEV), syn.to(DEV)
     got = float(fused.hdd_distance(real, syn, k=k, fused=True)[0])
     eager = float(fused.hdd_distance(real, syn, k=k, fused=False)[0])
     tol = 1e-4 if dtype == torch.float32 else 1e-12  # the reference point fixed at the first feature: 2.5e-3, 4e-11
@@ -225,7 +230,7 @@ def test_kernel_keeps_precision_at_nearly_coincident_directions(dtype):
     cr = ref_centroid([ref_point(feature(row), k) for row in real], k)
     cs = ref_centroid([ref_point(feature(row), k) for row in syn], k)
     want = float(ref_dist(cr, cs, k))
-    got = float(fused.hdd_distance(real[None], syn[None], k=k, max_norm=None, fused=True)[0])
+    got = float(fused.hdd_distance(real[None].to(DEV), syn[None].to(DEV), k=k, max_norm=None, fused=True)[0])
     assert abs(got - want) <= 500 * torch.finfo(dtype).eps * max(want, 1.0), (got, want)
 
 
@@ -296,10 +301,10 @@ def test_auto_uses_the_kernel_only_on_cuda(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the kernel ran")
 
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(triton_kernels, "hdd", boom)
-    real = _features(2, 6, 8, scale=5.0, seed=6, dtype=torch.float32)
-    syn = _features(2, 3, 8, scale=5.0, seed=7, dtype=torch.float32)
+    real = _features(2, 6, 8, scale=5.0, seed=6, dtype=torch.float32, device="cpu")
+    syn = _features(2, 3, 8, scale=5.0, seed=7, dtype=torch.float32, device="cpu")
     HyperbolicMatcher()(real, syn)  # CPU tensors: the PyTorch path
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         HyperbolicMatcher(fused=True)(real, syn)
@@ -323,8 +328,8 @@ def test_fused_true_says_what_it_does_not_cover(case, match):
         "labels": lambda: HyperbolicMatcher(fused=True)(
             real.flatten(0, 1),
             syn.flatten(0, 1),
-            real_labels=torch.arange(2).repeat_interleave(6),
-            syn_labels=torch.arange(2).repeat_interleave(3),
+            real_labels=torch.arange(2, device=DEV).repeat_interleave(6),
+            syn_labels=torch.arange(2, device=DEV).repeat_interleave(3),
         ),
         "learn_k": lambda: HyperbolicMatcher(fused=True, learn_k=True)(real, syn),
     }
