@@ -6,17 +6,18 @@ when asked, their gradient with respect to the synthetic features (the backward 
 :mod:`hyperdm.fused` then only multiplies it by the upstream gradient). With
 ``t_i = min(|v_i|/sqrt(k), max_norm)``, ``b_i = sinh(t_i) e^{-T}`` and ``T`` a side's largest ``t``:
 
-1. **the real pass** (programs over classes and blocks of :data:`ROWS_PER_PROGRAM` rows; :func:`real_summary` combines
-   its output on the host, for inspection): each row is loaded once (``BLOCK_D >= D`` elements in
-   registers) for ``B = sum_i b_i``, ``sum_i cosh(t_i) e^{-T}``, ``sum_i e^{-t_i-T}``,
-   ``m_s = sum_i (b_i/|v_i|) v_i`` and the spread ``sum_i b_i |u_i - u~|^2`` about
-   ``u~ = m_s / B``. The spread is accumulated about a reference direction ``p`` and shifted
+1. **the real pass** (programs over classes and blocks of :data:`ROWS_PER_PROGRAM` rows;
+   :func:`real_summary` combines its output on the host, for inspection): each row is loaded once
+   (``BLOCK_D >= D`` elements in registers) for ``B = sum_i b_i``, ``sum_i cosh(t_i) e^{-T}``,
+   ``sum_i e^{-t_i-T}``, ``m_s = sum_i (b_i/|v_i|) v_i`` and the spread ``S = sum_i b_i |u_i - u~|^2``
+   about ``u~ = m_s / B``. The spread is accumulated about a reference direction ``p`` and shifted
    exactly, ``sum_i b_i |u_i - p|^2 - |sum_i b_i (u_i - p)|^2 / B``; ``p`` is the direction of the
-   point that set the running largest ``t`` (the sums move to it, exactly, when it changes), so
-   ``p`` sits where the weight is and the two terms do not cancel: with ``p`` fixed at a class's
-   first feature, a first feature of small norm pointing away from a tight cluster left the
-   float32 distance 2.5e-3 off (now 7e-6). The running largest ``t`` rescales the sums when it
-   grows, as an online softmax does;
+   point that set the running largest ``t`` (the sums move to it, exactly, when it changes), a point
+   of largest weight ``b_p``. As ``S >= b_p |p - u~|^2``, the first term is at most
+   ``(1 + B / b_p) S <= (1 + N) S``: the difference loses at most a factor ``N + 1`` to cancellation.
+   With ``p`` fixed at a class's first feature, a first feature of small norm pointing away from a
+   tight cluster left the float32 distance 2.5e-3 off (now 7e-6). The running largest ``t``
+   rescales the sums when it grows, as an online softmax does;
 2. **the synthetic side** (one program per class): combines the real pass's row blocks (each moved
    to the reference of the block with the largest ``t``), takes the synthetic sums and the exact
    spread ``|v_i - (|v_i|/B) m_s|`` in three sweeps over the class's ``M`` rows, the Law
