@@ -117,13 +117,14 @@ def sinh(x):
 
 
 @triton.jit
-def point(x, inv_sk, tmax, tiny, nmin, top):
-    """One synthetic row's scalars (float64): |v| (at least ``nmin``), t, sinh(t) e^{-T}, cosh(t) e^{-T}, e^{-t-T}."""
+def point(x, sk, inv_sk, tmax, top):
+    """One synthetic row's scalars (float64): |v| (at least 1e-300 sqrt(k)), t (at least 1e-300),
+    sinh(t) e^{-T}, cosh(t) e^{-T}, e^{-t-T}."""
     n = tl.sqrt(tl.sum(x * x, axis=0)).to(tl.float64)
-    t = tl.minimum(tl.maximum(n * inv_sk, tiny), tmax)
+    t = tl.minimum(tl.maximum(n * inv_sk, 1e-300), tmax)
     b = sinh_scaled(t, top)
     em = tl.exp(-t - top)
-    return tl.maximum(n, nmin), t, b, b + em, em
+    return tl.maximum(n, 1e-300 * sk), t, b, b + em, em
 
 
 @triton.jit
@@ -139,7 +140,6 @@ def syn_finish(
     sk: tl.float64,
     inv_sk: tl.float64,
     tmax: tl.float64,
-    tiny: tl.float64,
     multi_r: tl.float64,
     multi_s: tl.float64,
     scale: tl.float64,
@@ -184,11 +184,10 @@ def syn_finish(
     spread_r = tl.maximum(s2_r - tl.sum(dv_r * dv_r, axis=0) / tl.maximum(b_r, 1e-300), 0.0) * multi_r
     # the synthetic side: its largest t, then the sums, then the exact spread about (n_i / B) m_s
     vrow = v_ptr + c * M * D
-    nmin = 1e-300 * sk
     top_s = tl.zeros((), tl.float64)
     for i in range(M):
         x = tl.load(vrow + i * D + offs, mask=dmask, other=0.0).to(acc_t)
-        _, t, _, _, _ = point(x, inv_sk, tmax, tiny, nmin, 0.0)
+        _, t, _, _, _ = point(x, sk, inv_sk, tmax, 0.0)
         top_s = tl.maximum(top_s, t)
     b_s = tl.zeros((), tl.float64)
     c_s = tl.zeros((), tl.float64)
@@ -196,7 +195,7 @@ def syn_finish(
     m_s = tl.zeros((BLOCK_D,), acc_t)
     for i in range(M):
         x = tl.load(vrow + i * D + offs, mask=dmask, other=0.0).to(acc_t)
-        n, t, b, cc, em = point(x, inv_sk, tmax, tiny, nmin, top_s)
+        n, t, b, cc, em = point(x, sk, inv_sk, tmax, top_s)
         m_s += (b / n).to(acc_t) * x
         b_s += b
         c_s += cc
@@ -204,7 +203,7 @@ def syn_finish(
     sp_s = tl.zeros((), tl.float64)
     for i in range(M):
         x = tl.load(vrow + i * D + offs, mask=dmask, other=0.0).to(acc_t)
-        n, t, b, cc, em = point(x, inv_sk, tmax, tiny, nmin, top_s)
+        n, t, b, cc, em = point(x, sk, inv_sk, tmax, top_s)
         dv = x - (n / b_s).to(acc_t) * m_s
         dn = tl.sqrt(tl.sum(dv * dv, axis=0)).to(tl.float64) / n
         sp_s += b * dn * dn
@@ -238,7 +237,7 @@ def syn_finish(
         tl.store(vec + offs, gam.to(acc_t), mask=dmask)
         tl.store(vec + D + offs, h.to(acc_t), mask=dmask)
         tl.store(vec + 2 * D + offs, m_s, mask=dmask)
-        out = cls_ptr + c * 8  # 8: _CLS (kernels read no globals)
+        out = cls_ptr + c * 7  # 7: _CLS (kernels read no globals)
         tl.store(out + 0, kap_s / sk)
         tl.store(out + 1, lam2 * 0.5 / sk)
         tl.store(out + 2, b_s)
@@ -246,7 +245,6 @@ def syn_finish(
         tl.store(out + 4, e_s)
         tl.store(out + 5, sp_s)
         tl.store(out + 6, top_s)
-        tl.store(out + 7, multi_s)
 
 
 @triton.jit
@@ -260,7 +258,7 @@ def syn_rows(
     sk: tl.float64,
     inv_sk: tl.float64,
     tmax: tl.float64,
-    tiny: tl.float64,
+    multi_s: tl.float64,
     BLOCK_D: tl.constexpr,
     F64: tl.constexpr,
 ):
@@ -273,7 +271,7 @@ def syn_rows(
     gam = tl.load(vec + offs, mask=dmask, other=0.0)
     h = tl.load(vec + D + offs, mask=dmask, other=0.0)
     m_s = tl.load(vec + 2 * D + offs, mask=dmask, other=0.0)
-    cls = cls_ptr + c * 8
+    cls = cls_ptr + c * 7
     ks = tl.load(cls + 0)
     ls = tl.load(cls + 1)
     b_s = tl.load(cls + 2)
@@ -281,9 +279,8 @@ def syn_rows(
     e_s = tl.load(cls + 4)
     sp_s = tl.load(cls + 5)
     top_s = tl.load(cls + 6)
-    multi_s = tl.load(cls + 7)
     x = tl.load(v_ptr + row * D + offs, mask=dmask, other=0.0).to(acc_t)
-    n, t, b, cc, em = point(x, inv_sk, tmax, 1e-300, 1e-300 * sk, top_s)
+    n, t, b, cc, em = point(x, sk, inv_sk, tmax, top_s)
     dv = x - (n / b_s).to(acc_t) * m_s
     dn = tl.sqrt(tl.sum(dv * dv, axis=0)).to(tl.float64) / n
     dq = (sp_s + b_s * dn * dn * multi_s) * cc + e_s * (b + cc) - ap_s * em  # dQ/dt of this point

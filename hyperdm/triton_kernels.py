@@ -135,7 +135,7 @@ def real_summary(
     return ms, sums, spread
 
 
-_CLS = 8  # per class for the row kernel: ks, ls, B, A+, sum e^{-t}, spread, T, multi
+_CLS = 7  # per class for the row kernel: ks, ls, B, A+, sum e^{-t}, spread, T
 
 
 def hdd(
@@ -165,13 +165,13 @@ def hdd(
     warps = _warps(block)
     inv_sk = 1.0 / sk
     kernels.syn_finish[(C,)](
-        part, syn, d, cls, vec, M, D, splits, sk, inv_sk, float(tmax), 1e-300, float(N > 1), float(M > 1),
+        part, syn, d, cls, vec, M, D, splits, sk, inv_sk, float(tmax), float(N > 1), float(M > 1),
         float(scale), BLOCK_D=block, F64=f64, GRAD=grad, num_warps=warps,
     )  # fmt: skip
     if not grad:
         return d, None
     g = torch.empty_like(syn)
     kernels.syn_rows[(C, M)](
-        syn, cls, vec, g, M, D, sk, inv_sk, float(tmax), 1e-300, BLOCK_D=block, F64=f64, num_warps=warps
+        syn, cls, vec, g, M, D, sk, inv_sk, float(tmax), float(M > 1), BLOCK_D=block, F64=f64, num_warps=warps
     )
     return d, g

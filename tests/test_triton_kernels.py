@@ -247,9 +247,9 @@ kernels = [
     (K.real_pass, dict(v_ptr=v, part_ptr="*fp64", N="i32", D="i32", rows_per="i32", splits="i32"),
      ("inv_sk", "tmax", "tiny"), {}),
     (K.syn_finish, dict(part_ptr="*fp64", v_ptr=v, d_ptr="*fp64", cls_ptr="*fp64", vec_ptr=acc, M="i32", D="i32",
-     splits="i32"), ("sk", "inv_sk", "tmax", "tiny", "multi_r", "multi_s", "scale"), {"GRAD": True}),
+     splits="i32"), ("sk", "inv_sk", "tmax", "multi_r", "multi_s", "scale"), {"GRAD": True}),
     (K.syn_rows, dict(v_ptr=v, cls_ptr="*fp64", vec_ptr=acc, out_ptr=v, M="i32", D="i32"),
-     ("sk", "inv_sk", "tmax", "tiny"), {}),
+     ("sk", "inv_sk", "tmax", "multi_s"), {}),
 ]
 for fn, sig, floats, extra in kernels:
     # launched with Python floats, which Triton passes as float32 unless the parameter says float64
