@@ -55,6 +55,7 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import geoopt
 import numpy as np
@@ -167,12 +168,8 @@ def op_counts(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> dict[str, in
 def op_counts_device_slicing(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> dict[str, int]:
     """:func:`op_counts` with the spread's slices sized as off the CPU (``fused.DEVICE_CHUNK_ELEMENTS``): on CPU
     tensors the real side is cut into cache-sized slices, each adding a few ops that a GPU does not run."""
-    chunk = fused.CHUNK_ELEMENTS
-    fused.CHUNK_ELEMENTS = fused.DEVICE_CHUNK_ELEMENTS
-    try:
+    with mock.patch.object(fused, "CHUNK_ELEMENTS", fused.DEVICE_CHUNK_ELEMENTS):
         return op_counts(fn, real, syn)
-    finally:
-        fused.CHUNK_ELEMENTS = chunk
 
 
 def op_counts_triton_path(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> dict[str, int]:
@@ -195,15 +192,12 @@ def op_counts_triton_path(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> 
 
             return run
 
-    kernels = triton_kernels._kernels
+    kernels = triton_kernels._kernels()
     counted = types.SimpleNamespace(
-        **{name: Launch(getattr(kernels(), name)) for name in ("real_pass", "syn_finish", "syn_rows")}
+        **{name: Launch(getattr(kernels, name)) for name in ("real_pass", "syn_finish", "syn_rows")}
     )
-    triton_kernels._kernels = lambda: counted  # type: ignore[assignment]
-    try:
+    with mock.patch.object(triton_kernels, "_kernels", return_value=counted):
         counts = op_counts(fn, real, syn)
-    finally:
-        triton_kernels._kernels = kernels
     return {**counts, "kernel_launches": launches, "all_with_launches": counts["all"] + launches}
 
 
@@ -276,12 +270,8 @@ def with_rows_per_program(fn: LossFn, rows: int) -> LossFn:
     so only the forward reads the setting)."""
 
     def run(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
-        keep = triton_kernels.ROWS_PER_PROGRAM
-        triton_kernels.ROWS_PER_PROGRAM = rows
-        try:
+        with mock.patch.object(triton_kernels, "ROWS_PER_PROGRAM", rows):
             return fn(real, syn)
-        finally:
-            triton_kernels.ROWS_PER_PROGRAM = keep
 
     return run
 
