@@ -41,6 +41,14 @@ def _features(c, n, d, *, scale, seed, dtype, device=DEV):
     return ((torch.randn(c, n, d, generator=g, dtype=F64).relu() + 0.05) * scale).to(device=device, dtype=dtype)
 
 
+def _dist_and_grad(real, syn, weight=None, **kw):
+    """``hdd_distance(real, syn, **kw)`` and the gradient of ``sum(weight * d)`` with respect to ``syn``."""
+    syn = syn.detach().requires_grad_()
+    d = fused.hdd_distance(real, syn, **kw)
+    (g,) = torch.autograd.grad((d if weight is None else d * weight).sum(), syn)
+    return d.detach(), g
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])
 @pytest.mark.parametrize("max_norm", [10.0, None, 1.5])
 @pytest.mark.parametrize("n", [1, 5, 130])  # 130 rows: three row blocks combined
@@ -48,12 +56,10 @@ def _features(c, n, d, *, scale, seed, dtype, device=DEV):
 def test_kernel_equals_the_pytorch_path(dtype, max_norm, n, m):
     k = 2.0
     real = _features(3, n, 40, scale=0.6 * math.sqrt(k), seed=n, dtype=dtype)
-    syn = _features(3, m, 40, scale=0.7 * math.sqrt(k), seed=n + m, dtype=dtype).requires_grad_()
-    a = fused.hdd_distance(real, syn, k=k, max_norm=max_norm, fused=False, scale=3.0)
-    b = fused.hdd_distance(real, syn, k=k, max_norm=max_norm, fused=True, scale=3.0)
+    syn = _features(3, m, 40, scale=0.7 * math.sqrt(k), seed=n + m, dtype=dtype)
     w = torch.tensor([0.5, -2.0, 1.25], dtype=F64, device=DEV)  # an upstream gradient that is not all ones
-    (ga,) = torch.autograd.grad((a * w).sum(), syn)
-    (gb,) = torch.autograd.grad((b * w).sum(), syn)
+    a, ga = _dist_and_grad(real, syn, w, k=k, max_norm=max_norm, fused=False, scale=3.0)
+    b, gb = _dist_and_grad(real, syn, w, k=k, max_norm=max_norm, fused=True, scale=3.0)
     tol = 1e-13 if dtype == F64 else 2e-6
     torch.testing.assert_close(b, a, rtol=tol, atol=tol)
     torch.testing.assert_close(gb, ga, rtol=tol * 10, atol=tol * float(ga.abs().max()))
@@ -63,12 +69,9 @@ def test_kernel_equals_the_pytorch_path(dtype, max_norm, n, m):
 def test_kernel_against_float64_of_the_same_features(dtype):
     """Half and single precision features: the kernels (float32 sums, float64 scalars) against the float64 path."""
     real = _features(2, 70, 24, scale=3.0, seed=31, dtype=dtype)
-    syn = _features(2, 3, 24, scale=2.0, seed=32, dtype=dtype).requires_grad_()
-    d = fused.hdd_distance(real, syn, k=1.0, fused=True)
-    (g,) = torch.autograd.grad(d.sum(), syn)
-    syn64 = syn.detach().double().requires_grad_()
-    want = fused.hdd_distance(real.double(), syn64, k=1.0, fused=False)
-    (gw,) = torch.autograd.grad(want.sum(), syn64)
+    syn = _features(2, 3, 24, scale=2.0, seed=32, dtype=dtype)
+    d, g = _dist_and_grad(real, syn, k=1.0, fused=True)
+    want, gw = _dist_and_grad(real.double(), syn.double(), k=1.0, fused=False)
     assert g.dtype == dtype
     tol = 2e-3 if dtype == torch.float16 else 2e-5
     torch.testing.assert_close(d, want, rtol=tol, atol=tol)
@@ -84,13 +87,10 @@ def test_kernel_far_out_and_with_the_exact_map(dtype):
     the kernel's, accumulated about that point, is not (2e-7)."""
     k = 0.5
     real = _features(2, 9, 16, scale=60.0, seed=41, dtype=dtype)
-    syn = _features(2, 3, 16, scale=55.0, seed=42, dtype=dtype).requires_grad_()
+    syn = _features(2, 3, 16, scale=55.0, seed=42, dtype=dtype)
     assert float(real.norm(dim=-1).max()) / math.sqrt(k) > 200
-    syn64 = syn.detach().double().requires_grad_()
-    a = fused.hdd_distance(real.double(), syn64, k=k, max_norm=None, fused=False)
-    b = fused.hdd_distance(real, syn, k=k, max_norm=None, fused=True)
-    (ga,) = torch.autograd.grad(a.sum(), syn64)
-    (gb,) = torch.autograd.grad(b.sum(), syn)
+    a, ga = _dist_and_grad(real.double(), syn.double(), k=k, max_norm=None, fused=False)
+    b, gb = _dist_and_grad(real, syn, k=k, max_norm=None, fused=True)
     assert torch.isfinite(gb).all()
     tol = 1e-11 if dtype == F64 else 2e-6
     torch.testing.assert_close(b, a, rtol=tol, atol=0)
@@ -114,11 +114,8 @@ def test_kernel_one_real_point_far_out_in_float32():
 @pytest.mark.parametrize("max_norm", [10.0, None])
 def test_kernel_gradient_is_zero_where_the_centroids_coincide(max_norm):
     """Real and synthetic sides are the same points: distance 0 to rounding, and a finite gradient (no 0/0)."""
-    syn0 = _features(2, 3, 12, scale=1.5, seed=43, dtype=F64)
-    real = syn0.clone()
-    syn = syn0.clone().requires_grad_()
-    d = fused.hdd_distance(real, syn, k=1.0, max_norm=max_norm, fused=True)
-    (g,) = torch.autograd.grad(d.sum(), syn)
+    syn = _features(2, 3, 12, scale=1.5, seed=43, dtype=F64)
+    d, g = _dist_and_grad(syn.clone(), syn, k=1.0, max_norm=max_norm, fused=True)
     # the two sides are summed by different kernels, so the centroids differ by rounding: d is ~0 and its
     # gradient (a unit direction's, times the Jacobian of the centroid) is finite and bounded
     assert float(d.abs().max()) < 1e-7
@@ -165,12 +162,10 @@ def test_kernel_any_row_blocks_give_the_same_loss(monkeypatch, rows):
     a common one when combined): the loss and gradient of the PyTorch path, in float64 to rounding."""
     real = _features(2, 20, 12, scale=2.5, seed=51, dtype=F64)
     real[:, 5] *= 4.0  # a row far out in the middle: later blocks rescale to it
-    syn = _features(2, 3, 12, scale=2.0, seed=52, dtype=F64).requires_grad_()
+    syn = _features(2, 3, 12, scale=2.0, seed=52, dtype=F64)
     monkeypatch.setattr(triton_kernels, "ROWS_PER_PROGRAM", rows)
-    b = fused.hdd_distance(real, syn, k=1.0, max_norm=None, fused=True)
-    a = fused.hdd_distance(real, syn, k=1.0, max_norm=None, fused=False)
-    (gb,) = torch.autograd.grad(b.sum(), syn)
-    (ga,) = torch.autograd.grad(a.sum(), syn)
+    b, gb = _dist_and_grad(real, syn, k=1.0, max_norm=None, fused=True)
+    a, ga = _dist_and_grad(real, syn, k=1.0, max_norm=None, fused=False)
     torch.testing.assert_close(b, a, rtol=1e-13, atol=0)
     torch.testing.assert_close(gb, ga, rtol=1e-12, atol=1e-12 * float(ga.abs().max()))
     with pytest.raises(ValueError, match="rows_per_program must be >= 1"):
