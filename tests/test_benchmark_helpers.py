@@ -253,6 +253,25 @@ def test_convergence_table_pairs_seeds_and_skips_unpaired():
     assert "| hyperbolic | 1 | 200 | 0,1,2 | 77.33 +- 10.97 | +1.00, -1.00 | +0.00 +- 1.41 |" in text
 
 
+def test_convergence_figure_sets_the_matchers_side_by_side(tmp_path, monkeypatch):
+    """Each matcher's points sit just beside the evaluated iteration (MMD left, HDD right), so the error bars of
+    the two do not hide each other; the panel per IPC shows only the variants it has."""
+    import matplotlib.figure
+
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    rows = [_conv_row(v, 1, s, it, 70.0 + s) for v in ("mmd", "hyperbolic") for s in (0, 1) for it in (200, 2000)]
+    rows.append(_conv_row("mmd", 10, 0, 500, 80.0))
+    assert convergence.figure(convergence.table(rows), tmp_path / "f.png") == tmp_path / "f.png"
+    (fig,) = saved
+    ipc1, ipc10 = fig.axes
+    x = {c.get_label(): list(c.lines[0].get_xdata()) for c in ipc1.containers}  # the error bars' data lines
+    mmd_x, hdd_x = x["DM (MMD line) (2 seeds)"], x["DM + HDD (2 seeds)"]
+    for it, a, b in zip((200, 2000), mmd_x, hdd_x, strict=True):
+        assert a < it < b and b / a == pytest.approx(1.03)
+    assert [list(c.lines[0].get_xdata()) for c in ipc10.containers] == [[500.0]]
+
+
 def test_convergence_harvests_only_runs_with_the_same_settings(tmp_path):
     want = dict.fromkeys(convergence.KEYS)
     want.update(
