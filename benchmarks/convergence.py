@@ -150,6 +150,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _t975(df: int) -> float:
+    """Student's t quantile 0.975 with ``df`` degrees of freedom (the half-width factor of a 95 % interval)."""
+    from scipy.stats import t  # a dependency of hyperdm[distill]
+
+    return float(t.ppf(0.975, df))
+
+
 def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (variant, IPC, iteration): accuracy mean +- std over seeds; for HDD variants the paired difference to MMD."""
     by = {(r["variant"], r["ipc"], r["iteration"], r["seed"]): r["accuracy"] for r in rows}
@@ -165,6 +172,8 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["paired_seeds"], entry["diff_per_seed"] = paired, diffs
             if diffs:
                 entry["diff_mean"], entry["diff_std"] = _mean_std(diffs)
+            if len(diffs) > 1:  # 95 % interval of the mean paired difference (t, seeds as independent pairs)
+                entry["diff_ci95"] = _t975(len(diffs) - 1) * entry["diff_std"] / len(diffs) ** 0.5
         out.append(entry)
     return out
 
@@ -174,11 +183,23 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def format_table(entries: list[dict[str, Any]], markdown: bool = False) -> str:
-    head = ["variant", "IPC", "iteration", "seeds", "accuracy (%)", "minus MMD per seed", "minus MMD (mean +- std)"]
+    head = [
+        "variant",
+        "IPC",
+        "iteration",
+        "seeds",
+        "accuracy (%)",
+        "minus MMD per seed",
+        "minus MMD (mean +- std)",
+        "95 % interval of the mean",
+    ]
     lines = []
     for e in entries:
         diffs = ", ".join(f"{d:+.2f}" for d in e.get("diff_per_seed", [])) or "-"
         dm = f"{e['diff_mean']:+.2f} +- {e['diff_std']:.2f}" if "diff_mean" in e else "-"
+        ci = "-"
+        if "diff_ci95" in e:
+            ci = f"{e['diff_mean'] - e['diff_ci95']:+.2f} to {e['diff_mean'] + e['diff_ci95']:+.2f}"
         lines.append(
             [
                 e["variant"],
@@ -188,6 +209,7 @@ def format_table(entries: list[dict[str, Any]], markdown: bool = False) -> str:
                 f"{e['mean']:.2f} +- {e['std']:.2f}",
                 diffs,
                 dm,
+                ci,
             ]
         )
     if markdown:

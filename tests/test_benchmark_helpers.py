@@ -248,9 +248,10 @@ def test_convergence_table_pairs_seeds_and_skips_unpaired():
     assert hdd["seeds"] == [0, 1, 2] and hdd["mean"] == pytest.approx(232 / 3)
     assert hdd["paired_seeds"] == [0, 1] and hdd["diff_per_seed"] == [1.0, -1.0]
     assert hdd["diff_mean"] == 0.0 and hdd["diff_std"] == pytest.approx(2**0.5)
+    assert hdd["diff_ci95"] == pytest.approx(12.7062047, rel=1e-7)  # t(0.975, 1 df) * sqrt(2) / sqrt(2)
     assert table[("mmd", 10, 500)]["std"] == 0.0 and "diff_mean" not in table[("mmd", 10, 500)]
     text = convergence.format_table(convergence.table(rows), markdown=True)
-    assert "| hyperbolic | 1 | 200 | 0,1,2 | 77.33 +- 10.97 | +1.00, -1.00 | +0.00 +- 1.41 |" in text
+    assert "| hyperbolic | 1 | 200 | 0,1,2 | 77.33 +- 10.97 | +1.00, -1.00 | +0.00 +- 1.41 | -12.71 to +12.71 |" in text
 
 
 def test_convergence_figure_sets_the_matchers_side_by_side(tmp_path, monkeypatch):
