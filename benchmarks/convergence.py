@@ -244,18 +244,19 @@ def figure(entries: list[dict[str, Any]], path: Path) -> Path | None:
         "scale-double": "DM + HDD, lambda x2",
     }
     for ax, ipc in zip(axes[0], ipcs, strict=True):
-        present = [v for v in VARIANTS if any(e["ipc"] == ipc and e["variant"] == v for e in entries)]
-        for variant in VARIANTS:
-            pts = sorted(
+        series = {
+            variant: sorted(
                 (e["iteration"], e["mean"], e["std"], len(e["seeds"]))
                 for e in entries
                 if e["ipc"] == ipc and e["variant"] == variant
             )
-            if not pts:
-                continue
+            for variant in VARIANTS
+        }
+        series = {variant: pts for variant, pts in series.items() if pts}
+        for place, (variant, pts) in enumerate(series.items()):
             its, mean, std, n = zip(*pts, strict=True)
             # side by side around each evaluated iteration (a few percent on the log axis), so error bars do not overlap
-            dodge = 1.03 ** (present.index(variant) - (len(present) - 1) / 2)
+            dodge = 1.03 ** (place - (len(series) - 1) / 2)
             its = tuple(t * dodge for t in its)
             seeds = f"{min(n)}-{max(n)} seeds" if min(n) != max(n) else f"{n[0]} seed{'s' if n[0] > 1 else ''}"
             ax.errorbar(
