@@ -9,12 +9,13 @@ matching). Optional variants change one HDD setting: ``no-clamp`` (the exact exp
 
 One row per (method, matcher, variant, IPC, seed, iteration), with the evaluation runs
 themselves. Rows are merged into the results file under a lock as each evaluation lands
-(read from the run directory's ``metrics.json``), so a stopped study loses at most the
-iterations since the last evaluation: the next start continues each run from its checkpoint.
+(read from the run directory's ``metrics.json``), and each run writes a checkpoint every 50
+iterations (the ``cpu`` preset), so a stopped study loses at most the 50 iterations since a run's
+last checkpoint: the next start continues each run from it.
 ``--shard I/N`` splits the runs between processes.
 
-    python benchmarks/convergence.py --threads 1                                 # 12 runs, ~20 h on one core
-    python benchmarks/convergence.py --ipcs 10 --variants no-clamp scale-double  # the follow-up settings
+    python benchmarks/convergence.py --threads 1                                 # 12 runs, ~30 h on one core
+    python benchmarks/convergence.py --ipcs 10 --variants no-clamp scale-double  # the follow-up settings, 6 runs, ~18 h
     python benchmarks/convergence.py --harvest-only     # merge the evaluations of unfinished runs, then print
     python benchmarks/convergence.py --table-only [--markdown]
 
