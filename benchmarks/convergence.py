@@ -197,7 +197,9 @@ def format_table(entries: list[dict[str, Any]], markdown: bool = False) -> str:
     lines = []
     for e in entries:
         diffs = ", ".join(f"{d:+.2f}" for d in e.get("diff_per_seed", [])) or "-"
-        dm = f"{e['diff_mean']:+.2f} +- {e['diff_std']:.2f}" if "diff_mean" in e else "-"
+        dm = "-"
+        if "diff_mean" in e:  # one pair has no spread to show
+            dm = f"{e['diff_mean']:+.2f}" + (f" +- {e['diff_std']:.2f}" if len(e["diff_per_seed"]) > 1 else "")
         ci = "-"
         if "diff_ci95" in e:
             ci = f"{e['diff_mean'] - e['diff_ci95']:+.2f} to {e['diff_mean'] + e['diff_ci95']:+.2f}"
@@ -207,7 +209,7 @@ def format_table(entries: list[dict[str, Any]], markdown: bool = False) -> str:
                 str(e["ipc"]),
                 str(e["iteration"]),
                 ",".join(map(str, e["seeds"])),
-                f"{e['mean']:.2f} +- {e['std']:.2f}",
+                f"{e['mean']:.2f}" + (f" +- {e['std']:.2f}" if len(e["seeds"]) > 1 else ""),
                 diffs,
                 dm,
                 ci,

@@ -252,6 +252,9 @@ def test_convergence_table_pairs_seeds_and_skips_unpaired():
     assert table[("mmd", 10, 500)]["std"] == 0.0 and "diff_mean" not in table[("mmd", 10, 500)]
     text = convergence.format_table(convergence.table(rows), markdown=True)
     assert "| hyperbolic | 1 | 200 | 0,1,2 | 77.33 +- 10.97 | +1.00, -1.00 | +0.00 +- 1.41 | -12.71 to +12.71 |" in text
+    assert "| mmd | 10 | 500 | 0 | 80.00 | - | - | - |" in text  # one seed: no '+- 0.00' spread
+    one_pair = convergence.format_table(convergence.table(rows[:1] + rows[2:3]), markdown=True)
+    assert "| hyperbolic | 1 | 200 | 0 | 71.00 | +1.00 | +1.00 | - |" in one_pair
 
 
 def test_convergence_figure_sets_the_matchers_side_by_side(tmp_path, monkeypatch):
