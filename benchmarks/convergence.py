@@ -183,6 +183,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"table": table(rows)}
 
 
+def _mean_pm(mean: float, std: float, n: int, spec: str) -> str:
+    """``mean +- std``, or the mean alone for one value (whose spread is undefined, not 0)."""
+    return f"{mean:{spec}}" + (f" +- {std:.2f}" if n > 1 else "")
+
+
 def format_table(entries: list[dict[str, Any]], markdown: bool = False) -> str:
     head = [
         "variant",
@@ -197,9 +202,7 @@ def format_table(entries: list[dict[str, Any]], markdown: bool = False) -> str:
     lines = []
     for e in entries:
         diffs = ", ".join(f"{d:+.2f}" for d in e.get("diff_per_seed", [])) or "-"
-        dm = "-"
-        if "diff_mean" in e:  # one pair has no spread to show
-            dm = f"{e['diff_mean']:+.2f}" + (f" +- {e['diff_std']:.2f}" if len(e["diff_per_seed"]) > 1 else "")
+        dm = _mean_pm(e["diff_mean"], e["diff_std"], len(e["diff_per_seed"]), "+.2f") if "diff_mean" in e else "-"
         ci = "-"
         if "diff_ci95" in e:
             ci = f"{e['diff_mean'] - e['diff_ci95']:+.2f} to {e['diff_mean'] + e['diff_ci95']:+.2f}"
@@ -209,7 +212,7 @@ def format_table(entries: list[dict[str, Any]], markdown: bool = False) -> str:
                 str(e["ipc"]),
                 str(e["iteration"]),
                 ",".join(map(str, e["seeds"])),
-                f"{e['mean']:.2f}" + (f" +- {e['std']:.2f}" if len(e["seeds"]) > 1 else ""),
+                _mean_pm(e["mean"], e["std"], len(e["seeds"]), ".2f"),
                 diffs,
                 dm,
                 ci,
