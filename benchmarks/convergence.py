@@ -16,7 +16,7 @@ last checkpoint: the next start continues each run from it.
 
     python benchmarks/convergence.py --threads 1                                 # 12 runs, ~30 h on one core
     python benchmarks/convergence.py --ipcs 10 --variants no-clamp scale-double  # the follow-up settings, 6 runs, ~18 h
-    python benchmarks/convergence.py --harvest-only     # merge the evaluations of unfinished runs, then print
+    python benchmarks/convergence.py --harvest-only     # merge every variant's unfinished runs, then print
     python benchmarks/convergence.py --table-only [--markdown]
 
 Results: ``benchmarks/results/convergence_<dataset>_cpu.json`` and ``.png`` beside it.
@@ -89,6 +89,13 @@ def settings(cfg: Any) -> dict[str, Any]:
 
 def run_dir(a: argparse.Namespace, variant: str, ipc: int, seed: int) -> Path:
     return Path(a.work) / f"dm-{variant}-ipc{ipc}-seed{seed}"
+
+
+def harvested(a: argparse.Namespace) -> list[tuple[str, int, int]]:
+    """The runs whose directories under ``--work`` are harvested: every variant (not only ``--variants``, so that
+    ``--harvest-only`` also merges the follow-up settings' runs), at ``--ipcs`` and ``--seeds``, if they exist."""
+    runs = [(v, ipc, seed) for ipc in a.ipcs for seed in a.seeds for v in VARIANTS]
+    return [r for r in runs if run_dir(a, *r).is_dir()]
 
 
 def rows_of_run(path: Path, variant: str, want: dict[str, Any]) -> list[dict[str, Any]]:
@@ -299,7 +306,9 @@ def main() -> None:
         "--work", default="runs/convergence", help="run directories (an interrupted run there is continued)"
     )
     ap.add_argument(
-        "--harvest-only", action="store_true", help="merge the evaluations saved in the run directories and exit"
+        "--harvest-only",
+        action="store_true",
+        help="merge the evaluations saved in the run directories (every variant found under --work) and exit",
     )
     ap.add_argument("--markdown", action="store_true", help="with --table-only: a Markdown table")
     add_sweep_args(ap, "runs")
@@ -312,7 +321,7 @@ def main() -> None:
         return
     header = {"benchmark": "convergence", "method": "dm", "preset": "cpu", "dataset": a.dataset, **machine(a.device)}
     runs = [(v, ipc, seed) for ipc in a.ipcs for seed in a.seeds for v in a.variants]
-    for variant, ipc, seed in runs:  # evaluations left by earlier, stopped sittings
+    for variant, ipc, seed in harvested(a):  # evaluations left by earlier, stopped sittings, of every variant
         cfg = configure(variant, ipc, seed, a)
         harvest(store, header, run_dir(a, variant, ipc, seed), variant, settings(cfg))
     if not a.harvest_only:

@@ -307,6 +307,18 @@ def test_convergence_harvests_a_nested_config_json_like_a_flat_one(tmp_path):
     assert convergence.rows_of_run(tmp_path, "no-clamp", {**want, "max_norm": 10.0}) == []
 
 
+def test_convergence_harvests_every_variant_found_under_work(tmp_path):
+    """A run of the follow-up variants is harvested by a plain ``--harvest-only`` (whose ``--variants`` default to
+    mmd and hyperbolic), and only the run directories that exist at the requested IPCs and seeds are read."""
+    import argparse
+
+    for name in ("dm-no-clamp-ipc10-seed0", "dm-mmd-ipc1-seed2", "dm-hyperbolic-ipc50-seed0"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "dm-scale-double-ipc10-seed1").write_text("not a run directory")
+    a = argparse.Namespace(work=str(tmp_path), ipcs=[1, 10], seeds=[0, 1, 2], variants=["mmd", "hyperbolic"])
+    assert convergence.harvested(a) == [("mmd", 1, 2), ("no-clamp", 10, 0)]
+
+
 GPU_SESSION = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh"
 
 
