@@ -91,11 +91,15 @@ def run_dir(a: argparse.Namespace, variant: str, ipc: int, seed: int) -> Path:
     return Path(a.work) / f"dm-{variant}-ipc{ipc}-seed{seed}"
 
 
+def runs_of(a: argparse.Namespace, variants: list[str]) -> list[tuple[str, int, int]]:
+    """``(variant, ipc, seed)`` at ``--ipcs`` and ``--seeds``, in the one order that ``--shard`` splits."""
+    return [(v, ipc, seed) for ipc in a.ipcs for seed in a.seeds for v in variants]
+
+
 def harvested(a: argparse.Namespace) -> list[tuple[str, int, int]]:
     """The runs whose directories under ``--work`` are harvested: every variant (not only ``--variants``, so that
     ``--harvest-only`` also merges the follow-up settings' runs), at ``--ipcs`` and ``--seeds``, if they exist."""
-    runs = [(v, ipc, seed) for ipc in a.ipcs for seed in a.seeds for v in VARIANTS]
-    return [r for r in runs if run_dir(a, *r).is_dir()]
+    return [r for r in runs_of(a, list(VARIANTS)) if run_dir(a, *r).is_dir()]
 
 
 def rows_of_run(path: Path, variant: str, want: dict[str, Any]) -> list[dict[str, Any]]:
@@ -320,7 +324,7 @@ def main() -> None:
         print(format_table(table(store.rows()), a.markdown))
         return
     header = {"benchmark": "convergence", "method": "dm", "preset": "cpu", "dataset": a.dataset, **machine(a.device)}
-    runs = [(v, ipc, seed) for ipc in a.ipcs for seed in a.seeds for v in a.variants]
+    runs = runs_of(a, a.variants)
     for variant, ipc, seed in harvested(a):  # evaluations left by earlier, stopped sittings, of every variant
         cfg = configure(variant, ipc, seed, a)
         harvest(store, header, run_dir(a, variant, ipc, seed), variant, settings(cfg))
