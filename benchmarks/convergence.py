@@ -17,7 +17,7 @@ last checkpoint: the next start continues each run from it.
     python benchmarks/convergence.py --threads 1                                 # 12 runs, ~30 h on one core
     python benchmarks/convergence.py --ipcs 10 --variants no-clamp scale-double  # the follow-up settings, 6 runs, ~18 h
     python benchmarks/convergence.py --harvest-only     # merge every variant's unfinished runs, then print
-    python benchmarks/convergence.py --table-only [--markdown]
+    python benchmarks/convergence.py --table-only [--markdown] [--against hyperbolic]
 
 Results: ``benchmarks/results/convergence_<dataset>_cpu.json`` and ``.png`` beside it.
 """
@@ -169,19 +169,28 @@ def _t975(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
-def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (variant, IPC, iteration): accuracy mean +- std over seeds; for HDD variants the paired difference to MMD."""
+#: the baselines a variant's paired difference can be taken against: the MMD line, HDD as published
+BASELINES = {"mmd": "MMD", "hyperbolic": "HDD as published"}
+
+
+def table(rows: list[dict[str, Any]], against: str = "mmd") -> list[dict[str, Any]]:
+    """Per (variant, IPC, iteration): accuracy mean +- std over seeds, and the paired difference (same seed) to the
+    ``against`` baseline: ``"mmd"`` (the MMD line, for every other variant) or ``"hyperbolic"`` (HDD as published,
+    for the other HDD settings, which change one of its settings)."""
+    if against not in BASELINES:
+        raise ValueError(f"against={against!r}: choose one of {', '.join(BASELINES)}")
     by = {(r["variant"], r["ipc"], r["iteration"], r["seed"]): r["accuracy"] for r in rows}
+    compared = [v for v in VARIANTS if v != against and (against == "mmd" or VARIANTS[v][0] == VARIANTS[against][0])]
     out = []
     for variant, ipc, it in sorted({k[:3] for k in by}, key=lambda k: (k[1], list(VARIANTS).index(k[0]), k[2])):
         seeds = sorted(s for (v, i, t, s) in by if (v, i, t) == (variant, ipc, it))
         accs = [by[(variant, ipc, it, s)] for s in seeds]
         entry: dict[str, Any] = {"variant": variant, "ipc": ipc, "iteration": it, "seeds": seeds, "per_seed": accs}
         entry["mean"], entry["std"] = _mean_std(accs)
-        if variant != "mmd":
-            paired = [s for s in seeds if ("mmd", ipc, it, s) in by]
-            diffs = [by[(variant, ipc, it, s)] - by[("mmd", ipc, it, s)] for s in paired]
-            entry["paired_seeds"], entry["diff_per_seed"] = paired, diffs
+        if variant in compared:
+            paired = [s for s in seeds if (against, ipc, it, s) in by]
+            diffs = [by[(variant, ipc, it, s)] - by[(against, ipc, it, s)] for s in paired]
+            entry["against"], entry["paired_seeds"], entry["diff_per_seed"] = against, paired, diffs
             if diffs:
                 entry["diff_mean"], entry["diff_std"] = _mean_std(diffs)
             if len(diffs) > 1:  # 95 % interval of the mean paired difference (t, seeds as independent pairs)
@@ -191,7 +200,7 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"table": table(rows)}
+    return {"table": table(rows), "table_against_hyperbolic": table(rows, "hyperbolic")}
 
 
 def _mean_pm(mean: float, std: float, n: int, spec: str) -> str:
@@ -199,15 +208,17 @@ def _mean_pm(mean: float, std: float, n: int, spec: str) -> str:
     return f"{mean:{spec}}" + (f" +- {std:.2f}" if n > 1 else "")
 
 
-def format_table(entries: list[dict[str, Any]], markdown: bool = False) -> str:
+def format_table(entries: list[dict[str, Any]], markdown: bool = False, against: str = "mmd") -> str:
+    """The entries of ``table(rows, against)`` as aligned text, or as a Markdown table."""
+    base = BASELINES[against]
     head = [
         "variant",
         "IPC",
         "iteration",
         "seeds",
         "accuracy (%)",
-        "minus MMD per seed",
-        "minus MMD (mean +- std)",
+        f"minus {base} per seed",
+        f"minus {base} (mean +- std)",
         "95 % interval of the mean",
     ]
     lines = []
@@ -315,13 +326,20 @@ def main() -> None:
         help="merge the evaluations saved in the run directories (every variant found under --work) and exit",
     )
     ap.add_argument("--markdown", action="store_true", help="with --table-only: a Markdown table")
+    ap.add_argument(
+        "--against",
+        default="mmd",
+        choices=list(BASELINES),
+        help="with --table-only: the paired differences against the MMD line (default) or against HDD as published "
+        "(for the other HDD settings)",
+    )
     add_sweep_args(ap, "runs")
     a = ap.parse_args()
     shard, shards = sweep_setup(ap, a)
     store = RowStore(f"convergence_{a.dataset}_cpu")
     png = RESULTS / f"convergence_{a.dataset}_cpu.png"
     if a.table_only:
-        print(format_table(table(store.rows()), a.markdown))
+        print(format_table(table(store.rows(), a.against), a.markdown, a.against))
         return
     header = {"benchmark": "convergence", "method": "dm", "preset": "cpu", "dataset": a.dataset, **machine(a.device)}
     runs = runs_of(a, a.variants)

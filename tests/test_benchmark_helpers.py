@@ -257,6 +257,31 @@ def test_convergence_table_pairs_seeds_and_skips_unpaired():
     assert "| hyperbolic | 1 | 200 | 0 | 71.00 | +1.00 | +1.00 | - |" in one_pair
 
 
+def test_convergence_table_against_hdd_as_published_pairs_only_the_other_hdd_settings():
+    rows = [
+        _conv_row("mmd", 10, 0, 200, 80.0),
+        _conv_row("hyperbolic", 10, 0, 200, 81.0),
+        _conv_row("hyperbolic", 10, 1, 200, 79.5),
+        _conv_row("no-clamp", 10, 0, 200, 82.5),
+        _conv_row("no-clamp", 10, 1, 200, 80.0),
+        _conv_row("scale-double", 10, 2, 200, 70.0),  # no HDD partner
+    ]
+    table = {e["variant"]: e for e in convergence.table(rows, "hyperbolic")}
+    assert "diff_per_seed" not in table["mmd"] and "diff_per_seed" not in table["hyperbolic"]  # not HDD settings
+    assert table["no-clamp"]["against"] == "hyperbolic" and table["no-clamp"]["paired_seeds"] == [0, 1]
+    assert table["no-clamp"]["diff_per_seed"] == [1.5, 0.5] and table["no-clamp"]["diff_mean"] == 1.0
+    assert table["no-clamp"]["diff_ci95"] == pytest.approx(12.7062047 * 0.5, rel=1e-7)  # std sqrt(0.5), 2 pairs
+    assert table["scale-double"]["paired_seeds"] == [] and "diff_mean" not in table["scale-double"]
+    against_mmd = {e["variant"]: e for e in convergence.table(rows)}  # the default: every variant minus the MMD line
+    assert against_mmd["no-clamp"]["diff_per_seed"] == [2.5] and against_mmd["hyperbolic"]["diff_per_seed"] == [1.0]
+    text = convergence.format_table(convergence.table(rows, "hyperbolic"), markdown=True, against="hyperbolic")
+    assert "| minus HDD as published per seed |" in text and "minus MMD" not in text
+    assert "| no-clamp | 10 | 200 | 0,1 | 81.25 +- 1.77 | +1.50, +0.50 | +1.00 +- 0.71 | -5.35 to +7.35 |" in text
+    assert convergence.summary(rows)["table_against_hyperbolic"] == convergence.table(rows, "hyperbolic")
+    with pytest.raises(ValueError, match="choose one of mmd, hyperbolic"):
+        convergence.table(rows, "no-clamp")
+
+
 def test_convergence_figure_sets_the_matchers_side_by_side(tmp_path, monkeypatch):
     """Each matcher's points sit just beside the evaluated iteration (MMD left, HDD right), so the error bars of
     the two do not hide each other; the panel per IPC shows only the variants it has."""
