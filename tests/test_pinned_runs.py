@@ -3,10 +3,15 @@
 ``data/pinned_runs.json`` holds the per-iteration losses and two digests of the final synthetic
 images (sum and sum of squares) of five short runs on real Fashion-MNIST (40 images per class,
 seed 5, five iterations, float64 matching unless named), recorded with the matcher that composed
-``lorentz.feature_centroid`` and ``lorentz.dist`` under autograd. The fused matcher with its
-analytic backward must reproduce them to float rounding: losses and digests to a relative 1e-6
-(1e-5 for the float32-matching run: float32 images and matching round at ~1e-7; measured differences were 0 for every
-float64 run and 1.4e-6 / 2.3e-7 for the image digests of the float32 run).
+``lorentz.feature_centroid`` and ``lorentz.dist`` under autograd, on an AMD EPYC CPU.
+
+Two checks per run. On the machine running the test, the fused matcher with its analytic backward
+reproduces the same run with that composed matcher to float rounding: losses and digests to a
+relative 1e-6 (1e-5 for the float32-matching run: float32 images and matching round at ~1e-7;
+measured differences were 0 for every float64 run and 1.4e-6 / 2.3e-7 for the image digests of the
+float32 run). Against the recording, a relative 5e-5: the ConvNet runs in float32, and its CPU
+kernels round differently on other instruction sets (an Intel Xeon's runs differed from the
+recording by up to 3.7e-6).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 from test_distill_loop import FMNIST, needs_fmnist
+from torch import nn
 
+from hyperdm import lorentz as L
 from hyperdm.distill.loops import get_loop
 from hyperdm.distill.presets import resolve
 
@@ -38,6 +45,19 @@ RUNS = {
 }
 
 
+class _ComposedMatcher(nn.Module):
+    """The recording's matcher: ``scale * sum_c dist(centroid(real_c), centroid(syn_c))`` composed under autograd."""
+
+    def __init__(self, k: float, scale: float, max_norm: float | None) -> None:
+        super().__init__()
+        self.k, self.scale, self.max_norm = k, scale, max_norm
+
+    def forward(self, real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
+        cr = L.feature_centroid(real, k=self.k, max_norm=self.max_norm)
+        cs = L.feature_centroid(syn, k=self.k, max_norm=self.max_norm)
+        return self.scale * L.dist(cr, cs, k=self.k).sum()
+
+
 @needs_fmnist
 @pytest.mark.parametrize("name", list(RUNS))
 def test_run_reproduces_the_recorded_curve(name, tmp_path, monkeypatch):
@@ -55,17 +75,31 @@ def test_run_reproduces_the_recorded_curve(name, tmp_path, monkeypatch):
     ipc = kw.pop("ipc", 1)
     cfg = resolve(preset="cpu", method=method, matcher="hyperbolic", dataset="fashion-mnist", ipc=ipc, overrides=kw)
     if name.endswith("noclamp"):
-        cfg.max_norm = None
+        cfg.matcher.max_norm = None
+    composed = _ComposedMatcher(cfg.matcher.k, cfg.matcher.scale, cfg.matcher.max_norm)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the recording's thread count (summation order)
     try:
-        loop = get_loop(cfg.method)(cfg, real, str(tmp_path / "run"), progress=False)
-        metrics = loop.run()
+        got = {}
+        for which, matcher in (("fused", None), ("composed", composed)):
+            loop = get_loop(cfg.method)(cfg, real, str(tmp_path / which), matcher=matcher, progress=False)
+            metrics = loop.run()
+            images = loop.syn.detach().double()
+            got[which] = {
+                "loss": metrics["loss"],
+                "images_sum": float(images.sum()),
+                "images_sq": float(images.square().sum()),
+            }
     finally:
         torch.set_num_threads(threads)
-    images = loop.syn.detach().double()
-    want = PINNED[name]
     rel = 1e-5 if name == "dm-float32" else 1e-6
-    assert metrics["loss"] == pytest.approx(want["loss"], rel=rel)
-    assert float(images.sum()) == pytest.approx(want["images_sum"], rel=rel)
-    assert float(images.square().sum()) == pytest.approx(want["images_sq"], rel=rel)
+    _assert_close(got["fused"], got["composed"], rel, images.numel())  # the same machine: float rounding only
+    _assert_close(got["fused"], PINNED[name], 5e-5, images.numel())  # another CPU: float32 kernels round otherwise
+
+
+def _assert_close(got: dict, want: dict, rel: float, n: int) -> None:
+    """Losses and the sum of squares to ``rel``; the sum of the ``n`` pixel values, which cancels, to ``rel`` times
+    ``sqrt(n * sum of squares)`` (a bound on the sum of their magnitudes)."""
+    assert got["loss"] == pytest.approx(want["loss"], rel=rel)
+    assert got["images_sq"] == pytest.approx(want["images_sq"], rel=rel)
+    assert got["images_sum"] == pytest.approx(want["images_sum"], abs=rel * (n * want["images_sq"]) ** 0.5)
