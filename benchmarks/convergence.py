@@ -146,12 +146,19 @@ def harvest(
     want: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> int:
-    """Merge the evaluations found in ``path`` into the results file; returns how many rows were new or changed."""
+    """Merge the evaluations found in ``path`` into the results file; returns how many rows were new or changed.
+
+    A new evaluation names the CPU it ran on (``cpu_model``, from ``header``); an evaluation merged before keeps its
+    own, and the wall time recorded with it. A changed one (the run was measured again, e.g. on another machine after
+    its run directory was lost) replaces the old row whole."""
     have = {r["id"]: r for r in store.rows()}
     n = 0
     for row in rows_of_run(path, variant, want):
         old = have.get(row["id"], {})
-        row = {**old, **row, **(extra or {})}  # keep a wall time recorded earlier
+        if old.get("runs") == row["runs"]:
+            row = {**old, **row, **(extra or {})}
+        else:
+            row = {**row, "cpu_model": header.get("cpu_model"), **(extra or {})}
         if row != old:
             store.put(row, header, summary)
             n += 1

@@ -317,6 +317,33 @@ def test_convergence_harvests_only_runs_with_the_same_settings(tmp_path):
     assert convergence.rows_of_run(tmp_path, "mmd", {**want, "iterations": 200}) == []
 
 
+def test_convergence_harvest_names_the_cpu_of_new_evaluations_and_replaces_a_remeasured_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(_results, "RESULTS", tmp_path / "results")
+    store = _results.RowStore("conv")
+    want = dict.fromkeys(convergence.KEYS)
+    want.update(iterations=2000, ipc=10, seed=1, eval_epochs=300, eval_runs=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({**want, "matcher": "mmd"}))
+
+    def evaluate(accs, final=False):
+        evals = [{"iteration": 200, "ConvNet": {"mean": sum(accs) / 2, "std": 0.0, "accs": accs}}]
+        (run / "metrics.json").write_text(json.dumps({"evals": evals, "final": final, "distill_seconds": 5.0}))
+
+    evaluate([0.81, 0.82])
+    assert convergence.harvest(store, {"cpu_model": "CPU A"}, run, "mmd", want, {"threads": 1}) == 1
+    (first,) = store.rows()
+    assert first["cpu_model"] == "CPU A" and first["threads"] == 1 and first["accuracy"] == pytest.approx(81.5)
+    # harvested again elsewhere, the same evaluation: nothing changes, the row keeps its CPU and its extras
+    assert convergence.harvest(store, {"cpu_model": "CPU B"}, run, "mmd", want) == 0
+    assert store.rows() == [first]
+    evaluate([0.80, 0.82], final=True)  # measured again (a new trajectory): replaced whole, the old extras gone
+    assert convergence.harvest(store, {"cpu_model": "CPU B"}, run, "mmd", want) == 1
+    (second,) = store.rows()
+    assert second["cpu_model"] == "CPU B" and "threads" not in second and second["accuracy"] == pytest.approx(81.0)
+    assert second["run_finished"] and second["run_distill_seconds"] == 5.0
+
+
 def test_convergence_harvests_a_nested_config_json_like_a_flat_one(tmp_path):
     import argparse
 
