@@ -136,8 +136,9 @@ def sweep_setup(ap: Any, a: Any) -> tuple[int, int]:
     return shard, shards
 
 
-def distill_resumable(cfg: Any, out: Path) -> tuple[dict[str, Any], float]:
-    """``hyperdm.distill`` into ``out``, continuing a run with the same settings that stopped there.
+def distill_resumable(cfg: Any, out: Path, stop_at: int | None = None) -> tuple[dict[str, Any], float]:
+    """``hyperdm.distill`` into ``out``, continuing a run with the same settings that stopped there (and pausing
+    at ``stop_at``, if given).
 
     A run directory holding other settings is replaced. Returns the metrics and the wall time.
     """
@@ -145,11 +146,11 @@ def distill_resumable(cfg: Any, out: Path) -> tuple[dict[str, Any], float]:
 
     t0 = time.perf_counter()
     try:
-        m = distill(cfg, str(out), resume=True, progress=False)
+        m = distill(cfg, str(out), resume=True, progress=False, stop_at=stop_at)
     except ValueError as e:
         if "different settings" not in str(e):
             raise
         print(f"{out}: holds a run with other settings; starting over", flush=True)
         shutil.rmtree(out)
-        m = distill(cfg, str(out), progress=False)
+        m = distill(cfg, str(out), progress=False, stop_at=stop_at)
     return m, time.perf_counter() - t0

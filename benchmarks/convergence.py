@@ -16,6 +16,8 @@ last checkpoint: the next start continues each run from it.
 
     python benchmarks/convergence.py --threads 1                                 # 12 runs, ~30 h on one core
     python benchmarks/convergence.py --ipcs 10 --variants no-clamp scale-double  # the follow-up settings, 6 runs, ~18 h
+    python benchmarks/convergence.py --seeds 0 --variants radius-1 radius-2 radius-4 radius-8 --stop-at 1000
+                                                        # screening of the radius calibration, paused at 1,000
     python benchmarks/convergence.py --harvest-only     # merge every variant's unfinished runs, then print
     python benchmarks/convergence.py --table-only [--markdown] [--against hyperbolic]
 
@@ -43,6 +45,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "hyperbolic": ("hyperbolic", {}),
     "no-clamp": ("hyperbolic", {"max_norm": None}),
     "scale-double": ("hyperbolic", {"scale": 2.0}),  # a factor of the row's lambda
+    # radius calibration (exact exp-map): the features scaled so that the first real batch's median radius is r0
+    **{f"radius-{r}": ("hyperbolic", {"radius": float(r), "max_norm": None}) for r in (1, 2, 4, 8)},
+    **{
+        f"radius-{r}-hier": ("hyperbolic", {"radius": float(r), "max_norm": None, "hierarchical": True})
+        for r in (1, 2, 4, 8)
+    },
 }
 #: settings recorded in every row; a run directory holding other values is not harvested
 KEYS = (
@@ -52,6 +60,8 @@ KEYS = (
     "k",
     "scale",
     "max_norm",
+    "radius",
+    "hierarchical",
     "match_dtype",
     "eval_epochs",
     "eval_runs",
@@ -83,7 +93,7 @@ def configure(variant: str, ipc: int, seed: int, a: argparse.Namespace) -> Any:
 def settings(cfg: Any) -> dict[str, Any]:
     out = {key: cfg.setting(key) for key in KEYS}
     if cfg.matcher.kind == "mmd":
-        out.update(k=None, scale=None, max_norm=None)
+        out.update(k=None, scale=None, max_norm=None, radius=None, hierarchical=None)
     return out
 
 
@@ -111,7 +121,7 @@ def rows_of_run(path: Path, variant: str, want: dict[str, Any]) -> list[dict[str
         return []
     have = {key: run_setting(cfg, FLAT.get(key, key)) for key in KEYS}  # nested config.json, or the flat one of 0.1
     if run_setting(cfg, "matcher.kind") == "mmd":
-        have.update(k=None, scale=None, max_norm=None)
+        have.update(k=None, scale=None, max_norm=None, radius=None, hierarchical=None)
     if have != want:
         return []
     matcher = VARIANTS[variant][0]
@@ -131,6 +141,8 @@ def rows_of_run(path: Path, variant: str, want: dict[str, Any]) -> list[dict[str
                 "runs": [100 * v for v in r["accs"]],
                 **{f"run_{k}": v for k, v in want.items()},
                 "matcher_scale": m.get("matcher_scale"),
+                "matcher_alpha": m.get("matcher_alpha"),
+                "radius_first_iteration": m.get("radius"),
                 "run_finished": bool(m.get("final")),
                 "run_distill_seconds": m.get("distill_seconds") if m.get("final") else None,
             }
@@ -295,7 +307,13 @@ def figure(entries: list[dict[str, Any]], path: Path) -> Path | None:
             its = tuple(t * dodge for t in its)
             seeds = f"{min(n)}-{max(n)} seeds" if min(n) != max(n) else f"{n[0]} seed{'s' if n[0] > 1 else ''}"
             ax.errorbar(
-                its, mean, yerr=std, marker="o", capsize=3, color=colours[variant], label=f"{names[variant]} ({seeds})"
+                its,
+                mean,
+                yerr=std,
+                marker="o",
+                capsize=3,
+                color=colours.get(variant, f"C{place}"),
+                label=f"{names.get(variant, 'DM + HDD, ' + variant)} ({seeds})",
             )
         ax.set_xscale("log")
         shown = sorted({e["iteration"] for e in entries if e["ipc"] == ipc})
@@ -325,7 +343,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data-root", default=None)
     ap.add_argument(
-        "--work", default="runs/convergence", help="run directories (an interrupted run there is continued)"
+        "--work",
+        default="benchmarks/work/convergence",
+        help="run directories (an interrupted run there is continued; their small checkpoints are committed so that "
+        "another machine can continue them)",
+    )
+    ap.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="pause each run at this iteration (after its evaluation there); a later start without it continues",
     )
     ap.add_argument(
         "--harvest-only",
@@ -361,18 +388,20 @@ def main() -> None:
             done = {
                 r["iteration"]
                 for r in store.rows()
-                if r["id"].startswith(f"dm/{variant}/ipc{ipc}/seed{seed}/") and r.get("run_finished")
+                if r["id"].startswith(f"dm/{variant}/ipc{ipc}/seed{seed}/")
+                and (r.get("run_finished") or a.stop_at is not None)
             }
-            if set(cfg.eval_iterations()) <= done:
+            due = {i for i in cfg.eval_iterations() if a.stop_at is None or i <= a.stop_at}
+            if due <= done:
                 print(f"{variant} ipc {ipc} seed {seed}: done, skipped", flush=True)
                 continue
             t0 = time.perf_counter()
             print(f"{variant} ipc {ipc} seed {seed}: running in {path}", flush=True)
-            m, wall = distill_resumable(cfg, path)
+            m, wall = distill_resumable(cfg, path, stop_at=a.stop_at)
             extra = {
                 "run_wall_seconds_this_sitting": wall,
                 "threads": torch.get_num_threads(),
-                "run_distill_seconds": m["distill_seconds"],
+                "run_distill_seconds": m["distill_seconds"] if m.get("final") else None,
             }
             harvest(store, header, path, variant, want, extra)
             accs = ", ".join(f"it {e['iteration']}: {100 * e['ConvNet']['mean']:.2f}" for e in m["evals"])

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .lorentz import CentroidSums, Reduce
 
-__all__ = ["all_reduce_fn", "check_process_group", "gather_strided", "reduce_centroid_sums"]
+__all__ = ["all_reduce_fn", "check_process_group", "gather_strided", "gather_values", "reduce_centroid_sums"]
 
 
 def check_process_group(group: Any) -> None:
@@ -125,3 +125,22 @@ def gather_strided(local: Tensor, total: int, group: Any | None = None) -> Tenso
     for r, part in enumerate(parts):
         out[r::world] = part[: len(range(r, total, world))]
     return out
+
+
+def gather_values(local: Tensor, group: Any | None = None) -> Tensor:
+    """Every rank's values (any shapes, flattened), concatenated in rank order, on every rank.
+
+    Two collectives: the counts (one ``all_gather``), then the values padded to the longest (one
+    ``all_gather``). For statistics such as the median of the real features' norms over all ranks.
+    """
+    flat = local.detach().reshape(-1)
+    world = dist.get_world_size(group)
+    count = torch.tensor([flat.numel()], dtype=torch.int64, device=flat.device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count, group=group)
+    sizes = [int(c) for c in counts]
+    pad = flat.new_zeros(max(sizes))
+    pad[: flat.numel()] = flat
+    parts = [torch.empty_like(pad) for _ in range(world)]
+    dist.all_gather(parts, pad.contiguous(), group=group)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])

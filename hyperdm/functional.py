@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import fused, lorentz
+from . import radius as radius_module
 
 __all__ = ["hyperbolic_matching_loss", "mmd_matching_loss", "REDUCTIONS"]
 
@@ -210,7 +211,9 @@ def _hyperbolic_per_class(
     hierarchical: bool,
     reduce: lorentz.Reduce | None = None,
     use_fused: bool | str = "auto",
-) -> Tensor:
+    want_stats: bool = False,
+) -> tuple[Tensor, radius_module.RadiusStats | None]:
+    """Per-class losses ``[C]`` and, with ``want_stats``, the call's :class:`hyperdm.radius.RadiusStats` (else None)."""
     common: dict[str, Any] = {
         "k": k,
         "max_norm": max_norm,
@@ -220,9 +223,16 @@ def _hyperbolic_per_class(
         "reduce": reduce,
         "fused": use_fused,
     }
+    stats: radius_module.RadiusStats | None = None
     if isinstance(scale, Tensor):  # a computed lambda (scale="auto"): applied outside, in float64
-        return (scale * fused.hdd_distance(real, syn, **common)).to(real.dtype)
-    return fused.hdd_distance(real, syn, **common, scale=scale, dtype=real.dtype)
+        if want_stats:
+            d, stats = fused.hdd_distance_with_stats(real, syn, **common)
+        else:
+            d = fused.hdd_distance(real, syn, **common)
+        return (scale * d).to(real.dtype), stats
+    if want_stats:
+        return fused.hdd_distance_with_stats(real, syn, **common, scale=scale, dtype=real.dtype)
+    return fused.hdd_distance(real, syn, **common, scale=scale, dtype=real.dtype), None
 
 
 def _mmd_per_class(
@@ -273,6 +283,7 @@ def hyperbolic_matching_loss(
     process_group: Any = None,
     fused: bool | str = "auto",
     manifold: Any = None,
+    radius: float | None = None,
 ) -> Tensor:
     r"""HDD matching loss: ``scale * d_L(centroid(exp_o(real)), centroid(exp_o(syn)))`` per class.
 
@@ -302,6 +313,13 @@ def hyperbolic_matching_loss(
 
     ``k`` defaults to 1; ``manifold`` (a ``geoopt.Lorentz``, e.g. :class:`hyperdm.StableLorentz`)
     supplies it instead, as ``manifold.k`` (its gradient reaches a learnable ``k``).
+
+    ``radius=r0`` (radius calibration): both sides' features are scaled by the ``alpha`` that puts
+    the median ``|alpha v|/sqrt(k)`` of *this call's* real features at ``r0``, so the points sit at
+    radii of order ``r0`` instead of being clamped (``alpha`` has no gradient; the clamp, if any,
+    applies to the scaled features). The loss is ``scale * d_L`` of the scaled features, computed as
+    ``scale * alpha * d`` with ``k / alpha^2`` (the same number, without a pass over the features;
+    :mod:`hyperdm.radius`). :class:`hyperdm.HyperbolicMatcher` fixes ``alpha`` after its first batch.
     """
     _check_reduction(reduction)
     if manifold is not None:
@@ -312,6 +330,8 @@ def hyperbolic_matching_loss(
     _check_k(k)
     _check_scale(scale)
     _check_max_norm(max_norm)
+    if radius is not None:
+        radius_module.check_radius(radius)
     return _hyperbolic_loss(
         real,
         syn,
@@ -325,7 +345,34 @@ def hyperbolic_matching_loss(
         check_finite=check_finite,
         process_group=process_group,
         fused=fused,
-    )
+        calibrate=None if radius is None else _calibrator(float(radius), k, process_group),
+    )[0]
+
+
+def _calibrator(r0: float, k: float | Tensor, process_group: Any) -> Callable[..., float]:
+    """``calibrate(real, real_mask, reduce) -> alpha`` for ``radius=r0``: the median over every rank's real features."""
+
+    def calibrate(r: Tensor, rm: Tensor | None, reduce: lorentz.Reduce | None) -> float:
+        return calibration_alpha(r, rm, r0, k=k, process_group=process_group)
+
+    return calibrate
+
+
+def calibration_alpha(
+    real: Tensor, real_mask: Tensor | None, r0: float, *, k: float | Tensor, process_group: Any = None
+) -> float:
+    """The feature scale ``alpha`` that puts the median ``|alpha v| / sqrt(k)`` of the real features ``[C, N, D]``
+    (rows where ``real_mask``) at ``r0``; with ``process_group``, the median over every rank's features. One norm
+    pass and one host read."""
+    with torch.no_grad():
+        norms = torch.linalg.vector_norm(real.detach(), dim=-1)
+        valid = real_mask
+        if process_group is not None:
+            from . import distributed
+
+            norms = distributed.gather_values(norms if valid is None else norms[valid], process_group)
+            valid = None
+        return float(radius_module.calibration_factor(norms, r0, k=k, valid=valid))
 
 
 def _hyperbolic_loss(
@@ -342,31 +389,43 @@ def _hyperbolic_loss(
     check_finite: bool,
     process_group: Any,
     fused: bool | str,
-    per_class: Callable[..., Tensor] | None = None,
-) -> Tensor:
+    per_class: Callable[..., tuple[Tensor, radius_module.RadiusStats | None]] | None = None,
+    calibrate: float | Callable[..., float] | None = None,
+    want_stats: bool = False,
+) -> tuple[Tensor, radius_module.RadiusStats | None]:
     """The one path of the hyperbolic loss, shared by :func:`hyperbolic_matching_loss` and
     :class:`hyperdm.HyperbolicMatcher` (arguments already checked): group, per-class distances, reduce, check.
+    Returns the loss and, with ``want_stats``, the call's :class:`hyperdm.radius.RadiusStats` (else None).
 
-    ``scale`` may be a callable ``(real, real_mask, syn, syn_mask, reduce) -> lambda`` on the grouped features
+    ``calibrate``: the radius calibration's feature scale ``alpha``, or a callable ``(real, real_mask, reduce) ->
+    alpha`` on the grouped features (the first call of a calibrating matcher); the distances are then taken with
+    ``k / alpha^2`` and multiplied by ``alpha`` (:mod:`hyperdm.radius`). ``scale`` may be a callable
+    ``(real, real_mask, syn, syn_mask, reduce, k) -> lambda * alpha`` on the grouped features and that ``k``
     (the matcher's ``scale="auto"``); ``per_class`` replaces :func:`_hyperbolic_per_class` (its compiled twin).
     """
     reduce = _reducer(process_group, real_labels)
     r, rm, s, sm, single = _group(real, syn, real_labels, syn_labels)
-    if callable(scale):
-        scale = scale(r, rm, s, sm, reduce)
+    alpha = 1.0
+    if calibrate is not None:
+        alpha = calibrate(r, rm, reduce) if callable(calibrate) else float(calibrate)
+        k = k / alpha**2
+    eff = scale(r, rm, s, sm, reduce, k) if callable(scale) else scale * alpha
     kwargs: dict[str, Any] = {
         "k": k,
-        "scale": scale,
+        "scale": eff,
         "max_norm": max_norm,
         "hierarchical": hierarchical,
         "use_fused": fused,
     }
     if reduce is not None:
         kwargs["reduce"] = reduce
-    loss = _reduce((per_class or _hyperbolic_per_class)(r, rm, s, sm, **kwargs), reduction, single)
+    if want_stats:
+        kwargs["want_stats"] = True
+    per, st = (per_class or _hyperbolic_per_class)(r, rm, s, sm, **kwargs)
+    loss = _reduce(per, reduction, single)
     if check_finite:
         _finite_or_raise(loss, r, s, "hyperbolic matching")
-    return loss
+    return loss, st
 
 
 def mmd_matching_loss(

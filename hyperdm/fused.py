@@ -71,8 +71,9 @@ import torch
 from torch import Tensor
 
 from . import lorentz
+from .radius import RadiusStats
 
-__all__ = ["hdd_distance", "CHUNK_ELEMENTS", "DEVICE_CHUNK_ELEMENTS"]
+__all__ = ["hdd_distance", "hdd_distance_with_stats", "CHUNK_ELEMENTS", "DEVICE_CHUNK_ELEMENTS"]
 
 #: Largest ``[C, n, D]`` slice the exact spread of a no-grad side processes at once on CPU tensors
 #: (elements): 2 MiB of float32, so a slice read by the mat-vec is still in cache for its spread.
@@ -182,7 +183,7 @@ class _Pair:
         n_dt = torch.cat(
             (torch.linalg.vector_norm(real, dim=-1), torch.linalg.vector_norm(syn, dim=-1)), dim=-1
         )  # pass 1
-        n = n_dt.to(_F64)
+        self.norms = n = n_dt.to(_F64)  # also an output: where the points sit (hyperdm.radius.RadiusStats)
         tc = (n / sk).clamp(_TINY, tmax)  # t; below tmax the point moves radially
         if mask is not None:
             tc = tc * mask
@@ -381,9 +382,11 @@ class _HDDDistance(torch.autograd.Function):
         use_kernel: bool,
         scale: float,
         out_dtype: torch.dtype,
-    ) -> Tensor:
+        want_stats: bool,
+    ) -> tuple[Tensor, Tensor]:
         sk: float | Tensor = kf**0.5 if k is None else k.to(_F64).sqrt()
         need_r, need_s, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        ctx.set_materialize_grads(False)  # the norms output has no gradient: no zeros made for it
         mask = None
         if rmask is not None or smask is not None:
             mask = torch.cat(
@@ -398,7 +401,11 @@ class _HDDDistance(torch.autograd.Function):
             from . import triton_kernels
 
             d, ctx.syn_grad = triton_kernels.hdd(real, syn, sk=float(sk), tmax=tmax, scale=scale, grad=need_s)
-            return d.to(out_dtype)
+            norms = torch.empty(0, dtype=_F64, device=real.device)
+            if want_stats:  # the kernels keep no per-point norms: one more norm pass over each side
+                norms = torch.cat([torch.linalg.vector_norm(x, dim=-1) for x in (real, syn)], dim=-1).to(_F64)
+            ctx.mark_non_differentiable(norms)
+            return d.to(out_dtype), norms
         p = _Pair(
             real,
             syn,
@@ -416,18 +423,21 @@ class _HDDDistance(torch.autograd.Function):
         if k is not None:
             ctx.k_dtype, ctx.k_shape = k.dtype, k.shape
         ctx.save_for_backward(real if need_r else None, syn if need_s else None)
-        return p.d.to(out_dtype)
+        ctx.mark_non_differentiable(p.norms)
+        return p.d.to(out_dtype), p.norms  # the norms cost nothing more: taken for the loss anyway
 
     @staticmethod
-    def backward(ctx: Any, grad_d: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_d: Tensor | None, _grad_norms: Tensor | None = None) -> tuple[Tensor | None, ...]:
+        if grad_d is None:  # (the gradients are not materialised: None means zero)
+            return (None,) * 13
         if ctx.syn_grad is not None:  # the Triton path wrote the gradient of the distance in the forward
             g = ctx.syn_grad
-            return (None, g * grad_d.to(g.dtype).view(-1, 1, 1)) + (None,) * 10
+            return (None, g * grad_d.to(g.dtype).view(-1, 1, 1)) + (None,) * 11
         real, syn = ctx.saved_tensors
         p, sk = ctx.pair, ctx.sk
         go = grad_d.to(_F64)  # the scale is in the chord gradient and in p.d
         need_k = ctx.needs_input_grad[2]
-        out: list[Tensor | None] = [None] * 12
+        out: list[Tensor | None] = [None] * 13
         vdot: Any = 0.0
         for i, v in enumerate((real, syn)):
             if v is not None or (need_k and i == 0):
@@ -473,8 +483,64 @@ def hdd_distance(
 
     ``scale`` multiplies the distances and ``dtype`` is the result's dtype (float64 by default);
     both are applied inside the function, so a loss ``scale * d`` in the features' dtype costs
-    no extra autograd nodes.
+    no extra autograd nodes. :func:`hdd_distance_with_stats` also returns where the points sit.
     """
+    return _apply(real, syn, k, max_norm, hierarchical, real_mask, syn_mask, reduce, fused, scale, dtype, False)[0]
+
+
+def hdd_distance_with_stats(
+    real: Tensor,
+    syn: Tensor,
+    *,
+    k: float | Tensor,
+    max_norm: float | None = 10.0,
+    hierarchical: bool = False,
+    real_mask: Tensor | None = None,
+    syn_mask: Tensor | None = None,
+    reduce: lorentz.Reduce | None = None,
+    fused: bool | str = "auto",
+    scale: float = 1.0,
+    dtype: torch.dtype = _F64,
+) -> tuple[Tensor, RadiusStats]:
+    """:func:`hdd_distance` and the :class:`~hyperdm.radius.RadiusStats` of the call: the median of
+    ``|v|/sqrt(k)`` and the fraction of points at the clamp, per side (0-d float64 tensors, not read on the host).
+
+    On the PyTorch path they come from the per-point norms the loss takes anyway (a sort of ``N + M``
+    scalars per class, no pass over the features); the Triton kernels keep no per-point norms, so there
+    they cost one more norm pass over each side. With ``reduce`` the real side's are this process's. The values are
+    computed when first read (:class:`~hyperdm.radius.RadiusStats`).
+    """
+    d, norms = _apply(real, syn, k, max_norm, hierarchical, real_mask, syn_mask, reduce, fused, scale, dtype, True)
+    mask = None
+    if real_mask is not None or syn_mask is not None:
+        mask = torch.cat(
+            (
+                real_mask if real_mask is not None else real.new_ones(real.shape[:2], dtype=torch.bool),
+                syn_mask if syn_mask is not None else syn.new_ones(syn.shape[:2], dtype=torch.bool),
+            ),
+            dim=-1,
+        )
+    sk = k.detach().to(_F64).sqrt() if isinstance(k, Tensor) else float(k) ** 0.5
+    tmax = float(lorentz.SAFE_RADIUS if max_norm is None else min(float(max_norm), lorentz.SAFE_RADIUS))
+    return d, RadiusStats(norms, real.shape[1], sqrt_k=sk, max_norm=tmax, mask=mask)
+
+
+def _apply(
+    real: Tensor,
+    syn: Tensor,
+    k: float | Tensor,
+    max_norm: float | None,
+    hierarchical: bool,
+    real_mask: Tensor | None,
+    syn_mask: Tensor | None,
+    reduce: lorentz.Reduce | None,
+    fused: bool | str,
+    scale: float,
+    dtype: torch.dtype,
+    want_stats: bool,
+) -> tuple[Tensor, Tensor]:
+    """Check the inputs, choose the path, run :class:`_HDDDistance`: ``(distances, the per-point norms [C, N + M]
+    (float64; empty on the Triton path unless ``want_stats``))``."""
     if real.dim() != 3 or syn.dim() != 3 or real.shape[0] != syn.shape[0] or real.shape[2] != syn.shape[2]:
         raise ValueError(
             f"hdd_distance takes real [C, N, D] and syn [C, M, D] features with the same C and D; got "
@@ -496,7 +562,7 @@ def hdd_distance(
     rm = None if real_mask is None else real_mask.to(_F64)
     sm = None if syn_mask is None else syn_mask.to(_F64)
     return _HDDDistance.apply(
-        real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce, use_kernel, float(scale), dtype
+        real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce, use_kernel, float(scale), dtype, want_stats
     )
 
 

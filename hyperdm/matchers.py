@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from .radius import RadiusStats, check_radius
 
 __all__ = ["HyperbolicMatcher", "MMDMatcher"]
 
@@ -39,10 +41,27 @@ class HyperbolicMatcher(nn.Module):
             a buffer in the state dict (a resumed run keeps it), and it is logged.
         max_norm: clamp of ``|v|/sqrt(k)`` inside the exp-map, keeping the direction of
             ``v``; default 10 as in the official code. Random ConvNet features have norms
-            of 20+, so with the clamp every point sits at radius ``10 sqrt(k)`` and the
-            loss matches feature directions; on Fashion-MNIST (IPC 1, short run) this
-            gave about MMD + 1.5 points while ``max_norm=None`` (the exact map) gave about
-            17 points *below* MMD. Keep the default unless you are studying that effect.
+            of 20-26, so with ``k = 1`` every point is clamped to radius ``10 sqrt(k)``: the
+            loss then matches feature directions only, and ``k`` merely scales it (measured
+            on Fashion-MNIST over 3 seeds: level with the MMD line at IPC 1 and IPC 10).
+            ``max_norm=None`` is the exact map: there radii of 20-26 give weights ``cosh(t)``
+            that differ by ``e^6`` within a class, so each centroid follows its outermost
+            points (+0.7 points over the MMD line at IPC 10, but far below it at IPC 1).
+            :attr:`last_stats` shows where a batch sits; ``radius`` moves it.
+        radius: radius calibration, ``r0 > 0``: on the first call both sides' features are scaled
+            by the ``alpha`` that puts the median ``|alpha v|/sqrt(k)`` of that real batch at ``r0``
+            (geodesic radius ``r0 sqrt(k)``); ``alpha`` is then fixed (``self.alpha``, the buffer
+            ``feature_scale`` in the state dict, so a resumed run keeps it) and logged. The loss
+            is ``scale * d_L`` of the scaled features; it is computed with ``k / alpha^2`` and
+            ``scale * alpha``, the same number without a pass over the features
+            (:mod:`hyperdm.radius`). The clamp, if any, applies to the scaled features
+            (``max_norm=None`` for the exact map). Default None: no calibration (HDD as published).
+        stats: record :attr:`last_stats` on every call (default True): from the per-point norms
+            the loss takes anyway, so no extra pass and no host sync on the PyTorch path (the
+            Triton kernels keep no per-point norms: there it costs one norm pass per side). The
+            first call reads one value on the host, to warn once, in one line, when more than
+            90 % of the real points sit at the clamp. Not recorded under ``torch.compile`` nor
+            with ``compile=True``.
         hierarchical: weight each point's contribution to its centroid by
             :func:`hyperdm.lorentz.hierarchical_weight` of its radius (points near the
             root count more; with the clamp, every clamped point gets the same weight).
@@ -91,9 +110,17 @@ class HyperbolicMatcher(nn.Module):
 
     Call with ``real [N, D], syn [M, D]`` (one class), ``real [C, N, D], syn [C, M, D]``
     (all classes at once), or flat features with ``real_labels=``/``syn_labels=``.
+
+    ``last_stats`` (:class:`hyperdm.radius.RadiusStats`): the latest call's median of ``|v|/sqrt(k)``
+    (after the calibration, before the clamp) and fraction of points at the clamp, real and synthetic,
+    as 0-d tensors that are read only when you read them (``matcher.last_stats.as_dict()``).
     """
 
     chosen_scale: Tensor  # a buffer, with scale="auto": lambda once chosen (NaN before)
+    feature_scale: Tensor  # a buffer, with radius=: the calibration's alpha once chosen (NaN before)
+
+    #: more than this fraction of the real points at the clamp (first call) triggers the saturation warning
+    SATURATED = 0.9
 
     def __init__(
         self,
@@ -109,6 +136,8 @@ class HyperbolicMatcher(nn.Module):
         process_group: Any = None,
         fused: bool | str = "auto",
         manifold: nn.Module | None = None,
+        radius: float | None = None,
+        stats: bool = True,
     ) -> None:
         super().__init__()
         if manifold is not None:
@@ -141,7 +170,6 @@ class HyperbolicMatcher(nn.Module):
         self.scale: float | None = None if self.auto_scale else float(scale)
         if self.auto_scale:
             self.register_buffer("chosen_scale", torch.tensor(float("nan"), dtype=torch.float64))
-            self.register_load_state_dict_post_hook(_read_chosen_scale)
         self.max_norm = None if max_norm is None else float(max_norm)
         self.hierarchical = bool(hierarchical)
         self.reduction = reduction
@@ -160,11 +188,31 @@ class HyperbolicMatcher(nn.Module):
             raise ValueError(f"fused must be 'auto', True or False; got {fused!r}.")
         self.fused = fused
         self._k = float(k)  # the fixed k when no manifold holds it (with one, the manifold's k is the only one)
+        if radius is not None:
+            check_radius(radius)
+        #: the radius calibration's target median radius r0 (in units of sqrt(k)); None: no calibration
+        self.radius = None if radius is None else float(radius)
+        #: the calibration's feature scale alpha; None until the first call (or without calibration)
+        self.alpha: float | None = None
+        if self.radius is not None:
+            self.register_buffer("feature_scale", torch.tensor(float("nan"), dtype=torch.float64))
+        if self.auto_scale or self.radius is not None:
+            self.register_load_state_dict_post_hook(_read_chosen)
+        self.track_stats = bool(stats)
+        #: :class:`hyperdm.radius.RadiusStats` of the latest call (0-d tensors, read on demand); None before one
+        self.last_stats: RadiusStats | None = None
+        self._checked = False  # the saturation check runs on the first call with statistics
 
     @property
     def k(self) -> float | Tensor:
         """Current ``k``: points satisfy ``<x,x>_L = -k``; the manifold's tensor when one holds it."""
         return self.manifold.k if self.manifold is not None else self._k
+
+    @property
+    def calibrated_k(self) -> float | Tensor:
+        """``k / alpha^2``: the ``k`` that gives the calibrated loss on the unscaled features, up to lambda
+        (:mod:`hyperdm.radius`); ``k`` itself without calibration or before the first call."""
+        return self.k if self.alpha is None else self.k / self.alpha**2
 
     def forward(
         self,
@@ -181,7 +229,8 @@ class HyperbolicMatcher(nn.Module):
                 f"the learned k went to {float(m.k.detach()):g}; k must stay > 0 (geoopt's "
                 "curvature parameter): lower the learning rate of k or bound it after each step."
             )
-        return F._hyperbolic_loss(
+        compiling = torch.compiler.is_compiling()
+        loss, st = F._hyperbolic_loss(
             real,
             syn,
             k=self.k,
@@ -195,14 +244,57 @@ class HyperbolicMatcher(nn.Module):
             process_group=self.process_group,
             fused=self.fused,
             per_class=_run_compiled if self.compile_loss else None,
+            calibrate=self._calibrate if self.radius is not None and self.alpha is None else self.alpha,
+            want_stats=self.track_stats and not compiling and not self.compile_loss,
         )
+        if st is not None:
+            self.last_stats = st
+            if not self._checked:
+                self._checked = True
+                self._warn_if_saturated(self.last_stats)
+        return loss
 
-    def _choose_scale(self, r: Tensor, rm: Tensor | None, s: Tensor, sm: Tensor | None, reduce: Any = None) -> float:
-        """``scale="auto"``: lambda = total MMD / total centroid distance of this (the first) batch. One host sync."""
+    def _calibrate(self, r: Tensor, rm: Tensor | None, reduce: Any = None) -> float:
+        """``radius=r0``: alpha from the first real batch (median over every rank's features). One host read."""
+        assert self.radius is not None
+        alpha = F.calibration_alpha(r, rm, self.radius, k=self.k, process_group=self.process_group)
+        self.alpha = alpha
+        self.feature_scale.fill_(alpha)
+        log.info(
+            "HyperbolicMatcher radius=%g: features scaled by alpha = %.6g, so the median radius of the first real "
+            "batch is %g sqrt(k) (equivalently k = %.6g with lambda x %.6g)",
+            self.radius,
+            alpha,
+            self.radius,
+            float(self.k.detach() if isinstance(self.k, Tensor) else self.k) / alpha**2,
+            alpha,
+        )
+        return alpha
+
+    def _warn_if_saturated(self, stats: RadiusStats) -> None:
+        """Warn once when most real points sit at the clamp: then only directions are matched. One host read."""
+        clamped, med = float(stats.real_clamped), float(stats.real_median)
+        if not clamped > self.SATURATED:
+            return
+        what = f"the clamp |v|/sqrt(k) <= {self.max_norm:g}" if self.max_norm is not None else "the exp-map's limit"
+        msg = (
+            f"HyperbolicMatcher: {100 * clamped:.0f}% of the real features are at {what} (median |v|/sqrt(k) "
+            f"{med:.3g}), so every point sits at one radius: only feature directions are matched and k only scales "
+            "the loss. This is HDD as published; radius=r0 (e.g. 2) puts the features at radii of order r0 "
+            "instead (docs/geometry.md)."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=5)
+        log.info("%s", msg)
+
+    def _choose_scale(
+        self, r: Tensor, rm: Tensor | None, s: Tensor, sm: Tensor | None, reduce: Any, k: float | Tensor
+    ) -> float:
+        """``scale="auto"``: lambda = total MMD / total centroid distance of this (the first) batch, with the
+        (calibrated) ``k``; returns the factor of that distance, ``lambda * alpha``. One host sync."""
         with torch.no_grad():
             dist = F._hyperbolic_per_class(
-                r, rm, s, sm, k=self.k, scale=1.0, max_norm=self.max_norm, hierarchical=self.hierarchical, reduce=reduce
-            ).sum(dtype=torch.float64)
+                r, rm, s, sm, k=k, scale=1.0, max_norm=self.max_norm, hierarchical=self.hierarchical, reduce=reduce
+            )[0].sum(dtype=torch.float64)
             mmd = F._mmd_per_class(r, rm, s, sm, reduce).sum(dtype=torch.float64)
             d, m = float(dist), float(mmd)
         if not (d > 0 and math.isfinite(d) and math.isfinite(m)):
@@ -211,12 +303,13 @@ class HyperbolicMatcher(nn.Module):
                 f"distance {d:g}; call the matcher first with real and synthetic features that differ (or pass a "
                 "number, e.g. 20)."
             )
-        self.scale = m / d
+        alpha = 1.0 if self.alpha is None else self.alpha
+        self.scale = m / d / alpha  # the loss scale * d_k(alpha v) = (m / d) * d_{k / alpha^2}(v)
         self.chosen_scale.fill_(self.scale)
         log.info(
             "HyperbolicMatcher scale='auto': lambda = %.6g (first batch: MMD %.6g / distance %.6g)", self.scale, m, d
         )
-        return self.scale
+        return m / d
 
     def extra_repr(self) -> str:
         k = f"{float(self.k.detach() if isinstance(self.k, Tensor) else self.k):g}" + (
@@ -226,6 +319,8 @@ class HyperbolicMatcher(nn.Module):
             scale = "'auto'" + ("" if self.scale is None else f" (chose {self.scale:g})")
         else:
             scale = f"{self.scale:g}"
+        if self.radius is not None:
+            k += f", radius={self.radius:g}" + ("" if self.alpha is None else f" (alpha {self.alpha:.6g})")
         return (
             f"k={k}, scale={scale}, max_norm={self.max_norm}, hierarchical={self.hierarchical}, "
             f"reduction={self.reduction!r}"
@@ -235,10 +330,10 @@ class HyperbolicMatcher(nn.Module):
         )
 
 
-_COMPILED: dict[str, Callable[..., Tensor]] = {}
+_COMPILED: dict[str, Callable[..., tuple[Tensor, Any]]] = {}
 
 
-def _run_compiled(*args: object, **kwargs: object) -> Tensor:
+def _run_compiled(*args: object, **kwargs: object) -> tuple[Tensor, Any]:
     """``F._hyperbolic_per_class`` through ``torch.compile``, built once per process and shared by all matchers."""
     fn = _COMPILED.get("hyperbolic")
     if fn is None:
@@ -255,11 +350,16 @@ def _run_compiled(*args: object, **kwargs: object) -> Tensor:
         ) from e
 
 
-def _read_chosen_scale(module: nn.Module, incompatible_keys: object) -> None:
-    """After ``load_state_dict``: take lambda from the loaded buffer (NaN: not chosen yet)."""
+def _read_chosen(module: nn.Module, incompatible_keys: object) -> None:
+    """After ``load_state_dict``: take lambda (``scale="auto"``) and alpha (``radius=``) from the loaded buffers
+    (NaN: not chosen yet)."""
     assert isinstance(module, HyperbolicMatcher)
-    value = float(module.chosen_scale)
-    module.scale = value if math.isfinite(value) else None
+    if module.auto_scale:
+        value = float(module.chosen_scale)
+        module.scale = value if math.isfinite(value) else None
+    if module.radius is not None:
+        alpha = float(module.feature_scale)
+        module.alpha = alpha if math.isfinite(alpha) else None
 
 
 class MMDMatcher(nn.Module):

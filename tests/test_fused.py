@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 
 import pytest
@@ -244,10 +245,16 @@ def test_dispatched_op_count_of_the_default_matcher():
 
     real = _features(10, 256, 64, scale=3.0, seed=13, dtype=torch.float32)
     syn = _features(10, 10, 64, scale=3.0, seed=14, dtype=torch.float32).requires_grad_()
-    with Count():
-        loss = HyperbolicMatcher(check_finite=False)(real, syn)
-        torch.autograd.grad(loss, syn)
-    assert 50 < Count.n <= 175, Count.n
+    matcher = HyperbolicMatcher(check_finite=False)
+    counts = []
+    for _ in range(2):  # the first call also checks once whether the points sit at the clamp
+        Count.n = 0
+        with Count(), pytest.warns(UserWarning, match="at the clamp") if not counts else contextlib.nullcontext():
+            loss = matcher(real, syn)
+            torch.autograd.grad(loss, syn)
+        counts.append(Count.n)
+    assert 50 < counts[1] <= 175, counts
+    assert counts[1] < counts[0] <= counts[1] + 25, counts  # the check: a few ops on [C, N] scalars, once
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ torch.compile path against the plain one (the reference)."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -47,15 +49,38 @@ def _forward_backward(matcher, real, syn):
 )
 def test_batched_path_has_no_host_sync(matcher):
     real, syn = _features()
+    with warnings.catch_warnings():  # the first call checks once where the points sit (one host read)
+        warnings.simplefilter("ignore")
+        _forward_backward(matcher, real, syn)()
     ops = _profiled_ops(_forward_backward(matcher, real, syn))
     assert len(ops) > 10  # the profiler saw the computation
     assert not [o for o in ops if o in SYNC_OPS], "a tensor value was read on the host in forward/backward"
+    if isinstance(matcher, HyperbolicMatcher):  # the radius statistics are recorded, still on the device
+        assert matcher.last_stats is not None
+        ops = _profiled_ops(lambda: matcher.last_stats.real_median)
+        assert not [o for o in ops if o in SYNC_OPS]
+
+
+def test_first_call_reads_one_value_for_the_saturation_check_and_none_without_stats():
+    """The one host read a first call adds: whether most real points sit at the clamp (to warn once). With
+    ``stats=False`` there is none, and no statistics."""
+    real, syn = _features()
+    with pytest.warns(UserWarning, match="at the clamp"):
+        ops = _profiled_ops(_forward_backward(HyperbolicMatcher(check_finite=False), real, syn))
+    assert sum(o in SYNC_OPS for o in ops) >= 1
+    quiet = HyperbolicMatcher(check_finite=False, stats=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops = _profiled_ops(_forward_backward(quiet, real, syn))
+    assert not [o for o in ops if o in SYNC_OPS]
+    assert quiet.last_stats is None
 
 
 def test_profiler_detects_the_finite_check_sync():
     """The check above can fail: the finite check's one host read is visible to the same profiler."""
     real, syn = _features()
-    ops = _profiled_ops(_forward_backward(HyperbolicMatcher(check_finite=True), real, syn))
+    matcher = HyperbolicMatcher(check_finite=True, stats=False)  # no first-call saturation check
+    ops = _profiled_ops(_forward_backward(matcher, real, syn))
     assert sum(o == "aten::_local_scalar_dense" for o in ops) == 1
 
 

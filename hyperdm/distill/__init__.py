@@ -40,6 +40,7 @@ def distill(
     overwrite: bool = False,
     progress: bool = True,
     matcher: nn.Module | None = None,
+    stop_at: int | None = None,
 ) -> dict:
     """Run one distillation as configured (load data, loop, evaluate, artifacts); returns the metrics.
 
@@ -48,7 +49,8 @@ def distill(
     ``overwrite``: replace its run files), that it is writable, and a checkpoint to resume. Under torchrun
     it joins the process group (``cuda`` becomes ``cuda:LOCAL_RANK``; rank 0 writes and logs); ``cfg``
     itself is not changed. ``matcher`` replaces the matcher ``cfg`` asks for (any module
-    ``matcher(real, syn) -> loss`` taking ``[C, N, D]`` features).
+    ``matcher(real, syn) -> loss`` taking ``[C, N, D]`` features). ``stop_at``: pause the run at that iteration
+    (checkpoint and metrics written, no artifacts), to be continued with ``resume=True``.
     """
     from .artifacts import RunDir, check_writable
     from .data import load_dataset
@@ -72,4 +74,5 @@ def distill(
             logging.getLogger("hyperdm").setLevel(logging.WARNING)
         cfg = dataclasses.replace(cfg, device=device)
         real = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-        return loop_cls(cfg, real, out, matcher=matcher, progress=progress).run(resume=resume, overwrite=overwrite)
+        loop = loop_cls(cfg, real, out, matcher=matcher, progress=progress)
+        return loop.run(resume=resume, overwrite=overwrite, stop_at=stop_at)

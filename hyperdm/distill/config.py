@@ -78,7 +78,9 @@ class MatcherConfig:
 
     Hyperbolic: ``scale * d_L(c_real, c_syn)`` between the Lorentz centroids of the exp-mapped features,
     ``k`` geoopt's curvature parameter, ``|v| / sqrt(k)`` clamped at ``max_norm`` before the exp-map
-    (``None``: exact). ``k``, ``scale``, ``max_norm`` and ``hierarchical`` are unused by ``mmd``.
+    (``None``: exact); ``radius`` calibrates the features' scale on the first real batch
+    (:class:`hyperdm.HyperbolicMatcher`). ``k``, ``scale``, ``max_norm``, ``hierarchical`` and ``radius`` are
+    unused by ``mmd``.
     """
 
     kind: str = setting("hyperbolic", "matcher kind", flat="matcher", cli=False)
@@ -98,6 +100,13 @@ class MatcherConfig:
     )
     hierarchical: bool = setting(
         False, "hyperbolic: weight each feature by its hierarchy level (radius) in the centroid"
+    )
+    radius: float | None = setting(
+        None,
+        "hyperbolic: radius calibration: scale the features so that the median |v|/sqrt(k) of the first real "
+        "batch is R (not the method as published; default: none)",
+        parse=positive_float,
+        metavar="R",
     )
     dtype: str = setting(
         "float64", "dtype of the matching (paper HDD: float64)", flat="match_dtype", choices=("float32", "float64")
@@ -489,6 +498,10 @@ def validate(cfg: DistillConfig) -> None:
     need(
         m.max_norm is None or (finite(m.max_norm) and m.max_norm > 0),
         f"matcher.max_norm (--max-norm) must be > 0 and finite, or None (--no-clamp); got {m.max_norm}.",
+    )
+    need(
+        m.radius is None or (finite(m.radius) and m.radius > 0),
+        f"matcher.radius (--radius) must be > 0 and finite, or None (no calibration); got {m.radius}.",
     )
     need(
         m.dtype in ("float32", "float64"), f"matcher.dtype (--match-dtype) must be float32 or float64; got {m.dtype!r}."

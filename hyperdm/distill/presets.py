@@ -250,6 +250,7 @@ def _matcher_table(preset: str, method: str, matcher: str, dataset: str, ipc: in
                 ("matcher.scale", 20.0),
                 ("matcher.max_norm", 10.0),
                 ("matcher.hierarchical", False),
+                ("matcher.radius", None),
             )
         }
         return {**unused, "matcher.dtype": ("float32", "reference DM: the MMD line in float32")}
@@ -278,6 +279,8 @@ def _matcher_table(preset: str, method: str, matcher: str, dataset: str, ipc: in
 def _override_source(path: str, value: Any) -> str:
     if path == "matcher.max_norm" and value is None:
         return "command line / override: no clamp (exact exp-map; not the method as published)"
+    if path == "matcher.radius" and value is not None:
+        return "command line / override: radius calibration (not the method as published)"
     return "command line / override"
 
 

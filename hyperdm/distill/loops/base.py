@@ -76,6 +76,7 @@ def build_matcher(cfg: DistillConfig, process_group: Any = None) -> nn.Module:
         m.scale,
         max_norm=m.max_norm,
         hierarchical=m.hierarchical,
+        radius=m.radius,
         reduction="sum",
         check_finite=False,
         compile=m.compile,
@@ -471,9 +472,12 @@ class DistillLoop:
         entry = {"iteration": it, **{a: {k: v for k, v in r.items() if k != "runs"} for a, r in res.items()}}
         return entry
 
-    def run(self, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    def run(self, *, resume: bool = False, overwrite: bool = False, stop_at: int | None = None) -> dict[str, Any]:
         """Distil, evaluate at ``cfg.eval_iterations()``, write every artifact. Returns the metrics as written to
         metrics.json.
+
+        ``stop_at``: pause at that iteration instead (after its evaluation, if one is due there): write the
+        checkpoint and the metrics so far (``final: false``) and return; ``resume=True`` later continues the run.
 
         ``resume``: continue from the run directory's checkpoint (a fresh start if it has none).
         ``overwrite``: remove the run files already in the directory and start over. Without either, a
@@ -482,6 +486,8 @@ class DistillLoop:
         """
         if resume and overwrite:
             raise ValueError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
+        if stop_at is not None and not (isinstance(stop_at, int) and stop_at >= 1):
+            raise ValueError(f"stop_at must be an iteration >= 1 (or None: run to the end); got {stop_at!r}.")
         cfg = self.cfg
         rd = self.run_dir
         state, problem = None, None
@@ -546,8 +552,15 @@ class DistillLoop:
                         last_good = it
                     if it >= cfg.iterations:
                         break
+                    if stop_at is not None and it >= stop_at:  # a pause: keep everything, continue with resume
+                        if it > last_good:
+                            self._checkpoint(it)
+                        log.info("paused at iteration %d of %d (stop_at); continue with --resume", it, cfg.iterations)
+                        return self._write_metrics(final=False)
                     t0 = time.perf_counter()
                     value = self.step(it)
+                    if "radius" not in self.metrics:
+                        self._record_radius(it)
                     if not bool(torch.isfinite(self.syn.detach()).all()):
                         raise NonFiniteLossError(f"the images became NaN/inf at iteration {it} (loss {value:.4g})")
                     dt = time.perf_counter() - t0
@@ -599,6 +612,28 @@ class DistillLoop:
                     bar.close()
             return self._finish()
 
+    def _record_radius(self, it: int) -> None:
+        """Where the first iteration's features sit on the hyperboloid (the matcher's radius statistics): logged once
+        and kept in metrics.json as ``radius``."""
+        stats = getattr(self.matcher, "last_stats", None)
+        if stats is None:
+            return
+        entry: dict[str, Any] = {"iteration": it, **stats.as_dict(), "max_norm": stats.max_norm}
+        alpha = getattr(self.matcher, "alpha", None)
+        if alpha is not None:
+            entry["alpha"] = alpha
+        self.metrics["radius"] = entry
+        log.info(
+            "radii at iteration %d: median |v|/sqrt(k) of the real features %.3g (%.0f%% at the clamp), of the "
+            "synthetic %.3g (%.0f%%)%s",
+            it,
+            entry["real_median"],
+            100 * entry["real_clamped"],
+            entry["syn_median"],
+            100 * entry["syn_clamped"],
+            "" if alpha is None else f"; radius calibration: features scaled by {alpha:.4g}",
+        )
+
     def _write_metrics(self, *, final: bool) -> dict[str, Any]:
         m = dict(self.metrics)
         secs = m.get("distill_seconds", 0.0)
@@ -609,6 +644,9 @@ class DistillLoop:
         scale = getattr(self.matcher, "scale", None)  # the hyperbolic matcher's lambda (chosen once with scale="auto")
         if scale is not None:
             m["matcher_scale"] = float(scale)
+        alpha = getattr(self.matcher, "alpha", None)  # the radius calibration's feature scale, once chosen
+        if alpha is not None:
+            m["matcher_alpha"] = float(alpha)
         if self.par.enabled:
             m["processes"] = self.par.world
         if self.par.is_main:
@@ -647,7 +685,7 @@ class DistillLoop:
                 shown.cpu(),
                 shown_labels.cpu(),
                 rd.poincare,
-                k=self.cfg.matcher.k,
+                k=float(getattr(self.matcher, "calibrated_k", self.cfg.matcher.k)),
                 max_norm=self.cfg.matcher.max_norm,
                 model=self.cfg.model,
                 seed=self.cfg.seed,
