@@ -272,10 +272,12 @@ class HyperbolicMatcher(nn.Module):
         return alpha
 
     def _warn_if_saturated(self, stats: RadiusStats) -> None:
-        """Warn once when most real points sit at the clamp: then only directions are matched. One host read."""
-        clamped, med = float(stats.real_clamped), float(stats.real_median)
+        """Warn once when most real points sit at the clamp: then only directions are matched. One host read (two
+        when it warns)."""
+        clamped = float(stats.real_clamped)
         if not clamped > self.SATURATED:
             return
+        med = float(stats.real_median)
         what = f"the clamp |v|/sqrt(k) <= {self.max_norm:g}" if self.max_norm is not None else "the exp-map's limit"
         msg = (
             f"HyperbolicMatcher: {100 * clamped:.0f}% of the real features are at {what} (median |v|/sqrt(k) "

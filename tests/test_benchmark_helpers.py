@@ -359,6 +359,31 @@ def test_convergence_harvests_a_nested_config_json_like_a_flat_one(tmp_path):
     assert convergence.rows_of_run(tmp_path, "no-clamp", {**want, "max_norm": 10.0}) == []
 
 
+def test_convergence_radius_variants_calibrate_with_the_exact_map_and_are_harvested_by_their_settings(tmp_path):
+    import argparse
+
+    a = argparse.Namespace(dataset="fashion-mnist", device="cpu", data_root=None, iterations=2000, eval_at=[200])
+    cfg = convergence.configure("radius-4", 10, 0, a)
+    m = cfg.matcher
+    assert (m.radius, m.max_norm, m.hierarchical, m.k, m.scale) == (4.0, None, False, 1.0, 40.0)  # the row's k, lambda
+    assert cfg.sources["matcher.radius"] == "convergence variant radius-4"
+    hier = convergence.configure("radius-4-hier", 1, 0, a)
+    assert hier.matcher.hierarchical is True and hier.matcher.radius == 4.0
+    want = convergence.settings(cfg)
+    assert want["radius"] == 4.0 and want["hierarchical"] is False
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    evals = [{"iteration": 200, "ConvNet": {"mean": 0.8, "std": 0.01, "accs": [0.79, 0.81]}}]
+    metrics = {"evals": evals, "final": False, "distill_seconds": 9.0, "matcher_alpha": 0.155, "radius": {"x": 1}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (row,) = convergence.rows_of_run(tmp_path, "radius-4", want)
+    assert row["id"] == "dm/radius-4/ipc10/seed0/it200" and row["matcher"] == "hyperbolic"
+    assert row["run_radius"] == 4.0 and row["matcher_alpha"] == 0.155 and row["radius_first_iteration"] == {"x": 1}
+    assert (
+        convergence.rows_of_run(tmp_path, "radius-2", convergence.settings(convergence.configure("radius-2", 10, 0, a)))
+        == []
+    )
+
+
 def test_convergence_harvests_every_variant_found_under_work(tmp_path):
     """A run of the follow-up variants is harvested by a plain ``--harvest-only`` (whose ``--variants`` default to
     mmd and hyperbolic), and only the run directories that exist at the requested IPCs and seeds are read."""

@@ -244,6 +244,30 @@ def test_no_clamp_reaches_the_run(tmp_path, tiny_fmnist_root):
     assert "max_norm=None" in cfg["matcher_repr"]
 
 
+def test_radius_reaches_the_run_its_log_and_metrics(tmp_path, tiny_fmnist_root):
+    """--radius R calibrates the matcher on the first real batch; the radii are logged and kept in metrics.json."""
+    run = tmp_path / "run"
+    args = ["--log-level", "WARNING", "distill", "--data-root", str(tiny_fmnist_root), "--ipc", "1"]
+    args += ["--iterations", "2", "--batch-real", "4", "--eval-runs", "0", "--no-clamp", "--radius", "2"]
+    assert main([*args, "--out", str(run), "--no-progress"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["matcher"]["radius"] == 2.0 and "radius calibration" in cfg["sources"]["matcher.radius"]
+    assert "radius=2" in cfg["matcher_repr"]
+    m = json.loads((run / "metrics.json").read_text())
+    r = m["radius"]
+    assert r["iteration"] == 0 and r["real_median"] == pytest.approx(2.0, rel=1e-12) and r["real_clamped"] == 0.0
+    assert r["alpha"] == m["matcher_alpha"] > 0 and 0 < r["syn_median"] < 10
+    log = (run / "run.log").read_text()
+    assert "radii at iteration 0: median |v|/sqrt(k) of the real features 2 (0% at the clamp)" in log
+    # HDD as published: the log says every real point is at the clamp, and warns once what that means
+    pub = tmp_path / "published"
+    assert main([*args[:-3], "--out", str(pub), "--no-progress"]) == 0
+    r = json.loads((pub / "metrics.json").read_text())["radius"]
+    assert r["real_clamped"] == 1.0 and r["real_median"] > 10 and "alpha" not in r
+    log = (pub / "run.log").read_text()
+    assert "(100% at the clamp)" in log and log.count("only feature directions are matched") == 1
+
+
 def test_scale_takes_a_number_or_auto(capsys):
     assert build_parser().parse_args(["distill", "--scale", "auto"]).scale == "auto"
     assert build_parser().parse_args(["distill", "--scale", "12.5"]).scale == 12.5
@@ -300,6 +324,8 @@ def test_compile_matcher_reaches_the_run_and_gives_the_plain_loss(tmp_path, tiny
         (["distill", "--lr-img", "inf"], "argument --lr-img: must be a finite number > 0, got 'inf'"),
         (["distill", "--scale", "nan"], "argument --scale: expected a finite number >= 0 or 'auto', got 'nan'"),
         (["distill", "--prune-keep", "0"], "argument --prune-keep: must be a fraction in (0, 1]"),
+        (["distill", "--radius", "0"], "argument --radius: must be a finite number > 0, got '0'"),
+        (["distill", "--radius", "-2"], "argument --radius: must be a finite number > 0, got '-2'"),
         (["evaluate", "x", "--epochs", "-5"], "argument --epochs: must be >= 1, got -5"),
         (["evaluate", "x", "--runs", "0"], "argument --runs: must be >= 1, got 0"),
         (

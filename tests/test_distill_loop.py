@@ -342,3 +342,25 @@ def test_random_prune_score_reaches_the_run(tmp_path):
     assert [int(i.numel()) for i in loop.class_indices] == [10] * 10
     with pytest.raises(ValueError, match="prune_score must be one of 'radius', 'centroid', 'random'"):
         resolve(overrides={"prune_score": "entropy"})
+
+
+@needs_fmnist
+def test_paused_calibrated_run_resumes_bit_for_bit(tmp_path):
+    """stop_at pauses a run (checkpoint and metrics, no artifacts); resuming keeps the radius calibration chosen on
+    the first batch (not chosen again from the batch at the pause) and ends where an uninterrupted run ends."""
+    from hyperdm.distill import distill
+
+    real = small(FMNIST)
+    cfg = tiny_cfg(iterations=6, eval_runs=0, radius=2.0, max_norm=None)
+    full = DMLoop(cfg, real, str(tmp_path / "full"), progress=False).run()
+    paused = DMLoop(cfg, real, str(tmp_path / "paused"), progress=False).run(stop_at=3)
+    assert paused["final"] is False and len(paused["loss"]) == 3 and paused["matcher_alpha"] == full["matcher_alpha"]
+    assert not (tmp_path / "paused" / "synthetic.pt").exists()
+    assert torch.load(tmp_path / "paused" / "checkpoint.pt", weights_only=True)["iteration"] == 3
+    again = DMLoop(cfg, real, str(tmp_path / "paused"), progress=False).run(resume=True)
+    assert again["loss"] == full["loss"] and again["final"] is True
+    assert torch.equal(load_synthetic(tmp_path / "paused")[0], load_synthetic(tmp_path / "full")[0])
+    assert again["radius"] == full["radius"]  # the first iteration's radii, recorded once
+    with pytest.raises(ValueError, match="stop_at must be an iteration >= 1"):
+        distill(cfg, str(tmp_path / "bad"), stop_at=0)
+    assert not (tmp_path / "bad").exists()

@@ -24,6 +24,8 @@ MATCHERS = {
     ),
     "hdd-auto": lambda g: HyperbolicMatcher(scale="auto", process_group=g),
     "hdd-none": lambda g: HyperbolicMatcher(reduction="none", process_group=g),
+    "hdd-radius": lambda g: HyperbolicMatcher(radius=2.0, max_norm=None, process_group=g),
+    "hdd-radius-auto": lambda g: HyperbolicMatcher(radius=3.0, scale="auto", process_group=g),
     "mmd": lambda g: MMDMatcher(process_group=g),
 }
 SPLIT = 7  # rank 0 holds real features [:, :7], rank 1 the other 5: unequal shards

@@ -58,6 +58,8 @@ def distill(
     from .parallel import check_device, joined
 
     validate(cfg)
+    if stop_at is not None and not (isinstance(stop_at, int) and stop_at >= 1):
+        raise ValueError(f"stop_at must be an iteration >= 1 (or None: run to the end); got {stop_at!r}.")
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
     check_device(cfg.device)
