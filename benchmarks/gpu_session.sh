@@ -4,7 +4,8 @@
 # Prepare here (a machine with internet or a PyPI mirror), from the repository root:
 #     bash benchmarks/gpu_session.sh prepare     # .device/: geoopt's wheel, Fashion-MNIST's four idx .gz files
 # Then on the GPU machine, from a copy of the repository with .device/ beside the code:
-#     OUT=/some/dir bash benchmarks/gpu_session.sh bench      # matcher and loop benchmarks, then CUDA tests (~5 min)
+#     OUT=/some/dir bash benchmarks/gpu_session.sh bench      # kernel self-check, matcher and loop benchmarks, then
+#                                                             # CUDA tests (~7 min)
 #     OUT=/some/dir bash benchmarks/gpu_session.sh protocol   # DM on Fashion-MNIST, the paper's protocol, MMD and HDD
 #
 # Everything a phase produces goes to $OUT: session.log (all output), the benchmarks' JSON files and, for
@@ -59,6 +60,10 @@ data=$dev_dir/fashion-mnist
 if [ "$phase" = bench ]; then
     if [ "$quick" = 1 ]; then reps=(--repeats 3 --warmup 1); loop=(--rounds 1 --batched-only --ipc 1 --batch-real 16); big=(--C 10 --D 256)
     else reps=(); loop=(--rounds 10); big=(--C 100 --D 4096); fi
+    # first: are the Triton kernels right on this GPU? (the first-call self-check for a grid of settings)
+    if [ "$quick" = 1 ]; then ksc=(--quick); else ksc=(); fi
+    step 240 "kernel self-check" $py benchmarks/kernel_selfcheck.py --device "$device" "${ksc[@]}" \
+        --out "$out/kernel_selfcheck_${device}.json"
     step 150 "matcher C=10 D=2048" $py benchmarks/bench_matcher.py --device "$device" --M 10 --compiled "${reps[@]}" \
         --out "$out/matcher_${device}_c10_d2048.json"
     step 150 "matcher ${big[*]}" $py benchmarks/bench_matcher.py --device "$device" --M 10 "${big[@]}" --dtypes float32 \

@@ -17,7 +17,9 @@ import triton.language as tl
 def real_pass(
     v_ptr,
     part_ptr,
+    norms_ptr,
     N,
+    NM,
     D,
     rows_per,
     splits,
@@ -50,6 +52,7 @@ def real_pass(
         x = tl.load(base + i * D + offs, mask=dmask, other=0.0).to(acc_t)
         nv = tl.sqrt(tl.sum(x * x, axis=0))
         n = nv.to(tl.float64)
+        tl.store(norms_ptr + c.to(tl.int64) * NM + i, n)  # |v| of every point: where it sits (radius statistics)
         tc = tl.minimum(tl.maximum(n * inv_sk, 1e-300), tmax)
         u = x / tl.maximum(nv, tiny_v)
         if tc > top:  # this point raises the top: it becomes the reference, and the spread's sums move to it
@@ -134,6 +137,8 @@ def syn_finish(
     d_ptr,
     cls_ptr,
     vec_ptr,
+    norms_ptr,
+    N,
     M,
     D,
     splits,
@@ -187,7 +192,8 @@ def syn_finish(
     top_s = tl.zeros((), tl.float64)
     for i in range(M):
         x = tl.load(vrow + i * D + offs, mask=dmask, other=0.0).to(acc_t)
-        _, t, _, _, _ = point(x, sk, inv_sk, tmax, 0.0)
+        n, t, _, _, _ = point(x, sk, inv_sk, tmax, 0.0)
+        tl.store(norms_ptr + c * (N + M) + N + i, n)
         top_s = tl.maximum(top_s, t)
     b_s = tl.zeros((), tl.float64)
     c_s = tl.zeros((), tl.float64)

@@ -159,14 +159,18 @@ def _finite_or_raise(loss: Tensor, real: Tensor, syn: Tensor, what: str) -> None
         )
         return
     if math.isfinite((loss.sum() if loss.dim() else loss).item()):  # a sum of finite values is finite
-        return
+        return  # (the features are read only below, once the loss is known to be bad)
     for name, x in (("real", real), ("syn", syn)):
         bad = ~torch.isfinite(x)
         if bool(bad.any()):
+            classes = torch.nonzero(bad.flatten(1).any(1)).flatten().tolist() if x.dim() == 3 else []
+            where = f" in class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes[:10]))}" + (
+                f" and {len(classes) - 10} more" if len(classes) > 10 else ""
+            )
             raise ValueError(
-                f"{name} features contain {int(bad.sum())} NaN/inf values, so the {what} loss is not finite; "
-                "check the network and the images that produced them (a diverged synthetic set, or a "
-                "learning rate that is too high)."
+                f"{name} features contain {int(bad.sum())} NaN/inf values{where if classes else ''}, so the {what} "
+                "loss is not finite; check the network and the images that produced them (a diverged synthetic "
+                "set, or a learning rate that is too high)."
             )
     raise FloatingPointError(
         f"the {what} loss is not finite although the features are; please report this with the inputs "

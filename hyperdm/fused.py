@@ -65,12 +65,14 @@ is one more row of the forward mat-vec, so no extra pass.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from . import lorentz
+from . import kernel_check, lorentz
 from .radius import RadiusStats
 
 __all__ = ["hdd_distance", "hdd_distance_with_stats", "CHUNK_ELEMENTS", "DEVICE_CHUNK_ELEMENTS"]
@@ -82,9 +84,16 @@ CHUNK_ELEMENTS = 1 << 19
 DEVICE_CHUNK_ELEMENTS = 1 << 24
 
 
+#: ``fused="auto"`` takes the kernels on CPU tensors too when Triton's interpreter is on (off by default: the
+#: interpreter is for tests, and far slower than the PyTorch path); the self-check's tests turn it on.
+AUTO_ON_INTERPRETER = False
+
+
 def _chunk_elements(v: Tensor) -> int:
     return CHUNK_ELEMENTS if v.device.type == "cpu" else DEVICE_CHUNK_ELEMENTS
 
+
+log = logging.getLogger(__name__)
 
 _F64 = torch.float64
 _TINY = 1e-300  # radii below this (in units of sqrt(k)) are this: sinh(t)/t is then exactly 1
@@ -382,7 +391,7 @@ class _HDDDistance(torch.autograd.Function):
         use_kernel: bool,
         scale: float,
         out_dtype: torch.dtype,
-        want_stats: bool,
+        strict: bool = False,
     ) -> tuple[Tensor, Tensor]:
         sk: float | Tensor = kf**0.5 if k is None else k.to(_F64).sqrt()
         need_r, need_s, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
@@ -400,12 +409,19 @@ class _HDDDistance(torch.autograd.Function):
         if use_kernel:  # the Triton kernels: the distance and the synthetic gradient, no work in the backward
             from . import triton_kernels
 
-            d, ctx.syn_grad = triton_kernels.hdd(real, syn, sk=float(sk), tmax=tmax, scale=scale, grad=need_s)
-            norms = torch.empty(0, dtype=_F64, device=real.device)
-            if want_stats:  # the kernels keep no per-point norms: one more norm pass over each side
-                norms = torch.cat([torch.linalg.vector_norm(x, dim=-1) for x in (real, syn)], dim=-1).to(_F64)
+            norms = torch.empty(real.shape[0], real.shape[1] + syn.shape[1], dtype=_F64, device=real.device)
+            try:
+                d, ctx.syn_grad = triton_kernels.hdd(
+                    real, syn, sk=float(sk), tmax=tmax, scale=scale, grad=need_s, norms=norms
+                )
+            except Exception as e:  # a shape that compiles anew and fails: fall back (fused=True: raise)
+                key = kernel_check.key_of(real, tmax)
+                why = f"failed to compile or launch: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                kernel_check.fail(key, real, "error", why, strict)
+                use_kernel = False
+        if use_kernel:
             ctx.mark_non_differentiable(norms)
-            return d.to(out_dtype), norms
+            return d.to(out_dtype), norms  # every point's |v|, written by the kernels as they take it
         p = _Pair(
             real,
             syn,
@@ -485,7 +501,7 @@ def hdd_distance(
     both are applied inside the function, so a loss ``scale * d`` in the features' dtype costs
     no extra autograd nodes. :func:`hdd_distance_with_stats` also returns where the points sit.
     """
-    return _apply(real, syn, k, max_norm, hierarchical, real_mask, syn_mask, reduce, fused, scale, dtype, False)[0]
+    return _apply(real, syn, k, max_norm, hierarchical, real_mask, syn_mask, reduce, fused, scale, dtype)[0]
 
 
 def hdd_distance_with_stats(
@@ -505,12 +521,11 @@ def hdd_distance_with_stats(
     """:func:`hdd_distance` and the :class:`~hyperdm.radius.RadiusStats` of the call: the median of
     ``|v|/sqrt(k)`` and the fraction of points at the clamp, per side (0-d float64 tensors, not read on the host).
 
-    On the PyTorch path they come from the per-point norms the loss takes anyway (a sort of ``N + M``
-    scalars per class, no pass over the features); the Triton kernels keep no per-point norms, so there
-    they cost one more norm pass over each side. With ``reduce`` the real side's are this process's. The values are
-    computed when first read (:class:`~hyperdm.radius.RadiusStats`).
+    They come from the per-point norms the loss takes anyway (the Triton kernels write them as they go), so they
+    cost no pass over the features; the values are computed when first read (:class:`~hyperdm.radius.RadiusStats`).
+    With ``reduce`` the real side's are this process's.
     """
-    d, norms = _apply(real, syn, k, max_norm, hierarchical, real_mask, syn_mask, reduce, fused, scale, dtype, True)
+    d, norms = _apply(real, syn, k, max_norm, hierarchical, real_mask, syn_mask, reduce, fused, scale, dtype)
     mask = None
     if real_mask is not None or syn_mask is not None:
         mask = torch.cat(
@@ -537,10 +552,9 @@ def _apply(
     fused: bool | str,
     scale: float,
     dtype: torch.dtype,
-    want_stats: bool,
 ) -> tuple[Tensor, Tensor]:
     """Check the inputs, choose the path, run :class:`_HDDDistance`: ``(distances, the per-point norms [C, N + M]
-    (float64; empty on the Triton path unless ``want_stats``))``."""
+    (float64))``."""
     if real.dim() != 3 or syn.dim() != 3 or real.shape[0] != syn.shape[0] or real.shape[2] != syn.shape[2]:
         raise ValueError(
             f"hdd_distance takes real [C, N, D] and syn [C, M, D] features with the same C and D; got "
@@ -558,11 +572,38 @@ def _apply(
         check_no_grad(real)
     kt, kf = (k.to(real.device), 0.0) if isinstance(k, Tensor) else (None, float(k))
     tmax = float(lorentz.SAFE_RADIUS if max_norm is None else min(float(max_norm), lorentz.SAFE_RADIUS))
-    use_kernel = _kernel_choice(fused, real, syn, k, real_mask, syn_mask, hierarchical, reduce)
+    use_kernel = _kernel_choice(fused, real, syn, k, real_mask, syn_mask, hierarchical, reduce, tmax)
+    if use_kernel:
+        use_kernel = _self_checked(real, syn, kf, tmax, strict=fused is True)
     rm = None if real_mask is None else real_mask.to(_F64)
     sm = None if syn_mask is None else syn_mask.to(_F64)
     return _HDDDistance.apply(
-        real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce, use_kernel, float(scale), dtype, want_stats
+        real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce, use_kernel, float(scale), dtype, fused is True,
+    )  # fmt: skip
+
+
+def _self_checked(real: Tensor, syn: Tensor, k: float, tmax: float, *, strict: bool) -> bool:
+    """Whether the kernels may run this call: the key's verdict, from a first-call comparison with the PyTorch
+    path on these inputs (:mod:`hyperdm.kernel_check`)."""
+    from . import triton_kernels
+
+    sk = k**0.5
+    r, s = real.detach(), syn.detach()
+
+    def kernel() -> tuple[Tensor, Tensor | None]:
+        return triton_kernels.hdd(r, s, sk=sk, tmax=tmax, scale=1.0, grad=True)
+
+    def reference(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            s2 = s.to(dtype).requires_grad_(True)
+            args = (r.to(dtype), s2, None, k, None, None, tmax, False, None, False, 1.0, _F64)
+            d = _HDDDistance.apply(*args)[0]
+            (g,) = torch.autograd.grad(d.sum(), s2)
+        return d.detach(), g
+
+    refs = (lambda: reference(real.dtype),) + ((lambda: reference(_F64)),) * (real.dtype != _F64)
+    return kernel_check.approve(
+        kernel_check.key_of(real, tmax), real, syn, kernel=kernel, references=refs, strict=strict
     )
 
 
@@ -575,7 +616,11 @@ def _kernel_choice(
     syn_mask: Tensor | None,
     hierarchical: bool,
     reduce: lorentz.Reduce | None,
+    tmax: float,
 ) -> bool:
+    """Whether this call may take the Triton kernels (before their first-call check); ``fused=True`` raises, saying
+    why, where they cannot. A call within the kernels' reach but beyond their bounds is recorded in
+    :func:`hyperdm.kernel_check.kernel_status` as ``unsupported``, with the reason."""
     if fused is False:
         return False
     if fused not in (True, "auto"):
@@ -583,18 +628,29 @@ def _kernel_choice(
     from . import triton_kernels
 
     why = None
-    if torch.compiler.is_compiling():
+    bounded = False
+    if kernel_check.disabled():
+        why = f"is turned off for this program by {kernel_check.ENV}={os.environ.get(kernel_check.ENV)}"
+    elif torch.compiler.is_compiling():
         why = "is not traced by torch.compile"
-    elif triton_kernels._triton() is None:
+    elif triton_kernels.triton_module() is None:
         why = "needs triton (pip install triton)"
-    elif not (real.is_cuda or (fused is True and triton_kernels.interpreting())):
+    elif not (real.is_cuda or ((fused is True or AUTO_ON_INTERPRETER) and triton_kernels.interpreting())):
         why = "needs CUDA tensors (CPU tensors only under Triton's interpreter, TRITON_INTERPRET=1)"
     elif real.requires_grad or (isinstance(k, Tensor) and k.requires_grad):
         why = "covers real features without grad and a fixed k"
     elif real_mask is not None or syn_mask is not None or hierarchical or reduce is not None:
         why = "covers unmasked [C, N, D] features, hierarchical=False and a single process"
+    else:
+        C, N, D = real.shape
+        bound = kernel_check.bounds(C, N, D, triton_kernels.ROWS_PER_PROGRAM)
+        if bound is not None:
+            why, bounded = f"cannot take this size: {bound}", True
+            kernel_check.record_unsupported(kernel_check.key_of(real, tmax), bound, real)
     if why is None:
         return True
     if fused is True:
         raise ValueError(f"fused=True: the Triton kernel {why}; pass fused='auto' or False to use the PyTorch path.")
+    if bounded:
+        log.debug("fused='auto': the PyTorch path (%s)", why)
     return False

@@ -95,9 +95,12 @@ class HyperbolicMatcher(nn.Module):
             synthetic row for the gradient), with no other work on the host.
             ``"auto"`` (default): used on CUDA tensors when ``triton`` is importable and the call
             is the DM case they cover (real features without grad, ``[C, N, D]`` or ``[N, D]``
-            inputs, ``hierarchical=False``, a fixed ``k``, no ``process_group``); otherwise the
-            PyTorch path. ``True``: always (an error says why they cannot run); ``False``: never.
-            Both compute the same loss.
+            inputs, ``hierarchical=False``, a fixed ``k``, no ``process_group``, ``D <= 8192``);
+            otherwise the PyTorch path. The first call of each setting (device, dtype, ``D``,
+            clamp) checks the kernels against the PyTorch path and falls back to it, with one
+            warning, if they disagree or fail (:mod:`hyperdm.kernel_check`; ``HYPERDM_TRITON=0``
+            turns them off). ``True``: always (an error says why they cannot run, or that they
+            failed the check); ``False``: never. Both compute the same loss.
 
     The loss is one autograd function with an analytic backward (:mod:`hyperdm.fused`): real
     features without grad keep no autograd graph and no ``[C, N, D]`` temporary.

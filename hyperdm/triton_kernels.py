@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["hdd", "interpreting", "real_summary"]
+__all__ = ["hdd", "interpreting", "real_summary", "triton_module"]
 
 _STATS = 5  # top, sum b, sum c, sum e^{-t}, sum b |u - p|^2
 
@@ -52,7 +52,8 @@ ROWS_PER_PROGRAM = 64
 
 
 @functools.lru_cache(maxsize=1)
-def _triton() -> Any:
+def triton_module() -> Any:
+    """The ``triton`` module, or None when it cannot be imported."""
     try:
         import triton
         import triton.language
@@ -62,7 +63,7 @@ def _triton() -> Any:
 
 
 def _require_triton() -> Any:
-    triton = _triton()
+    triton = triton_module()
     if triton is None:
         raise RuntimeError(
             "the Triton kernel needs triton (pip install triton); pass fused=False for the PyTorch path."
@@ -89,8 +90,11 @@ def _warps(block: int) -> int:
     return min(16, max(4, block // 256))
 
 
-def _real_partials(v: Tensor, *, sk: float, tmax: float, rows_per_program: int | None = None) -> tuple[Tensor, int]:
-    """The real pass: ``([C, splits, 5 + 3 D] float64, splits)``, one row per program (see :func:`real_summary`)."""
+def _real_partials(
+    v: Tensor, *, sk: float, tmax: float, rows_per_program: int | None = None, norms: Tensor | None = None
+) -> tuple[Tensor, int]:
+    """The real pass: ``([C, splits, 5 + 3 D] float64, splits)``, one row per program (see :func:`real_summary`).
+    ``norms`` ``[C, >= N]`` float64 receives each row's ``|v|`` (a scratch buffer when None)."""
     triton = _require_triton()
     C, N, D = v.shape
     if N == 0 or D == 0:
@@ -104,8 +108,10 @@ def _real_partials(v: Tensor, *, sk: float, tmax: float, rows_per_program: int |
     block = triton.next_power_of_2(D)
     part = torch.empty(C, splits, _STATS + 3 * D, dtype=torch.float64, device=v.device)
     tiny = 1e-300 if f64 else 1e-30
+    if norms is None:
+        norms = torch.empty(C, N, dtype=torch.float64, device=v.device)
     _kernels().real_pass[(C, splits)](
-        v, part, N, D, rows_per_program, splits, 1.0 / sk, float(tmax), tiny,
+        v, part, norms, N, norms.shape[1], D, rows_per_program, splits, 1.0 / sk, float(tmax), tiny,
         BLOCK_D=block, F64=f64, num_warps=_warps(block),
     )  # fmt: skip
     return part, splits
@@ -139,12 +145,20 @@ _CLS = 7  # per class for the row kernel: ks, ls, B, A+, sum e^{-t}, spread, T
 
 
 def hdd(
-    real: Tensor, syn: Tensor, *, sk: float, tmax: float, scale: float = 1.0, grad: bool = True
+    real: Tensor,
+    syn: Tensor,
+    *,
+    sk: float,
+    tmax: float,
+    scale: float = 1.0,
+    grad: bool = True,
+    norms: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``(scale * d [C] float64, its gradient with respect to syn [C, M, D] in syn's dtype, or None)`` for
     real features without grad ``[C, N, D]`` and synthetic ones ``[C, M, D]``, ``sk = sqrt(k)`` (geoopt's
     ``k``) and ``tmax`` the clamp of ``|v|/sqrt(k)``: three launches (the real pass, the synthetic side with
-    the distance, and the gradient's rows; two without ``grad``), no other work."""
+    the distance, and the gradient's rows; two without ``grad``), no other work. ``norms`` ``[C, N + M]``
+    float64, if given, receives every point's ``|v|`` (real first), which the kernels take anyway."""
     triton = _require_triton()
     C, N, D = real.shape
     M = syn.shape[1]
@@ -153,7 +167,11 @@ def hdd(
             f"the Triton kernels take real [C, N, D] and syn [C, M, D] with N, M, D >= 1; got "
             f"{tuple(real.shape)} and {tuple(syn.shape)}."
         )
-    part, splits = _real_partials(real, sk=sk, tmax=tmax)
+    if norms is None:
+        norms = torch.empty(C, N + M, dtype=torch.float64, device=real.device)
+    elif norms.shape != (C, N + M) or norms.dtype != torch.float64 or not norms.is_contiguous():
+        raise ValueError(f"norms must be a contiguous float64 [C, N + M] = [{C}, {N + M}] tensor.")
+    part, splits = _real_partials(real, sk=sk, tmax=tmax, norms=norms)
     syn = syn.contiguous()
     f64 = syn.dtype == torch.float64
     acc = torch.float64 if f64 else torch.float32
@@ -165,7 +183,7 @@ def hdd(
     warps = _warps(block)
     inv_sk = 1.0 / sk
     kernels.syn_finish[(C,)](
-        part, syn, d, cls, vec, M, D, splits, sk, inv_sk, float(tmax), float(N > 1), float(M > 1),
+        part, syn, d, cls, vec, norms, N, M, D, splits, sk, inv_sk, float(tmax), float(N > 1), float(M > 1),
         float(scale), BLOCK_D=block, F64=f64, GRAD=grad, num_warps=warps,
     )  # fmt: skip
     if not grad:

@@ -450,7 +450,7 @@ def test_bench_matcher_ops_only_counts_the_triton_launches(tmp_path):
     import bench_matcher
     from hyperdm import triton_kernels
 
-    if triton_kernels._triton() is None or not triton_kernels.interpreting():
+    if triton_kernels.triton_module() is None or not triton_kernels.interpreting():
         pytest.skip("needs triton under its interpreter (TRITON_INTERPRET=1, set by conftest without CUDA)")
     out = tmp_path / "ops.json"
     argv = ["--ops-only", "--C", "2", "--N", "6", "--M", "2", "--D", "8", "--dtypes", "float64", "--out", str(out)]
@@ -462,3 +462,26 @@ def test_bench_matcher_ops_only_counts_the_triton_launches(tmp_path):
     assert tp["all"] <= 15  # the real pass, the synthetic side, the gradient rows: no scalar work on the host
     assert tp["host_syncs"] == 0 and row["hdd"]["host_syncs"] == 1
     assert row["hdd_device_slicing"] == row["hdd"]  # a tiny tensor is one slice either way
+
+
+def test_kernel_selfcheck_prints_and_saves_a_verdict_per_setting(tmp_path, capsys, monkeypatch):
+    import kernel_selfcheck
+    from hyperdm import fused, kernel_check, triton_kernels
+
+    if triton_kernels.triton_module() is None or not triton_kernels.interpreting():
+        pytest.skip("needs triton under its interpreter (TRITON_INTERPRET=1, set by conftest without CUDA)")
+    monkeypatch.setattr(fused, "AUTO_ON_INTERPRETER", False)  # the script turns it on for the CPU
+    out = tmp_path / "k.json"
+    argv = ["kernel_selfcheck.py", "--device", "cpu", "--quick", "--dtypes", "float32", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    kernel_selfcheck.main()
+    res = json.loads(out.read_text())
+    assert [(r["D"], r["max_norm"], r["status"]) for r in res["rows"]] == [
+        (16, 10.0, "ok"),
+        (16, None, "ok"),
+        (64, 10.0, "ok"),
+        (64, None, "ok"),
+    ]
+    assert all(r["loss_error"] < 1e-6 and r["tolerance"] == 1e-3 for r in res["rows"])
+    assert "4 of 4 settings ok" in capsys.readouterr().out
+    kernel_check.reset()

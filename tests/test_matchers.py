@@ -454,3 +454,41 @@ def test_saturated_clamp_makes_k_a_loss_scale(k):
     exact_k = float(hyperbolic_matching_loss(real, syn, k=k, scale=40.0, max_norm=None))  # no clamp: k is geometry
     exact_1 = float(hyperbolic_matching_loss(real, syn, k=1.0, scale=40.0, max_norm=None))
     assert abs(exact_k - math.sqrt(k) * exact_1) > 1e-3 * exact_k
+
+
+def test_finite_check_names_the_side_and_class_and_reads_no_feature_when_the_loss_is_finite():
+    """The default check reads the scalar loss only; the features are inspected only once it is NaN/inf, and the
+    error names the side and the class."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    g = torch.Generator().manual_seed(3)
+    real = torch.randn(3, 16, 8, generator=g, dtype=torch.float64).abs() * 3
+    syn = (torch.randn(3, 2, 8, generator=g, dtype=torch.float64).abs() * 3).requires_grad_()
+
+    class Reads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            flat = [a for a in list(args) + list((kwargs or {}).values()) if isinstance(a, torch.Tensor)]
+            if any(a.untyped_storage().data_ptr() == real.untyped_storage().data_ptr() for a in flat):
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    reads = {}
+    for check in (True, False):
+        m = HyperbolicMatcher(check_finite=check, stats=False)
+        with Reads() as r:
+            m(real, syn)
+        reads[check] = r.n
+    assert reads[True] == reads[False] > 0
+    bad = real.clone()
+    bad[1, 5, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"real features contain 1 NaN/inf values in class 1, so the hyperbolic"):
+        HyperbolicMatcher()(bad, syn)
+    bad_syn = syn.detach().clone()
+    bad_syn[0, 0, 0] = float("inf")
+    bad_syn[2, 1, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"syn features contain 2 NaN/inf values in classes 0, 2"):
+        HyperbolicMatcher()(real, bad_syn)

@@ -239,10 +239,11 @@ from hyperdm import _triton_impl as K
 v, acc, block, warps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 f64 = v == "*fp64"
 kernels = [
-    (K.real_pass, dict(v_ptr=v, part_ptr="*fp64", N="i32", D="i32", rows_per="i32", splits="i32"),
-     ("inv_sk", "tmax", "tiny"), {}),
-    (K.syn_finish, dict(part_ptr="*fp64", v_ptr=v, d_ptr="*fp64", cls_ptr="*fp64", vec_ptr=acc, M="i32", D="i32",
-     splits="i32"), ("sk", "inv_sk", "tmax", "multi_r", "multi_s", "scale"), {"GRAD": True}),
+    (K.real_pass, dict(v_ptr=v, part_ptr="*fp64", norms_ptr="*fp64", N="i32", NM="i32", D="i32", rows_per="i32",
+     splits="i32"), ("inv_sk", "tmax", "tiny"), {}),
+    (K.syn_finish, dict(part_ptr="*fp64", v_ptr=v, d_ptr="*fp64", cls_ptr="*fp64", vec_ptr=acc, norms_ptr="*fp64",
+     N="i32", M="i32", D="i32", splits="i32"), ("sk", "inv_sk", "tmax", "multi_r", "multi_s", "scale"),
+     {"GRAD": True}),
     (K.syn_rows, dict(v_ptr=v, cls_ptr="*fp64", vec_ptr=acc, out_ptr=v, M="i32", D="i32"),
      ("sk", "inv_sk", "tmax", "multi_s"), {}),
 ]
