@@ -98,7 +98,7 @@ def main() -> None:
         "benchmark": "kernel self-check",
         **machine(a.device),
         "sizes": {"C": a.C, "N": a.N, "M": a.M},
-        "triton": (triton_kernels.triton_module() or type("", (), {"__version__": None})).__version__,
+        "triton": getattr(triton_kernels.triton_module(), "__version__", None),
         "rows": rows,
         "kernel_status": kernel_check.kernel_status(),
     }

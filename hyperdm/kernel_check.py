@@ -244,7 +244,7 @@ def approve(
         return strict  # fused=True runs the kernels (unchecked this call); "auto" the PyTorch path
     loss_err = min(_rel(d_k, d_t, floor) for d_t, _ in refs)
     grad_err = min(_rel(g_k[far], g_t[far]) for _, g_t in refs) if g_k is not None else 0.0
-    numbers = {"loss_error": loss_err, "grad_error": grad_err, "tolerance": tol}
+    numbers: dict[str, Any] = {"loss_error": loss_err, "grad_error": grad_err, "tolerance": tol}
     finite = bool(torch.isfinite(d_k).all()) and (g_k is None or bool(torch.isfinite(g_k).all()))
     if not finite or not (loss_err <= tol and grad_err <= tol):
         what = f"loss off by {loss_err:.3g}, gradient by {grad_err:.3g} (norm-wise, relative; tolerance {tol:g})"

@@ -231,9 +231,9 @@ def test_the_kernels_write_the_norms_the_radius_statistics_read():
     syn = _features(2, 3, 16, seed=22, scale=4.0)
     kernel_check.reset()
     fused.hdd_distance(real, syn, k=1.0, fused=True)  # the first call's check, not counted
-    d, stats = fused.hdd_distance_with_stats(real, syn, k=2.0, fused=False)
+    _, stats = fused.hdd_distance_with_stats(real, syn, k=2.0, fused=False)
     with Ops() as ops:
-        dk, sk = fused.hdd_distance_with_stats(real, syn, k=2.0, fused=True)
+        _, sk = fused.hdd_distance_with_stats(real, syn, k=2.0, fused=True)
     assert "linalg_vector_norm" not in ops.names
     for name, value in stats.as_dict().items():
         assert sk.as_dict()[name] == pytest.approx(value, rel=1e-6), name
