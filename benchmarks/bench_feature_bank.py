@@ -11,6 +11,9 @@ unless ``--keep``.
 
     python benchmarks/bench_feature_bank.py --dir /tmp          # needs ~5.3 GB of disk
     python benchmarks/bench_feature_bank.py --rows 100000        # a smaller trial
+    python benchmarks/bench_feature_bank.py --baseline           # and the previous scorers beside them
+
+The file is read once before the timings, so that every scorer reads it from the page cache.
 
 Results: ``benchmarks/results/feature_bank_<rows>x<dim>.json``.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +31,41 @@ import numpy as np
 import torch
 
 from _results import machine, save
-from hyperdm.pruning import FeatureBank
+from hyperdm import lorentz
+from hyperdm.pruning import FeatureBank, select
+
+
+def baseline_radius(bank: FeatureBank, chunk_values: int = 2**24) -> torch.Tensor:
+    """The radius scorer of hyperdm before the streaming one: float64 NumPy copies of 2**24 values at a time."""
+    fe = bank._features[0]
+    n = fe.shape[0]
+    step = max(1, chunk_values // fe.shape[-1])
+    out = torch.empty(n, dtype=torch.float64)
+    for s in range(0, n, step):
+        rows = torch.from_numpy(np.asarray(fe[s : s + step], dtype=np.float64))
+        out[s : s + step] = lorentz.radius0(rows, k=1.0)
+    return out
+
+
+def baseline_centroid(bank: FeatureBank, chunk_values: int = 2**24) -> torch.Tensor:
+    """The class-centroid scorer before the streaming one: each class's rows gathered from the file, their Law
+    centroid (``lorentz.feature_centroid``), then every row's ``lorentz.dist`` to it in float64 chunks."""
+    fe, labels = bank._features[0], bank.labels
+    mn = lorentz.SAFE_RADIUS
+    classes = torch.unique(labels)
+    cents = []
+    for c in classes.tolist():
+        idx = torch.nonzero(labels == c).squeeze(1)
+        rows = torch.as_tensor(np.asarray(fe[idx.numpy()], dtype=np.float64))[None]
+        cents.append(lorentz.feature_centroid(rows, k=1.0, max_norm=mn)[0])
+    cent = torch.stack(cents)
+    cls = torch.searchsorted(classes, labels)
+    out = torch.empty(labels.numel(), dtype=torch.float64)
+    step = max(1, chunk_values // fe.shape[-1])
+    for s in range(0, labels.numel(), step):
+        f = torch.as_tensor(np.asarray(fe[s : s + step], dtype=np.float64))
+        out[s : s + step] = lorentz.dist(lorentz.expmap0(f, k=1.0, max_norm=mn), cent[cls[s : s + step]], k=1.0)
+    return out
 
 
 def rss_anon_bytes() -> int:
@@ -70,7 +108,16 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp", help="where the memmap file goes")
     ap.add_argument("--keep", action="store_true", help="keep the generated file")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time the previous scorers (per-class gathering; float64 NumPy copies) on the same file, and "
+        "compare their scores and selections with the current ones",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     path = Path(a.dir) / f"hyperdm_bank_{a.rows}x{a.dim}.npy"
     gen = torch.Generator().manual_seed(a.seed)
     labels = torch.arange(a.rows) % a.classes
@@ -88,12 +135,25 @@ def main() -> None:
     del mm
     timings["generate_s"] = time.perf_counter() - t0
     bank = FeatureBank(np.load(path, mmap_mode="r"), labels)
-    results = {}
-    for name, fn in (
+    # read the file once so that every scorer reads it from the page cache
+    t0 = time.perf_counter()
+    with open(path, "rb") as fh:
+        while fh.read(1 << 26):
+            pass
+    timings["warm_page_cache_s"] = time.perf_counter() - t0
+    results: dict = {}
+    scores: dict = {}
+    runs = [
         ("radius", lambda: bank.scores("radius", chunk_size=a.chunk)),
         ("centroid", lambda: bank.scores("centroid", chunk_size=a.chunk)),
         ("select_radius_0.2", lambda: bank.select(0.2, method="radius", chunk_size=a.chunk)),
-    ):
+    ]
+    if a.baseline:
+        runs += [
+            ("baseline_radius", lambda: baseline_radius(bank)),
+            ("baseline_centroid", lambda: baseline_centroid(bank)),
+        ]
+    for name, fn in runs:
         mon.reset()
         t0 = time.perf_counter()
         out = fn()
@@ -101,6 +161,7 @@ def main() -> None:
         timings[f"{name}_s"] = dt
         memory[f"{name}_peak_rss_anon_bytes"] = mon.peak
         results[name] = {"n": int(out.numel()), "first": [float(v) for v in out[:3]]}
+        scores[name] = out
         print(
             f"{name:>18}: {dt:8.2f} s  {a.rows / dt:12,.0f} rows/s  "
             f"{a.rows * a.dim * 2 / dt / 2**30:6.2f} GiB/s of features"
@@ -108,6 +169,13 @@ def main() -> None:
             flush=True,
         )
     mon.stop()
+    if a.baseline:  # the current scorers against the previous ones, on the same file
+        for name in ("radius", "centroid"):
+            new_s, old_s = scores[name], scores[f"baseline_{name}"]
+            rel = float(((new_s - old_s).abs() / old_s.abs().clamp_min(1e-300)).max())
+            same = torch.equal(select(new_s, keep=0.2, labels=labels), select(old_s, keep=0.2, labels=labels))
+            results[f"{name}_vs_baseline"] = {"max_relative_difference": rel, "same_selection_keep_0.2": same}
+            print(f"{name}: largest relative difference to the previous scorer {rel:.2e}; same selection: {same}")
     memory["process_peak_rss_bytes_ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     kept = results["select_radius_0.2"]["n"]
     print(
@@ -123,13 +191,17 @@ def main() -> None:
             "dim": a.dim,
             "classes": a.classes,
             "dtype": "float16",
-            "chunk": a.chunk or "library default (2**24 values per float64 work array)",
+            "chunk": a.chunk or "library default (hyperdm.pruning.STREAM_ELEMENTS values per chunk)",
             "file_bytes": path.stat().st_size,
             **machine("cpu"),
             "timings": timings,
             "memory": memory,
             "results": results,
             "throughput_rows_per_s": {k[:-2]: a.rows / v for k, v in timings.items() if k != "generate_s"},
+            "throughput_gib_per_s": {
+                k[:-2]: a.rows * a.dim * 2 / v / 2**30 for k, v in timings.items() if k != "generate_s"
+            },
+            "command": "python benchmarks/bench_feature_bank.py " + " ".join(sys.argv[1:]),
         },
     )
     if not a.keep:

@@ -588,15 +588,14 @@ def _self_checked(real: Tensor, syn: Tensor, k: float, tmax: float, *, strict: b
     from . import triton_kernels
 
     sk = k**0.5
-    r, s = real.detach(), syn.detach()
 
     def kernel() -> tuple[Tensor, Tensor | None]:
-        return triton_kernels.hdd(r, s, sk=sk, tmax=tmax, scale=1.0, grad=True)
+        return triton_kernels.hdd(real.detach(), syn.detach(), sk=sk, tmax=tmax, scale=1.0, grad=True)
 
     def reference(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
-            s2 = s.to(dtype).requires_grad_(True)
-            args = (r.to(dtype), s2, None, k, None, None, tmax, False, None, False, 1.0, _F64)
+            s2 = syn.detach().to(dtype).requires_grad_(True)
+            args = (real.detach().to(dtype), s2, None, k, None, None, tmax, False, None, False, 1.0, _F64)
             d = _HDDDistance.apply(*args)[0]
             (g,) = torch.autograd.grad(d.sum(), s2)
         return d.detach(), g

@@ -126,3 +126,79 @@ def test_feature_bank_rejects_nan():
     bad[1][0][0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="batch 1"):
         FeatureBank.build(bad, ex)
+
+
+def _composed_centroid_distance(f, y, k, max_norm):
+    """The per-class composition of ``lorentz`` functions (the scorer before streaming): each class's rows, their
+    Law centroid (:func:`lorentz.feature_centroid`), then ``lorentz.dist`` of every row's point to it."""
+    from hyperdm import lorentz
+
+    out = torch.empty(y.numel(), dtype=torch.float64)
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c).squeeze(1)
+        rows = f[idx].double()
+        cent = lorentz.feature_centroid(rows[None], k=k, max_norm=max_norm)[0]
+        out[idx] = lorentz.dist(lorentz.expmap0(rows, k=k, max_norm=max_norm), cent, k=k)
+    return out
+
+
+@pytest.mark.parametrize("max_norm", [None, 10.0, 1.5])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_streamed_centroid_distance_equals_the_composition(max_norm, dtype):
+    """Shuffled labels over 7 classes (one with a single row, one with a zero row), radii from 0.05 to 60 with the
+    exact map (each class's largest radius found in a later chunk than its first rows), chunks of 5 rows: the
+    two-pass streaming scorer gives the lorentz composition's distances to float64 round-off."""
+    g = torch.Generator().manual_seed(7)
+    n, d, k = 120, 9, 1.7
+    f = torch.randn(n, d, generator=g, dtype=torch.float64).abs()
+    f = f / f.norm(dim=-1, keepdim=True) * torch.linspace(0.05, 60.0, n, dtype=torch.float64).unsqueeze(-1)
+    y = torch.randint(0, 6, (n,), generator=g)
+    y[17] = 6  # a class of one row
+    f[40] = 0.0
+    f = f.to(dtype)
+    want = _composed_centroid_distance(f, y, k, max_norm)
+    for chunk in (5, None):
+        got = class_centroid_distance(
+            f.numpy() if dtype != torch.float16 else f, y, k=k, max_norm=max_norm, chunk_size=chunk
+        )
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert select(got, keep=0.3, labels=y).tolist() == select(want, keep=0.3, labels=y).tolist()
+
+
+def test_feature_bank_reads_a_memmap_in_order_once_per_pass(tmp_path, monkeypatch):
+    """The scorers read the rows in file order, chunk after chunk (no gathering of a class's rows)."""
+    from hyperdm import pruning
+
+    g = torch.Generator().manual_seed(8)
+    feats = (torch.randn(1, 50, 6, generator=g).abs() * 3).half().numpy()
+    np.save(tmp_path / "b.npy", feats)
+    (tmp_path / "b.json").write_text('{"labels": ' + str((torch.arange(50) % 4).tolist()) + "}")
+    bank = FeatureBank.load(tmp_path / "b")
+    seen = []
+    real = pruning._float64_rows
+    monkeypatch.setattr(pruning, "_float64_rows", lambda f, s, e: seen.append((s, e)) or real(f, s, e))
+    bank.scores("centroid", chunk_size=16)
+    assert seen == [(0, 16), (16, 32), (32, 48), (48, 50)] * 2
+    seen.clear()
+    bank.scores("radius", chunk_size=16)
+    assert seen == [(0, 16), (16, 32), (32, 48), (48, 50)]
+
+
+def test_select_equals_the_per_class_loop_and_leaves_float64_banks_untouched():
+    """The one-sort selection keeps exactly what sorting each class on its own keeps (ties by index, each class
+    max(1, round(keep n_c)) rows, Python's round), on scores with many ties; the scorers never write into the
+    features they are given."""
+    g = torch.Generator().manual_seed(9)
+    for n, classes, keep in ((500, 7, 0.2), (64, 64, 0.5), (300, 3, 0.25), (37, 5, 0.5)):
+        scores = torch.randint(0, 20, (n,), generator=g).double()  # many ties
+        labels = torch.randint(0, classes, (n,), generator=g) * 3 + 1  # labels need not be 0..C-1
+        want = []
+        for c in torch.unique(labels).tolist():
+            idx = torch.nonzero(labels == c).squeeze(1)
+            want.append(idx[torch.argsort(scores[idx], stable=True)[: max(1, round(keep * idx.numel()))]])
+        assert select(scores, keep=keep, labels=labels).tolist() == torch.sort(torch.cat(want)).values.tolist()
+    f = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    before = f.clone()
+    FeatureBank(f[None], torch.arange(40) % 3).scores("centroid")
+    class_centroid_distance(f, torch.arange(40) % 3)
+    assert torch.equal(f, before)
