@@ -146,7 +146,7 @@ def distill_resumable(cfg: Any, out: Path, stop_at: int | None = None) -> tuple[
 
     t0 = time.perf_counter()
     try:
-        m = distill(cfg, str(out), resume=True, progress=False, stop_at=stop_at)
+        m = distill(cfg, str(out), resume=(out / "checkpoint.pt").exists(), progress=False, stop_at=stop_at)
     except ValueError as e:
         if "different settings" not in str(e):
             raise

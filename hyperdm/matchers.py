@@ -289,7 +289,6 @@ class HyperbolicMatcher(nn.Module):
             "instead (docs/geometry.md)."
         )
         warnings.warn(msg, UserWarning, stacklevel=5)
-        log.info("%s", msg)
 
     def _choose_scale(
         self, r: Tensor, rm: Tensor | None, s: Tensor, sm: Tensor | None, reduce: Any, k: float | Tensor

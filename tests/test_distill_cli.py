@@ -325,6 +325,8 @@ def test_compile_matcher_reaches_the_run_and_gives_the_plain_loss(tmp_path, tiny
         (["distill", "--scale", "nan"], "argument --scale: expected a finite number >= 0 or 'auto', got 'nan'"),
         (["distill", "--prune-keep", "0"], "argument --prune-keep: must be a fraction in (0, 1]"),
         (["distill", "--radius", "0"], "argument --radius: must be a finite number > 0, got '0'"),
+        (["distill", "--eval-epochs", "0"], "argument --eval-epochs: must be >= 1, got 0 (--eval-runs 0 skips"),
+        (["distill", "--checkpoint-minutes", "-1"], "argument --checkpoint-minutes: must be a finite number >= 0"),
         (["distill", "--radius", "-2"], "argument --radius: must be a finite number > 0, got '-2'"),
         (["evaluate", "x", "--epochs", "-5"], "argument --epochs: must be >= 1, got -5"),
         (["evaluate", "x", "--runs", "0"], "argument --runs: must be >= 1, got 0"),
@@ -502,7 +504,9 @@ def test_resume_of_a_run_written_with_the_flat_config_of_hyperdm_0_1(tmp_path, t
     # other settings than the checkpoint's: refused with the settings named by path, nothing changed
     assert main([*args, "--k", "2", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "was made with different settings (matcher.k)" in err and "resume with the same settings" in err
+    assert "was made with different settings (matcher.k: 1 in the checkpoint, 2.0 now)" in err
+    assert "resume with the same settings" in err and "matcher.scale" not in err  # said first, in one line
+    assert len(err.strip().splitlines()) == 1
     assert main([*args, "--resume"]) == 0
     loss = json.loads((run / "metrics.json").read_text())["loss"]
     want = json.loads((src / "uninterrupted_loss.json").read_text())["loss"]

@@ -174,3 +174,36 @@ def test_resume_refuses_changed_idm_settings(tmp_path):
     IDMLoop(idm_cfg(iterations=2, eval_runs=1, eval_epochs=1), small(FMNIST), str(tmp_path), progress=False).run(
         resume=True
     )
+
+
+@needs_fmnist
+def test_sigterm_inside_an_idm_step_finishes_the_step_and_resume_matches(tmp_path):
+    """A SIGTERM that arrives in the middle of an IDM iteration (between its per-class image updates) is acted on
+    once the iteration is complete: the checkpoint holds iteration 3 whole, and resuming gives the uninterrupted
+    run's images bit for bit."""
+    import os
+    import signal
+
+    from hyperdm.distill.signals import Stopped
+
+    cfg = idm_cfg(iterations=6, eval_runs=0, checkpoint_every=100)
+    real = small(FMNIST)
+    full = IDMLoop(cfg, real, str(tmp_path / "full"), progress=False).run()
+
+    class Signalled(IDMLoop):
+        def image_step(self, loss, it):
+            value = super().image_step(loss, it)
+            if it == 2 and not getattr(self, "sent", False):  # after the first class's update of iteration 2
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+            return value
+
+    with pytest.raises(Stopped) as e:
+        Signalled(cfg, real, str(tmp_path / "stopped"), progress=False).run()
+    assert e.value.signum == signal.SIGTERM and e.value.exit_code == 143
+    state = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 3 and len(state["metrics"]["loss"]) == 3
+    again = IDMLoop(cfg, real, str(tmp_path / "stopped"), progress=False).run(resume=True)
+    assert again["loss"] == full["loss"]
+    assert torch.equal(load_synthetic(tmp_path / "stopped")[0], load_synthetic(tmp_path / "full")[0])
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run put the default handler back

@@ -261,16 +261,22 @@ RESUME_ARGS = [
 ]
 
 
-def kill_and_resume(full_args, killed_args, killed: Path, *, at: int, timeout: float = 180) -> int:
-    """Start an uninterrupted run and a second one; SIGKILL the second once its checkpoint has reached
-    iteration ``at``, continue it with ``--resume``, and wait for both (each must exit 0). Returns the
-    iteration of the checkpoint the killed run left."""
+def kill_and_resume(
+    full_args, killed_args, killed: Path, *, at: int, timeout: float = 180, sig: int = signal.SIGKILL, ready=None
+) -> int:
+    """Start an uninterrupted run and a second one; send ``sig`` (SIGKILL by default) to the second once its
+    checkpoint has reached iteration ``at``, continue it with ``--resume``, and wait for both (each must exit 0).
+    Returns the iteration of the checkpoint the stopped run left. A SIGTERM must end the run with status 143 and
+    one line naming --resume. ``ready()``, if given, says when to send the signal instead of the checkpoint."""
     p = _cli(full_args)
     q = _cli(killed_args)
     deadline = time.time() + timeout
     while time.time() < deadline and q.poll() is None:
         ck = killed / "checkpoint.pt"
-        if ck.exists():
+        if ready is not None:
+            if ready():
+                break
+        elif ck.exists():
             try:
                 if torch.load(ck, weights_only=True)["iteration"] >= at:
                     break
@@ -278,8 +284,11 @@ def kill_and_resume(full_args, killed_args, killed: Path, *, at: int, timeout: f
                 pass
         time.sleep(0.05)
     assert q.poll() is None, "the run finished before it could be killed; make it longer"
-    os.kill(q.pid, signal.SIGKILL)
-    q.wait()
+    os.kill(q.pid, sig)
+    _, err = q.communicate(timeout=120)
+    if sig != signal.SIGKILL:
+        assert q.returncode == 128 + sig, err
+        assert f"stopped by {signal.Signals(sig).name}" in err and "--resume" in err, err
     assert not (killed / "synthetic.pt").exists()
     done = torch.load(killed / "checkpoint.pt", weights_only=True)["iteration"]
     r = _cli([*killed_args, "--resume"])
@@ -299,6 +308,30 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert torch.equal(a, b)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, killed))
     assert ma["loss"] == mb["loss"] and len(ma["loss"]) == 30
+
+
+@needs_fmnist
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_scheduler_signal_saves_the_step_and_resume_matches_the_uninterrupted_run(tmp_path, sig):
+    """SIGTERM (SLURM, Kubernetes, timeout) or SIGUSR1 mid-run: the run finishes its step, writes the checkpoint of
+    that step (not only the last one of --checkpoint-every: here every 100 iterations, never reached), exits 143 /
+    138 naming --resume, and the resumed run equals the uninterrupted one bit for bit."""
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    args = [a if a != "3" else "100" for a in RESUME_ARGS]  # --checkpoint-every 100: only the signal's checkpoint
+
+    def running():  # the first iteration is done (its radii are logged): send the signal
+        log = stopped / "run.log"
+        return log.exists() and "radii at iteration 0" in log.read_text()
+
+    done = kill_and_resume(
+        [*args, "--out", str(full)], [*args, "--out", str(stopped)], stopped, at=0, sig=sig, ready=running
+    )
+    assert 1 <= done < 30
+    assert torch.equal(load_synthetic(full)[0], load_synthetic(stopped)[0])
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, stopped))
+    assert ma["loss"] == mb["loss"] and len(ma["loss"]) == 30
+    log = (stopped / "run.log").read_text()
+    assert f"stopped by {signal.Signals(sig).name}: the checkpoint is at iteration {done}" in log
 
 
 @needs_fmnist
@@ -364,3 +397,19 @@ def test_paused_calibrated_run_resumes_bit_for_bit(tmp_path):
     with pytest.raises(ValueError, match="stop_at must be an iteration >= 1"):
         distill(cfg, str(tmp_path / "bad"), stop_at=0)
     assert not (tmp_path / "bad").exists()
+
+
+@needs_fmnist
+@pytest.mark.parametrize("minutes,saved", [(0.0, [6]), (1e-9, [1, 2, 3, 4, 5, 6]), (60.0, [6])])
+def test_time_based_checkpoints(tmp_path, monkeypatch, minutes, saved):
+    """--checkpoint-minutes M writes a checkpoint whenever M minutes have passed since the last one, besides every
+    --checkpoint-every iterations (here 100: only the last iteration's); 0 turns it off."""
+    cfg = tiny_cfg(iterations=6, eval_runs=0, checkpoint_every=100, checkpoint_minutes=minutes)
+    loop = DMLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    seen = []
+    real = loop._checkpoint
+    monkeypatch.setattr(loop, "_checkpoint", lambda it: seen.append(it) or real(it))
+    loop.run()
+    assert seen == saved
+    with pytest.raises(ValueError, match="checkpoint_minutes"):
+        resolve(overrides={"checkpoint_minutes": -1.0})

@@ -296,6 +296,49 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path, ti
     assert la == lb and len(la) == 12
 
 
+def test_sigterm_to_a_two_process_run_stops_every_rank_after_one_step_and_resumes(tmp_path, tiny_fmnist_root):
+    """SIGTERM to the launcher and both ranks (what SLURM's scancel or a pod's termination sends): the ranks agree
+    on the iteration to stop after, rank 0 writes its checkpoint (here the only one: --checkpoint-every 100), every
+    process exits, and the resumed run equals the uninterrupted one."""
+    import signal
+    import time
+
+    args = ["--data-root", str(tiny_fmnist_root), "--ipc", "1", "--iterations", "12", "--batch-real", "6"]
+    args += ["--eval-runs", "0", "--checkpoint-every", "100", "--seed", "5"]
+    full = _distill(args, tmp_path / "full", procs=2)
+    assert full.returncode == 0, full.stderr[-3000:]
+    stopped = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "hyperdm"]
+    cmd += ["--log-level", "INFO", "distill", *args, "--out", str(stopped), "--no-progress"]
+    q = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    log = stopped / "run.log"
+    while time.time() < deadline and q.poll() is None:
+        if log.exists() and "radii at iteration 0" in log.read_text():
+            break
+        time.sleep(0.05)
+    assert q.poll() is None, "the run finished before it could be stopped"
+    os.killpg(q.pid, signal.SIGTERM)  # the launcher and both ranks
+    _, err = q.communicate(timeout=120)
+    assert q.returncode != 0
+    state = torch.load(stopped / "checkpoint.pt", weights_only=False)
+    assert 1 <= state["iteration"] < 12 and not (stopped / "synthetic.pt").exists()
+    assert f"stopped by SIGTERM: the checkpoint is at iteration {state['iteration']}" in log.read_text()
+    resumed = _distill([*args, "--resume"], stopped, procs=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "full" / "synthetic.pt", weights_only=False)["data"][0][0]
+    b = torch.load(stopped / "synthetic.pt", weights_only=False)["data"][0][0]
+    assert torch.equal(a, b)
+
+
 def test_prune_under_torchrun_keeps_what_one_process_keeps(tmp_path, tiny_fmnist_root):
     kept = {}
     for name, procs in (("one", None), ("two", 2)):

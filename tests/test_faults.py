@@ -654,3 +654,72 @@ def test_overwrite_replaces_a_run(tmp_path, tiny_fmnist_root, ref_run, capsys):
     assert "iteration 2/4" not in (out / "run.log").read_text()  # a fresh log
     rc, err = run(capsys, distill_args(tiny_fmnist_root, out, "--resume", "--overwrite"))
     assert rc == 2 and "pass one of them" in one_error_line(err, "distill")
+
+
+# ---------------------------------------------------------------------------------------------- one writer per run
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path, tiny_fmnist_root, capsys):
+    """A run directory held by another live process (here: a process that holds its lock, as a running distill
+    does) is refused in one line naming that process's PID and host, before anything is written."""
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    rc, _ = run(capsys, distill_args(tiny_fmnist_root, out))
+    assert rc == 0
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from hyperdm.distill.artifacts import RunDir\n"
+            f"with RunDir({str(out)!r}).lock():\n    print('locked', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        rc, err = run(capsys, distill_args(tiny_fmnist_root, out, "--resume"))
+        line = one_error_line(err, "distill")
+        assert rc == 2 and f"PID {holder.pid} on host {socket.gethostname()}" in line
+        assert "in use by another hyperdm process" in line and "--out" in line
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (killed): its lock went with it, and the next run takes over with a warning
+    rc, err = run(capsys, distill_args(tiny_fmnist_root, out, "--overwrite", "--log-level", "WARNING"))
+    assert rc == 0 and f"took over the lock left by PID {holder.pid}" in err
+
+
+def test_resume_of_a_directory_without_a_run_fails_fast(tmp_path, tiny_fmnist_root, capsys, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("work started before the check")
+
+    monkeypatch.setattr("hyperdm.distill.data.load_dataset", refuse)
+    for out in (tmp_path / "typo", tmp_path):  # missing, and an existing directory without run files
+        rc, err = run(capsys, distill_args(tiny_fmnist_root, out, "--resume"))
+        line = one_error_line(err, "distill")
+        assert rc == 2 and f"{out} holds no run to continue" in line and "without --resume" in line
+    assert not (tmp_path / "typo").exists()
+
+
+def test_in_process_lock_and_a_stale_lock_file(tmp_path):
+    """The lock is the directory's, not the process's: a second holder in the same process is refused too; a lock
+    file naming a process that is gone does not stop anyone."""
+    import json as _json
+
+    from hyperdm.distill.artifacts import RunDir, RunLockedError
+
+    rd = RunDir(tmp_path / "r")
+    with rd.lock(), pytest.raises(RunLockedError, match=f"PID {os.getpid()}"), rd.lock():
+        pass
+    (tmp_path / "r" / RunDir.LOCK).write_text(_json.dumps({"pid": 2**22 + 7, "host": "elsewhere", "since": "then"}))
+    with rd.lock():
+        rec = _json.loads((tmp_path / "r" / RunDir.LOCK).read_text())
+        assert rec["pid"] == os.getpid()
+    assert (tmp_path / "r" / RunDir.LOCK).read_text() == ""  # released: names no holder
+    assert RunDir(tmp_path / "r").existing() == []  # the lock file is not a run file

@@ -69,6 +69,11 @@ def distill(
     if why:
         raise FileExistsError(why)
     check_writable(rd.path)
+    if resume and not rd.existing():
+        raise FileNotFoundError(
+            f"--resume: {rd.path} holds no run to continue (no checkpoint.pt, no run files); check --out for a typo, "
+            "or start the run without --resume."
+        )
     if resume and rd.checkpoint.exists():
         rd.check_checkpoint()  # container and CRC checks now; the loop reads it (weights_only) before distilling
     with joined(cfg.device) as (par, device):  # under torchrun: join the process group, cuda -> cuda:LOCAL_RANK

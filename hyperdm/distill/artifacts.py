@@ -70,6 +70,10 @@ class UnsafeFileError(ValueError):
     """A file holds Python objects beyond tensors and plain containers; it was not loaded (nothing in it ran)."""
 
 
+class RunLockedError(FileExistsError):
+    """Another live process holds the run directory's lock (two writers would overwrite each other's checkpoints)."""
+
+
 class CorruptFileError(ValueError):
     """A file is empty, truncated, damaged (a CRC-32 mismatch) or not in the format expected; it was not loaded."""
 
@@ -375,6 +379,48 @@ class RunDir:
     poincare = property(lambda self: self.path / "poincare.png")
     logfile = property(lambda self: self.path / "run.log")
 
+    #: the lock file of a run directory (``flock``): one writing process at a time
+    LOCK = ".hyperdm.lock"
+
+    @contextlib.contextmanager
+    def lock(self, command: str = "distill") -> Iterator[None]:
+        """Hold this directory's lock while the block runs: one writing process per run directory.
+
+        An exclusive ``fcntl.flock`` on ``.hyperdm.lock`` (the standard library's file locking; the kernel
+        releases it when its process dies, however it dies). The file records the holder's PID, host and start
+        time, so a refusal can name them; a lock file whose holder is gone (a killed process) is taken over with a
+        warning. Creates the directory. Raises :class:`RunLockedError` when a live process holds the lock.
+        """
+        import fcntl
+        import socket
+        import time
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                holder = _lock_holder(fd)
+                raise RunLockedError(
+                    f"{self.path} is in use by another hyperdm process ({holder}); two processes writing one run "
+                    "would overwrite each other's checkpoints. Wait for it to finish, stop it, or choose another --out."
+                ) from None
+            left = _lock_holder(fd, default="")
+            if left:
+                log.warning("%s: took over the lock left by %s, which is no longer running", self.path, left)
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps({**info, "command": command}) + "\n").encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)  # released: no holder to name (the file stays, so that no two lock two files)
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
     def existing(self) -> list[str]:
         """The names of the run files already in the directory."""
         return [n for n in self.ARTIFACTS if (self.path / n).exists()]
@@ -477,3 +523,14 @@ class RunDir:
             lg.removeHandler(handler)
             lg.setLevel(old)
             handler.close()
+
+
+def _lock_holder(fd: int, default: str = "a process whose PID the lock file does not name") -> str:
+    """``PID n on host h (since t, hyperdm distill)`` from a lock file's record, or ``default`` when it has none."""
+    try:
+        rec = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+    except (OSError, ValueError, UnicodeDecodeError):
+        rec = None
+    if not isinstance(rec, dict) or "pid" not in rec:
+        return default
+    return f"PID {rec['pid']} on host {rec.get('host', '?')}, since {rec.get('since', '?')}, hyperdm {rec.get('command', '?')}"

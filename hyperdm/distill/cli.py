@@ -15,6 +15,7 @@ import logging
 import sys
 import traceback
 import types
+import warnings
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -310,10 +311,13 @@ def _distill(a: argparse.Namespace) -> int:
         preset=a.preset, method=a.method, matcher=a.matcher, dataset=a.dataset, ipc=a.ipc, overrides=overrides
     )
     out = a.out or f"runs/{cfg.method}-{cfg.matcher.kind}-{cfg.dataset}-ipc{cfg.ipc}-seed{cfg.seed}"
+    a.out = out  # (for the line an interruption prints)
     metrics = distill(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
     if launched_rank() != 0:  # rank 0 speaks for the run
         return 0
     print(f"run directory: {Path(out).resolve()}")
+    if not metrics["evals"]:
+        print("no evaluation (--eval-runs 0); evaluate the synthetic set later with `hyperdm evaluate <run directory>`")
     for e in metrics["evals"]:
         for arch, r in e.items():
             if arch != "iteration":
@@ -475,21 +479,26 @@ def _plot(a: argparse.Namespace) -> int:
     if not dataset or not isinstance(dataset, str):
         raise ValueError(f"{run} does not say which dataset it was distilled from (no config.json).")
     real = load_dataset(dataset, a.data_root or cfg.get("data_root"), download=a.download)
-    rd.save_grid(real.denormalise(images), nrow=int(cfg.get("ipc") or meta.get("ipc") or 10))
-    shown, shown_labels = _as_training_set(images, labels, meta)
-    # config.json is nested (matcher.k) since hyperdm 0.2, flat (k) before: run_setting reads both
-    plot_poincare(
-        real,
-        shown,
-        shown_labels,
-        rd.poincare,
-        k=float(run_setting(cfg, "matcher.k", 1.0)),
-        max_norm=run_setting(cfg, "matcher.max_norm", 10.0),
-        model=cfg.get("model", "ConvNet"),
-        seed=int(cfg.get("seed", 0)),
-    )
-    if rd.metrics.exists():
-        plot_loss(read_json(rd.metrics), rd.path / "loss.png")
+    metrics = read_json(rd.metrics) if rd.metrics.exists() else {}
+    with rd.lock("plot"):  # not while a distill writes there
+        rd.save_grid(real.denormalise(images), nrow=int(cfg.get("ipc") or meta.get("ipc") or 10))
+        shown, shown_labels = _as_training_set(images, labels, meta)
+        # config.json is nested (matcher.k), or flat (k) as the first release wrote it: run_setting reads both;
+        # a radius calibration's scale alpha is in metrics.json, and k / alpha^2 shows the calibrated geometry
+        alpha = metrics.get("matcher_alpha")
+        k = float(run_setting(cfg, "matcher.k", 1.0)) / (float(alpha) ** 2 if alpha else 1.0)
+        plot_poincare(
+            real,
+            shown,
+            shown_labels,
+            rd.poincare,
+            k=k,
+            max_norm=run_setting(cfg, "matcher.max_norm", 10.0),
+            model=cfg.get("model", "ConvNet"),
+            seed=int(cfg.get("seed", 0)),
+        )
+        if metrics:
+            plot_loss(metrics, rd.path / "loss.png")
     print(f"wrote {rd.grid}, {rd.poincare}" + (f", {rd.path / 'loss.png'}" if rd.metrics.exists() else ""))
     return 0
 
@@ -533,18 +542,41 @@ def _expected_message(e: BaseException) -> str | None:
     return None
 
 
+def _warning_to_log(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """A warning on the command line: one WARNING line of the log (console and run.log), without the source line."""
+    logging.getLogger("hyperdm").warning("%s", message)
+
+
+def _resume_hint(a: argparse.Namespace) -> str:
+    """How to continue an interrupted ``distill`` (its checkpoint names the iteration), else nothing."""
+    if a.command != "distill" or not getattr(a, "out", None):
+        return ""
+    ck = Path(a.out) / "checkpoint.pt"
+    if not ck.exists():
+        return " (before the first checkpoint: nothing to resume)"
+    return f"; the checkpoint in {a.out} is kept: continue with the same command and --resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``hyperdm`` command; returns the exit status (0, 2 for an expected failure, 1 for a bug, 130 for
-    Ctrl-C)."""
+    Ctrl-C, ``128 + signal`` for SIGTERM, SIGHUP and SIGUSR1: 143, 129, 138)."""
     parser = build_parser()
     a = parser.parse_args(argv)
     _setup_logging(a.log_level)
     _fill_defaults(a)
+    from .signals import Stopped, stop_requests
+
     try:
-        return _COMMANDS[a.command](a)
+        # SIGTERM, SIGHUP, SIGUSR1: like Ctrl-C (a run saves its checkpoint first); warnings as one log line each
+        with stop_requests(), warnings.catch_warnings():
+            warnings.showwarning = _warning_to_log
+            return _COMMANDS[a.command](a)
     except KeyboardInterrupt:
-        print("hyperdm: interrupted", file=sys.stderr)
+        print(f"hyperdm {a.command}: interrupted{_resume_hint(a)}", file=sys.stderr)
         return 130
+    except Stopped as e:
+        print(f"hyperdm {a.command}: {e}{_resume_hint(a)}", file=sys.stderr)
+        return e.exit_code
     except Exception as e:  # the one error boundary of the command line
         msg = _expected_message(e)
         if a.debug:

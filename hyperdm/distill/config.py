@@ -38,6 +38,7 @@ from .settings import (
     get_path,
     int_at_least,
     leaves,
+    nonnegative_float,
     option,
     positive_float,
     scale_arg,
@@ -194,6 +195,13 @@ class DistillConfig:
         parse=int_at_least(1),
     )
     checkpoint_every: int = setting(100, "write checkpoint.pt every N iterations (atomic)", parse=int_at_least(1))
+    checkpoint_minutes: float = setting(
+        5.0,
+        "also write checkpoint.pt when M minutes have passed since the last one (0: only every N iterations), so "
+        "a run killed without warning loses at most that",
+        parse=nonnegative_float,
+        metavar="M",
+    )
     prune_keep: float | None = setting(
         None,
         "hierarchical pruning: keep the fraction F of each class closest to the root (e.g. 0.2)",
@@ -481,6 +489,10 @@ def validate(cfg: DistillConfig) -> None:
             ),
         )
     need(cfg.iterations >= 0, f"iterations (--iterations) must be >= 0; got {cfg.iterations}.")
+    need(
+        finite(cfg.checkpoint_minutes) and cfg.checkpoint_minutes >= 0,
+        f"checkpoint_minutes (--checkpoint-minutes) must be >= 0 (0: by iterations only); got {cfg.checkpoint_minutes}.",
+    )
     need(cfg.batch_real >= 1, f"batch_real (--batch-real) must be >= 1; got {cfg.batch_real}.")
     need(finite(cfg.lr_img) and cfg.lr_img > 0, f"lr_img (--lr-img) must be > 0 and finite; got {cfg.lr_img}.")
     need(
@@ -508,9 +520,9 @@ def validate(cfg: DistillConfig) -> None:
     )
     need(e.every >= 0, f"eval.every (--eval-every) must be >= 0 (0: evaluate only at the end); got {e.every}.")
     need(
-        e.epochs >= 0 and e.runs >= 0,
-        f"eval.epochs (--eval-epochs) and eval.runs (--eval-runs) must be >= 0 (0 runs: no evaluation); got "
-        f"{e.epochs} and {e.runs}.",
+        e.epochs >= 1 and e.runs >= 0,
+        f"eval.epochs (--eval-epochs) must be >= 1 and eval.runs (--eval-runs) >= 0 (--eval-runs 0: no evaluation); "
+        f"got {e.epochs} and {e.runs}.",
     )
     need(finite(e.lr) and e.lr > 0 and e.batch >= 1, "eval.lr must be a finite number > 0 and eval.batch >= 1.")
     need(len(e.archs) >= 1, "eval.archs (--arch) must name at least one architecture.")

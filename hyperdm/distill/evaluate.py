@@ -55,7 +55,11 @@ class EvalConfig:
 
     FLAT_PREFIX: ClassVar[str] = "eval_"
 
-    epochs: int = setting(1000, "epochs of each evaluation training (paper 1,000; cpu 300)", parse=int_at_least(0))
+    epochs: int = setting(
+        1000,
+        "epochs of each evaluation training (paper 1,000; cpu 300)",
+        parse=int_at_least(1, "--eval-runs 0 skips the evaluation"),
+    )
     runs: int = setting(3, "fresh networks per evaluation (paper 3; cpu 2; 0 skips evaluation)", parse=int_at_least(0))
     lr: float = setting(0.01, "SGD learning rate of the evaluation training", parse=positive_float)
     momentum: float = setting(0.9, "SGD momentum of the evaluation training")

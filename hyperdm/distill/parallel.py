@@ -81,6 +81,14 @@ class Parallel:
         for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
             g.copy_(part.view_as(g))
 
+    def max_int(self, value: int) -> int:
+        """The largest ``value`` over the ranks (every rank gets it)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return int(t.item())
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier(group=self.group)

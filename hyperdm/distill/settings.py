@@ -36,6 +36,7 @@ __all__ = [
     "scale_arg",
     "int_at_least",
     "positive_float",
+    "nonnegative_float",
     "fraction",
     "strategy_arg",
 ]
@@ -245,14 +246,16 @@ def scale_arg(text: str) -> Any:
     return value
 
 
-def int_at_least(low: int) -> Callable[[str], int]:
+def int_at_least(low: int, hint: str = "") -> Callable[[str], int]:
+    """A parser of integers ``>= low``; ``hint`` follows the refusal (what to pass instead)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}" + (f" ({hint})" if hint else ""))
         return value
 
     return parse
@@ -265,6 +268,16 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
 
 

@@ -42,6 +42,7 @@ from ..models import Embedder, seeded_network
 from ..parallel import Parallel, check_device
 from ..prune import prune_indices
 from ..seeding import Stream, derive_seed, progress_bar
+from ..signals import Stopped, signal_name, stop_requests
 from ..synset import expand, pack
 
 __all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "eval_config", "per_sample_network"]
@@ -52,7 +53,17 @@ _CHECKPOINT_FORMAT = 1
 # settings (paths; a section name covers the section) that do not change what the images become; every
 # other setting must match on --resume
 _MAY_CHANGE_ON_RESUME = frozenset(
-    {"preset", "eval", "checkpoint_every", "device", "data_root", "download", "dance.expert_dir", "matcher.compile"}
+    {
+        "preset",
+        "eval",
+        "checkpoint_every",
+        "checkpoint_minutes",
+        "device",
+        "data_root",
+        "download",
+        "dance.expert_dir",
+        "matcher.compile",
+    }
 )
 
 
@@ -419,14 +430,19 @@ class DistillLoop:
             )
         return state
 
-    def _resume(self, state: dict[str, Any]) -> int:
+    def _check_same_settings(self, state: dict[str, Any]) -> None:
+        """Refuse to resume a checkpoint made with settings that change what the images become."""
         old, new = DistillConfig.from_dict(state["config"]).settings(), self.cfg.settings()
         changed = [p for p in dict.fromkeys((*old, *new)) if not _may_change_on_resume(p) and old.get(p) != new.get(p)]
         if changed:
+            were = "; ".join(f"{p}: {old.get(p)!r} in the checkpoint, {new.get(p)!r} now" for p in changed[:4])
             raise ValueError(
-                f"--resume: the checkpoint in {self.run_dir.path} was made with different settings "
-                f"({', '.join(changed)}); resume with the same settings, or use a new --out directory."
+                f"--resume: the checkpoint in {self.run_dir.path} was made with different settings ({were}"
+                f"{'; ...' if len(changed) > 4 else ''}); resume with the same settings, or use a new --out directory."
             )
+
+    def _resume(self, state: dict[str, Any]) -> int:
+        self._check_same_settings(state)
         self.kept = state.get("kept")
         if self.kept is not None:
             self._apply_kept()
@@ -490,25 +506,33 @@ class DistillLoop:
             raise ValueError(f"stop_at must be an iteration >= 1 (or None: run to the end); got {stop_at!r}.")
         cfg = self.cfg
         rd = self.run_dir
-        state, problem = None, None
-        if self.par.is_main:  # rank 0 reads the run directory and tells the others
-            try:
-                why = rd.refusal(resume=resume, overwrite=overwrite)
-                if why:
-                    raise FileExistsError(why)
-                state = self._load_state() if resume else None
-            except (FileExistsError, CorruptFileError, UnsafeFileError) as e:
-                problem = e
-        state, problem = self.par.broadcast((state, problem))
-        if problem is not None:
-            raise problem
-        if self.par.is_main:
-            if overwrite:
-                rd.clear()
-            elif resume:
-                rd.remove_stale_temps()  # left by a write that a SIGKILL interrupted
-            rd.path.mkdir(parents=True, exist_ok=True)
-        with rd.logging_to_file() if self.par.is_main else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            state, problem = None, None
+            if self.par.is_main:  # rank 0 reads the run directory, holds its lock, and tells the others
+                try:
+                    why = rd.refusal(resume=resume, overwrite=overwrite)
+                    if why:
+                        raise FileExistsError(why)
+                    if resume and not rd.existing():
+                        raise FileNotFoundError(
+                            f"--resume: {rd.path} holds no run to continue (no checkpoint.pt, no run files); check "
+                            "--out for a typo, or start the run without --resume."
+                        )
+                    stack.enter_context(rd.lock())  # one writer per run directory (creates it)
+                    state = self._load_state() if resume else None
+                    if state is not None:
+                        self._check_same_settings(state)  # before the settings table, which would bury it
+                except (FileExistsError, FileNotFoundError, CorruptFileError, UnsafeFileError, ValueError) as e:
+                    problem = e
+            state, problem = self.par.broadcast((state, problem))
+            if problem is not None:
+                raise problem
+            if self.par.is_main:
+                if overwrite:
+                    rd.clear()
+                elif resume:
+                    rd.remove_stale_temps()  # left by a write that a SIGKILL interrupted
+            stack.enter_context(rd.logging_to_file() if self.par.is_main else contextlib.nullcontext())
             log.info(
                 "hyperdm %s: %s with the %s matcher on %s, IPC %d, preset %s%s\n%s",
                 __version__,
@@ -521,7 +545,11 @@ class DistillLoop:
                 cfg.summary(),
             )
             if resume and state is None:
-                log.info("--resume: no checkpoint in %s yet; starting from the beginning", rd.path)
+                log.warning(
+                    "--resume: %s holds no checkpoint yet (the run stopped before its first one); starting from the "
+                    "beginning",
+                    rd.path,
+                )
             if state is not None:
                 start = self._resume(state)
             else:
@@ -540,6 +568,11 @@ class DistillLoop:
             it = start
             last_good = start
             t_distill = 0.0
+            last_save = time.monotonic()
+            every_s = 60.0 * cfg.checkpoint_minutes
+            # SIGTERM, SIGHUP, SIGUSR1 and Ctrl-C stop the run after the current step, with a checkpoint
+            stops = stack.enter_context(stop_requests())
+            agree = self.par.max_int if self.par.enabled else None
             try:
                 while True:
                     if it in eval_its and it not in done:
@@ -557,35 +590,41 @@ class DistillLoop:
                             self._checkpoint(it)
                         log.info("paused at iteration %d of %d (stop_at); continue with --resume", it, cfg.iterations)
                         return self._write_metrics(final=False)
-                    t0 = time.perf_counter()
-                    value = self.step(it)
-                    if "radius" not in self.metrics:
-                        self._record_radius(it)
-                    if not bool(torch.isfinite(self.syn.detach()).all()):
-                        raise NonFiniteLossError(f"the images became NaN/inf at iteration {it} (loss {value:.4g})")
-                    dt = time.perf_counter() - t0
-                    t_distill += dt
-                    self.metrics["distill_seconds"] += dt
-                    self.metrics["images_seen"] += per_it
-                    self.metrics["loss"].append(value)
-                    it += 1
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{value / self.num_classes:.4g}")
-                    if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-                        self._checkpoint(it)
-                        last_good = it
-                        rate = (it - start) / t_distill if t_distill > 0 else 0.0
-                        eta = (cfg.iterations - it) / rate if rate > 0 else float("nan")
-                        log.info(
-                            "iteration %d/%d  loss per class %.4g  %.2f it/s  ETA %.0f s (distillation only)  "
-                            "checkpoint saved",
-                            it,
-                            cfg.iterations,
-                            value / self.num_classes,
-                            rate,
-                            eta,
-                        )
+                    with stops.deferred():  # a signal here stops the run once this step is complete
+                        t0 = time.perf_counter()
+                        value = self.step(it)
+                        if "radius" not in self.metrics:
+                            self._record_radius(it)
+                        if not bool(torch.isfinite(self.syn.detach()).all()):
+                            raise NonFiniteLossError(f"the images became NaN/inf at iteration {it} (loss {value:.4g})")
+                        dt = time.perf_counter() - t0
+                        t_distill += dt
+                        self.metrics["distill_seconds"] += dt
+                        self.metrics["images_seen"] += per_it
+                        self.metrics["loss"].append(value)
+                        it += 1
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(loss=f"{value / self.num_classes:.4g}")
+                        due = it % cfg.checkpoint_every == 0 or it == cfg.iterations
+                        timed = every_s > 0 and time.monotonic() - last_save >= every_s
+                        if timed and agree is not None:  # every rank's clock: all of them checkpoint together
+                            timed = bool(agree(int(timed)))
+                        if due or timed:
+                            self._checkpoint(it)
+                            last_good, last_save = it, time.monotonic()
+                            rate = (it - start) / t_distill if t_distill > 0 else 0.0
+                            eta = (cfg.iterations - it) / rate if rate > 0 else float("nan")
+                            log.info(
+                                "iteration %d/%d  loss per class %.4g  %.2f it/s  ETA %.0f s (distillation only)  "
+                                "checkpoint saved",
+                                it,
+                                cfg.iterations,
+                                value / self.num_classes,
+                                rate,
+                                eta,
+                            )
+                    stops.check(agree)  # under torchrun: stop together once any rank got a signal
             except NonFiniteLossError as e:
                 if rd.checkpoint.exists():
                     msg = (
@@ -602,10 +641,15 @@ class DistillLoop:
                 self.metrics["stopped"] = msg
                 self._write_metrics(final=False)
                 raise NonFiniteLossError(msg) from None
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Stopped) as e:
+                why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by {signal_name(e.signum)}"
                 if self.syn is not None and bool(torch.isfinite(self.syn.detach()).all()) and it > last_good:
                     self._checkpoint(it)
-                    log.warning("interrupted: saved a checkpoint at iteration %d; continue with --resume", it)
+                    last_good = it
+                if rd.checkpoint.exists() or not self.par.is_main:
+                    log.warning("%s: the checkpoint is at iteration %d; continue with --resume", why, last_good)
+                else:
+                    log.warning("%s before the first checkpoint: nothing to resume", why)
                 raise
             finally:
                 if bar is not None:
