@@ -327,7 +327,7 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_after_one_step_and_resume
         time.sleep(0.05)
     assert q.poll() is None, "the run finished before it could be stopped"
     os.killpg(q.pid, signal.SIGTERM)  # the launcher and both ranks
-    _, err = q.communicate(timeout=120)
+    q.communicate(timeout=120)
     assert q.returncode != 0
     state = torch.load(stopped / "checkpoint.pt", weights_only=False)
     assert 1 <= state["iteration"] < 12 and not (stopped / "synthetic.pt").exists()

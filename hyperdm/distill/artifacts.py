@@ -533,4 +533,5 @@ def _lock_holder(fd: int, default: str = "a process whose PID the lock file does
         rec = None
     if not isinstance(rec, dict) or "pid" not in rec:
         return default
-    return f"PID {rec['pid']} on host {rec.get('host', '?')}, since {rec.get('since', '?')}, hyperdm {rec.get('command', '?')}"
+    since, command = rec.get("since", "?"), rec.get("command", "?")
+    return f"PID {rec['pid']} on host {rec.get('host', '?')}, since {since}, hyperdm {command}"

@@ -15,8 +15,8 @@ import logging
 import sys
 import traceback
 import types
-import warnings
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn

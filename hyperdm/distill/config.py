@@ -491,7 +491,8 @@ def validate(cfg: DistillConfig) -> None:
     need(cfg.iterations >= 0, f"iterations (--iterations) must be >= 0; got {cfg.iterations}.")
     need(
         finite(cfg.checkpoint_minutes) and cfg.checkpoint_minutes >= 0,
-        f"checkpoint_minutes (--checkpoint-minutes) must be >= 0 (0: by iterations only); got {cfg.checkpoint_minutes}.",
+        f"checkpoint_minutes (--checkpoint-minutes) must be >= 0 (0: by iterations only); got "
+        f"{cfg.checkpoint_minutes}.",
     )
     need(cfg.batch_real >= 1, f"batch_real (--batch-real) must be >= 1; got {cfg.batch_real}.")
     need(finite(cfg.lr_img) and cfg.lr_img > 0, f"lr_img (--lr-img) must be > 0 and finite; got {cfg.lr_img}.")
