@@ -18,6 +18,40 @@ if not torch.cuda.is_available():
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
+try:  # the Triton kernels' tests need triton (its interpreter on a CPU): the [triton] extra, which CI installs
+    import triton  # noqa: F401
+
+    HAVE_TRITON = True
+except ImportError:
+    HAVE_TRITON = False
+_TRITON_TESTS: list[str] = []
+#: whole modules of Triton tests, not collected without triton
+_TRITON_MODULES = ("test_triton_kernels.py", "test_kernel_check.py")
+collect_ignore = [] if HAVE_TRITON else list(_TRITON_MODULES)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "triton: needs triton (pip install '.[triton]'); left out without it")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without triton, the tests marked ``triton`` are left out, and one line at the end says how to run them."""
+    if HAVE_TRITON:
+        return
+    out = [item for item in items if item.get_closest_marker("triton")]
+    if out:
+        _TRITON_TESTS.extend(item.nodeid for item in out)
+        config.hook.pytest_deselected(items=out)
+        items[:] = [item for item in items if not item.get_closest_marker("triton")]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not HAVE_TRITON:
+        terminalreporter.write_line(
+            f"the Triton kernels' tests were left out ({', '.join(_TRITON_MODULES)} and {len(_TRITON_TESTS)} more): "
+            "triton is not installed; pip install '.[triton]' runs them (on a CPU, under Triton's interpreter)"
+        )
+
 
 def write_idx(path: Path, arr: np.ndarray) -> None:
     """Write a uint8 idx file (gzip when the name ends in .gz), independently of the reader."""

@@ -444,6 +444,7 @@ def test_bench_matcher_rows_variant_sets_the_row_blocks_for_its_call_only():
     assert {f"hdd_triton_rows{r}" for r in bench_matcher.TRITON_ROWS} <= set(names)
 
 
+@pytest.mark.triton
 def test_bench_matcher_ops_only_counts_the_triton_launches(tmp_path):
     """--ops-only: deterministic op counts; the Triton path's three kernels counted once each (under the interpreter
     their own ops are left out), the literal MMD line's 15 ops as documented."""
@@ -464,6 +465,7 @@ def test_bench_matcher_ops_only_counts_the_triton_launches(tmp_path):
     assert row["hdd_device_slicing"] == row["hdd"]  # a tiny tensor is one slice either way
 
 
+@pytest.mark.triton
 def test_kernel_selfcheck_prints_and_saves_a_verdict_per_setting(tmp_path, capsys, monkeypatch):
     import kernel_selfcheck
     from hyperdm import fused, kernel_check, triton_kernels

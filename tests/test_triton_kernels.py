@@ -16,7 +16,7 @@ import torch
 if os.environ.get("CI") == "true":
     import triton  # noqa: F401  (must be installed in CI: these tests may not be skipped there)
 else:
-    pytest.importorskip("triton")
+    pytest.importorskip("triton")  # (conftest leaves the module out first, with one line for all)
 
 from test_fused import _cluster
 from test_lorentz import feature, ref_centroid, ref_dist, ref_point

@@ -81,7 +81,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=None, help="seed of every random choice (default 0); same seed on CPU = same images"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (the log still reports progress)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars: a one-line heartbeat in the log every 30 s instead (also when not in a terminal)",
+    )
     _add_common_args(p, top=False)
 
 
@@ -92,10 +96,26 @@ def _add_setting_args(p: argparse.ArgumentParser) -> None:
     from .config import DistillConfig
     from .settings import NOT_GIVEN, leaves
 
+    groups: dict[str, Any] = {}
+    titles = {
+        "matcher": (
+            "the matcher",
+            "the MMD line or HDD's hyperbolic one (k, lambda, the clamp, the radius calibration)",
+        ),
+        "eval": ("evaluation", "when and how the synthetic set is evaluated"),
+        "idm": ("IDM (--method idm)", "settings only IDM has; refused for the other methods"),
+        "dance": ("Dance (--method dance)", "settings only Dance has; refused for the other methods"),
+        "": ("the distillation loop", None),
+    }
     for path, flat, f, tp in leaves(DistillConfig):
         meta = f.metadata
         if not meta.get("cli", True):
             continue
+        section = path.split(".")[0] if "." in path else ""
+        if section not in groups:
+            title, about = titles.get(section, (section, None))
+            groups[section] = p.add_argument_group(title, about)
+        g = groups[section]
         base = (
             [a for a in typing.get_args(tp) if a is not type(None)]
             if typing.get_origin(tp) in (typing.Union, types.UnionType)
@@ -116,11 +136,9 @@ def _add_setting_args(p: argparse.ArgumentParser) -> None:
             kw.update(type=meta.get("parse") or elem, choices=meta.get("choices"), metavar=meta.get("metavar"))
         flag, _ = _setting_flags(flat)
         none_flag = meta.get("none_flag")  # e.g. --no-clamp: the setting None
-        if none_flag is None:
-            p.add_argument(flag, **kw)
-            continue
-        p.add_argument(flag, **kw)
-        p.add_argument(none_flag[0], dest=f"{flat}__none", action="store_true", help=none_flag[1])
+        g.add_argument(flag, **kw)
+        if none_flag is not None:
+            g.add_argument(none_flag[0], dest=f"{flat}__none", action="store_true", help=none_flag[1])
 
 
 def _setting_options() -> list[str]:
@@ -176,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--dataset",
         default="fashion-mnist",
-        help="fashion-mnist, mnist, cifar10, cifar100, svhn, tinyimagenet, imagewoof, imagenette, imagefolder",
+        help="fashion-mnist (default), mnist, cifar10, cifar100, svhn, tinyimagenet, imagewoof, imagenette, "
+        "imagefolder",
     )
     d.add_argument("--ipc", type=int, default=10, help="synthetic images per class (default 10)")
     d.add_argument(
@@ -292,8 +311,10 @@ def _fill_defaults(a: argparse.Namespace) -> None:
 
 def _distill(a: argparse.Namespace) -> int:
     from . import distill
+    from .evaluate import format_accuracy
     from .parallel import launched_rank
     from .presets import resolve
+    from .progress import format_seconds
     from .settings import NOT_GIVEN
 
     overrides: dict[str, Any] = {name: getattr(a, name) for name in _setting_options()}
@@ -321,17 +342,20 @@ def _distill(a: argparse.Namespace) -> int:
     for e in metrics["evals"]:
         for arch, r in e.items():
             if arch != "iteration":
-                print(
-                    f"iteration {e['iteration']}: {arch} test accuracy {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % "
-                    f"({len(r['accs'])} runs, {r['epochs']} epochs)"
-                )
+                acc = format_accuracy(r["accs"])
+                print(f"iteration {e['iteration']}: {arch} test accuracy {acc}, {r['epochs']} epochs")
+    ev = metrics.get("eval_seconds")
+    print(
+        f"distillation {format_seconds(metrics['distill_seconds'])}"
+        + (f", evaluation {format_seconds(ev)}" if ev else "")
+    )
     return 0
 
 
 def _evaluate(a: argparse.Namespace) -> int:
     from .artifacts import check_new_files, load_synthetic, write_json
     from .data import load_dataset
-    from .evaluate import EvalConfig, check_synthetic, evaluate_synthetic
+    from .evaluate import EvalConfig, check_synthetic, evaluate_synthetic, format_accuracy
 
     cfg = EvalConfig(
         epochs=a.epochs,
@@ -364,8 +388,7 @@ def _evaluate(a: argparse.Namespace) -> int:
         images, labels, real.test_images, real.test_labels, real.info, cfg, progress=not a.no_progress
     )
     for arch, r in res.items():
-        detail = f"{len(r['accs'])} runs, {a.epochs} epochs, final epoch"
-        print(f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % ({detail})")
+        print(f"{arch}: {format_accuracy(r['accs'])} ({a.epochs} epochs, final epoch)")
     if out is not None:
         write_json(
             out,
@@ -423,6 +446,7 @@ def _prune(a: argparse.Namespace) -> int:
             k=a.k,
             seed=a.seed,
             device=device,
+            progress=not a.no_progress,
         )
     if not par.is_main:
         return 0
@@ -564,11 +588,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser.parse_args(argv)
     _setup_logging(a.log_level)
     _fill_defaults(a)
+    from .progress import redirect_logging
     from .signals import Stopped, stop_requests
 
     try:
         # SIGTERM, SIGHUP, SIGUSR1: like Ctrl-C (a run saves its checkpoint first); warnings as one log line each
-        with stop_requests(), warnings.catch_warnings():
+        with stop_requests(), warnings.catch_warnings(), redirect_logging():  # log lines above the bars
             warnings.showwarning = _warning_to_log
             return _COMMANDS[a.command](a)
     except KeyboardInterrupt:

@@ -505,16 +505,16 @@ def _fmnist_how(root: Path) -> str:
     return (
         "Get it with --download (download=True), which fetches the four .gz files from "
         f"{FASHION_MNIST_URL} into {root / 'FashionMNIST' / 'raw'}; or on Debian/Ubuntu "
-        f"`apt-get install dataset-fashion-mnist` (installs {SYSTEM_FASHION_MNIST_DIR}); or copy the idx files "
-        "(plain or .gz) into one of the directories above."
+        f"`apt-get install dataset-fashion-mnist` (installs {SYSTEM_FASHION_MNIST_DIR}); or copy the four idx files "
+        f"(plain or .gz: train-images-idx3-ubyte, ...) into {root / 'FashionMNIST' / 'raw'}."
     )
 
 
 def _mnist_how(root: Path) -> str:
     return (
         "Get it with --download (download=True), which fetches the four .gz files from "
-        f"{MNIST_URL} into {root / 'MNIST' / 'raw'}; or copy the idx files (plain or .gz) into one of the "
-        "directories above."
+        f"{MNIST_URL} into {root / 'MNIST' / 'raw'}; or copy the four idx files (plain or .gz) into "
+        f"{root / 'MNIST' / 'raw'}."
     )
 
 

@@ -40,7 +40,8 @@ from .artifacts import CorruptFileError, PathLike, UnsafeFileError, atomic_save,
 from .augment import DSAParams, cutmix, dsa
 from .data import DatasetInfo
 from .models import seeded_network
-from .seeding import Stream, derive_seed, progress_bar
+from .progress import progress_bar
+from .seeding import Stream, derive_seed
 from .settings import int_at_least, positive_float, setting
 
 __all__ = [

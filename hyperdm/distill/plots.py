@@ -87,15 +87,23 @@ def plot_poincare(
         col = colors[c % len(colors)]
         name = info.class_names[c] if c < len(info.class_names) else str(c)
         if kind == "real":
-            ax.scatter(p[:, 0], p[:, 1], s=6, alpha=0.35, color=col, label=f"{name} real")
-            ax.scatter(m[0], m[1], s=120, marker="X", color=col, edgecolors="black")
+            ax.scatter(p[:, 0], p[:, 1], s=6, alpha=0.35, color=col, label=f"{name} real", zorder=1)
+            # the real centroid: a large open ring drawn on top, so that a synthetic centroid under it stays visible
+            ax.scatter(m[0], m[1], s=260, marker="o", facecolors="none", edgecolors=col, linewidths=2.2, zorder=4)
         else:
-            ax.scatter(p[:, 0], p[:, 1], s=60, marker="*", color=col, edgecolors="black", label=f"{name} synthetic")
-            ax.scatter(m[0], m[1], s=120, marker="P", color=col, edgecolors="black")
+            ax.scatter(
+                p[:, 0], p[:, 1], s=60, marker="*", color=col, edgecolors="black", label=f"{name} synthetic", zorder=2
+            )
+            ax.scatter(m[0], m[1], s=70, marker="D", color=col, edgecolors="black", zorder=3)
     ax.set_xlim(-1.05, 1.05)
     ax.set_ylim(-1.05, 1.05)
     ax.set_aspect("equal")
-    ax.set_title(f"Poincare disk (k={k:g}, clamp {max_norm}); X real / P synthetic centroid", fontsize=9)
+    clamp = "no clamp" if max_norm is None else f"clamp {max_norm:g}"
+    ax.set_title(
+        f"Poincare disk (k={k:.4g}, {clamp}): dots real and stars synthetic features;\n"
+        "open rings the real centroids, diamonds the synthetic centroids",
+        fontsize=9,
+    )
     ax.legend(fontsize=7, loc="lower left")
     _save(fig, path)
 

@@ -14,6 +14,7 @@ from ..pruning import FeatureBank, select
 from .data import DatasetInfo
 from .models import seeded_network
 from .parallel import Parallel
+from .progress import progress_bar
 from .seeding import Stream, derive_seed
 
 __all__ = ["prune_indices", "pruning_network_seed"]
@@ -37,6 +38,7 @@ def prune_indices(
     seed: int = 0,
     device: str | torch.device | None = None,
     batch: int = 1024,
+    progress: bool = False,
 ) -> Tensor:
     """Indices (ascending) of the ``keep`` fraction of each class closest to the root.
 
@@ -47,6 +49,7 @@ def prune_indices(
 
     In a data-parallel run (torchrun) each rank scores images ``rank, rank+W, ...`` and the scores are
     gathered, so every rank keeps the same images as a single process would, in ``1/W`` of the time.
+    ``progress``: a bar (images per second, time left) in a terminal, else a log line every 30 s.
     """
     if score == "random":
         gen = torch.Generator().manual_seed(derive_seed(seed, -1, Stream.PRUNE_SAMPLE))
@@ -59,11 +62,15 @@ def prune_indices(
     par = Parallel.current()
     mine_x, mine_y = (images[par.rank :: par.world], labels[par.rank :: par.world]) if par.enabled else (images, labels)
 
+    bar = progress_bar(int(mine_y.numel()), f"pruning: features under {nets} {model}", progress, unit="img")
+
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(0, mine_y.numel(), batch):
             yield mine_x[i : i + batch], mine_y[i : i + batch]
+            bar.update(min(batch, mine_y.numel() - i))
 
     bank = FeatureBank.build(batches(), extractors, device=device)
+    bar.close()
     if not par.enabled:
         return bank.select(keep, method=score, k=k, max_norm=None)
     return bank.select(

@@ -1,4 +1,4 @@
-"""Seeds and progress bars shared by the loops, the experts, evaluation, pruning and the plots.
+"""Seeds shared by the loops, the experts, evaluation, pruning and the plots.
 
 Every random stream of the toolkit is derived from the run's seed with :func:`derive_seed` and a
 member of :class:`Stream`, so that two streams cannot draw the same numbers: the members are
@@ -9,9 +9,8 @@ used, so results stay as they were.
 from __future__ import annotations
 
 from enum import IntEnum, unique
-from typing import Any
 
-__all__ = ["Stream", "derive_seed", "progress_bar"]
+__all__ = ["Stream", "derive_seed"]
 
 
 @unique
@@ -39,14 +38,3 @@ def derive_seed(*parts: int) -> int:
     for p in parts:
         h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
     return h & 0x7FFFFFFFFFFFFFFF
-
-
-def progress_bar(total: int, desc: str, enabled: bool, *, initial: int = 0, leave: bool = True) -> Any:
-    """A tqdm bar with ETA, or None when disabled or tqdm (part of the [distill] extra) is missing."""
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc=desc, leave=leave, dynamic_ncols=True)
