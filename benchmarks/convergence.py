@@ -18,6 +18,8 @@ last checkpoint: the next start continues each run from it.
     python benchmarks/convergence.py --ipcs 10 --variants no-clamp scale-double  # the follow-up settings, 6 runs, ~18 h
     python benchmarks/convergence.py --seeds 0 --variants radius-1 radius-2 radius-4 radius-8 --stop-at 1000
                                                         # screening of the radius calibration, paused at 1,000
+    python benchmarks/convergence.py --method idm --iterations 300 --eval-at 60 150 --variants mmd radius-2
+                                                        # IDM (its cpu preset, five times longer)
     python benchmarks/convergence.py --harvest-only     # merge every variant's unfinished runs, then print
     python benchmarks/convergence.py --table-only [--markdown] [--against hyperbolic]
 
@@ -71,7 +73,8 @@ KEYS = (
 
 
 def configure(variant: str, ipc: int, seed: int, a: argparse.Namespace) -> Any:
-    """The resolved config of one run: the ``cpu`` preset, ``--iterations`` long, evaluated at ``--eval-at``."""
+    """The resolved config of one run: the ``cpu`` preset of ``--method``, ``--iterations`` long, evaluated at
+    ``--eval-at``."""
     matcher, change = VARIANTS[variant]
     common = {
         "device": a.device,
@@ -81,10 +84,10 @@ def configure(variant: str, ipc: int, seed: int, a: argparse.Namespace) -> Any:
         "eval_at": a.eval_at,
     }
     if "scale" in change:  # a factor of the row's lambda
-        row = resolve(preset="cpu", method="dm", matcher=matcher, dataset=a.dataset, ipc=ipc, overrides=common)
+        row = resolve(preset="cpu", method=method_of(a), matcher=matcher, dataset=a.dataset, ipc=ipc, overrides=common)
         change = {**change, "scale": change["scale"] * row.matcher.scale}
     cfg = resolve(
-        preset="cpu", method="dm", matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={**common, **change}
+        preset="cpu", method=method_of(a), matcher=matcher, dataset=a.dataset, ipc=ipc, overrides={**common, **change}
     )
     cfg.sources.update({FLAT[key]: f"convergence variant {variant}" for key in change})
     return cfg
@@ -97,8 +100,12 @@ def settings(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def method_of(a: argparse.Namespace) -> str:
+    return getattr(a, "method", "dm")
+
+
 def run_dir(a: argparse.Namespace, variant: str, ipc: int, seed: int) -> Path:
-    return Path(a.work) / f"dm-{variant}-ipc{ipc}-seed{seed}"
+    return Path(a.work) / f"{method_of(a)}-{variant}-ipc{ipc}-seed{seed}"
 
 
 def runs_of(a: argparse.Namespace, variants: list[str]) -> list[tuple[str, int, int]]:
@@ -112,7 +119,7 @@ def harvested(a: argparse.Namespace) -> list[tuple[str, int, int]]:
     return [r for r in runs_of(a, list(VARIANTS)) if run_dir(a, *r).is_dir()]
 
 
-def rows_of_run(path: Path, variant: str, want: dict[str, Any]) -> list[dict[str, Any]]:
+def rows_of_run(path: Path, variant: str, want: dict[str, Any], method: str = "dm") -> list[dict[str, Any]]:
     """One row per evaluation saved in the run directory ``path`` (none if it holds other settings)."""
     try:
         cfg = json.loads((path / "config.json").read_text())
@@ -122,7 +129,7 @@ def rows_of_run(path: Path, variant: str, want: dict[str, Any]) -> list[dict[str
     have = {key: run_setting(cfg, FLAT.get(key, key)) for key in KEYS}  # nested config.json, or the flat one of 0.1
     if run_setting(cfg, "matcher.kind") == "mmd":
         have.update(k=None, scale=None, max_norm=None, radius=None, hierarchical=None)
-    if have != want:
+    if have != want or run_setting(cfg, "method", "dm") != method:
         return []
     matcher = VARIANTS[variant][0]
     rows = []
@@ -130,8 +137,8 @@ def rows_of_run(path: Path, variant: str, want: dict[str, Any]) -> list[dict[str
         r = e["ConvNet"]
         rows.append(
             {
-                "id": f"dm/{variant}/ipc{want['ipc']}/seed{want['seed']}/it{e['iteration']}",
-                "method": "dm",
+                "id": f"{method}/{variant}/ipc{want['ipc']}/seed{want['seed']}/it{e['iteration']}",
+                "method": method,
                 "matcher": matcher,
                 "variant": variant,
                 "ipc": want["ipc"],
@@ -157,6 +164,7 @@ def harvest(
     variant: str,
     want: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    method: str = "dm",
 ) -> int:
     """Merge the evaluations found in ``path`` into the results file; returns how many rows were new or changed.
 
@@ -165,7 +173,7 @@ def harvest(
     its run directory was lost) replaces the old row whole."""
     have = {r["id"]: r for r in store.rows()}
     n = 0
-    for row in rows_of_run(path, variant, want):
+    for row in rows_of_run(path, variant, want, method):
         old = have.get(row["id"], {})
         if old.get("runs") == row["runs"]:
             row = {**old, **row, **(extra or {})}
@@ -193,22 +201,34 @@ BASELINES = {"mmd": "MMD", "hyperbolic": "HDD as published"}
 
 
 def table(rows: list[dict[str, Any]], against: str = "mmd") -> list[dict[str, Any]]:
-    """Per (variant, IPC, iteration): accuracy mean +- std over seeds, and the paired difference (same seed) to the
-    ``against`` baseline: ``"mmd"`` (the MMD line, for every other variant) or ``"hyperbolic"`` (HDD as published,
-    for the other HDD settings, which change one of its settings)."""
+    """Per (method, variant, IPC, iteration): accuracy mean +- std over seeds, and the paired difference (same
+    method and seed) to the ``against`` baseline: ``"mmd"`` (the MMD line, for every other variant) or
+    ``"hyperbolic"`` (HDD as published, for the other HDD settings, which change one of its settings)."""
     if against not in BASELINES:
         raise ValueError(f"against={against!r}: choose one of {', '.join(BASELINES)}")
-    by = {(r["variant"], r["ipc"], r["iteration"], r["seed"]): r["accuracy"] for r in rows}
+    by = {(r.get("method", "dm"), r["variant"], r["ipc"], r["iteration"], r["seed"]): r["accuracy"] for r in rows}
     compared = [v for v in VARIANTS if v != against and (against == "mmd" or VARIANTS[v][0] == VARIANTS[against][0])]
+    methods = ["dm", "idm", "dance"]
     out = []
-    for variant, ipc, it in sorted({k[:3] for k in by}, key=lambda k: (k[1], list(VARIANTS).index(k[0]), k[2])):
-        seeds = sorted(s for (v, i, t, s) in by if (v, i, t) == (variant, ipc, it))
-        accs = [by[(variant, ipc, it, s)] for s in seeds]
-        entry: dict[str, Any] = {"variant": variant, "ipc": ipc, "iteration": it, "seeds": seeds, "per_seed": accs}
+    order = sorted(
+        {k[:4] for k in by},
+        key=lambda k: (methods.index(k[0]) if k[0] in methods else 9, k[2], list(VARIANTS).index(k[1]), k[3]),
+    )
+    for method, variant, ipc, it in order:
+        seeds = sorted(s for (m, v, i, t, s) in by if (m, v, i, t) == (method, variant, ipc, it))
+        accs = [by[(method, variant, ipc, it, s)] for s in seeds]
+        entry: dict[str, Any] = {
+            "method": method,
+            "variant": variant,
+            "ipc": ipc,
+            "iteration": it,
+            "seeds": seeds,
+            "per_seed": accs,
+        }
         entry["mean"], entry["std"] = _mean_std(accs)
         if variant in compared:
-            paired = [s for s in seeds if (against, ipc, it, s) in by]
-            diffs = [by[(variant, ipc, it, s)] - by[(against, ipc, it, s)] for s in paired]
+            paired = [s for s in seeds if (method, against, ipc, it, s) in by]
+            diffs = [by[(method, variant, ipc, it, s)] - by[(method, against, ipc, it, s)] for s in paired]
             entry["against"], entry["paired_seeds"], entry["diff_per_seed"] = against, paired, diffs
             if diffs:
                 entry["diff_mean"], entry["diff_std"] = _mean_std(diffs)
@@ -231,6 +251,7 @@ def format_table(entries: list[dict[str, Any]], markdown: bool = False, against:
     """The entries of ``table(rows, against)`` as aligned text, or as a Markdown table."""
     base = BASELINES[against]
     head = [
+        "method",
         "variant",
         "IPC",
         "iteration",
@@ -249,6 +270,7 @@ def format_table(entries: list[dict[str, Any]], markdown: bool = False, against:
             ci = f"{e['diff_mean'] - e['diff_ci95']:+.2f} to {e['diff_mean'] + e['diff_ci95']:+.2f}"
         lines.append(
             [
+                e.get("method", "dm").upper(),
                 e["variant"],
                 str(e["ipc"]),
                 str(e["iteration"]),
@@ -269,8 +291,25 @@ def format_table(entries: list[dict[str, Any]], markdown: bool = False, against:
     )
 
 
+def _label(method: str, variant: str) -> str:
+    """``DM (MMD line)``, ``IDM + HDD``, ``DM + HDD, radius 2``, ...: a variant as the figure's legend names it."""
+    m = method.upper()
+    named = {
+        "mmd": f"{m} (MMD line)",
+        "hyperbolic": f"{m} + HDD",
+        "no-clamp": f"{m} + HDD, exact exp-map",
+        "scale-double": f"{m} + HDD, lambda x2",
+    }
+    if variant in named:
+        return named[variant]
+    if variant.startswith("radius-"):
+        r0, *hier = variant.removeprefix("radius-").split("-")
+        return f"{m} + HDD, radius {r0}" + (", hierarchical" if hier else "")
+    return f"{m} + HDD, {variant}"
+
+
 def figure(entries: list[dict[str, Any]], path: Path) -> Path | None:
-    """Accuracy against iterations, mean +- std over seeds, one line per variant, one panel per IPC."""
+    """Accuracy against iterations, mean +- std over seeds, one line per variant, one panel per method and IPC."""
     try:
         import matplotlib
 
@@ -279,23 +318,21 @@ def figure(entries: list[dict[str, Any]], path: Path) -> Path | None:
     except ImportError:
         print('matplotlib is missing (pip install ".[distill]"); no figure')
         return None
-    ipcs = sorted({e["ipc"] for e in entries})
-    if not ipcs:
+    panels = sorted({(e.get("method", "dm"), e["ipc"]) for e in entries}, key=lambda p: (p[0] != "dm", p[0], p[1]))
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, len(ipcs), figsize=(max(6.4, 5.2 * len(ipcs)), 4.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.4, 5.6 * len(panels)), 4.8), squeeze=False)
     colours = {"mmd": "tab:blue", "hyperbolic": "tab:red", "no-clamp": "tab:orange", "scale-double": "tab:purple"}
-    names = {
-        "mmd": "DM (MMD line)",
-        "hyperbolic": "DM + HDD",
-        "no-clamp": "DM + HDD, exact exp-map",
-        "scale-double": "DM + HDD, lambda x2",
-    }
-    for ax, ipc in zip(axes[0], ipcs, strict=True):
+    others = iter(["tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "navy", "lime"])
+    for variant in VARIANTS:
+        if variant not in colours:
+            colours[variant] = next(others, "black")
+    for ax, (method, ipc) in zip(axes[0], panels, strict=True):
         series = {
             variant: sorted(
                 (e["iteration"], e["mean"], e["std"], len(e["seeds"]))
                 for e in entries
-                if e["ipc"] == ipc and e["variant"] == variant
+                if e["ipc"] == ipc and e["variant"] == variant and e.get("method", "dm") == method
             )
             for variant in VARIANTS
         }
@@ -312,18 +349,18 @@ def figure(entries: list[dict[str, Any]], path: Path) -> Path | None:
                 yerr=std,
                 marker="o",
                 capsize=3,
-                color=colours.get(variant, f"C{place}"),
-                label=f"{names.get(variant, 'DM + HDD, ' + variant)} ({seeds})",
+                color=colours[variant],
+                label=f"{_label(method, variant)} ({seeds})",
             )
         ax.set_xscale("log")
-        shown = sorted({e["iteration"] for e in entries if e["ipc"] == ipc})
+        shown = sorted({e["iteration"] for e in entries if e["ipc"] == ipc and e.get("method", "dm") == method})
         ax.set_xticks(shown, [str(t) for t in shown])
         ax.minorticks_off()
         ax.set_xlabel("distillation iterations")
         ax.set_ylabel("ConvNet test accuracy (%)")
-        ax.set_title(f"Fashion-MNIST, DM, IPC {ipc}")
+        ax.set_title(f"Fashion-MNIST, {method.upper()}, IPC {ipc}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.suptitle("Accuracy against iterations\n(cpu preset, lengthened; mean +- std over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -335,6 +372,12 @@ def figure(entries: list[dict[str, Any]], path: Path) -> Path | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument(
+        "--method",
+        default="dm",
+        choices=["dm", "idm"],
+        help="the loop (default dm); idm: the transfer study (e.g. --iterations 300 --eval-at 60 150)",
+    )
     ap.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=["mmd", "hyperbolic"], choices=list(VARIANTS))
@@ -375,11 +418,11 @@ def main() -> None:
     if a.table_only:
         print(format_table(table(store.rows(), a.against), a.markdown, a.against))
         return
-    header = {"benchmark": "convergence", "method": "dm", "preset": "cpu", "dataset": a.dataset, **machine(a.device)}
+    header = {"benchmark": "convergence", "preset": "cpu", "dataset": a.dataset, **machine(a.device)}
     runs = runs_of(a, a.variants)
     for variant, ipc, seed in harvested(a):  # evaluations left by earlier, stopped sittings, of every variant
         cfg = configure(variant, ipc, seed, a)
-        harvest(store, header, run_dir(a, variant, ipc, seed), variant, settings(cfg))
+        harvest(store, header, run_dir(a, variant, ipc, seed), variant, settings(cfg), method=a.method)
     if not a.harvest_only:
         for variant, ipc, seed in runs[shard::shards]:
             cfg = configure(variant, ipc, seed, a)
@@ -388,7 +431,7 @@ def main() -> None:
             done = {
                 r["iteration"]
                 for r in store.rows()
-                if r["id"].startswith(f"dm/{variant}/ipc{ipc}/seed{seed}/")
+                if r["id"].startswith(f"{a.method}/{variant}/ipc{ipc}/seed{seed}/")
                 and (r.get("run_finished") or a.stop_at is not None)
             }
             due = {i for i in cfg.eval_iterations() if a.stop_at is None or i <= a.stop_at}
@@ -403,7 +446,7 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
                 "run_distill_seconds": m["distill_seconds"] if m.get("final") else None,
             }
-            harvest(store, header, path, variant, want, extra)
+            harvest(store, header, path, variant, want, extra, method=a.method)
             accs = ", ".join(f"it {e['iteration']}: {100 * e['ConvNet']['mean']:.2f}" for e in m["evals"])
             print(f"{variant} ipc {ipc} seed {seed}: {accs}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     entries = table(store.rows())

@@ -487,3 +487,31 @@ def test_kernel_selfcheck_prints_and_saves_a_verdict_per_setting(tmp_path, capsy
     assert all(r["loss_error"] < 1e-6 and r["tolerance"] == 1e-3 for r in res["rows"])
     assert "4 of 4 settings ok" in capsys.readouterr().out
     kernel_check.reset()
+
+
+def test_convergence_idm_runs_are_their_own_rows_and_pairs(tmp_path):
+    """--method idm: rows named idm/..., harvested only from IDM run directories, paired with IDM's MMD line of the
+    same seed (never with DM's), and the figure gets a panel per method and IPC."""
+    import argparse
+
+    a = argparse.Namespace(
+        dataset="fashion-mnist", device="cpu", data_root=None, iterations=300, eval_at=[60], method="idm", work="w"
+    )
+    cfg = convergence.configure("radius-2", 1, 0, a)
+    assert cfg.method == "idm" and cfg.iterations == 300 and cfg.matcher.radius == 2.0
+    assert convergence.run_dir(a, "radius-2", 1, 0) == Path("w") / "idm-radius-2-ipc1-seed0"
+    want = convergence.settings(cfg)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    evals = [{"iteration": 60, "ConvNet": {"mean": 0.7, "std": 0.0, "accs": [0.7, 0.7]}}]
+    (tmp_path / "metrics.json").write_text(json.dumps({"evals": evals, "final": False}))
+    (row,) = convergence.rows_of_run(tmp_path, "radius-2", want, "idm")
+    assert row["id"] == "idm/radius-2/ipc1/seed0/it60" and row["method"] == "idm"
+    assert convergence.rows_of_run(tmp_path, "radius-2", want, "dm") == []  # an IDM run is not a DM row
+    rows = [
+        {**_conv_row("mmd", 1, 0, 60, 70.0), "method": "idm"},
+        {**_conv_row("radius-2", 1, 0, 60, 71.0), "method": "idm"},
+        {**_conv_row("mmd", 1, 0, 60, 50.0), "method": "dm"},
+    ]
+    entries = {(e["method"], e["variant"]): e for e in convergence.table(rows)}
+    assert entries[("idm", "radius-2")]["diff_per_seed"] == [pytest.approx(1.0)]
+    assert "IDM" in convergence.format_table(convergence.table(rows), markdown=True)
