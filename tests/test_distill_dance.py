@@ -252,7 +252,7 @@ def test_tiny_dance_run(tmp_path, matcher):
 @needs_fmnist
 def test_resume_refuses_changed_expert_settings(tmp_path):
     DanceLoop(dance_cfg(iterations=2, eval_runs=0), small(FMNIST), str(tmp_path / "r"), progress=False).run()
-    with pytest.raises(ValueError, match=r"different settings \(dance.experts.epochs\)"):
+    with pytest.raises(ValueError, match=r"different settings \(dance.experts.epochs: 1 in the checkpoint, 2 now\)"):
         DanceLoop(
             dance_cfg(iterations=2, eval_runs=0, expert_epochs=2), small(FMNIST), str(tmp_path / "r"), progress=False
         ).run(resume=True)

@@ -75,7 +75,7 @@ def progress_bar(
 ) -> Any:
     """A tqdm bar with rate and ETA when ``enabled`` and stderr is a terminal (and tqdm, part of the [distill]
     extra, is installed); otherwise a :class:`Heartbeat`."""
-    if enabled and sys.stderr.isatty():
+    if enabled and _is_tty(sys.stderr):
         try:
             from tqdm.auto import tqdm
 
@@ -101,14 +101,19 @@ class _ThroughTqdm:
         self.stream.flush()
 
 
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+
+
 @contextlib.contextmanager
 def redirect_logging() -> Iterator[None]:
     """While active, hyperdm's console log lines (handlers writing to a terminal) go through tqdm, above any bar
     (never glued to it); each handler keeps its own level and format."""
     handlers = [
-        h
-        for h in logging.getLogger("hyperdm").handlers
-        if isinstance(h, logging.StreamHandler) and getattr(h.stream, "isatty", lambda: False)()
+        h for h in logging.getLogger("hyperdm").handlers if isinstance(h, logging.StreamHandler) and _is_tty(h.stream)
     ]
     try:
         import tqdm  # noqa: F401
