@@ -49,7 +49,6 @@ def main() -> None:
     if a.method == "dance":  # train the shared experts once, timed on their own
         from hyperdm.distill.data import load_dataset
         from hyperdm.distill.experts import load_or_train_experts
-        from hyperdm.distill.loops.dance import expert_config
 
         cache = Path(a.work) / "experts"
         shutil.rmtree(cache, ignore_errors=True)
@@ -67,7 +66,7 @@ def main() -> None:
             real.train_images,
             real.train_labels,
             real.info,
-            expert_config(cfg),
+            cfg.expert_config(),
             root=cache,
             device=a.device,
             progress=False,

@@ -36,7 +36,6 @@ from _results import RowStore, add_sweep_args, distill_resumable, machine, same_
 from hyperdm.distill import resolve
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.evaluate import evaluate_synthetic
-from hyperdm.distill.loops.base import eval_config
 from hyperdm.distill.seeding import Stream, derive_seed
 
 #: paper Table 1, Fashion-MNIST, IPC 1 / 10 / 50: (mean, std) in %
@@ -110,7 +109,7 @@ def run_random(ipc: int, seed: int, a: argparse.Namespace, cfg: Any) -> dict[str
         ]
     )
     t0 = time.perf_counter()
-    ecfg = eval_config(cfg, device=a.device)
+    ecfg = cfg.eval_config(device=a.device)
     res = evaluate_synthetic(
         real.train_images[idx], real.train_labels[idx], real.test_images, real.test_labels, real.info, ecfg
     )["ConvNet"]

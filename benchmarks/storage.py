@@ -29,7 +29,6 @@ from hyperdm.distill.artifacts import load_synthetic, read_json, storage_sizes, 
 from hyperdm.distill.config import run_setting
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.evaluate import evaluate_synthetic
-from hyperdm.distill.loops.base import eval_config
 from hyperdm.distill.synset import expand
 
 
@@ -73,7 +72,7 @@ def main() -> None:
         }
         stored = storage_sizes(real.denormalise(images))  # what is stored: partitioned sets stay packed
         quant, clipped = uint8_round_trip(images, real)
-        ecfg = eval_config(DistillConfig.from_dict(cfg), device=a.device)  # the run's own evaluation
+        ecfg = DistillConfig.from_dict(cfg).eval_config(device=a.device)  # the run's own evaluation
         part = int(meta.get("partition", 1))
         accs = {}
         t0 = time.perf_counter()

@@ -2,8 +2,9 @@ r"""Matching across processes with ``torch.distributed``: the real side's class 
 
 Each rank holds a shard of the real data and the whole synthetic set. The Law centroid is a
 normalised weighted sum, so the real centroid of a class over the union of the shards is obtained
-by combining per-class partial sums (:func:`reduce_centroid_sums`, which
-:func:`hyperdm.lorentz.feature_centroid` applies with ``reduce=``),
+by combining per-class partial sums (:func:`hyperdm.lorentz.reduce_centroid_sums`, here re-exported, which
+:func:`hyperdm.lorentz.feature_centroid` applies with ``reduce=``; it is arithmetic on the sums, given
+the collective as a function, so it lives with them),
 and the MMD line's real mean by all-reducing sums and counts. The synthetic side stays local:
 its gradient is the one single-process training computes on the union of the real data, on every
 rank alike. Use it as ``HyperbolicMatcher(..., process_group=torch.distributed.group.WORLD)``
@@ -18,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .lorentz import CentroidSums, Reduce
+from .lorentz import Reduce, reduce_centroid_sums
 
 __all__ = ["all_reduce_fn", "check_process_group", "gather_strided", "gather_values", "reduce_centroid_sums"]
 
@@ -70,40 +71,6 @@ def all_reduce_fn(group: Any | None = None) -> Reduce:
         return y
 
     return reduce
-
-
-def reduce_centroid_sums(sums: CentroidSums, reduce: Reduce) -> CentroidSums:
-    r"""The :class:`~hyperdm.lorentz.CentroidSums` of the points of every process, from each process's own.
-
-    ``reduce(x, op)`` combines a tensor over the processes (:func:`all_reduce_fn`). Process ``r``'s
-    sums are relative to its own total weight ``W_r`` and shift ``top_r``; with ``top = max_r top_r``
-    and ``W = sum_r W_r`` its share is ``f_r = (W_r / W) e^{top_r - top}``, so ``X = sum_r f_r X_r``
-    for ``m0``, ``ms``, ``a_minus``, ``a_plus`` and ``b``, and the point counts add up. The spread about
-    the union's ``ũ = ms / B`` follows from each process's spread about its own ``ũ_r`` by the
-    parallel-axis identity
-
-    .. math::
-        \sum_i b_i \|u_i - \tilde u\|^2 = \sum_r f_r \big(S_r + B_r \|\tilde u_r - \tilde u\|^2\big),
-
-    a sum of non-negative terms (no cancellation). Three collectives: the largest shift (max), the
-    first sums with ``W`` and the counts (one sum), the spread (one sum). A process without any
-    point of a group (``W_r = 0``) contributes nothing to it. Only for sums without autograd history.
-    """
-    top = reduce(sums.top, "max")
-    share = sums.weight * torch.exp(sums.top - top)  # W_r e^{top_r - top}
-    d = sums.ms.shape[-1]
-    firsts = (sums.ms, sums.m0, sums.a_minus, sums.a_plus, sums.b)
-    total = reduce(torch.cat((*(x * share for x in firsts), sums.weight, sums.points), dim=-1), "sum")
-    ms, m0, a_minus, a_plus, b, weight, points = total.split([d, 1, 1, 1, 1, 1, 1], dim=-1)
-    inv = 1.0 / torch.where(weight > 0, weight, torch.ones_like(weight))
-    ms, m0, a_minus, a_plus, b = (x * inv for x in (ms, m0, a_minus, a_plus, b))
-    ut = ms / torch.where(b > 0, b, torch.ones_like(b))
-    ut_r = sums.ms / torch.where(sums.b > 0, sums.b, torch.ones_like(sums.b))
-    own = share * (sums.spread + sums.b * (ut_r - ut).square().sum(-1, keepdim=True))
-    spread = reduce(own, "sum") * inv
-    return CentroidSums(
-        weight=weight, top=top, m0=m0, ms=ms, a_minus=a_minus, a_plus=a_plus, b=b, spread=spread, points=points
-    )
 
 
 def gather_strided(local: Tensor, total: int, group: Any | None = None) -> Tensor:

@@ -19,8 +19,7 @@ inputs are inspected to say which side is at fault (one host sync per call on CU
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,11 +27,38 @@ from torch import Tensor
 from . import fused, lorentz
 from . import radius as radius_module
 
-__all__ = ["hyperbolic_matching_loss", "mmd_matching_loss", "REDUCTIONS"]
+__all__ = [
+    "hyperbolic_matching_loss",
+    "mmd_matching_loss",
+    "REDUCTIONS",
+    "Grouped",
+    "group",
+    "hyperbolic_per_class",
+    "mmd_per_class",
+    "reduce_losses",
+    "check_finite_loss",
+    "calibration_alpha",
+    "check_k",
+    "check_scale",
+    "check_max_norm",
+    "check_reduction",
+]
 
 REDUCTIONS = ("sum", "mean", "none")
 
-_Grouped = tuple[Tensor, Tensor | None, Tensor, Tensor | None, bool]
+
+
+class Grouped(NamedTuple):
+    """Features brought to ``[C, N, D]`` / ``[C, M, D]`` by :func:`group`: the classes on the first axis, masks
+    ``[C, N]`` / ``[C, M]`` for padded rows (None: no padding), whether the call was one class ``[N, D]`` (its loss is
+    returned as a scalar), and the all-reduce of the real side's sums over processes (None: one process)."""
+
+    real: Tensor
+    real_mask: Tensor | None
+    syn: Tensor
+    syn_mask: Tensor | None
+    single: bool
+    reduce: lorentz.Reduce | None = None
 
 
 def _as_float(x: Tensor, name: str) -> Tensor:
@@ -45,7 +71,7 @@ def _as_float(x: Tensor, name: str) -> Tensor:
     return x
 
 
-def _check_reduction(reduction: str) -> None:
+def check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; use one of {', '.join(map(repr, REDUCTIONS))}.")
 
@@ -71,7 +97,9 @@ def _pad_by_label(x: Tensor, idx: Tensor, counts: Tensor, width: int) -> tuple[T
     return out, mask
 
 
-def _group(real: Tensor, syn: Tensor, real_labels: Tensor | None, syn_labels: Tensor | None) -> _Grouped:
+def _group(
+    real: Tensor, syn: Tensor, real_labels: Tensor | None, syn_labels: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None, bool]:
     """Bring the inputs to ``[C, N, D]`` / ``[C, M, D]`` (+ masks) and validate shapes."""
     real = _as_float(real, "real")
     syn = _as_float(syn, "syn")
@@ -131,7 +159,8 @@ def _group(real: Tensor, syn: Tensor, real_labels: Tensor | None, syn_labels: Te
     return r, rmask, s, smask, False
 
 
-def _reduce(per_class: Tensor, reduction: str, single: bool) -> Tensor:
+def reduce_losses(per_class: Tensor, reduction: str, single: bool) -> Tensor:
+    """The per-class losses ``[C]`` reduced as ``reduction`` asks (a one-class call returns its scalar)."""
     if single:
         return per_class.squeeze(0)
     if reduction == "sum":
@@ -141,7 +170,7 @@ def _reduce(per_class: Tensor, reduction: str, single: bool) -> Tensor:
     return per_class
 
 
-def _finite_or_raise(loss: Tensor, real: Tensor, syn: Tensor, what: str) -> None:
+def check_finite_loss(loss: Tensor, g: Grouped, what: str) -> None:
     """Raise a ValueError naming the bad side if ``loss`` is NaN/inf (one host read).
 
     On CUDA tensors the check stays on the device instead (``torch._assert_async``): no host
@@ -160,7 +189,7 @@ def _finite_or_raise(loss: Tensor, real: Tensor, syn: Tensor, what: str) -> None
         return
     if math.isfinite((loss.sum() if loss.dim() else loss).item()):  # a sum of finite values is finite
         return  # (the features are read only below, once the loss is known to be bad)
-    for name, x in (("real", real), ("syn", syn)):
+    for name, x in (("real", g.real), ("syn", g.syn)):
         bad = ~torch.isfinite(x)
         if bool(bad.any()):
             classes = torch.nonzero(bad.flatten(1).any(1)).flatten().tolist() if x.dim() == 3 else []
@@ -178,7 +207,7 @@ def _finite_or_raise(loss: Tensor, real: Tensor, syn: Tensor, what: str) -> None
     )
 
 
-def _check_k(k: float | Tensor) -> None:
+def check_k(k: float | Tensor) -> None:
     kk = k.detach() if isinstance(k, Tensor) else torch.as_tensor(float(k))
     if not bool(torch.isfinite(kk).all()) or bool((kk <= 0).any()):
         raise ValueError(
@@ -187,7 +216,7 @@ def _check_k(k: float | Tensor) -> None:
         )
 
 
-def _check_scale(scale: object) -> None:
+def check_scale(scale: object) -> None:
     if not isinstance(scale, (int, float)) or not (scale >= 0) or scale != scale or scale == float("inf"):
         raise ValueError(
             f"scale (the paper's lambda) must be a finite number >= 0; got {scale!r}. Typical: 20. "
@@ -195,7 +224,7 @@ def _check_scale(scale: object) -> None:
         )
 
 
-def _check_max_norm(max_norm: float | None) -> None:
+def check_max_norm(max_norm: float | None) -> None:
     if max_norm is not None and not (float(max_norm) > 0):
         raise ValueError(
             f"max_norm must be > 0 or None; got {max_norm!r}. Use 10.0 (the official HDD clamp) or None for the "
@@ -203,45 +232,44 @@ def _check_max_norm(max_norm: float | None) -> None:
         )
 
 
-def _hyperbolic_per_class(
+def hyperbolic_per_class(
     real: Tensor,
-    rmask: Tensor | None,
+    real_mask: Tensor | None,
     syn: Tensor,
-    smask: Tensor | None,
+    syn_mask: Tensor | None,
     *,
     k: float | Tensor,
-    scale: float | Tensor,
+    scale: float,
     max_norm: float | None,
     hierarchical: bool,
     reduce: lorentz.Reduce | None = None,
     use_fused: bool | str = "auto",
     want_stats: bool = False,
 ) -> tuple[Tensor, radius_module.RadiusStats | None]:
-    """Per-class losses ``[C]`` and, with ``want_stats``, the call's :class:`hyperdm.radius.RadiusStats` (else None)."""
+    """``scale * d_L`` of the two Law centroids per class, ``[C]`` in the features' dtype, for grouped features
+    (:func:`group`; arguments already checked), and with ``want_stats`` the call's
+    :class:`hyperdm.radius.RadiusStats` (else None). :func:`hyperdm.fused.hdd_distance` computes it."""
     common: dict[str, Any] = {
         "k": k,
         "max_norm": max_norm,
         "hierarchical": hierarchical,
-        "real_mask": rmask,
-        "syn_mask": smask,
+        "real_mask": real_mask,
+        "syn_mask": syn_mask,
         "reduce": reduce,
         "fused": use_fused,
+        "scale": scale,
+        "dtype": real.dtype,
     }
-    stats: radius_module.RadiusStats | None = None
-    if isinstance(scale, Tensor):  # a computed lambda (scale="auto"): applied outside, in float64
-        if want_stats:
-            d, stats = fused.hdd_distance_with_stats(real, syn, **common)
-        else:
-            d = fused.hdd_distance(real, syn, **common)
-        return (scale * d).to(real.dtype), stats
     if want_stats:
-        return fused.hdd_distance_with_stats(real, syn, **common, scale=scale, dtype=real.dtype)
-    return fused.hdd_distance(real, syn, **common, scale=scale, dtype=real.dtype), None
+        return fused.hdd_distance_with_stats(real, syn, **common)
+    return fused.hdd_distance(real, syn, **common), None
 
 
-def _mmd_per_class(
+def mmd_per_class(
     real: Tensor, rmask: Tensor | None, syn: Tensor, smask: Tensor | None, reduce: lorentz.Reduce | None = None
 ) -> Tensor:
+    """DM's line per class, ``[C]``, for grouped features (:func:`group`): ``|mean(real) - mean(syn)|^2``, the real
+    mean over every rank's features with ``reduce``."""
     def mean(x: Tensor, mask: Tensor | None) -> Tensor:
         if mask is None:
             return x.mean(-2)
@@ -257,19 +285,29 @@ def _mmd_per_class(
     return (real_mean - mean(syn, smask)).square().sum(-1)
 
 
-def _reducer(process_group: Any, real_labels: Tensor | None) -> lorentz.Reduce | None:
-    """The all-reduce for ``process_group`` (None: single process), after checking the call can use it."""
-    if process_group is None:
-        return None
-    from . import distributed
+def group(
+    real: Tensor,
+    syn: Tensor,
+    *,
+    real_labels: Tensor | None = None,
+    syn_labels: Tensor | None = None,
+    process_group: Any = None,
+) -> Grouped:
+    """Check the inputs and bring them to ``[C, N, D]`` / ``[C, M, D]`` (:class:`Grouped`): one class ``[N, D]``,
+    classes ``[C, N, D]``, or flat features with labels (padded per class, with masks). ``process_group``: the
+    all-reduce of the real side's sums over its ranks (after checking that the call can use one)."""
+    reduce = None
+    if process_group is not None:
+        from . import distributed
 
-    distributed.check_process_group(process_group)
-    if real_labels is not None:
-        raise ValueError(
-            "with process_group, pass features as [C, N, D] (every rank the same classes in the same order), "
-            "not flat features with labels: a rank may not see every label."
-        )
-    return distributed.all_reduce_fn(process_group)
+        distributed.check_process_group(process_group)
+        if real_labels is not None:
+            raise ValueError(
+                "with process_group, pass features as [C, N, D] (every rank the same classes in the same order), "
+                "not flat features with labels: a rank may not see every label."
+            )
+        reduce = distributed.all_reduce_fn(process_group)
+    return Grouped(*_group(real, syn, real_labels, syn_labels), reduce)
 
 
 def hyperbolic_matching_loss(
@@ -327,111 +365,52 @@ def hyperbolic_matching_loss(
     ``scale * alpha * d`` with ``k / alpha^2`` (the same number, without a pass over the features;
     :mod:`hyperdm.radius`). :class:`hyperdm.HyperbolicMatcher` fixes ``alpha`` after its first batch.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if manifold is not None:
         if k is not None:
             raise ValueError("pass the curvature once: either k= or manifold=, not both.")
         k = manifold.k
     k = 1.0 if k is None else k
-    _check_k(k)
-    _check_scale(scale)
-    _check_max_norm(max_norm)
+    check_k(k)
+    check_scale(scale)
+    check_max_norm(max_norm)
     if radius is not None:
         radius_module.check_radius(radius)
-    return _hyperbolic_loss(
-        real,
-        syn,
+    g = group(real, syn, real_labels=real_labels, syn_labels=syn_labels, process_group=process_group)
+    if radius is not None:  # the loss of the scaled features, as scale * alpha * d with k / alpha^2
+        alpha = calibration_alpha(g, float(radius), k=k, process_group=process_group)
+        k, scale = k / alpha**2, scale * alpha
+    per_class, _ = hyperbolic_per_class(
+        g.real,
+        g.real_mask,
+        g.syn,
+        g.syn_mask,
         k=k,
         scale=scale,
         max_norm=max_norm,
         hierarchical=hierarchical,
-        reduction=reduction,
-        real_labels=real_labels,
-        syn_labels=syn_labels,
-        check_finite=check_finite,
-        process_group=process_group,
-        fused=fused,
-        calibrate=None if radius is None else _calibrator(float(radius), k, process_group),
-    )[0]
+        reduce=g.reduce,
+        use_fused=fused,
+    )
+    loss = reduce_losses(per_class, reduction, g.single)
+    if check_finite:
+        check_finite_loss(loss, g, "hyperbolic matching")
+    return loss
 
 
-def _calibrator(r0: float, k: float | Tensor, process_group: Any) -> Callable[..., float]:
-    """``calibrate(real, real_mask, reduce) -> alpha`` for ``radius=r0``: the median over every rank's real features."""
-
-    def calibrate(r: Tensor, rm: Tensor | None, reduce: lorentz.Reduce | None) -> float:
-        return calibration_alpha(r, rm, r0, k=k, process_group=process_group)
-
-    return calibrate
-
-
-def calibration_alpha(
-    real: Tensor, real_mask: Tensor | None, r0: float, *, k: float | Tensor, process_group: Any = None
-) -> float:
-    """The feature scale ``alpha`` that puts the median ``|alpha v| / sqrt(k)`` of the real features ``[C, N, D]``
-    (rows where ``real_mask``) at ``r0``; with ``process_group``, the median over every rank's features. One norm
-    pass and one host read."""
+def calibration_alpha(g: Grouped, r0: float, *, k: float | Tensor, process_group: Any = None) -> float:
+    """The feature scale ``alpha`` that puts the median ``|alpha v| / sqrt(k)`` of the grouped real features (their
+    rows, not the padding) at ``r0``; with ``process_group``, the median over every rank's features. One norm pass
+    and one host read."""
     with torch.no_grad():
-        norms = torch.linalg.vector_norm(real.detach(), dim=-1)
-        valid = real_mask
+        norms = torch.linalg.vector_norm(g.real.detach(), dim=-1)
+        valid = g.real_mask
         if process_group is not None:
             from . import distributed
 
             norms = distributed.gather_values(norms if valid is None else norms[valid], process_group)
             valid = None
         return float(radius_module.calibration_factor(norms, r0, k=k, valid=valid))
-
-
-def _hyperbolic_loss(
-    real: Tensor,
-    syn: Tensor,
-    *,
-    k: float | Tensor,
-    scale: float | Callable[..., float],
-    max_norm: float | None,
-    hierarchical: bool,
-    reduction: str,
-    real_labels: Tensor | None,
-    syn_labels: Tensor | None,
-    check_finite: bool,
-    process_group: Any,
-    fused: bool | str,
-    per_class: Callable[..., tuple[Tensor, radius_module.RadiusStats | None]] | None = None,
-    calibrate: float | Callable[..., float] | None = None,
-    want_stats: bool = False,
-) -> tuple[Tensor, radius_module.RadiusStats | None]:
-    """The one path of the hyperbolic loss, shared by :func:`hyperbolic_matching_loss` and
-    :class:`hyperdm.HyperbolicMatcher` (arguments already checked): group, per-class distances, reduce, check.
-    Returns the loss and, with ``want_stats``, the call's :class:`hyperdm.radius.RadiusStats` (else None).
-
-    ``calibrate``: the radius calibration's feature scale ``alpha``, or a callable ``(real, real_mask, reduce) ->
-    alpha`` on the grouped features (the first call of a calibrating matcher); the distances are then taken with
-    ``k / alpha^2`` and multiplied by ``alpha`` (:mod:`hyperdm.radius`). ``scale`` may be a callable
-    ``(real, real_mask, syn, syn_mask, reduce, k) -> lambda * alpha`` on the grouped features and that ``k``
-    (the matcher's ``scale="auto"``); ``per_class`` replaces :func:`_hyperbolic_per_class` (its compiled twin).
-    """
-    reduce = _reducer(process_group, real_labels)
-    r, rm, s, sm, single = _group(real, syn, real_labels, syn_labels)
-    alpha = 1.0
-    if calibrate is not None:
-        alpha = calibrate(r, rm, reduce) if callable(calibrate) else float(calibrate)
-        k = k / alpha**2
-    eff = scale(r, rm, s, sm, reduce, k) if callable(scale) else scale * alpha
-    kwargs: dict[str, Any] = {
-        "k": k,
-        "scale": eff,
-        "max_norm": max_norm,
-        "hierarchical": hierarchical,
-        "use_fused": fused,
-    }
-    if reduce is not None:
-        kwargs["reduce"] = reduce
-    if want_stats:
-        kwargs["want_stats"] = True
-    per, st = (per_class or _hyperbolic_per_class)(r, rm, s, sm, **kwargs)
-    loss = _reduce(per, reduction, single)
-    if check_finite:
-        _finite_or_raise(loss, r, s, "hyperbolic matching")
-    return loss, st
 
 
 def mmd_matching_loss(
@@ -449,10 +428,9 @@ def mmd_matching_loss(
     Same call signature as :func:`hyperbolic_matching_loss`, so switching is one line;
     ``process_group`` makes the real means those over every rank's real features.
     """
-    _check_reduction(reduction)
-    reduce = _reducer(process_group, real_labels)
-    r, rm, s, sm, single = _group(real, syn, real_labels, syn_labels)
-    loss = _reduce(_mmd_per_class(r, rm, s, sm, reduce), reduction, single)
+    check_reduction(reduction)
+    g = group(real, syn, real_labels=real_labels, syn_labels=syn_labels, process_group=process_group)
+    loss = reduce_losses(mmd_per_class(g.real, g.real_mask, g.syn, g.syn_mask, g.reduce), reduction, g.single)
     if check_finite:
-        _finite_or_raise(loss, r, s, "MMD")
+        check_finite_loss(loss, g, "MMD")
     return loss

@@ -73,6 +73,7 @@ import torch
 from torch import Tensor
 
 from . import kernel_check, lorentz
+from .numerics import sinhc, small_argument
 from .radius import RadiusStats
 
 __all__ = ["hdd_distance", "hdd_distance_with_stats", "CHUNK_ELEMENTS", "DEVICE_CHUNK_ELEMENTS"]
@@ -212,8 +213,8 @@ class _Pair:
         h = None
         w: Tensor | None = None
         if hierarchical:  # w(t) = t / sinh(t); h = w'/w = 1/t - coth(t) (-t/3 near 0), for the backward
-            w = 1.0 / lorentz._sinhc(tc)
-            small = tc < lorentz._small(_F64)
+            w = 1.0 / sinhc(tc)
+            small = tc < small_argument(_F64)
             safe = torch.where(small, torch.ones_like(tc), tc)
             h = torch.where(small, -tc / 3.0, 1.0 / safe - 1.0 / torch.tanh(safe))
             w = w if mask is None else w * mask

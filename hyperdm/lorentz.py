@@ -26,6 +26,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .numerics import Curvature, asinhc, k_like, safe_sqrt, sinhc, small_argument, sqrt_k, tanhc_half
+
 __all__ = [
     "inner",
     "expmap0",
@@ -41,6 +43,7 @@ __all__ = [
     "feature_centroid",
     "feature_centroid_sums",
     "centroid_from_sums",
+    "reduce_centroid_sums",
     "CentroidSums",
     "SAFE_RADIUS",
     "tangent_inner",
@@ -53,7 +56,6 @@ __all__ = [
     "transp_follow",
 ]
 
-Curvature = float | Tensor
 #: ``reduce(tensor, op)`` with op ``"sum"`` or ``"max"``: combines per-group partial results of several
 #: processes (see :mod:`hyperdm.distributed`); ``None`` means this process holds every point.
 Reduce = Callable[[Tensor, str], Tensor]
@@ -64,39 +66,16 @@ Reduce = Callable[[Tensor, str], Tensor]
 #: beyond it (norm > 300 sqrt(k)) are saturated there, exactly like ``max_norm``.
 SAFE_RADIUS = 300.0
 
-# Below this argument the series forms of sinh(t)/t and friends are used.
-_SMALL = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 5e-2}
 
 
-def _small(dtype: torch.dtype) -> float:
-    return _SMALL.get(dtype, 1e-3)
 
 
-def _sqrt_k(k: Curvature, like: Tensor) -> Tensor:
-    """sqrt(k) as a tensor on ``like``'s device and dtype."""
-    if isinstance(k, Tensor):
-        return k.to(device=like.device, dtype=like.dtype).sqrt()
-    return torch.as_tensor(float(k), device=like.device, dtype=like.dtype).sqrt()
 
 
-def _sinhc(t: Tensor) -> Tensor:
-    """sinh(t)/t, equal to 1 + t^2/6 + O(t^4) near 0; finite gradient everywhere."""
-    small = t.abs() < _small(t.dtype)
-    ts = torch.where(small, torch.ones_like(t), t)
-    return torch.where(small, 1.0 + t * t / 6.0, torch.sinh(ts) / ts)
 
 
-def _asinhc(t: Tensor) -> Tensor:
-    """asinh(t)/t, equal to 1 - t^2/6 + O(t^4) near 0; finite gradient everywhere."""
-    small = t.abs() < _small(t.dtype)
-    ts = torch.where(small, torch.ones_like(t), t)
-    return torch.where(small, 1.0 - t * t / 6.0, torch.asinh(ts) / ts)
 
 
-def _safe_sqrt(q: Tensor) -> Tensor:
-    """sqrt(max(q, 0)) with gradient 0 (not inf) at q <= 0; NaN stays NaN."""
-    nonpos = q <= 0
-    return torch.where(nonpos, torch.zeros_like(q), torch.sqrt(torch.where(nonpos, torch.ones_like(q), q)))
 
 
 def _split(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -127,14 +106,14 @@ def expmap0(v: Tensor, *, k: Curvature, max_norm: float | None = None) -> Tensor
     Stable form: the space part is ``sinh(t_c)/t * v`` with ``sinh(t)/t`` evaluated by
     its series near 0, so ``v = 0`` maps to the origin with a finite gradient.
     """
-    sk = _sqrt_k(k, v)
+    sk = sqrt_k(k, v)
     t = torch.linalg.vector_norm(v, dim=-1, keepdim=True) / sk
     if max_norm is None:
-        return torch.cat((sk * torch.cosh(t), _sinhc(t) * v), dim=-1)
+        return torch.cat((sk * torch.cosh(t), sinhc(t) * v), dim=-1)
     tc = t.clamp(max=float(max_norm))
     clamped = t > tc
     t_safe = torch.where(clamped, t, torch.ones_like(t))
-    factor = torch.where(clamped, torch.sinh(tc) / t_safe, _sinhc(t))
+    factor = torch.where(clamped, torch.sinh(tc) / t_safe, sinhc(t))
     return torch.cat((sk * torch.cosh(tc), factor * v), dim=-1)
 
 
@@ -146,10 +125,10 @@ def logmap0(x: Tensor, *, k: Curvature) -> Tensor:
     Stable form: only the space part is used (``x_0`` is implied by the hyperboloid),
     written as ``asinh(s)/s * x_s`` with ``s = ||x_s||/sqrt(k)`` and a series near 0.
     """
-    sk = _sqrt_k(k, x)
+    sk = sqrt_k(k, x)
     xs = x[..., 1:]
     s = torch.linalg.vector_norm(xs, dim=-1, keepdim=True) / sk
-    return _asinhc(s) * xs
+    return asinhc(s) * xs
 
 
 def dist0(x: Tensor, *, k: Curvature, keepdim: bool = False) -> Tensor:
@@ -161,7 +140,7 @@ def dist0(x: Tensor, *, k: Curvature, keepdim: bool = False) -> Tensor:
     The asinh form is used: acosh near 1 loses half the digits, asinh of the space norm
     loses none.
     """
-    sk = _sqrt_k(k, x)
+    sk = sqrt_k(k, x)
     s = torch.linalg.vector_norm(x[..., 1:], dim=-1, keepdim=True)
     out = sk * torch.asinh(s / sk)
     return out if keepdim else out.squeeze(-1)
@@ -192,7 +171,7 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False) -> Tensor
     out_dtype = torch.promote_types(x.dtype, y.dtype)
     if out_dtype != torch.float64:
         return dist(x.double(), y.double(), k=k.double() if isinstance(k, Tensor) else k, keepdim=keepdim).to(out_dtype)
-    sk = _sqrt_k(k, x)
+    sk = sqrt_k(k, x)
     xs, ys = x[..., 1:], y[..., 1:]
     a = torch.linalg.vector_norm(xs, dim=-1, keepdim=True) / sk
     b = torch.linalg.vector_norm(ys, dim=-1, keepdim=True) / sk
@@ -201,20 +180,20 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False) -> Tensor
     chord2 = (ux - uy).square().sum(-1, keepdim=True)
     radial = torch.sinh((torch.asinh(a) - torch.asinh(b)) / 2.0)
     q = radial.square() + a * b * chord2 / 4.0
-    out = 2.0 * sk * torch.asinh(_safe_sqrt(q))
+    out = 2.0 * sk * torch.asinh(safe_sqrt(q))
     return out if keepdim else out.squeeze(-1)
 
 
 def project(x: Tensor, *, k: Curvature) -> Tensor:
     r"""Projection onto the hyperboloid along the time axis: ``(sqrt(k + |x_s|^2), x_s)``."""
     xs = x[..., 1:]
-    kk = _sqrt_k(k, x).square()
+    kk = sqrt_k(k, x).square()
     return torch.cat((torch.sqrt(kk + xs.square().sum(-1, keepdim=True)), xs), dim=-1)
 
 
 def to_poincare(x: Tensor, *, k: Curvature) -> Tensor:
     r"""Map to the unit Poincaré ball: :math:`p = x_s / (x_0 + \sqrt{k})`, ``|p| = tanh(r/(2 sqrt(k)))``."""
-    sk = _sqrt_k(k, x)
+    sk = sqrt_k(k, x)
     return x[..., 1:] / (x[..., :1] + sk)
 
 
@@ -225,7 +204,7 @@ def from_poincare(p: Tensor, *, k: Curvature) -> Tensor:
 
     ``1 - |p|^2`` is computed as ``(1 - |p|)(1 + |p|)``; points must satisfy |p| < 1.
     """
-    sk = _sqrt_k(k, p)
+    sk = sqrt_k(k, p)
     n = torch.linalg.vector_norm(p, dim=-1, keepdim=True)
     alpha = (1.0 - n) * (1.0 + n)
     return sk * torch.cat((1.0 + n.square(), 2.0 * p), dim=-1) / alpha
@@ -239,7 +218,7 @@ def hierarchical_weight(r: Tensor, *, k: Curvature) -> Tensor:
     1 at the root, strictly decreasing: points near the root (prototypes) weigh more
     than points near the boundary. Evaluated as ``1/sinhc`` with a series near 0.
     """
-    return 1.0 / _sinhc(r / _sqrt_k(k, r))
+    return 1.0 / sinhc(r / sqrt_k(k, r))
 
 
 def radius0(v: Tensor, *, k: Curvature, max_norm: float | None = None) -> Tensor:
@@ -251,7 +230,7 @@ def radius0(v: Tensor, *, k: Curvature, max_norm: float | None = None) -> Tensor
     n = torch.linalg.vector_norm(v, dim=-1)
     if max_norm is None:
         return n
-    sk = _sqrt_k(k, n)
+    sk = sqrt_k(k, n)
     return torch.minimum(n, float(max_norm) * sk)
 
 
@@ -298,7 +277,7 @@ def centroid(
         x = x.movedim(dim, -2)
         if weights is not None:
             weights = weights.movedim(dim if dim >= 0 else dim + 1, -1)
-    sk = _sqrt_k(k, x)
+    sk = sqrt_k(k, x)
     x0, xs = _split(x)
     if weights is None:
         w = torch.full_like(x0, 1.0 / x.shape[-2])
@@ -339,7 +318,7 @@ class CentroidSums(NamedTuple):
     * ``points``: the number of points with ``w_i > 0``.
 
     The sums of several sets of points (shards of a group on several processes) combine exactly
-    (:func:`hyperdm.distributed.reduce_centroid_sums`); :func:`centroid_from_sums` finishes.
+    (:func:`reduce_centroid_sums`); :func:`centroid_from_sums` finishes.
     """
 
     weight: Tensor
@@ -383,13 +362,13 @@ def feature_centroid_sums(
     if mask is not None:
         v = torch.where(mask.unsqueeze(-1), v, torch.zeros_like(v))
     wd = torch.float64
-    sk = _sqrt_k(k, v.new_empty((), dtype=wd))
+    sk = sqrt_k(k, v.new_empty((), dtype=wd))
     n = torch.linalg.vector_norm(v, dim=-1)
     t = n.to(wd) / sk
     tc = t.clamp(max=float(SAFE_RADIUS if max_norm is None else min(max_norm, SAFE_RADIUS)))
     w = torch.ones_like(tc) if weights is None else weights.to(wd)
     if hierarchical:
-        w = w / _sinhc(tc)
+        w = w / sinhc(tc)
     if mask is not None:
         w = torch.where(mask, w, torch.zeros_like(w))
         tc = torch.where(mask, tc, torch.zeros_like(tc))
@@ -402,7 +381,7 @@ def feature_centroid_sums(
     e_minus = w * torch.exp(-tc - top)
     half_one_minus = -torch.expm1(-2.0 * tc) / 2.0  # (1 - e^{-2t}) / 2
     b = e_plus * half_one_minus  # w sinh(t) e^{-top}
-    small = t < _small(wd)
+    small = t < small_argument(wd)
     t_safe = torch.where(small, torch.ones_like(t), t)
     ratio = torch.where(small, 1.0 - t + (2.0 / 3.0) * t * t, half_one_minus / t_safe)
     gamma = e_plus * ratio / sk  # coefficient of v_i in m_s
@@ -418,6 +397,40 @@ def feature_centroid_sums(
     return CentroidSums(weight, top, m0, ms, a_minus, a_plus, b_sum, spread, points)
 
 
+def reduce_centroid_sums(sums: CentroidSums, reduce: Reduce) -> CentroidSums:
+    r"""The :class:`~hyperdm.lorentz.CentroidSums` of the points of every process, from each process's own.
+
+    ``reduce(x, op)`` combines a tensor over the processes (:func:`hyperdm.distributed.all_reduce_fn`). Process ``r``'s
+    sums are relative to its own total weight ``W_r`` and shift ``top_r``; with ``top = max_r top_r``
+    and ``W = sum_r W_r`` its share is ``f_r = (W_r / W) e^{top_r - top}``, so ``X = sum_r f_r X_r``
+    for ``m0``, ``ms``, ``a_minus``, ``a_plus`` and ``b``, and the point counts add up. The spread about
+    the union's ``ũ = ms / B`` follows from each process's spread about its own ``ũ_r`` by the
+    parallel-axis identity
+
+    .. math::
+        \sum_i b_i \|u_i - \tilde u\|^2 = \sum_r f_r \big(S_r + B_r \|\tilde u_r - \tilde u\|^2\big),
+
+    a sum of non-negative terms (no cancellation). Three collectives: the largest shift (max), the
+    first sums with ``W`` and the counts (one sum), the spread (one sum). A process without any
+    point of a group (``W_r = 0``) contributes nothing to it. Only for sums without autograd history.
+    """
+    top = reduce(sums.top, "max")
+    share = sums.weight * torch.exp(sums.top - top)  # W_r e^{top_r - top}
+    d = sums.ms.shape[-1]
+    firsts = (sums.ms, sums.m0, sums.a_minus, sums.a_plus, sums.b)
+    total = reduce(torch.cat((*(x * share for x in firsts), sums.weight, sums.points), dim=-1), "sum")
+    ms, m0, a_minus, a_plus, b, weight, points = total.split([d, 1, 1, 1, 1, 1, 1], dim=-1)
+    inv = 1.0 / torch.where(weight > 0, weight, torch.ones_like(weight))
+    ms, m0, a_minus, a_plus, b = (x * inv for x in (ms, m0, a_minus, a_plus, b))
+    ut = ms / torch.where(b > 0, b, torch.ones_like(b))
+    ut_r = sums.ms / torch.where(sums.b > 0, sums.b, torch.ones_like(sums.b))
+    own = share * (sums.spread + sums.b * (ut_r - ut).square().sum(-1, keepdim=True))
+    spread = reduce(own, "sum") * inv
+    return CentroidSums(
+        weight=weight, top=top, m0=m0, ms=ms, a_minus=a_minus, a_plus=a_plus, b=b, spread=spread, points=points
+    )
+
+
 def centroid_from_sums(sums: CentroidSums, *, k: Curvature) -> Tensor:
     r"""The Law centroid ``[..., D+1]`` of the points behind ``sums`` (:class:`CentroidSums`):
 
@@ -428,7 +441,7 @@ def centroid_from_sums(sums: CentroidSums, *, k: Curvature) -> Tensor:
     :func:`centroid`); ``S`` is taken as 0 for a single point (rounding of ``u`` and ``ũ`` would
     otherwise leave ``eps^2`` there). Each group needs at least one point.
     """
-    sk = _sqrt_k(k, sums.m0.new_empty(()))
+    sk = sqrt_k(k, sums.m0.new_empty(()))
     spread = sums.spread * (sums.points > 1)
     return _law(sums.m0, sums.ms, sums.a_minus, sums.a_plus, sums.b, spread, sk)
 
@@ -468,14 +481,12 @@ def feature_centroid(
 
     ``reduce`` makes the centroid that of the points of *all* processes (each holding a shard of
     every group, same groups in the same order): each process's sums are combined exactly by
-    :func:`hyperdm.distributed.reduce_centroid_sums` (three collectives on ``[..., D]``-sized
+    :func:`reduce_centroid_sums` (three collectives on ``[..., D]``-sized
     tensors) before the centroid is formed. A process may hold no point of a group (``mask`` all
     False) as long as some process does.
     """
     sums = feature_centroid_sums(v, k=k, max_norm=max_norm, weights=weights, hierarchical=hierarchical, mask=mask)
     if reduce is not None:
-        from .distributed import reduce_centroid_sums  # the reduction lives with the other collectives
-
         sums = reduce_centroid_sums(sums, reduce)
     return centroid_from_sums(sums, k=k)
 
@@ -496,9 +507,6 @@ def feature_centroid(
 # ---------------------------------------------------------------------------------------------
 
 
-def _kk(k: Curvature, like: Tensor) -> Tensor:
-    """k as a tensor on ``like``'s device and dtype."""
-    return torch.as_tensor(k if isinstance(k, Tensor) else float(k)).to(device=like.device, dtype=like.dtype)
 
 
 def _radial(xs: Tensor) -> tuple[Tensor, Tensor]:
@@ -512,11 +520,6 @@ def _with_time(xs: Tensor, us: Tensor, x0: Tensor) -> Tensor:
     return torch.cat(((xs * us).sum(-1, keepdim=True) / x0, us), dim=-1)
 
 
-def _tanhc_half(t: Tensor) -> Tensor:
-    """tanh(t/2)/t, equal to 1/2 - t^2/24 + O(t^4) near 0; finite gradient everywhere."""
-    small = t.abs() < _small(t.dtype)
-    ts = torch.where(small, torch.ones_like(t), t)
-    return torch.where(small, 0.5 - t * t / 24.0, torch.tanh(ts / 2.0) / ts)
 
 
 def tangent_inner(x: Tensor, u: Tensor, v: Tensor | None = None, *, k: Curvature, keepdim: bool = False) -> Tensor:
@@ -536,7 +539,7 @@ def tangent_inner(x: Tensor, u: Tensor, v: Tensor | None = None, *, k: Curvature
     xs, us, vs = x[..., 1:], u[..., 1:], v[..., 1:]
     r, xh = _radial(xs)
     bu, bv = (xh * us).sum(-1, keepdim=True), (xh * vs).sum(-1, keepdim=True)
-    kk = _kk(k, x)
+    kk = k_like(k, x)
     out = ((us - bu * xh) * (vs - bv * xh)).sum(-1, keepdim=True) + kk / (kk + r.square()) * bu * bv
     return out if keepdim else out.squeeze(-1)
 
@@ -550,7 +553,7 @@ def proju(x: Tensor, v: Tensor, *, k: Curvature) -> Tensor:
     returned is the one tangency implies, ``<x_s, Pi_s>/x_0``.
     """
     xs, vs = x[..., 1:], v[..., 1:]
-    kk = _kk(k, x)
+    kk = k_like(k, x)
     x0 = torch.sqrt(kk + xs.square().sum(-1, keepdim=True))
     xv = (xs * vs).sum(-1, keepdim=True) - x0 * v[..., :1]
     return _with_time(xs, vs + xv / kk * xs, x0)
@@ -569,7 +572,7 @@ def egrad2rgrad(x: Tensor, g: Tensor, *, k: Curvature) -> Tensor:
     geoopt's ``Pi_x(diag(-1, 1, ..., 1) g)``. ``g`` is not modified.
     """
     xs, gs = x[..., 1:], g[..., 1:]
-    kk = _kk(k, x)
+    kk = k_like(k, x)
     x0 = torch.sqrt(kk + xs.square().sum(-1, keepdim=True))
     gh = gs + g[..., :1] / x0 * xs
     return _with_time(xs, gh + (xs * gh).sum(-1, keepdim=True) / kk * xs, x0)
@@ -593,7 +596,7 @@ def expmap(x: Tensor, u: Tensor, *, k: Curvature) -> Tensor:
     so a geodesic that passes the origin does not subtract two numbers of size ``e^(a+t)``. The
     time part is ``sqrt(k + |y_s|^2)``. Only space parts are read.
     """
-    sk = _sqrt_k(k, x)
+    sk = sqrt_k(k, x)
     xs, us = x[..., 1:], u[..., 1:]
     r, xh = _radial(xs)
     x0 = torch.sqrt(sk.square() + r.square())
@@ -601,9 +604,9 @@ def expmap(x: Tensor, u: Tensor, *, k: Curvature) -> Tensor:
     perp = us - beta * xh
     sigma2 = perp.square().sum(-1, keepdim=True)
     rho = beta * sk / x0
-    n = _safe_sqrt(rho.square() + sigma2)
+    n = safe_sqrt(rho.square() + sigma2)
     t = n / sk
-    s = _sinhc(t)
+    s = sinhc(t)
     outward = r * torch.cosh(t) + beta * s
     inward_den = torch.where(rho < 0, n - rho, torch.ones_like(n))
     inward = sk * torch.sinh(torch.asinh(r / sk) - t) + sigma2 * s * x0 / (sk * inward_den)
@@ -622,12 +625,12 @@ def logmap(x: Tensor, y: Tensor, *, k: Curvature) -> Tensor:
     order, instead of ``y_s + <x,y>_L x_s / k`` (whose two terms are ``cosh(r)^2`` times larger
     than the result for nearby points). The time part is implied by tangency.
     """
-    sk = _sqrt_k(k, x)
+    sk = sqrt_k(k, x)
     xs = x[..., 1:]
     t = dist(x, y, k=k, keepdim=True).to(x.dtype) / sk
     w = (y[..., 1:] - xs) - 2.0 * torch.sinh(t / 2.0).square() * xs
     x0 = torch.sqrt(sk.square() + xs.square().sum(-1, keepdim=True))
-    return _with_time(xs, w / _sinhc(t), x0)
+    return _with_time(xs, w / sinhc(t), x0)
 
 
 def transp_follow(x: Tensor, u: Tensor, v: Tensor, *, k: Curvature, y: Tensor | None = None) -> Tensor:
@@ -644,10 +647,10 @@ def transp_follow(x: Tensor, u: Tensor, v: Tensor, *, k: Curvature, y: Tensor | 
     part of the result is the one tangency at ``y`` implies.
     """
     y = expmap(x, u, k=k) if y is None else y
-    kk = _kk(k, x)
+    kk = k_like(k, x)
     uv = tangent_inner(x, u, v, k=k, keepdim=True)
     t = torch.sqrt(tangent_inner(x, u, k=k, keepdim=True).clamp_min(0.0)) / kk.sqrt()
-    ps = v[..., 1:] + _tanhc_half(t) * uv / kk * (x[..., 1:] + y[..., 1:])
+    ps = v[..., 1:] + tanhc_half(t) * uv / kk * (x[..., 1:] + y[..., 1:])
     ys = y[..., 1:]
     return _with_time(ys, ps, torch.sqrt(kk + ys.square().sum(-1, keepdim=True)))
 
@@ -668,8 +671,8 @@ def logmap0back(x: Tensor, *, k: Curvature) -> Tensor:
     with ``a = asinh(s)``, ``s = |x_s|/sqrt(k)``; ``asinh(s)/s`` by its series near 0. The time
     part is implied by tangency.
     """
-    sk = _sqrt_k(k, x)
+    sk = sqrt_k(k, x)
     xs = x[..., 1:]
     r = torch.linalg.vector_norm(xs, dim=-1, keepdim=True)
     x0 = torch.sqrt(sk.square() + r.square())
-    return _with_time(xs, -_asinhc(r / sk) * (x0 / sk) * xs, x0)
+    return _with_time(xs, -asinhc(r / sk) * (x0 / sk) * xs, x0)

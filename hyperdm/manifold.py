@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from . import lorentz as L
+from .numerics import k_like, safe_sqrt, sqrt_k
 
 with warnings.catch_warnings():
     # torch 2.9 - 2.13 say it with a DeprecationWarning, 2.14 with a FutureWarning: match the message only.
@@ -91,7 +92,7 @@ class StableLorentz(geoopt.Lorentz):
         float32 rounding passes at any radius, unlike ``<x,x>_L = -k`` within ``atol``)."""
         x = _last(x, dim)
         x0 = x[..., :1]
-        ref = torch.sqrt(L._kk(self.k, x) + x[..., 1:].square().sum(-1, keepdim=True))
+        ref = torch.sqrt(k_like(self.k, x) + x[..., 1:].square().sum(-1, keepdim=True))
         if torch.allclose(x0, ref, atol=atol, rtol=rtol):
             return True, None
         return (
@@ -105,7 +106,7 @@ class StableLorentz(geoopt.Lorentz):
         """``u_0`` must equal ``<x_s,u_s>/x_0`` within ``atol + rtol |u_s|`` (i.e. ``<x,u>_L = 0``)."""
         x, u = _last(x, dim), _last(u, dim)
         xs, us = x[..., 1:], u[..., 1:]
-        x0 = torch.sqrt(L._kk(self.k, x) + xs.square().sum(-1, keepdim=True))
+        x0 = torch.sqrt(k_like(self.k, x) + xs.square().sum(-1, keepdim=True))
         ref = (xs * us).sum(-1, keepdim=True) / x0
         tol = atol + rtol * torch.linalg.vector_norm(us, dim=-1, keepdim=True)
         if bool(((u[..., :1] - ref).abs() <= tol).all()):
@@ -142,7 +143,7 @@ class StableLorentz(geoopt.Lorentz):
         if v is None:  # optional only in geoopt's signature, which this overrides
             raise TypeError("inner0() needs v, the tangent vector(s) at the origin.")
         v = _last(v, dim)
-        return _reduced(-L._sqrt_k(self.k, v) * v[..., :1], dim, keepdim)
+        return _reduced(-sqrt_k(self.k, v) * v[..., :1], dim, keepdim)
 
     def norm(self, u: Tensor, *, keepdim: bool = False, dim: int = -1, x: Tensor | None = None) -> Tensor:
         r"""Length of a tangent vector: ``sqrt(<u,u>)``, 0 (with gradient 0) at ``u = 0``.
@@ -150,7 +151,7 @@ class StableLorentz(geoopt.Lorentz):
         With ``x=`` the stable product at ``x`` is used; without, the Minkowski one (which loses
         ``log10(cosh(r)^2)`` digits for a radial vector at radius ``r sqrt(k)``).
         """
-        return L._safe_sqrt(self.inner(x, u, keepdim=keepdim, dim=dim))
+        return safe_sqrt(self.inner(x, u, keepdim=keepdim, dim=dim))
 
     # -- projections and gradients --------------------------------------------------------------
 
@@ -222,7 +223,7 @@ class StableLorentz(geoopt.Lorentz):
 
     def _origin_like(self, x: Tensor) -> Tensor:
         """The origin ``(sqrt k, 0, ..., 0)`` in ``x``'s shape, dtype and device (coordinates last)."""
-        sk = L._sqrt_k(self.k, x).expand(*x.shape[:-1], 1)
+        sk = sqrt_k(self.k, x).expand(*x.shape[:-1], 1)
         return torch.cat((sk, torch.zeros_like(x[..., 1:])), dim=-1)
 
     def transp0(self, y: Tensor, u: Tensor, *, dim: int = -1) -> Tensor:

@@ -155,10 +155,10 @@ class HyperbolicMatcher(nn.Module):
                 raise ValueError(
                     f"manifold must be a geoopt.Lorentz (e.g. hyperdm.StableLorentz(k)); got {type(manifold).__name__}."
                 )
-            F._check_k(manifold.k)
+            F.check_k(manifold.k)
             k = float(manifold.k.detach())
         k = 1.0 if k is None else k
-        F._check_k(k)
+        F.check_k(k)
         if compile and process_group is not None:
             raise ValueError(
                 "compile=True and process_group cannot be combined yet; drop one of them "
@@ -166,9 +166,9 @@ class HyperbolicMatcher(nn.Module):
             )
         self.auto_scale = isinstance(scale, str) and scale == "auto"
         if not self.auto_scale:
-            F._check_scale(scale)
-        F._check_max_norm(max_norm)
-        F._check_reduction(reduction)
+            F.check_scale(scale)
+        F.check_max_norm(max_norm)
+        F.check_reduction(reduction)
         #: lambda; None until the first call when ``scale="auto"``
         self.scale: float | None = None if self.auto_scale else float(scale)
         if self.auto_scale:
@@ -190,7 +190,8 @@ class HyperbolicMatcher(nn.Module):
         if fused not in ("auto", True, False):
             raise ValueError(f"fused must be 'auto', True or False; got {fused!r}.")
         self.fused = fused
-        self._k = float(k)  # the fixed k when no manifold holds it (with one, the manifold's k is the only one)
+        # the fixed k when no manifold holds it (with one, the manifold's k is the only one)
+        self._k: float | None = None if manifold is not None else float(k)
         if radius is not None:
             check_radius(radius)
         #: the radius calibration's target median radius r0 (in units of sqrt(k)); None: no calibration
@@ -209,7 +210,10 @@ class HyperbolicMatcher(nn.Module):
     @property
     def k(self) -> float | Tensor:
         """Current ``k``: points satisfy ``<x,x>_L = -k``; the manifold's tensor when one holds it."""
-        return self.manifold.k if self.manifold is not None else self._k
+        if self.manifold is not None:
+            return self.manifold.k
+        assert self._k is not None
+        return self._k
 
     @property
     def calibrated_k(self) -> float | Tensor:
@@ -232,35 +236,43 @@ class HyperbolicMatcher(nn.Module):
                 f"the learned k went to {float(m.k.detach()):g}; k must stay > 0 (geoopt's "
                 "curvature parameter): lower the learning rate of k or bound it after each step."
             )
-        compiling = torch.compiler.is_compiling()
-        loss, st = F._hyperbolic_loss(
-            real,
-            syn,
-            k=self.k,
-            scale=self._choose_scale if self.scale is None else self.scale,
+        g = F.group(real, syn, real_labels=real_labels, syn_labels=syn_labels, process_group=self.process_group)
+        if self.radius is not None and self.alpha is None:
+            self._calibrate(g)
+        # the calibration as k / alpha^2 and lambda * alpha: the loss of the scaled features (hyperdm.radius)
+        alpha = 1.0 if self.alpha is None else self.alpha
+        k = self.k if self.alpha is None else self.k / alpha**2
+        if self.scale is None:
+            self._choose_scale(g, k)
+        assert self.scale is not None
+        want_stats = self.track_stats and not torch.compiler.is_compiling() and not self.compile_loss
+        per_class, st = (_run_compiled if self.compile_loss else F.hyperbolic_per_class)(
+            g.real,
+            g.real_mask,
+            g.syn,
+            g.syn_mask,
+            k=k,
+            scale=self.scale * alpha,
             max_norm=self.max_norm,
             hierarchical=self.hierarchical,
-            reduction=self.reduction,
-            real_labels=real_labels,
-            syn_labels=syn_labels,
-            check_finite=self.check_finite,
-            process_group=self.process_group,
-            fused=self.fused,
-            per_class=_run_compiled if self.compile_loss else None,
-            calibrate=self._calibrate if self.radius is not None and self.alpha is None else self.alpha,
-            want_stats=self.track_stats and not compiling and not self.compile_loss,
+            reduce=g.reduce,
+            use_fused=self.fused,
+            want_stats=want_stats,
         )
+        loss = F.reduce_losses(per_class, self.reduction, g.single)
+        if self.check_finite:
+            F.check_finite_loss(loss, g, "hyperbolic matching")
         if st is not None:
             self.last_stats = st
             if not self._checked:
                 self._checked = True
-                self._warn_if_saturated(self.last_stats)
+                self._warn_if_saturated(st)
         return loss
 
-    def _calibrate(self, r: Tensor, rm: Tensor | None, reduce: Any = None) -> float:
+    def _calibrate(self, g: F.Grouped) -> None:
         """``radius=r0``: alpha from the first real batch (median over every rank's features). One host read."""
         assert self.radius is not None
-        alpha = F.calibration_alpha(r, rm, self.radius, k=self.k, process_group=self.process_group)
+        alpha = F.calibration_alpha(g, self.radius, k=self.k, process_group=self.process_group)
         self.alpha = alpha
         self.feature_scale.fill_(alpha)
         log.info(
@@ -272,7 +284,6 @@ class HyperbolicMatcher(nn.Module):
             float(self.k.detach() if isinstance(self.k, Tensor) else self.k) / alpha**2,
             alpha,
         )
-        return alpha
 
     def _warn_if_saturated(self, stats: RadiusStats) -> None:
         """Warn once when most real points sit at the clamp: then only directions are matched. One host read (two
@@ -290,16 +301,24 @@ class HyperbolicMatcher(nn.Module):
         )
         warnings.warn(msg, UserWarning, stacklevel=5)
 
-    def _choose_scale(
-        self, r: Tensor, rm: Tensor | None, s: Tensor, sm: Tensor | None, reduce: Any, k: float | Tensor
-    ) -> float:
+    def _choose_scale(self, g: F.Grouped, k: float | Tensor) -> None:
         """``scale="auto"``: lambda = total MMD / total centroid distance of this (the first) batch, with the
-        (calibrated) ``k``; returns the factor of that distance, ``lambda * alpha``. One host sync."""
+        (calibrated) ``k``, stated for the scaled features (the loss multiplies the distance by ``lambda * alpha``).
+        One host sync."""
         with torch.no_grad():
-            dist = F._hyperbolic_per_class(
-                r, rm, s, sm, k=k, scale=1.0, max_norm=self.max_norm, hierarchical=self.hierarchical, reduce=reduce
+            dist = F.hyperbolic_per_class(
+                g.real,
+                g.real_mask,
+                g.syn,
+                g.syn_mask,
+                k=k,
+                scale=1.0,
+                max_norm=self.max_norm,
+                hierarchical=self.hierarchical,
+                reduce=g.reduce,
+                use_fused=False,
             )[0].sum(dtype=torch.float64)
-            mmd = F._mmd_per_class(r, rm, s, sm, reduce).sum(dtype=torch.float64)
+            mmd = F.mmd_per_class(g.real, g.real_mask, g.syn, g.syn_mask, g.reduce).sum(dtype=torch.float64)
             d, m = float(dist), float(mmd)
         if not (d > 0 and math.isfinite(d) and math.isfinite(m)):
             raise ValueError(
@@ -313,7 +332,6 @@ class HyperbolicMatcher(nn.Module):
         log.info(
             "HyperbolicMatcher scale='auto': lambda = %.6g (first batch: MMD %.6g / distance %.6g)", self.scale, m, d
         )
-        return m / d
 
     def extra_repr(self) -> str:
         k = f"{float(self.k.detach() if isinstance(self.k, Tensor) else self.k):g}" + (
@@ -338,10 +356,10 @@ _COMPILED: dict[str, Callable[..., tuple[Tensor, Any]]] = {}
 
 
 def _run_compiled(*args: object, **kwargs: object) -> tuple[Tensor, Any]:
-    """``F._hyperbolic_per_class`` through ``torch.compile``, built once per process and shared by all matchers."""
+    """``F.hyperbolic_per_class`` through ``torch.compile``, built once per process and shared by all matchers."""
     fn = _COMPILED.get("hyperbolic")
     if fn is None:
-        fn = _COMPILED["hyperbolic"] = torch.compile(F._hyperbolic_per_class, dynamic=False)
+        fn = _COMPILED["hyperbolic"] = torch.compile(F.hyperbolic_per_class, dynamic=False)
     from torch._dynamo.exc import BackendCompilerFailed
 
     try:
@@ -371,7 +389,7 @@ class MMDMatcher(nn.Module):
 
     def __init__(self, *, reduction: str = "sum", check_finite: bool = True, process_group: Any = None) -> None:
         super().__init__()
-        F._check_reduction(reduction)
+        F.check_reduction(reduction)
         self.reduction = reduction
         self.check_finite = bool(check_finite)
         self.process_group = process_group

@@ -37,7 +37,7 @@ from ..artifacts import CorruptFileError, RunDir, UnsafeFileError, storage_sizes
 from ..augment import DSAParams, dsa
 from ..config import DistillConfig, validate
 from ..data import RealData
-from ..evaluate import EvalConfig, estimate_seconds, evaluate_synthetic, format_accuracy
+from ..evaluate import estimate_seconds, evaluate_synthetic, format_accuracy
 from ..models import Embedder, seeded_network
 from ..parallel import Parallel, check_device
 from ..progress import format_seconds, progress_bar
@@ -46,7 +46,7 @@ from ..seeding import Stream, derive_seed
 from ..signals import Stopped, signal_name, stop_requests
 from ..synset import expand, pack
 
-__all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "eval_config", "per_sample_network"]
+__all__ = ["DistillLoop", "NonFiniteLossError", "build_matcher", "per_sample_network"]
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,6 @@ def build_matcher(cfg: DistillConfig, process_group: Any = None) -> nn.Module:
     )
 
 
-def eval_config(cfg: DistillConfig, *, device: str | None = None) -> EvalConfig:
-    """The evaluation a run with ``cfg`` performs (:meth:`DistillConfig.eval_config`)."""
-    return cfg.eval_config(device=device)
 
 
 def per_sample_network(net: nn.Module) -> bool:

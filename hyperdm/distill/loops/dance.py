@@ -37,20 +37,16 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DanceConfig
-from ..experts import Expert, ExpertConfig, load_or_train_experts
+from ..experts import Expert, load_or_train_experts
 from ..models import Embedder
 from ..seeding import Stream, derive_seed
 from .base import DistillLoop
 
-__all__ = ["DanceLoop", "expert_config"]
+__all__ = ["DanceLoop"]
 
 log = logging.getLogger(__name__)
 
 
-def expert_config(cfg: Any) -> ExpertConfig:
-    """The :class:`ExpertConfig` of a :class:`~hyperdm.distill.config.DistillConfig` (its ``dance.experts``, the
-    run's model)."""
-    return cfg.expert_config()
 
 
 class DanceLoop(DistillLoop):
@@ -85,7 +81,7 @@ class DanceLoop(DistillLoop):
     # ---- experts ----------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        ecfg = expert_config(self.cfg)
+        ecfg = self.cfg.expert_config()
         # experts learn from the whole training set (they are shared by every run on it), not the pruned pool
         if not self.par.is_main:  # rank 0 goes first, so that only it trains; the others then read its cache
             self.par.barrier()
