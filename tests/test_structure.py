@@ -54,9 +54,14 @@ def _imports(mods: dict[str, Path]) -> tuple[dict[str, set[str]], list[str]]:
                         edges[m].add(owner)
                         aliases[a.asname or a.name] = a.name
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
-                if node.attr.startswith("_") and not node.attr.startswith("__"):
-                    reach.append(f"{p.name}:{node.lineno} {node.value.id}.{node.attr}")
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                reach.append(f"{p.name}:{node.lineno} {node.value.id}.{node.attr}")
     return edges, reach
 
 
