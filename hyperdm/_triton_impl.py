@@ -28,6 +28,7 @@ def real_pass(
     tiny: tl.float64,
     BLOCK_D: tl.constexpr,
     F64: tl.constexpr,
+    STATS: tl.constexpr,
 ):
     c = tl.program_id(0)
     s = tl.program_id(1)
@@ -76,15 +77,15 @@ def real_pass(
         sc += b + em
         se += em
     # one float64 row per program: top, sum b, sum c, sum e^{-t}, sum b |u - p|^2, m_s, sum b (u - p), p ([D] each)
-    out = part_ptr + (c * splits + s).to(tl.int64) * (5 + 3 * D)  # 5: _STATS (kernels read no globals)
+    out = part_ptr + (c * splits + s).to(tl.int64) * (STATS + 3 * D)  # STATS scalars, then three [D] vectors
     tl.store(out + 0, top)
     tl.store(out + 1, sb)
     tl.store(out + 2, sc)
     tl.store(out + 3, se)
     tl.store(out + 4, s2)
-    tl.store(out + 5 + offs, ms, mask=dmask)
-    tl.store(out + 5 + D + offs, dev, mask=dmask)
-    tl.store(out + 5 + 2 * D + offs, p, mask=dmask)
+    tl.store(out + STATS + offs, ms, mask=dmask)
+    tl.store(out + STATS + D + offs, dev, mask=dmask)
+    tl.store(out + STATS + 2 * D + offs, p, mask=dmask)
 
 
 @triton.jit
@@ -151,6 +152,8 @@ def syn_finish(
     BLOCK_D: tl.constexpr,
     F64: tl.constexpr,
     GRAD: tl.constexpr,
+    STATS: tl.constexpr,
+    CLS: tl.constexpr,
 ):
     c = tl.program_id(0).to(tl.int64)
     acc_t = tl.float64 if F64 else tl.float32
@@ -158,7 +161,7 @@ def syn_finish(
     dmask = offs < D
     # the real side: the row blocks' partial sums brought to one scale and to the reference of the block
     # with the largest top
-    width = 5 + 3 * D
+    width = STATS + 3 * D
     prow = part_ptr + c * splits * width
     top_r = tl.load(prow)
     best = tl.zeros((), tl.int32)
@@ -166,7 +169,7 @@ def syn_finish(
         ts = tl.load(prow + s * width)
         best = tl.where(ts > top_r, s, best)
         top_r = tl.maximum(top_r, ts)
-    p_r = tl.load(prow + best * width + 5 + 2 * D + offs, mask=dmask, other=0.0)
+    p_r = tl.load(prow + best * width + STATS + 2 * D + offs, mask=dmask, other=0.0)
     b_r = tl.zeros((), tl.float64)
     c_r = tl.zeros((), tl.float64)
     e_r = tl.zeros((), tl.float64)
@@ -177,13 +180,13 @@ def syn_finish(
         base = prow + s * width
         r = tl.exp(tl.load(base) - top_r)
         bs = tl.load(base + 1)
-        dv = tl.load(base + 5 + D + offs, mask=dmask, other=0.0)
-        dp = tl.load(base + 5 + 2 * D + offs, mask=dmask, other=0.0) - p_r
+        dv = tl.load(base + STATS + D + offs, mask=dmask, other=0.0)
+        dp = tl.load(base + STATS + 2 * D + offs, mask=dmask, other=0.0) - p_r
         b_r += r * bs
         c_r += r * tl.load(base + 2)
         e_r += r * tl.load(base + 3)
         s2_r += r * (tl.load(base + 4) + 2.0 * tl.sum(dp * dv, axis=0) + bs * tl.sum(dp * dp, axis=0))
-        m_r += r * tl.load(base + 5 + offs, mask=dmask, other=0.0)
+        m_r += r * tl.load(base + STATS + offs, mask=dmask, other=0.0)
         dv_r += r * (dv + bs * dp)
     # the spread about u~, shifted exactly from the one about the common reference
     spread_r = tl.maximum(s2_r - tl.sum(dv_r * dv_r, axis=0) / tl.maximum(b_r, 1e-300), 0.0) * multi_r
@@ -243,7 +246,7 @@ def syn_finish(
         tl.store(vec + offs, gam.to(acc_t), mask=dmask)
         tl.store(vec + D + offs, h.to(acc_t), mask=dmask)
         tl.store(vec + 2 * D + offs, m_s, mask=dmask)
-        out = cls_ptr + c * 7  # 7: _CLS (kernels read no globals)
+        out = cls_ptr + c * CLS  # CLS per-class scalars for the gradient's rows
         tl.store(out + 0, kap_s / sk)
         tl.store(out + 1, lam2 * 0.5 / sk)
         tl.store(out + 2, b_s)
@@ -267,6 +270,7 @@ def syn_rows(
     multi_s: tl.float64,
     BLOCK_D: tl.constexpr,
     F64: tl.constexpr,
+    CLS: tl.constexpr,
 ):
     c = tl.program_id(0).to(tl.int64)
     row = c * M + tl.program_id(1)
@@ -277,7 +281,7 @@ def syn_rows(
     gam = tl.load(vec + offs, mask=dmask, other=0.0)
     h = tl.load(vec + D + offs, mask=dmask, other=0.0)
     m_s = tl.load(vec + 2 * D + offs, mask=dmask, other=0.0)
-    cls = cls_ptr + c * 7
+    cls = cls_ptr + c * CLS
     ks = tl.load(cls + 0)
     ls = tl.load(cls + 1)
     b_s = tl.load(cls + 2)

@@ -47,7 +47,6 @@ __all__ = [
 REDUCTIONS = ("sum", "mean", "none")
 
 
-
 class Grouped(NamedTuple):
     """Features brought to ``[C, N, D]`` / ``[C, M, D]`` by :func:`group`: the classes on the first axis, masks
     ``[C, N]`` / ``[C, M]`` for padded rows (None: no padding), whether the call was one class ``[N, D]`` (its loss is
@@ -270,6 +269,7 @@ def mmd_per_class(
 ) -> Tensor:
     """DM's line per class, ``[C]``, for grouped features (:func:`group`): ``|mean(real) - mean(syn)|^2``, the real
     mean over every rank's features with ``reduce``."""
+
     def mean(x: Tensor, mask: Tensor | None) -> Tensor:
         if mask is None:
             return x.mean(-2)

@@ -389,10 +389,8 @@ class _HDDDistance(torch.autograd.Function):
         tmax: float,
         hierarchical: bool,
         reduce: lorentz.Reduce | None,
-        use_kernel: bool,
         scale: float,
         out_dtype: torch.dtype,
-        strict: bool = False,
     ) -> tuple[Tensor, Tensor]:
         sk: float | Tensor = kf**0.5 if k is None else k.to(_F64).sqrt()
         need_r, need_s, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
@@ -406,23 +404,6 @@ class _HDDDistance(torch.autograd.Function):
                 ),
                 dim=-1,
             )
-        ctx.syn_grad = None
-        if use_kernel:  # the Triton kernels: the distance and the synthetic gradient, no work in the backward
-            from . import triton_kernels
-
-            norms = torch.empty(real.shape[0], real.shape[1] + syn.shape[1], dtype=_F64, device=real.device)
-            try:
-                d, ctx.syn_grad = triton_kernels.hdd(
-                    real, syn, sk=float(sk), tmax=tmax, scale=scale, grad=need_s, norms=norms
-                )
-            except Exception as e:  # a shape that compiles anew and fails: fall back (fused=True: raise)
-                key = kernel_check.key_of(real, tmax)
-                why = f"failed to compile or launch: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
-                kernel_check.fail(key, real, "error", why, strict)
-                use_kernel = False
-        if use_kernel:
-            ctx.mark_non_differentiable(norms)
-            return d.to(out_dtype), norms  # every point's |v|, written by the kernels as they take it
         p = _Pair(
             real,
             syn,
@@ -446,15 +427,12 @@ class _HDDDistance(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_d: Tensor | None, _grad_norms: Tensor | None = None) -> tuple[Tensor | None, ...]:
         if grad_d is None:  # (the gradients are not materialised: None means zero)
-            return (None,) * 13
-        if ctx.syn_grad is not None:  # the Triton path wrote the gradient of the distance in the forward
-            g = ctx.syn_grad
-            return (None, g * grad_d.to(g.dtype).view(-1, 1, 1)) + (None,) * 11
+            return (None,) * 11
         real, syn = ctx.saved_tensors
         p, sk = ctx.pair, ctx.sk
         go = grad_d.to(_F64)  # the scale is in the chord gradient and in p.d
         need_k = ctx.needs_input_grad[2]
-        out: list[Tensor | None] = [None] * 13
+        out: list[Tensor | None] = [None] * 11
         vdot: Any = 0.0
         for i, v in enumerate((real, syn)):
             if v is not None or (need_k and i == 0):
@@ -465,6 +443,32 @@ class _HDDDistance(torch.autograd.Function):
             dk = (go * (p.d - vdot)).sum() / (2.0 * sk * sk)
             out[2] = dk.to(ctx.k_dtype).reshape(ctx.k_shape)
         return tuple(out)
+
+
+class _TritonHDD(torch.autograd.Function):
+    """The Triton path (:mod:`hyperdm.triton_kernels`): the distances and, when the synthetic features need it,
+    their gradient, both written in the forward's three launches; the backward scales the saved gradient by the
+    upstream one. Real features without grad and a fixed ``k`` only (:func:`_kernel_choice`)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, real: Tensor, syn: Tensor, sk: float, tmax: float, scale: float, out_dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        from . import triton_kernels
+
+        ctx.set_materialize_grads(False)
+        norms = torch.empty(real.shape[0], real.shape[1] + syn.shape[1], dtype=_F64, device=real.device)
+        d, g = triton_kernels.hdd(real, syn, sk=sk, tmax=tmax, scale=scale, grad=ctx.needs_input_grad[1], norms=norms)
+        ctx.save_for_backward(g)
+        ctx.mark_non_differentiable(norms)
+        return d.to(out_dtype), norms  # every point's |v|, written by the kernels as they take it
+
+    @staticmethod
+    def backward(ctx: Any, grad_d: Tensor | None, _grad_norms: Tensor | None = None) -> tuple[Tensor | None, ...]:
+        (g,) = ctx.saved_tensors
+        if grad_d is None or g is None:
+            return (None,) * 6
+        return (None, g * grad_d.to(g.dtype).view(-1, 1, 1)) + (None,) * 4
 
 
 def hdd_distance(
@@ -574,13 +578,15 @@ def _apply(
     kt, kf = (k.to(real.device), 0.0) if isinstance(k, Tensor) else (None, float(k))
     tmax = float(lorentz.SAFE_RADIUS if max_norm is None else min(float(max_norm), lorentz.SAFE_RADIUS))
     use_kernel = _kernel_choice(fused, real, syn, k, real_mask, syn_mask, hierarchical, reduce, tmax)
-    if use_kernel:
-        use_kernel = _self_checked(real, syn, kf, tmax, strict=fused is True)
+    if use_kernel and _self_checked(real, syn, kf, tmax, strict=fused is True):
+        try:
+            return _TritonHDD.apply(real, syn, kf**0.5, tmax, float(scale), dtype)
+        except Exception as e:  # a shape that compiles anew and fails: fall back (fused=True: raise)
+            why = f"failed to compile or launch: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            kernel_check.fail(kernel_check.key_of(real, tmax), real, "error", why, fused is True)
     rm = None if real_mask is None else real_mask.to(_F64)
     sm = None if syn_mask is None else syn_mask.to(_F64)
-    return _HDDDistance.apply(
-        real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce, use_kernel, float(scale), dtype, fused is True,
-    )  # fmt: skip
+    return _HDDDistance.apply(real, syn, kt, kf, rm, sm, tmax, bool(hierarchical), reduce, float(scale), dtype)
 
 
 def _self_checked(real: Tensor, syn: Tensor, k: float, tmax: float, *, strict: bool) -> bool:
@@ -596,7 +602,7 @@ def _self_checked(real: Tensor, syn: Tensor, k: float, tmax: float, *, strict: b
     def reference(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             s2 = syn.detach().to(dtype).requires_grad_(True)
-            args = (real.detach().to(dtype), s2, None, k, None, None, tmax, False, None, False, 1.0, _F64)
+            args = (real.detach().to(dtype), s2, None, k, None, None, tmax, False, None, 1.0, _F64)
             d = _HDDDistance.apply(*args)[0]
             (g,) = torch.autograd.grad(d.sum(), s2)
         return d.detach(), g

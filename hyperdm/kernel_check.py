@@ -153,8 +153,10 @@ def bounds(C: int, N: int, D: int, rows_per_program: int) -> str | None:
     block = 1 << max(0, int(D) - 1).bit_length()
     if block > MAX_BLOCK_D:
         return f"D={D} needs rows of {block} elements, above the kernels' {MAX_BLOCK_D} (MAX_BLOCK_D)"
+    from .triton_kernels import STATS
+
     splits = -(-int(N) // max(1, int(rows_per_program)))
-    size = int(C) * splits * (5 + 3 * int(D)) * 8
+    size = int(C) * splits * (STATS + 3 * int(D)) * 8
     if size > MAX_PARTIAL_BYTES:
         return (
             f"C={C}, N={N}, D={D} need {size / 2**20:.0f} MiB of partial sums, above {MAX_PARTIAL_BYTES // 2**20} MiB "

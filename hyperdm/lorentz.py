@@ -67,17 +67,6 @@ Reduce = Callable[[Tensor, str], Tensor]
 SAFE_RADIUS = 300.0
 
 
-
-
-
-
-
-
-
-
-
-
-
 def _split(x: Tensor) -> tuple[Tensor, Tensor]:
     return x[..., :1], x[..., 1:]
 
@@ -507,8 +496,6 @@ def feature_centroid(
 # ---------------------------------------------------------------------------------------------
 
 
-
-
 def _radial(xs: Tensor) -> tuple[Tensor, Tensor]:
     """``(|x_s|, x̂)`` with ``x̂ = 0`` (finite gradient) where ``x_s = 0``."""
     r = torch.linalg.vector_norm(xs, dim=-1, keepdim=True)
@@ -518,8 +505,6 @@ def _radial(xs: Tensor) -> tuple[Tensor, Tensor]:
 def _with_time(xs: Tensor, us: Tensor, x0: Tensor) -> Tensor:
     """The tangent vector at ``x`` with space part ``us``: ``(<x_s,u_s>/x_0, u_s)``."""
     return torch.cat(((xs * us).sum(-1, keepdim=True) / x0, us), dim=-1)
-
-
 
 
 def tangent_inner(x: Tensor, u: Tensor, v: Tensor | None = None, *, k: Curvature, keepdim: bool = False) -> Tensor:

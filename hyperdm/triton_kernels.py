@@ -7,7 +7,7 @@ when asked, their gradient with respect to the synthetic features (the backward 
 ``t_i = min(|v_i|/sqrt(k), max_norm)``, ``b_i = sinh(t_i) e^{-T}`` and ``T`` a side's largest ``t``:
 
 1. **the real pass** (programs over classes and blocks of :data:`ROWS_PER_PROGRAM` rows;
-   :func:`real_summary` combines its output on the host, for inspection): each row is loaded once
+   the tests combine its output on the host to check it): each row is loaded once
    (``BLOCK_D >= D`` elements in registers) for ``B = sum_i b_i``, ``sum_i cosh(t_i) e^{-T}``,
    ``sum_i e^{-t_i-T}``, ``m_s = sum_i (b_i/|v_i|) v_i`` and the spread ``S = sum_i b_i |u_i - u~|^2``
    about ``u~ = m_s / B``. The spread is accumulated about a reference direction ``p`` and shifted
@@ -42,9 +42,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["hdd", "interpreting", "real_summary", "triton_module"]
+__all__ = ["hdd", "interpreting", "real_partials", "triton_module", "STATS", "CLS", "ROWS_PER_PROGRAM"]
 
-_STATS = 5  # top, sum b, sum c, sum e^{-t}, sum b |u - p|^2
+#: scalars at the head of each partial-sum row of the real pass: top, sum b, sum c, sum e^{-t}, sum b |u - p|^2
+#: (then m_s, sum b (u - p) and p, ``[D]`` each: rows of ``STATS + 3 D`` float64)
+STATS = 5
 
 #: Real rows per program of the real pass. Fewer rows mean more programs (a GPU with many SMs is kept
 #: busy at small ``C * N``) but more partial sums to write and combine (``5 + 3 D`` float64 per program).
@@ -90,10 +92,12 @@ def _warps(block: int) -> int:
     return min(16, max(4, block // 256))
 
 
-def _real_partials(
+def real_partials(
     v: Tensor, *, sk: float, tmax: float, rows_per_program: int | None = None, norms: Tensor | None = None
 ) -> tuple[Tensor, int]:
-    """The real pass: ``([C, splits, 5 + 3 D] float64, splits)``, one row per program (see :func:`real_summary`).
+    """The real pass: ``([C, splits, STATS + 3 D] float64, splits)``, one row per program and row block: the
+    scalars of :data:`STATS`, then ``m_s``, ``sum b (u - p)`` and the reference direction ``p`` (the tests combine
+    the blocks on the host to check them).
     ``norms`` ``[C, >= N]`` float64 receives each row's ``|v|`` (a scratch buffer when None)."""
     triton = _require_triton()
     C, N, D = v.shape
@@ -106,42 +110,19 @@ def _real_partials(
         raise ValueError(f"rows_per_program must be >= 1; got {rows_per_program}.")
     splits = triton.cdiv(N, rows_per_program)
     block = triton.next_power_of_2(D)
-    part = torch.empty(C, splits, _STATS + 3 * D, dtype=torch.float64, device=v.device)
+    part = torch.empty(C, splits, STATS + 3 * D, dtype=torch.float64, device=v.device)
     tiny = 1e-300 if f64 else 1e-30
     if norms is None:
         norms = torch.empty(C, N, dtype=torch.float64, device=v.device)
     _kernels().real_pass[(C, splits)](
         v, part, norms, N, norms.shape[1], D, rows_per_program, splits, 1.0 / sk, float(tmax), tiny,
-        BLOCK_D=block, F64=f64, num_warps=_warps(block),
+        BLOCK_D=block, F64=f64, STATS=STATS, num_warps=_warps(block),
     )  # fmt: skip
     return part, splits
 
 
-def real_summary(
-    v: Tensor, *, sk: float, tmax: float, rows_per_program: int | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(m_s [C, D], sums [C, 3] = (B, sum cosh, sum e^{-t}), spread [C])``, float64, each class scaled by
-    ``e^{-T}``: the real pass with its row blocks combined on the host (what :func:`hdd`'s second kernel
-    does in-kernel), for inspection and tests."""
-    part = _real_partials(v, sk=sk, tmax=tmax, rows_per_program=rows_per_program)[0]
-    N, D = v.shape[1], v.shape[2]
-    top, stats = part[..., 0], part[..., 1:_STATS]  # [C, splits], [C, splits, 4]
-    ms, dev, p = part[..., _STATS:].unflatten(-1, (3, D)).unbind(-2)  # [C, splits, D] each
-    # every row block to the reference of the block with the largest top, then to one scale
-    dp = p - p.gather(1, top.argmax(1)[:, None, None].expand(-1, 1, D))
-    b = stats[..., :1]
-    s2 = stats[..., 3] + 2.0 * (dp * dev).sum(-1) + b[..., 0] * dp.square().sum(-1)
-    r = torch.exp(top - top.amax(1, keepdim=True)).unsqueeze(-1)
-    sums = (r * stats[..., :3]).sum(1)
-    ms, dev, s2 = (r * ms).sum(1), (r * (dev + b * dp)).sum(1), (r[..., 0] * s2).sum(1)
-    # the spread about u~, shifted exactly from the one about the reference
-    spread = (s2 - dev.square().sum(-1) / sums[:, 0].clamp_min(1e-300)).clamp_min(0.0)
-    if N == 1:
-        spread = spread * 0.0
-    return ms, sums, spread
-
-
-_CLS = 7  # per class for the row kernel: ks, ls, B, A+, sum e^{-t}, spread, T
+#: per-class scalars the synthetic side hands the gradient's rows: ks, ls, B, A+, sum e^{-t}, spread, T
+CLS = 7
 
 
 def hdd(
@@ -171,12 +152,12 @@ def hdd(
         norms = torch.empty(C, N + M, dtype=torch.float64, device=real.device)
     elif norms.shape != (C, N + M) or norms.dtype != torch.float64 or not norms.is_contiguous():
         raise ValueError(f"norms must be a contiguous float64 [C, N + M] = [{C}, {N + M}] tensor.")
-    part, splits = _real_partials(real, sk=sk, tmax=tmax, norms=norms)
+    part, splits = real_partials(real, sk=sk, tmax=tmax, norms=norms)
     syn = syn.contiguous()
     f64 = syn.dtype == torch.float64
     acc = torch.float64 if f64 else torch.float32
     d = torch.empty(C, dtype=torch.float64, device=syn.device)
-    cls = torch.empty(C, _CLS, dtype=torch.float64, device=syn.device)
+    cls = torch.empty(C, CLS, dtype=torch.float64, device=syn.device)
     vec = torch.empty(C, 3, D, dtype=acc, device=syn.device)
     kernels = _kernels()
     block = triton.next_power_of_2(D)
@@ -184,12 +165,25 @@ def hdd(
     inv_sk = 1.0 / sk
     kernels.syn_finish[(C,)](
         part, syn, d, cls, vec, norms, N, M, D, splits, sk, inv_sk, float(tmax), float(N > 1), float(M > 1),
-        float(scale), BLOCK_D=block, F64=f64, GRAD=grad, num_warps=warps,
+        float(scale), BLOCK_D=block, F64=f64, GRAD=grad, STATS=STATS, CLS=CLS, num_warps=warps,
     )  # fmt: skip
     if not grad:
         return d, None
     g = torch.empty_like(syn)
     kernels.syn_rows[(C, M)](
-        syn, cls, vec, g, M, D, sk, inv_sk, float(tmax), float(M > 1), BLOCK_D=block, F64=f64, num_warps=warps
+        syn,
+        cls,
+        vec,
+        g,
+        M,
+        D,
+        sk,
+        inv_sk,
+        float(tmax),
+        float(M > 1),
+        BLOCK_D=block,
+        F64=f64,
+        CLS=CLS,
+        num_warps=warps,
     )
     return d, g

@@ -12,6 +12,7 @@ import os
 
 import pytest
 import torch
+from torch import Tensor
 
 if os.environ.get("CI") == "true":
     import triton  # noqa: F401  (must be installed in CI: these tests may not be skipped there)
@@ -169,13 +170,37 @@ def test_kernel_any_row_blocks_give_the_same_loss(monkeypatch, rows):
     torch.testing.assert_close(b, a, rtol=1e-13, atol=0)
     torch.testing.assert_close(gb, ga, rtol=1e-12, atol=1e-12 * float(ga.abs().max()))
     with pytest.raises(ValueError, match="rows_per_program must be >= 1"):
-        triton_kernels.real_summary(real, sk=1.0, tmax=10.0, rows_per_program=0)
+        _real_summary(real, sk=1.0, tmax=10.0, rows_per_program=0)
+
+
+def _real_summary(
+    v: Tensor, *, sk: float, tmax: float, rows_per_program: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(m_s [C, D], sums [C, 3] = (B, sum cosh, sum e^{-t}), spread [C])``, float64, each class scaled by
+    ``e^{-T}``: the real pass with its row blocks combined on the host (what ``hdd``'s second kernel
+    does in-kernel), for inspection and tests."""
+    part = triton_kernels.real_partials(v, sk=sk, tmax=tmax, rows_per_program=rows_per_program)[0]
+    N, D = v.shape[1], v.shape[2]
+    top, stats = part[..., 0], part[..., 1 : triton_kernels.STATS]  # [C, splits], [C, splits, 4]
+    ms, dev, p = part[..., triton_kernels.STATS :].unflatten(-1, (3, D)).unbind(-2)  # [C, splits, D] each
+    # every row block to the reference of the block with the largest top, then to one scale
+    dp = p - p.gather(1, top.argmax(1)[:, None, None].expand(-1, 1, D))
+    b = stats[..., :1]
+    s2 = stats[..., 3] + 2.0 * (dp * dev).sum(-1) + b[..., 0] * dp.square().sum(-1)
+    r = torch.exp(top - top.amax(1, keepdim=True)).unsqueeze(-1)
+    sums = (r * stats[..., :3]).sum(1)
+    ms, dev, s2 = (r * ms).sum(1), (r * (dev + b * dp)).sum(1), (r[..., 0] * s2).sum(1)
+    # the spread about u~, shifted exactly from the one about the reference
+    spread = (s2 - dev.square().sum(-1) / sums[:, 0].clamp_min(1e-300)).clamp_min(0.0)
+    if N == 1:
+        spread = spread * 0.0
+    return ms, sums, spread
 
 
 def test_kernel_summary_against_exact_sums():
     """The kernel's per-class sums are the float64 sums written out directly (one class, no clamp)."""
     v = _features(1, 9, 7, scale=0.8, seed=3, dtype=F64)
-    ms, sums, spread = triton_kernels.real_summary(v, sk=1.0, tmax=300.0)
+    ms, sums, spread = _real_summary(v, sk=1.0, tmax=300.0)
     n = v[0].norm(dim=-1)
     top = n.max()
     b = torch.sinh(n) * torch.exp(-top)
@@ -251,6 +276,7 @@ for fn, sig, floats, extra in kernels:
     # launched with Python floats, which Triton passes as float32 unless the parameter says float64
     assert {p.name for p in fn.params if p.annotation_type == "fp64"} == set(floats), fn.__name__
     consts = {"BLOCK_D": block, "F64": f64, **extra}
+    consts.update({n: v for n, v in (("STATS", 5), ("CLS", 7)) if n in {p.name for p in fn.params}})
     sig = {**sig, **{n: "fp64" for n in floats}, **{n: "constexpr" for n in consts}}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": warps})

@@ -96,8 +96,6 @@ def build_matcher(cfg: DistillConfig, process_group: Any = None) -> nn.Module:
     )
 
 
-
-
 def per_sample_network(net: nn.Module) -> bool:
     """True when ``net``'s output for a sample does not depend on the rest of its batch (no batch norm in train
     mode)."""

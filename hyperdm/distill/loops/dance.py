@@ -47,8 +47,6 @@ __all__ = ["DanceLoop"]
 log = logging.getLogger(__name__)
 
 
-
-
 class DanceLoop(DistillLoop):
     method = "dance"
     #: under torchrun each rank forwards its stride of every real batch; rank 0 trains (or finds) the experts
