@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_distill_loop import FMNIST, kill_and_resume, needs_fmnist, small
+from helpers import fashion_mnist, kill_and_resume, needs_fmnist, small
 
 from hyperdm.distill import experts as experts_mod
 from hyperdm.distill.artifacts import load_synthetic
@@ -116,9 +116,9 @@ def test_image_update_is_sgd_in_pixel_units(tmp_path):
     """Two momentum-SGD steps in normalised units with the 1/std^2 gradient scale equal SGD on the
     pixel images x = z * std + mean, computed here independently in float64."""
     cfg = dance_cfg(lr_img=0.3)
-    loop = DanceLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    loop = DanceLoop(cfg, small(), str(tmp_path), progress=False)
     loop._init_synthetic()
-    mean, std = FMNIST.info.mean[0], FMNIST.info.std[0]
+    mean, std = fashion_mnist().info.mean[0], fashion_mnist().info.std[0]
     z0 = loop.syn.detach().double().clone()
     w = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for _ in range(2):
@@ -134,10 +134,10 @@ def test_image_update_is_sgd_in_pixel_units(tmp_path):
 
 @needs_fmnist
 def test_images_are_clamped_to_the_pixel_range_each_iteration(tmp_path):
-    loop = DanceLoop(dance_cfg(lr_img=1e-12, iter_calib=0), small(FMNIST), str(tmp_path), progress=False)
+    loop = DanceLoop(dance_cfg(lr_img=1e-12, iter_calib=0), small(), str(tmp_path), progress=False)
     loop._init_synthetic()
     loop.prepare()
-    mean, std = FMNIST.info.mean[0], FMNIST.info.std[0]
+    mean, std = fashion_mnist().info.mean[0], fashion_mnist().info.std[0]
     with torch.no_grad():
         loop.syn[:5] = 100.0
         loop.syn[5:] = -100.0
@@ -148,7 +148,7 @@ def test_images_are_clamped_to_the_pixel_range_each_iteration(tmp_path):
 
 @needs_fmnist
 def test_middle_encoder_interpolates_init_and_trained(tmp_path):
-    loop = DanceLoop(dance_cfg(), small(FMNIST), str(tmp_path), progress=False)
+    loop = DanceLoop(dance_cfg(), small(), str(tmp_path), progress=False)
     loop.prepare()
     gen = torch.Generator().manual_seed(11)
     lam = loop._load_expert(gen)
@@ -169,7 +169,7 @@ def test_middle_encoder_interpolates_init_and_trained(tmp_path):
 
 
 def _tiny_data():
-    real = small(FMNIST, per_class=12)
+    real = small(per_class=12)
     return real.train_images, real.train_labels, real.info
 
 
@@ -233,13 +233,13 @@ def test_interrupted_expert_training_resumes_bit_for_bit(tmp_path, monkeypatch):
 def test_dance_loop_refuses_a_config_without_dance_settings(tmp_path):
     dm = resolve(preset="cpu", method="dm", dataset="fashion-mnist", ipc=1, overrides={"iterations": 1})
     with pytest.raises(ValueError, match=r"DanceLoop needs the dance settings.*--method dm.*method='dance'"):
-        DanceLoop(dm, small(FMNIST), str(tmp_path), progress=False)
+        DanceLoop(dm, small(), str(tmp_path), progress=False)
 
 
 @needs_fmnist
 @pytest.mark.parametrize("matcher", ["mmd", "hyperbolic"])
 def test_tiny_dance_run(tmp_path, matcher):
-    m = DanceLoop(dance_cfg(matcher), small(FMNIST), str(tmp_path / "run"), progress=False).run()
+    m = DanceLoop(dance_cfg(matcher), small(), str(tmp_path / "run"), progress=False).run()
     assert len(m["loss"]) == 4 and all(v > 0 for v in m["loss"])
     assert len(m["calibration_loss"]) == 4 and all(v > 0 for v in m["calibration_loss"])
     assert len(m["experts"]["train_acc"]) == 2 and str(tmp_path / "cache") in m["experts"]["dir"]
@@ -251,15 +251,15 @@ def test_tiny_dance_run(tmp_path, matcher):
 
 @needs_fmnist
 def test_resume_refuses_changed_expert_settings(tmp_path):
-    DanceLoop(dance_cfg(iterations=2, eval_runs=0), small(FMNIST), str(tmp_path / "r"), progress=False).run()
+    DanceLoop(dance_cfg(iterations=2, eval_runs=0), small(), str(tmp_path / "r"), progress=False).run()
     with pytest.raises(ValueError, match=r"different settings \(dance.experts.epochs: 1 in the checkpoint, 2 now\)"):
         DanceLoop(
-            dance_cfg(iterations=2, eval_runs=0, expert_epochs=2), small(FMNIST), str(tmp_path / "r"), progress=False
+            dance_cfg(iterations=2, eval_runs=0, expert_epochs=2), small(), str(tmp_path / "r"), progress=False
         ).run(resume=True)
     # the cache location may change: the experts are retrained identically there
     DanceLoop(
         dance_cfg(iterations=2, eval_runs=0, expert_dir=str(tmp_path / "elsewhere")),
-        small(FMNIST),
+        small(),
         str(tmp_path / "r"),
         progress=False,
     ).run(resume=True)

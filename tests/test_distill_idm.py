@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_distill_loop import FMNIST, kill_and_resume, needs_fmnist, small
+from helpers import kill_and_resume, needs_fmnist, small
 
 from hyperdm.distill.artifacts import load_synthetic
 from hyperdm.distill.cli import main
@@ -56,7 +56,7 @@ def test_paper_preset_follows_table_and_command_txt():
 @needs_fmnist
 @pytest.mark.parametrize("matcher", ["mmd", "hyperbolic"])
 def test_tiny_idm_run(tmp_path, matcher):
-    loop = IDMLoop(idm_cfg(matcher), small(FMNIST), str(tmp_path), progress=False)
+    loop = IDMLoop(idm_cfg(matcher), small(), str(tmp_path), progress=False)
     m = loop.run()
     assert len(m["loss"]) == 4 and all(v > 0 for v in m["loss"])
     # queue: 2 initial + one new at it 0 and 2, capped at 3 (oldest leave)
@@ -69,7 +69,7 @@ def test_tiny_idm_run(tmp_path, matcher):
 @needs_fmnist
 def test_queue_networks_train_and_weight_the_ce_term(tmp_path):
     cfg = idm_cfg("mmd", iterations=3, fetch_net_num=3, model_train_steps=3)
-    loop = IDMLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    loop = IDMLoop(cfg, small(), str(tmp_path), progress=False)
     loop.run()
     trained = [q for q in loop.queue if q.seen > 0]
     assert trained and all(q.seen % 16 == 0 for q in trained) and all(0 <= q.accuracy_percent() <= 100 for q in trained)
@@ -153,27 +153,23 @@ def test_idm_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_fmnis
 @needs_fmnist
 def test_idm_bad_ipc_counts_the_partition(tmp_path):
     with pytest.raises(ValueError, match="needs 44 real images per class"):
-        IDMLoop(idm_cfg(ipc=11), small(FMNIST), str(tmp_path), progress=False)
+        IDMLoop(idm_cfg(ipc=11), small(), str(tmp_path), progress=False)
 
 
 @needs_fmnist
 def test_idm_loop_refuses_a_config_without_idm_settings(tmp_path):
     dm = resolve(preset="cpu", method="dm", dataset="fashion-mnist", ipc=1, overrides={"iterations": 1})
     with pytest.raises(ValueError, match=r"IDMLoop needs the idm settings.*--method dm.*method='idm'"):
-        IDMLoop(dm, small(FMNIST), str(tmp_path), progress=False)
+        IDMLoop(dm, small(), str(tmp_path), progress=False)
 
 
 @needs_fmnist
 def test_resume_refuses_changed_idm_settings(tmp_path):
-    IDMLoop(idm_cfg(iterations=2, eval_runs=0), small(FMNIST), str(tmp_path), progress=False).run()
+    IDMLoop(idm_cfg(iterations=2, eval_runs=0), small(), str(tmp_path), progress=False).run()
     with pytest.raises(ValueError, match=r"different settings.*net_num"):
-        IDMLoop(idm_cfg(iterations=2, eval_runs=0, net_num=5), small(FMNIST), str(tmp_path), progress=False).run(
-            resume=True
-        )
+        IDMLoop(idm_cfg(iterations=2, eval_runs=0, net_num=5), small(), str(tmp_path), progress=False).run(resume=True)
     # evaluation settings may change
-    IDMLoop(idm_cfg(iterations=2, eval_runs=1, eval_epochs=1), small(FMNIST), str(tmp_path), progress=False).run(
-        resume=True
-    )
+    IDMLoop(idm_cfg(iterations=2, eval_runs=1, eval_epochs=1), small(), str(tmp_path), progress=False).run(resume=True)
 
 
 @needs_fmnist
@@ -187,7 +183,7 @@ def test_sigterm_inside_an_idm_step_finishes_the_step_and_resume_matches(tmp_pat
     from hyperdm.distill.signals import Stopped
 
     cfg = idm_cfg(iterations=6, eval_runs=0, checkpoint_every=100)
-    real = small(FMNIST)
+    real = small()
     full = IDMLoop(cfg, real, str(tmp_path / "full"), progress=False).run()
 
     class Signalled(IDMLoop):

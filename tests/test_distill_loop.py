@@ -5,64 +5,27 @@ Tiny settings (a few iterations, few real images, short evaluations) keep this f
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import RESUME_ARGS, kill_and_resume, needs_fmnist, small, tiny_cfg
 from torch import nn
 
 from hyperdm import HyperbolicMatcher, MMDMatcher
 from hyperdm.distill.artifacts import load_synthetic
 from hyperdm.distill.augment import dsa
-from hyperdm.distill.data import load_dataset
 from hyperdm.distill.evaluate import derive_seed
 from hyperdm.distill.loops import DMLoop, NonFiniteLossError, get_loop
 from hyperdm.distill.presets import resolve
-
-ROOT = Path(__file__).resolve().parents[1]
-
-try:
-    FMNIST = load_dataset("fashion-mnist")
-except FileNotFoundError:  # pragma: no cover - CI installs dataset-fashion-mnist
-    FMNIST = None
-needs_fmnist = pytest.mark.skipif(
-    FMNIST is None, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
-)
-
-
-def small(real, per_class: int = 40, test: int = 2000):
-    """A class-balanced subset of the real data (keeps the tests fast)."""
-    idx = torch.cat(
-        [torch.nonzero(real.train_labels == c).squeeze(1)[:per_class] for c in range(real.info.num_classes)]
-    )
-    return dataclasses.replace(
-        real,
-        train_images=real.train_images[idx],
-        train_labels=real.train_labels[idx],
-        test_images=real.test_images[:test],
-        test_labels=real.test_labels[:test],
-    )
-
-
-def tiny_cfg(matcher="hyperbolic", **kw):
-    base = {"iterations": 4, "batch_real": 8, "eval_epochs": 2, "eval_runs": 1, "checkpoint_every": 2, "seed": 3}
-    base.update(kw)
-    ipc = base.pop("ipc", 1)
-    return resolve(preset="cpu", matcher=matcher, dataset="fashion-mnist", ipc=ipc, overrides=base)
 
 
 @needs_fmnist
 @pytest.mark.parametrize("matcher", ["mmd", "hyperbolic"])
 def test_tiny_run_writes_every_artifact(tmp_path, matcher):
     out = tmp_path / "run"
-    metrics = DMLoop(tiny_cfg(matcher), small(FMNIST), str(out), progress=False).run()
+    metrics = DMLoop(tiny_cfg(matcher), small(), str(out), progress=False).run()
     for name in (
         "config.json",
         "checkpoint.pt",
@@ -94,7 +57,7 @@ def test_tiny_run_writes_every_artifact(tmp_path, matcher):
 
 @needs_fmnist
 def test_same_seed_same_images_and_images_move(tmp_path):
-    real = small(FMNIST)
+    real = small()
     a = DMLoop(tiny_cfg(eval_runs=0), real, str(tmp_path / "a"), progress=False)
     a.run()
     b = DMLoop(tiny_cfg(eval_runs=0), real, str(tmp_path / "b"), progress=False)
@@ -114,7 +77,7 @@ def test_same_seed_same_images_and_images_move(tmp_path):
 def test_batched_forward_equals_reference_per_class_loop(tmp_path):
     """The loop's all-class forward gives the reference's per-class loss (instance norm is per-sample)."""
     cfg = tiny_cfg(eval_runs=0, ipc=2)
-    loop = DMLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    loop = DMLoop(cfg, small(), str(tmp_path), progress=False)
     loop._init_synthetic()
     it = 5
     loss = loop.matching_loss(it)
@@ -133,7 +96,7 @@ def test_batched_forward_equals_reference_per_class_loop(tmp_path):
 @needs_fmnist
 def test_mmd_matcher_is_dm_line(tmp_path):
     cfg = tiny_cfg("mmd", eval_runs=0, ipc=2)
-    loop = DMLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    loop = DMLoop(cfg, small(), str(tmp_path), progress=False)
     loop._init_synthetic()
     loss = loop.matching_loss(0)
     net, gen = loop.fresh_network(0), loop.generator(0)
@@ -160,9 +123,7 @@ class _NaNAfter(nn.Module):
 @needs_fmnist
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
-    loop = DMLoop(
-        tiny_cfg("mmd", iterations=10, eval_runs=0), small(FMNIST), str(out), matcher=_NaNAfter(5), progress=False
-    )
+    loop = DMLoop(tiny_cfg("mmd", iterations=10, eval_runs=0), small(), str(out), matcher=_NaNAfter(5), progress=False)
     with pytest.raises(NonFiniteLossError, match=r"iteration 5.*last good checkpoint \(iteration 4\)"):
         loop.run()
     st = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -175,9 +136,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
 @needs_fmnist
 def test_nan_before_the_first_checkpoint_does_not_point_at_one(tmp_path):
     out = tmp_path / "run"
-    loop = DMLoop(
-        tiny_cfg("mmd", iterations=10, eval_runs=0), small(FMNIST), str(out), matcher=_NaNAfter(0), progress=False
-    )
+    loop = DMLoop(tiny_cfg("mmd", iterations=10, eval_runs=0), small(), str(out), matcher=_NaNAfter(0), progress=False)
     with pytest.raises(
         NonFiniteLossError,
         match=r"iteration 0; stopped before the first checkpoint, so there is nothing to resume\..*--overwrite",
@@ -190,23 +149,23 @@ def test_nan_before_the_first_checkpoint_does_not_point_at_one(tmp_path):
 @needs_fmnist
 def test_existing_run_is_never_overwritten(tmp_path):
     out = tmp_path / "run"
-    DMLoop(tiny_cfg(eval_runs=0, iterations=2), small(FMNIST), str(out), progress=False).run()
+    DMLoop(tiny_cfg(eval_runs=0, iterations=2), small(), str(out), progress=False).run()
     with pytest.raises(FileExistsError, match="--resume"):
-        DMLoop(tiny_cfg(eval_runs=0, iterations=2), small(FMNIST), str(out), progress=False).run()
+        DMLoop(tiny_cfg(eval_runs=0, iterations=2), small(), str(out), progress=False).run()
     with pytest.raises(ValueError, match=r"different settings.*seed"):
-        DMLoop(tiny_cfg(eval_runs=0, iterations=2, seed=9), small(FMNIST), str(out), progress=False).run(resume=True)
+        DMLoop(tiny_cfg(eval_runs=0, iterations=2, seed=9), small(), str(out), progress=False).run(resume=True)
 
 
 @needs_fmnist
 def test_bad_ipc_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--ipc <= 40"):
-        DMLoop(tiny_cfg(ipc=41), small(FMNIST), str(tmp_path), progress=False)
+        DMLoop(tiny_cfg(ipc=41), small(), str(tmp_path), progress=False)
 
 
 @needs_fmnist
 def test_prune_keep_restricts_the_real_pool(tmp_path):
     cfg = tiny_cfg(eval_runs=0, iterations=1, prune_keep=0.25, prune_nets=1)
-    loop = DMLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    loop = DMLoop(cfg, small(), str(tmp_path), progress=False)
     loop.run()
     assert loop.kept is not None and loop.kept.numel() == 10 * 10
     assert [int(i.numel()) for i in loop.class_indices] == [10] * 10
@@ -223,80 +182,9 @@ def test_get_loop_names_every_method():
 @needs_fmnist
 def test_short_dm_run_beats_chance_on_fashion_mnist(tmp_path):
     cfg = tiny_cfg("mmd", ipc=10, iterations=5, batch_real=16, eval_epochs=30, eval_runs=1)
-    m = DMLoop(cfg, small(FMNIST, per_class=200, test=2000), str(tmp_path), progress=False).run()
+    m = DMLoop(cfg, small(per_class=200, test=2000), str(tmp_path), progress=False).run()
     acc = m["evals"][-1]["ConvNet"]["mean"]
     assert acc > 0.45, acc  # chance is 0.10
-
-
-def _cli(args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "hyperdm", "--log-level", "WARNING", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
-
-
-RESUME_ARGS = [
-    "distill",
-    "--matcher",
-    "hyperbolic",
-    "--ipc",
-    "2",
-    "--iterations",
-    "30",
-    "--batch-real",
-    "8",
-    "--eval-runs",
-    "0",
-    "--checkpoint-every",
-    "3",
-    "--seed",
-    "11",
-    "--no-progress",
-]
-
-
-def kill_and_resume(
-    full_args, killed_args, killed: Path, *, at: int, timeout: float = 180, sig: int = signal.SIGKILL, ready=None
-) -> int:
-    """Start an uninterrupted run and a second one; send ``sig`` (SIGKILL by default) to the second once its
-    checkpoint has reached iteration ``at``, continue it with ``--resume``, and wait for both (each must exit 0).
-    Returns the iteration of the checkpoint the stopped run left. A SIGTERM must end the run with status 143 and
-    one line naming --resume. ``ready()``, if given, says when to send the signal instead of the checkpoint."""
-    p = _cli(full_args)
-    q = _cli(killed_args)
-    deadline = time.time() + timeout
-    while time.time() < deadline and q.poll() is None:
-        ck = killed / "checkpoint.pt"
-        if ready is not None:
-            if ready():
-                break
-        elif ck.exists():
-            try:
-                if torch.load(ck, weights_only=True)["iteration"] >= at:
-                    break
-            except Exception:  # a reader may race the atomic rename on some filesystems; try again
-                pass
-        time.sleep(0.05)
-    assert q.poll() is None, "the run finished before it could be killed; make it longer"
-    os.kill(q.pid, sig)
-    _, err = q.communicate(timeout=120)
-    if sig != signal.SIGKILL:
-        assert q.returncode == 128 + sig, err
-        assert f"stopped by {signal.Signals(sig).name}" in err and "--resume" in err, err
-    assert not (killed / "synthetic.pt").exists()
-    done = torch.load(killed / "checkpoint.pt", weights_only=True)["iteration"]
-    r = _cli([*killed_args, "--resume"])
-    _, err = r.communicate(timeout=300)
-    assert r.returncode == 0, err
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err
-    return done
 
 
 @needs_fmnist
@@ -336,7 +224,7 @@ def test_a_scheduler_signal_saves_the_step_and_resume_matches_the_uninterrupted_
 
 @needs_fmnist
 def test_scale_auto_starts_at_the_mmd_line_and_is_kept_by_the_checkpoint(tmp_path):
-    real = small(FMNIST)
+    real = small()
     hdd = DMLoop(tiny_cfg(scale="auto", iterations=2, eval_runs=0), real, str(tmp_path / "hdd"), progress=False)
     m = hdd.run()
     lam = m["matcher_scale"]
@@ -370,7 +258,7 @@ def test_random_prune_score_is_the_uniform_baseline():
 @needs_fmnist
 def test_random_prune_score_reaches_the_run(tmp_path):
     cfg = tiny_cfg(eval_runs=0, iterations=1, prune_keep=0.25, prune_score="random")
-    loop = DMLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    loop = DMLoop(cfg, small(), str(tmp_path), progress=False)
     loop.run()
     assert [int(i.numel()) for i in loop.class_indices] == [10] * 10
     with pytest.raises(ValueError, match="prune_score must be one of 'radius', 'centroid', 'random'"):
@@ -383,7 +271,7 @@ def test_paused_calibrated_run_resumes_bit_for_bit(tmp_path):
     the first batch (not chosen again from the batch at the pause) and ends where an uninterrupted run ends."""
     from hyperdm.distill import distill
 
-    real = small(FMNIST)
+    real = small()
     cfg = tiny_cfg(iterations=6, eval_runs=0, radius=2.0, max_norm=None)
     full = DMLoop(cfg, real, str(tmp_path / "full"), progress=False).run()
     paused = DMLoop(cfg, real, str(tmp_path / "paused"), progress=False).run(stop_at=3)
@@ -405,7 +293,7 @@ def test_time_based_checkpoints(tmp_path, monkeypatch, minutes, saved):
     """--checkpoint-minutes M writes a checkpoint whenever M minutes have passed since the last one, besides every
     --checkpoint-every iterations (here 100: only the last iteration's); 0 turns it off."""
     cfg = tiny_cfg(iterations=6, eval_runs=0, checkpoint_every=100, checkpoint_minutes=minutes)
-    loop = DMLoop(cfg, small(FMNIST), str(tmp_path), progress=False)
+    loop = DMLoop(cfg, small(), str(tmp_path), progress=False)
     seen = []
     real = loop._checkpoint
     monkeypatch.setattr(loop, "_checkpoint", lambda it: seen.append(it) or real(it))

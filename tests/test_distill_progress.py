@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from test_distill_loop import FMNIST, needs_fmnist, small, tiny_cfg
+from helpers import needs_fmnist, small, tiny_cfg
 
 from hyperdm.distill import progress as progress_mod
 from hyperdm.distill.loops import DMLoop
@@ -76,7 +76,7 @@ def test_evaluation_bar_counts_the_epochs_asked_for(monkeypatch):
             bars.append(self)
 
     monkeypatch.setattr(evaluate, "progress_bar", Bar)
-    real = small(FMNIST, test=50)
+    real = small(test=50)
     x, y = real.train_images[:10], real.train_labels[:10]
     cfg = evaluate.EvalConfig(epochs=3, runs=1, dsa_strategy="none")
     evaluate.evaluate_synthetic(x, y, real.test_images, real.test_labels, real.info, cfg, progress=True)
@@ -88,7 +88,7 @@ def test_evaluation_bar_counts_the_epochs_asked_for(monkeypatch):
 def test_eta_includes_the_evaluation_and_the_end_reports_both_times(tmp_path, caplog):
     cfg = tiny_cfg(iterations=4, checkpoint_every=2, eval_epochs=2, eval_runs=1)
     with caplog.at_level(logging.INFO, logger="hyperdm"):
-        m = DMLoop(cfg, small(FMNIST, test=200), str(tmp_path), progress=False).run()
+        m = DMLoop(cfg, small(test=200), str(tmp_path), progress=False).run()
     lines = [r.getMessage() for r in caplog.records]
     first = next(ln for ln in lines if ln.startswith("iteration 2/4"))
     assert "ETA " in first and "(distillation " in first and "+ 1 evaluation, about " in first
@@ -106,7 +106,7 @@ def test_prune_reports_progress(tmp_path, monkeypatch, caplog):
     from hyperdm.distill.prune import prune_indices
 
     monkeypatch.setattr(progress_mod, "HEARTBEAT_SECONDS", 0.0)
-    real = small(FMNIST)
+    real = small()
     with caplog.at_level(logging.INFO, logger="hyperdm"):
         kept = prune_indices(real.train_images, real.train_labels, real.info, keep=0.5, nets=1, batch=150)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pruning: features")]

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_reference_patches import hunks_are_well_formed
+from helpers import hunks_are_well_formed
 
 ROOT = Path(__file__).resolve().parents[1]
 

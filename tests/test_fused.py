@@ -14,24 +14,16 @@ import math
 
 import pytest
 import torch
-from test_lorentz import feature, ref_centroid, ref_dist, ref_point
+from helpers import cluster as _cluster
+from helpers import composed as _composed
+from helpers import features as _features
+from reference import feature, ref_centroid, ref_dist, ref_point
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hyperdm import fused
 from hyperdm import lorentz as L
 
 F64 = torch.float64
-
-
-def _features(c, n, d, *, scale=1.0, seed=0, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    return ((torch.randn(c, n, d, generator=g, dtype=F64).relu() + 0.05) * scale).to(dtype)
-
-
-def _composed(real, syn, k, max_norm, hierarchical, rmask=None, smask=None):
-    cr = L.feature_centroid(real, k=k, max_norm=max_norm, hierarchical=hierarchical, mask=rmask)
-    cs = L.feature_centroid(syn, k=k, max_norm=max_norm, hierarchical=hierarchical, mask=smask)
-    return L.dist(cr, cs, k=k)
 
 
 CASES = [(k, mn, h) for k in (0.5, 2.0) for mn in (10.0, None, 1.5) for h in (False, True)]
@@ -117,15 +109,6 @@ def test_gradient_is_zero_where_the_centroids_coincide_and_finite_nearby():
 
 
 # ----------------------------------------------------------------------------- precision far out
-
-
-def _cluster(seed: int, n: int, d: int, spread: float, radius: float, dtype) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randn(d, generator=g, dtype=F64)
-    u = u / u.norm()
-    dirs = u + spread * torch.randn(n, d, generator=g, dtype=F64) / math.sqrt(d)
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    return (dirs * radius * (1 + 1e-3 * torch.randn(n, 1, generator=g, dtype=F64))).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])

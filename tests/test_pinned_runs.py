@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distill_loop import FMNIST, needs_fmnist
-from test_fused import _composed
+from helpers import composed as _composed
+from helpers import fashion_mnist, needs_fmnist
 from torch import nn
 
 from hyperdm.distill.loops import get_loop
@@ -60,13 +60,13 @@ class _ComposedMatcher(nn.Module):
 @pytest.mark.parametrize("name", list(RUNS))
 def test_run_reproduces_the_recorded_curve(name, tmp_path, monkeypatch):
     monkeypatch.setenv("HYPERDM_CACHE", str(tmp_path / "cache"))
-    idx = torch.cat([torch.nonzero(FMNIST.train_labels == c).squeeze(1)[:40] for c in range(10)])
+    idx = torch.cat([torch.nonzero(fashion_mnist().train_labels == c).squeeze(1)[:40] for c in range(10)])
     real = dataclasses.replace(
-        FMNIST,
-        train_images=FMNIST.train_images[idx],
-        train_labels=FMNIST.train_labels[idx],
-        test_images=FMNIST.test_images[:200],
-        test_labels=FMNIST.test_labels[:200],
+        fashion_mnist(),
+        train_images=fashion_mnist().train_images[idx],
+        train_labels=fashion_mnist().train_labels[idx],
+        test_images=fashion_mnist().test_images[:200],
+        test_labels=fashion_mnist().test_labels[:200],
     )
     method, kw = RUNS[name]
     kw = dict(kw)

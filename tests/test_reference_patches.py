@@ -11,32 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import hunks_are_well_formed
 
 from hyperdm.distill.presets import PAPER_HDD
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-
-
-def hunks_are_well_formed(text: str) -> int:
-    """Every hunk's line counts match its header; returns the number of hunks."""
-    lines = text.split("\n")
-    i, hunks = 0, 0
-    while i < len(lines):
-        m = re.match(r"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@", lines[i])
-        i += 1
-        if not m:
-            continue
-        hunks += 1
-        old, new = int(m.group(1) or 1), int(m.group(2) or 1)
-        while old > 0 or new > 0:
-            tag = lines[i][:1]
-            assert tag in (" ", "-", "+"), (i, lines[i])
-            old -= tag in (" ", "-")
-            new -= tag in (" ", "+")
-            i += 1
-        assert old == 0 and new == 0
-    return hunks
 
 
 def added(text: str) -> str:

@@ -19,8 +19,8 @@ if os.environ.get("CI") == "true":
 else:
     pytest.importorskip("triton")  # (conftest leaves the module out first, with one line for all)
 
-from test_fused import _cluster
-from test_lorentz import feature, ref_centroid, ref_dist, ref_point
+from helpers import cluster as _cluster
+from reference import feature, ref_centroid, ref_dist, ref_point
 
 from hyperdm import HyperbolicMatcher, fused, hyperbolic_matching_loss, triton_kernels
 
