@@ -30,10 +30,6 @@ _TRITON_MODULES = ("test_triton_kernels.py", "test_kernel_check.py")
 collect_ignore = [] if HAVE_TRITON else list(_TRITON_MODULES)
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "triton: needs triton (pip install '.[triton]'); left out without it")
-
-
 def pytest_collection_modifyitems(config, items):
     """Without triton, the tests marked ``triton`` are left out, and one line at the end says how to run them."""
     if HAVE_TRITON:

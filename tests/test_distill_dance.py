@@ -84,13 +84,14 @@ def test_fashion_mnist_has_no_dance_row():
 @pytest.mark.parametrize(
     "bad, msg",
     [
-        ({"experts": 0}, r"dance.experts.count \(--experts\), .epochs and .batch must be >= 1"),
-        ({"expert_epochs": 0}, r"dance.experts.count \(--experts\), .epochs and .batch must be >= 1"),
-        ({"expert_lr": 0.0}, "dance.experts.lr must be > 0"),
-        ({"expert_per_class": 0}, r"dance.experts.per_class \(--expert-per-class\) must be >= 1"),
-        ({"iter_calib": -1}, "dance.iter_calib must be >= 0"),
+        ({"experts": 0}, r"dance.experts.count \(--experts\) must be an integer >= 1; got 0"),
+        ({"expert_epochs": 0}, r"dance.experts.epochs \(--expert-epochs\) must be an integer >= 1; got 0"),
+        ({"expert_lr": 0.0}, r"dance.experts.lr \(--expert-lr\) must be a finite number > 0; got 0.0"),
+        ({"expert_per_class": 0}, r"dance.experts.per_class \(--expert-per-class\) must be an integer >= 1"),
+        ({"iter_calib": -1}, r"dance.iter_calib \(--iter-calib\) must be an integer >= 0; got -1"),
         ({"match_dsa": "color_blur"}, r"unknown DSA group\(s\) \['blur'\].*valid groups"),
-        ({"match_aug_mode": "X"}, "match_aug_mode must be 'S'"),
+        ({"match_aug_mode": "X"}, r"match_aug_mode \(--match-aug-mode\) must be one of 'S', 'M'; got 'X'"),
+        ({"expert_momentum": 1.0}, r"dance.experts.momentum \(--expert-momentum\) must lie in \[0, 1\)"),
     ],
 )
 def test_bad_dance_settings_say_what_to_fix(bad, msg):

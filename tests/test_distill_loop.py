@@ -261,7 +261,9 @@ def test_random_prune_score_reaches_the_run(tmp_path):
     loop = DMLoop(cfg, small(), str(tmp_path), progress=False)
     loop.run()
     assert [int(i.numel()) for i in loop.class_indices] == [10] * 10
-    with pytest.raises(ValueError, match="prune_score must be one of 'radius', 'centroid', 'random'"):
+    with pytest.raises(
+        ValueError, match=r"prune_score \(--prune-score\) must be one of 'radius', 'centroid', 'random'"
+    ):
         resolve(overrides={"prune_score": "entropy"})
 
 

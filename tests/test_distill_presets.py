@@ -80,7 +80,7 @@ def test_eval_at_adds_evaluations_and_survives_a_round_trip():
     assert again.eval.at == (1000, 200, 500, 2000, 5000) and again.eval_iterations() == cfg.eval_iterations()
     both = resolve(preset="paper", overrides={"iterations": 5000, "eval_at": [500]})
     assert both.eval_iterations() == [500, 2000, 4000, 5000]
-    with pytest.raises(ValueError, match=r"eval.at \(--eval-at\) must list iterations >= 1"):
+    with pytest.raises(ValueError, match=r"eval.at \(--eval-at\): 0 must be an integer >= 1; got \[0\]"):
         resolve(preset="cpu", overrides={"eval_at": [0]})
 
 
@@ -124,7 +124,9 @@ def test_no_paper_row_needs_explicit_k_and_scale():
         ({"dataset": "imagenet-21k"}, "imagenet-21k"),
         ({"ipc": 0}, "positive integer"),
         ({"ipc": 2.5}, "positive integer"),
-        ({"overrides": {"k": -1.0}}, "k .* must be > 0"),
+        ({"overrides": {"k": -1.0}}, r"matcher.k \(--k\) must be a finite number > 0; got -1.0"),
+        ({"overrides": {"momentum_img": 1.0}}, r"momentum_img \(--momentum-img\) must lie in \[0, 1\); got 1.0"),
+        ({"overrides": {"eval_runs": -1}}, r"eval.runs \(--eval-runs\) must be an integer >= 0"),
         ({"overrides": {"prune_keep": 1.5}}, "prune_keep"),
         ({"overrides": {"lr_img": 0.0}}, "lr_img"),
         ({"overrides": {"nonsense": 1}}, "unknown setting"),

@@ -26,12 +26,11 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .evaluate import EvalConfig
-from .experts import ExpertConfig
 from .seeding import Stream, derive_seed
 from .settings import (
     NOT_GIVEN,
     admits_none,
+    check_ranges,
     check_value,
     flat_names,
     fraction,
@@ -47,6 +46,7 @@ from .settings import (
     setting,
     strategy_arg,
     to_dict,
+    unit_interval,
 )
 
 __all__ = [
@@ -74,6 +74,105 @@ PRUNE_SCORES = ("radius", "centroid", "random")
 
 
 @dataclass
+class EvalConfig:
+    """The evaluation protocol: ``runs`` fresh ``archs`` networks, each trained ``epochs`` epochs (SGD ``lr``,
+    ``momentum``, ``weight_decay``, batch ``batch``, DSA ``dsa_strategy``) on the synthetic set.
+
+    Inside a distillation run (``DistillConfig.eval``) ``every`` and ``at`` say when to evaluate, and
+    ``dsa_strategy``, ``seed`` and ``device`` come from the run (its ``dsa_strategy``, a seed derived from
+    its ``seed``, its ``device``).
+    """
+
+    FLAT_PREFIX: ClassVar[str] = "eval_"
+
+    epochs: int = setting(
+        1000,
+        "epochs of each evaluation training (paper 1,000; cpu 300)",
+        parse=int_at_least(1, "--eval-runs 0 skips the evaluation"),
+    )
+    runs: int = setting(3, "fresh networks per evaluation (paper 3; cpu 2; 0 skips evaluation)", parse=int_at_least(0))
+    lr: float = setting(0.01, "SGD learning rate of the evaluation training", parse=positive_float)
+    momentum: float = setting(0.9, "SGD momentum of the evaluation training", parse=unit_interval)
+    weight_decay: float = setting(5e-4, "weight decay of the evaluation training", parse=nonnegative_float)
+    batch: int = setting(256, "batch size of the evaluation training", parse=int_at_least(1))
+    dsa_strategy: str = setting(
+        "color_crop_cutout_flip_scale_rotate", "DSA strategy of the training", run="dsa_strategy"
+    )
+    archs: tuple[str, ...] = setting(
+        ("ConvNet",),
+        "evaluation architectures: ConvNet AlexNet VGG11 ResNet18 (default ConvNet)",
+        flag="--arch",
+        metavar="NAME",
+    )
+    seed: int = setting(0, "seed of the evaluation", run="seed")
+    device: str = setting("cpu", "torch device", run="device")
+    test_batch: int = setting(1024, "batch size of the test pass", parse=int_at_least(1))
+    every: int = setting(2000, "evaluate every N iterations of a run (0: only at the end)", parse=int_at_least(0))
+    at: tuple[int, ...] = setting(
+        (), "also evaluate at these iterations (e.g. 200 500 1000)", metavar="IT", parse=int_at_least(1)
+    )
+
+    def validate(self) -> None:
+        """Raise ValueError naming the fix for any setting that cannot give an accuracy."""
+        from .models import check_architecture
+        from .parallel import check_device
+
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs (--epochs) must be an integer >= 1; got {self.epochs!r}.")
+        if not isinstance(self.runs, int) or self.runs < 1:
+            raise ValueError(
+                f"runs (--runs) must be an integer >= 1 (the accuracy is a mean over runs); got {self.runs!r}."
+            )
+        if not (math.isfinite(self.lr) and self.lr > 0) or self.batch < 1 or self.test_batch < 1:
+            raise ValueError("lr must be a finite number > 0, batch and test_batch >= 1.")
+        if not self.archs:
+            raise ValueError("archs (--arch) must name at least one architecture.")
+        for a in self.archs:
+            check_architecture(a)
+        if self.dsa_strategy:
+            from .augment import parse_strategy
+
+            parse_strategy(self.dsa_strategy)
+        check_device(self.device)
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """How the experts are trained (the reference's ``pretrain.py`` settings by default). Inside a run
+    (``DistillConfig.dance.experts``) ``model`` is the run's ``model``."""
+
+    FLAT_PREFIX: ClassVar[str] = "expert_"
+
+    count: int = setting(20, "dance: number of expert networks (Dance: 20)", flat="experts", parse=int_at_least(1))
+    epochs: int = setting(60, "dance: training epochs of each expert (Dance: 60)", parse=int_at_least(1))
+    lr: float = setting(
+        0.01, "dance: SGD learning rate of the experts (x gamma at 2/3 and 5/6 of the epochs)", parse=positive_float
+    )
+    momentum: float = setting(0.9, "dance: SGD momentum of the experts", parse=unit_interval)
+    weight_decay: float = setting(5e-4, "dance: weight decay of the experts", parse=nonnegative_float)
+    batch: int = setting(64, "dance: batch size of the expert training", parse=int_at_least(1))
+    gamma: float = setting(
+        0.2, "dance: learning-rate factor at each milestone of the expert training", parse=positive_float
+    )
+    strategy: str = setting(
+        "color_crop", "dance: DiffAug groups of the expert training"
+    )  # DANCE: color_crop_cutout; CutMix replaces cutout
+    cutmix_prob: float = setting(0.5, "dance: probability of CutMix on an expert training batch")
+    cutmix_beta: float = setting(1.0, "dance: Beta parameter of CutMix's mixing ratio", parse=positive_float)
+    model: str = setting("ConvNet", "expert architecture", run="model")
+    per_class: int | None = setting(
+        None,
+        "dance: train the experts on N real images per class (default: all; cpu preset 200)",
+        metavar="N",
+        parse=int_at_least(1),
+    )
+    seed: int = setting(0, "dance: seed of the experts (default 0; shared by runs of any --seed)")
+
+    def milestones(self) -> tuple[int, int]:
+        return (2 * self.epochs // 3, 5 * self.epochs // 6)
+
+
+@dataclass
 class MatcherConfig:
     """The line that matches real and synthetic features: DM's MMD line or HDD's hyperbolic one.
 
@@ -84,7 +183,7 @@ class MatcherConfig:
     unused by ``mmd``.
     """
 
-    kind: str = setting("hyperbolic", "matcher kind", flat="matcher", cli=False)
+    kind: str = setting("hyperbolic", "matcher kind", flat="matcher", cli=False, choices=MATCHERS)
     k: float = setting(1.0, "hyperbolic: geoopt's curvature parameter k > 0 (curvature -1/k)", parse=positive_float)
     scale: float | str = setting(
         20.0,
@@ -138,7 +237,9 @@ class IDMConfig:
         256, "idm: real batch size for training the queue networks (IDM: 256)", parse=int_at_least(1)
     )
     lr_net: float = setting(0.01, "idm: SGD learning rate of the queue networks (IDM: 0.01)", parse=positive_float)
-    ce_weight: float = setting(0.0, "idm: weight of the accuracy-weighted cross-entropy term (IDM: 0.5 / 0.1)")
+    ce_weight: float = setting(
+        0.0, "idm: weight of the accuracy-weighted cross-entropy term (IDM: 0.5 / 0.1)", parse=nonnegative_float
+    )
     acc_window: int = setting(
         100, "idm: iterations between resets of the queue networks' accuracy meters (0: never)", parse=int_at_least(0)
     )
@@ -161,7 +262,7 @@ class DanceConfig:
 class DistillConfig:
     """Every setting of a distillation run. ``sources`` says where each value came from (keyed by path)."""
 
-    method: str = setting("dm", "distillation loop", cli=False)
+    method: str = setting("dm", "distillation loop", cli=False, choices=METHODS)
     dataset: str = setting("fashion-mnist", "dataset", cli=False)
     ipc: int = setting(10, "synthetic images per class", cli=False)
     preset: str = setting("cpu", "preset", cli=False)
@@ -169,7 +270,7 @@ class DistillConfig:
     iterations: int = setting(20000, "distillation iterations (paper 20,000; cpu 200)", parse=int_at_least(0))
     batch_real: int = setting(256, "real images per class per iteration (paper 256; cpu 64)", parse=int_at_least(1))
     lr_img: float = setting(1.0, "SGD learning rate of the images (paper table; DM 1)", parse=positive_float)
-    momentum_img: float = setting(0.5, "SGD momentum of the images (DM: 0.5)")
+    momentum_img: float = setting(0.5, "SGD momentum of the images (DM: 0.5)", parse=unit_interval)
     init: str = setting("real", "initialise from random real images (default) or noise", choices=("real", "noise"))
     model: str = setting("ConvNet", "distillation backbone (default ConvNet; ConvNetD4 for 64x64 images)")
     dsa_strategy: str = setting(
@@ -466,18 +567,16 @@ del _name, _path
 
 
 def validate(cfg: DistillConfig) -> None:
-    """Raise ValueError with the fix for any setting that cannot work."""
+    """Raise ValueError with the fix for any setting that cannot work.
+
+    Each setting's range and choices are declared once, on its field (``setting(parse=..., choices=...)``), and
+    checked here by :func:`~hyperdm.distill.settings.check_ranges` (the command line parses with the same
+    declarations); what remains below are the rules that involve several settings or another module's names."""
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ValueError(msg)
 
-    def finite(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-    m, e = cfg.matcher, cfg.eval
-    need(cfg.method in METHODS, f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}.")
-    need(m.kind in MATCHERS, f"unknown matcher {m.kind!r}; choose one of {', '.join(MATCHERS)}.")
     for section in ("idm", "dance"):
         need(
             (getattr(cfg, section) is not None) == (cfg.method == section),
@@ -488,95 +587,14 @@ def validate(cfg: DistillConfig) -> None:
                 else f": give it {section}=IDMConfig() / DanceConfig()."
             ),
         )
-    need(cfg.iterations >= 0, f"iterations (--iterations) must be >= 0; got {cfg.iterations}.")
-    need(
-        finite(cfg.checkpoint_minutes) and cfg.checkpoint_minutes >= 0,
-        f"checkpoint_minutes (--checkpoint-minutes) must be >= 0 (0: by iterations only); got "
-        f"{cfg.checkpoint_minutes}.",
-    )
-    need(cfg.batch_real >= 1, f"batch_real (--batch-real) must be >= 1; got {cfg.batch_real}.")
-    need(finite(cfg.lr_img) and cfg.lr_img > 0, f"lr_img (--lr-img) must be > 0 and finite; got {cfg.lr_img}.")
-    need(
-        finite(cfg.momentum_img) and 0 <= cfg.momentum_img < 1,
-        f"momentum_img must lie in [0, 1); got {cfg.momentum_img}.",
-    )
-    need(
-        finite(m.k) and m.k > 0,
-        f"matcher.k (--k; geoopt's curvature parameter, curvature -1/k) must be > 0 and finite; got {m.k}.",
-    )
-    need(
-        m.scale == "auto" or (finite(m.scale) and float(m.scale) >= 0),
-        f"matcher.scale (--scale, lambda) must be >= 0 and finite, or 'auto'; got {m.scale!r}.",
-    )
-    need(
-        m.max_norm is None or (finite(m.max_norm) and m.max_norm > 0),
-        f"matcher.max_norm (--max-norm) must be > 0 and finite, or None (--no-clamp); got {m.max_norm}.",
-    )
-    need(
-        m.radius is None or (finite(m.radius) and m.radius > 0),
-        f"matcher.radius (--radius) must be > 0 and finite, or None (no calibration); got {m.radius}.",
-    )
-    need(
-        m.dtype in ("float32", "float64"), f"matcher.dtype (--match-dtype) must be float32 or float64; got {m.dtype!r}."
-    )
-    need(e.every >= 0, f"eval.every (--eval-every) must be >= 0 (0: evaluate only at the end); got {e.every}.")
-    need(
-        e.epochs >= 1 and e.runs >= 0,
-        f"eval.epochs (--eval-epochs) must be >= 1 and eval.runs (--eval-runs) >= 0 (--eval-runs 0: no evaluation); "
-        f"got {e.epochs} and {e.runs}.",
-    )
-    need(finite(e.lr) and e.lr > 0 and e.batch >= 1, "eval.lr must be a finite number > 0 and eval.batch >= 1.")
-    need(len(e.archs) >= 1, "eval.archs (--arch) must name at least one architecture.")
+    check_ranges(cfg)
+    need(len(cfg.eval.archs) >= 1, "eval.archs (--arch) must name at least one architecture.")
     from .models import check_architecture  # raises ValueError listing the valid names
 
-    for name in (cfg.model, *e.archs):
+    for name in (cfg.model, *cfg.eval.archs):
         check_architecture(name)
-    need(
-        all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in e.at),
-        f"eval.at (--eval-at) must list iterations >= 1 (e.g. 200 500 1000); got {list(e.at)}.",
-    )
-    need(cfg.checkpoint_every >= 1, f"checkpoint_every must be >= 1; got {cfg.checkpoint_every}.")
-    need(cfg.init in ("real", "noise"), f"init must be 'real' or 'noise'; got {cfg.init!r}.")
-    need(
-        cfg.prune_keep is None or 0 < cfg.prune_keep <= 1,
-        f"prune_keep must be a fraction in (0, 1] (e.g. 0.2 keeps 20%); got {cfg.prune_keep}.",
-    )
-    need(
-        cfg.prune_score in PRUNE_SCORES,
-        f"prune_score must be one of {', '.join(map(repr, PRUNE_SCORES))}; got {cfg.prune_score!r}.",
-    )
-    need(cfg.partition >= 1, f"partition must be >= 1; got {cfg.partition}.")
     from .augment import parse_strategy  # raises ValueError naming the valid groups
 
     parse_strategy(cfg.dsa_strategy)
     if cfg.match_dsa is not None:
         parse_strategy(cfg.match_dsa)
-    need(
-        cfg.match_aug_mode in ("S", "M"),
-        f"match_aug_mode must be 'S' (one DSA group) or 'M' (all groups); got {cfg.match_aug_mode!r}.",
-    )
-    if cfg.idm is not None:
-        i = cfg.idm
-        need(finite(i.ce_weight) and i.ce_weight >= 0, f"idm.ce_weight must be >= 0 and finite; got {i.ce_weight}.")
-        need(finite(i.lr_net) and i.lr_net > 0, f"idm.lr_net must be > 0 and finite; got {i.lr_net}.")
-        need(
-            i.net_num >= 1 and i.net_initial >= 1 and i.net_generate_interval >= 1,
-            "idm.net_num, idm.net_initial and idm.net_generate_interval must be >= 1.",
-        )
-        need(
-            i.train_net_num >= 1 and i.fetch_net_num >= 0 and i.model_train_steps >= 0 and i.net_batch >= 1,
-            "idm.train_net_num and idm.net_batch must be >= 1; idm.fetch_net_num and idm.model_train_steps >= 0.",
-        )
-    if cfg.dance is not None:
-        x = cfg.dance.experts
-        need(
-            x.count >= 1 and x.epochs >= 1 and x.batch >= 1,
-            "dance.experts.count (--experts), .epochs and .batch must be >= 1.",
-        )
-        need(finite(x.lr) and x.lr > 0, f"dance.experts.lr must be > 0 and finite; got {x.lr}.")
-        need(
-            x.per_class is None or x.per_class >= 1,
-            f"dance.experts.per_class (--expert-per-class) must be >= 1 (or None for every training image); "
-            f"got {x.per_class}.",
-        )
-        need(cfg.dance.iter_calib >= 0, f"dance.iter_calib must be >= 0; got {cfg.dance.iter_calib}.")

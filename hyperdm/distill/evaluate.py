@@ -16,8 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,11 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .augment import dsa
+from .config import EvalConfig
 from .data import DatasetInfo
 from .models import seeded_network
 from .progress import progress_bar
 from .seeding import Stream, derive_seed
-from .settings import int_at_least, positive_float, setting
 
 __all__ = [
     "EvalConfig",
@@ -42,67 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalConfig:
-    """The evaluation protocol: ``runs`` fresh ``archs`` networks, each trained ``epochs`` epochs (SGD ``lr``,
-    ``momentum``, ``weight_decay``, batch ``batch``, DSA ``dsa_strategy``) on the synthetic set.
-
-    Inside a distillation run (``DistillConfig.eval``) ``every`` and ``at`` say when to evaluate, and
-    ``dsa_strategy``, ``seed`` and ``device`` come from the run (its ``dsa_strategy``, a seed derived from
-    its ``seed``, its ``device``).
-    """
-
-    FLAT_PREFIX: ClassVar[str] = "eval_"
-
-    epochs: int = setting(
-        1000,
-        "epochs of each evaluation training (paper 1,000; cpu 300)",
-        parse=int_at_least(1, "--eval-runs 0 skips the evaluation"),
-    )
-    runs: int = setting(3, "fresh networks per evaluation (paper 3; cpu 2; 0 skips evaluation)", parse=int_at_least(0))
-    lr: float = setting(0.01, "SGD learning rate of the evaluation training", parse=positive_float)
-    momentum: float = setting(0.9, "SGD momentum of the evaluation training")
-    weight_decay: float = setting(5e-4, "weight decay of the evaluation training")
-    batch: int = setting(256, "batch size of the evaluation training", parse=int_at_least(1))
-    dsa_strategy: str = setting(
-        "color_crop_cutout_flip_scale_rotate", "DSA strategy of the training", run="dsa_strategy"
-    )
-    archs: tuple[str, ...] = setting(
-        ("ConvNet",),
-        "evaluation architectures: ConvNet AlexNet VGG11 ResNet18 (default ConvNet)",
-        flag="--arch",
-        metavar="NAME",
-    )
-    seed: int = setting(0, "seed of the evaluation", run="seed")
-    device: str = setting("cpu", "torch device", run="device")
-    test_batch: int = setting(1024, "batch size of the test pass", parse=int_at_least(1))
-    every: int = setting(2000, "evaluate every N iterations of a run (0: only at the end)", parse=int_at_least(0))
-    at: tuple[int, ...] = setting((), "also evaluate at these iterations (e.g. 200 500 1000)", metavar="IT")
-
-    def validate(self) -> None:
-        """Raise ValueError naming the fix for any setting that cannot give an accuracy."""
-        from .models import check_architecture
-        from .parallel import check_device
-
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs (--epochs) must be an integer >= 1; got {self.epochs!r}.")
-        if not isinstance(self.runs, int) or self.runs < 1:
-            raise ValueError(
-                f"runs (--runs) must be an integer >= 1 (the accuracy is a mean over runs); got {self.runs!r}."
-            )
-        if not (math.isfinite(self.lr) and self.lr > 0) or self.batch < 1 or self.test_batch < 1:
-            raise ValueError("lr must be a finite number > 0, batch and test_batch >= 1.")
-        if not self.archs:
-            raise ValueError("archs (--arch) must name at least one architecture.")
-        for a in self.archs:
-            check_architecture(a)
-        if self.dsa_strategy:
-            from .augment import parse_strategy
-
-            parse_strategy(self.dsa_strategy)
-        check_device(self.device)
 
 
 def accuracy(net: nn.Module, images: Tensor, labels: Tensor, *, batch: int = 1024, device: str = "cpu") -> float:

@@ -30,7 +30,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +38,11 @@ from torch import Tensor
 
 from .artifacts import CorruptFileError, PathLike, UnsafeFileError, atomic_save, load_torch_file, write_json
 from .augment import DSAParams, cutmix, dsa
+from .config import ExpertConfig
 from .data import DatasetInfo
 from .models import seeded_network
 from .progress import progress_bar
 from .seeding import Stream, derive_seed
-from .settings import int_at_least, positive_float, setting
 
 __all__ = [
     "ExpertConfig",
@@ -59,40 +59,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _FORMAT = 1
-
-
-@dataclass(frozen=True)
-class ExpertConfig:
-    """How the experts are trained (the reference's ``pretrain.py`` settings by default). Inside a run
-    (``DistillConfig.dance.experts``) ``model`` is the run's ``model``."""
-
-    FLAT_PREFIX: ClassVar[str] = "expert_"
-
-    count: int = setting(20, "dance: number of expert networks (Dance: 20)", flat="experts")
-    epochs: int = setting(60, "dance: training epochs of each expert (Dance: 60)")
-    lr: float = setting(
-        0.01, "dance: SGD learning rate of the experts (x gamma at 2/3 and 5/6 of the epochs)", parse=positive_float
-    )
-    momentum: float = setting(0.9, "dance: SGD momentum of the experts")
-    weight_decay: float = setting(5e-4, "dance: weight decay of the experts")
-    batch: int = setting(64, "dance: batch size of the expert training")
-    gamma: float = setting(0.2, "dance: learning-rate factor at each milestone of the expert training")
-    strategy: str = setting(
-        "color_crop", "dance: DiffAug groups of the expert training"
-    )  # DANCE: color_crop_cutout; CutMix replaces cutout
-    cutmix_prob: float = setting(0.5, "dance: probability of CutMix on an expert training batch")
-    cutmix_beta: float = setting(1.0, "dance: Beta parameter of CutMix's mixing ratio")
-    model: str = setting("ConvNet", "expert architecture", run="model")
-    per_class: int | None = setting(
-        None,
-        "dance: train the experts on N real images per class (default: all; cpu preset 200)",
-        metavar="N",
-        parse=int_at_least(1),
-    )
-    seed: int = setting(0, "dance: seed of the experts (default 0; shared by runs of any --seed)")
-
-    def milestones(self) -> tuple[int, int]:
-        return (2 * self.epochs // 3, 5 * self.epochs // 6)
 
 
 @dataclass

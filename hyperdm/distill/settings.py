@@ -30,6 +30,9 @@ __all__ = [
     "set_path",
     "to_dict",
     "check_value",
+    "check_ranges",
+    "Range",
+    "unit_interval",
     "section_names",
     "admits_none",
     "option",
@@ -231,10 +234,35 @@ def check_value(path: str, opt: str, value: Any, tp: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-# ---- command-line parsers (argparse types with a message that names what is expected) -------------
+# ---- ranges: each declared once, as the command-line parser of its settings and their check in validate() ------
 
 
-def scale_arg(text: str) -> Any:
+class Range:
+    """A setting's range, declared once on its field (``setting(..., parse=...)``): called on a command-line string
+    it parses it (an argparse type whose refusal names what is expected); :meth:`problem` says what is wrong with
+    a value given otherwise (a Python override, a config.json), which :func:`check_ranges` turns into an error."""
+
+    def __init__(self, parse: Callable[[str], Any], ok: Callable[[Any], bool], must: str) -> None:
+        self._parse, self._ok, self.must = parse, ok, must
+        self.__name__ = must  # argparse names a type by it in some messages
+
+    def __call__(self, text: str) -> Any:
+        return self._parse(text)
+
+    def problem(self, value: Any) -> str | None:
+        """None if ``value`` is in range, else what it must be (``must be an integer >= 1``)."""
+        return None if self._ok(value) else self.must
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _integer(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _parse_scale(text: str) -> Any:
     if text == "auto":
         return "auto"
     try:
@@ -246,8 +274,13 @@ def scale_arg(text: str) -> Any:
     return value
 
 
-def int_at_least(low: int, hint: str = "") -> Callable[[str], int]:
-    """A parser of integers ``>= low``; ``hint`` follows the refusal (what to pass instead)."""
+#: lambda: a finite number >= 0, or "auto"
+scale_arg = Range(_parse_scale, lambda x: x == "auto" or (_number(x) and x >= 0), "must be >= 0 and finite, or 'auto'")
+
+
+def int_at_least(low: int, hint: str = "") -> Range:
+    """Integers ``>= low``; ``hint`` follows the refusal (what to pass instead)."""
+    tail = f" ({hint})" if hint else ""
 
     def parse(text: str) -> int:
         try:
@@ -255,33 +288,34 @@ def int_at_least(low: int, hint: str = "") -> Callable[[str], int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}" + (f" ({hint})" if hint else ""))
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}{tail}")
         return value
 
-    return parse
+    return Range(parse, lambda x: _integer(x) and x >= low, f"must be an integer >= {low}{tail}")
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+def _float_range(ok: Callable[[float], bool], must: str) -> Range:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"{must}, got {text!r}")
+        return value
+
+    return Range(parse, lambda x: _number(x) and ok(float(x)), must)
 
 
-def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+#: a finite number > 0
+positive_float = _float_range(lambda v: v > 0, "must be a finite number > 0")
+#: a finite number >= 0
+nonnegative_float = _float_range(lambda v: v >= 0, "must be a finite number >= 0")
+#: a number in [0, 1): a momentum
+unit_interval = _float_range(lambda v: 0 <= v < 1, "must lie in [0, 1)")
 
 
-def fraction(text: str) -> float:
+def _parse_fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -291,6 +325,35 @@ def fraction(text: str) -> float:
     return value
 
 
+#: a fraction in (0, 1]
+fraction = Range(
+    _parse_fraction, lambda x: _number(x) and 0 < x <= 1, "must be a fraction in (0, 1] (0.2 keeps 20 % of each class)"
+)
+
+
 def strategy_arg(text: str) -> str:
     """A DSA strategy; ``none`` is the empty strategy (no augmentation)."""
     return "" if text == "none" else text
+
+
+def check_ranges(obj: Any) -> None:
+    """ValueError naming the setting (its path and option), what it must be and what it is, for the first setting
+    of the configuration ``obj`` (a dataclass of settings and sections) outside its declared range (``parse`` a
+    :class:`Range`, elements of a tuple each) or choices. Sections that are None are left out."""
+    for path, flat, f, _tp in leaves(type(obj)):
+        try:
+            value = get_path(obj, path)
+        except AttributeError:  # inside a section that is None
+            continue
+        if value is None:  # None is a value where the type admits it (checked with the type)
+            continue
+        rule, choices = f.metadata.get("parse"), f.metadata.get("choices")
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            why = rule.problem(v) if isinstance(rule, Range) else None
+            if why is None and choices is not None and v not in choices:
+                why = f"must be one of {', '.join(map(repr, choices))}"
+            if why is not None:
+                if isinstance(value, tuple):  # say which element
+                    raise ValueError(f"{path} ({option(flat, f)}): {v!r} {why}; got {list(value)}.")
+                raise ValueError(f"{path} ({option(flat, f)}) {why}; got {value!r}.")
