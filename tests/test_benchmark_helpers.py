@@ -399,6 +399,7 @@ def test_convergence_harvests_every_variant_found_under_work(tmp_path):
 GPU_SESSION = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh"
 
 
+@pytest.mark.slow
 def test_gpu_session_script_parses_and_refuses_a_missing_or_unknown_phase(tmp_path):
     import subprocess
 
@@ -465,6 +466,7 @@ def test_bench_matcher_ops_only_counts_the_triton_launches(tmp_path):
     assert row["hdd_device_slicing"] == row["hdd"]  # a tiny tensor is one slice either way
 
 
+@pytest.mark.slow
 @pytest.mark.triton
 def test_kernel_selfcheck_prints_and_saves_a_verdict_per_setting(tmp_path, capsys, monkeypatch):
     import kernel_selfcheck

@@ -46,6 +46,7 @@ def test_help_documents_every_option():
     assert "curvature is -1/k" in text
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "hyperdm", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "distill" in r.stdout
@@ -78,6 +79,7 @@ def test_bad_preset_is_an_argparse_error(capsys):
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_distill_evaluate_prune_plot(tmp_path, capsys, tiny_fmnist_root):
     run = tmp_path / "run"
     data = ["--data-root", str(tiny_fmnist_root)]
@@ -203,6 +205,7 @@ def test_evaluate_rejects_wrong_dataset(tmp_path, capsys, tiny_fmnist_root):
     assert "--dataset" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_no_clamp_reaches_the_run(tmp_path, tiny_fmnist_root):
     run = tmp_path / "run"
     assert (
@@ -240,6 +243,7 @@ def test_no_clamp_reaches_the_run(tmp_path, tiny_fmnist_root):
     assert "max_norm=None" in cfg["matcher_repr"]
 
 
+@pytest.mark.slow
 def test_radius_reaches_the_run_its_log_and_metrics(tmp_path, tiny_fmnist_root):
     """--radius R calibrates the matcher on the first real batch; the radii are logged and kept in metrics.json."""
     run = tmp_path / "run"
@@ -272,6 +276,7 @@ def test_scale_takes_a_number_or_auto(capsys):
     assert "expected a number or 'auto', got 'big'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compile_matcher_reaches_the_run_and_gives_the_plain_loss(tmp_path, tiny_fmnist_root):
     losses = {}
     for flag in ([], ["--compile-matcher"]):
@@ -464,6 +469,7 @@ def test_warning_level_hides_the_run_log_lines_on_the_console(tmp_path, tiny_fmn
     assert "INFO" in (tmp_path / "r" / "run.log").read_text()  # the run's own log keeps everything
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_written_with_the_flat_config_of_hyperdm_0_1(tmp_path, tiny_fmnist_root, capsys, monkeypatch):
     """tests/data/flat_run: `distill --ipc 1 --iterations 4 --batch-real 8 --eval-runs 0 --checkpoint-every 2 --seed 3`
     interrupted after 3 iterations by hyperdm 0.1 (flat config.json and checkpoint); resuming it today must finish

@@ -16,6 +16,9 @@ from hyperdm.distill.experts import ExpertConfig, expert_lr, load_or_train_exper
 from hyperdm.distill.loops import DanceLoop, get_loop
 from hyperdm.distill.presets import resolve
 
+# training runs, subprocesses or spawned processes: left out by `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path, monkeypatch):

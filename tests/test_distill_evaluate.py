@@ -17,6 +17,7 @@ def toy(n_per=4, seed=0):
     return x, y
 
 
+@pytest.mark.slow
 def test_reference_schedule(monkeypatch):
     """epochs + 1 passes; lr x0.1 after pass epochs // 2 + 1 with a rebuilt optimizer (reference evaluate_synset)."""
     made, passes = [], []
@@ -43,6 +44,7 @@ def test_reference_schedule(monkeypatch):
     assert made[0][1] == {"momentum": 0.9, "weight_decay": 5e-4}
 
 
+@pytest.mark.slow
 def test_evaluate_reports_final_epoch_mean_and_population_std():
     x, y = toy()
     cfg = E.EvalConfig(epochs=3, runs=3, batch=256)
@@ -55,6 +57,7 @@ def test_evaluate_reports_final_epoch_mean_and_population_std():
         assert 0 <= run["test_acc"] <= 1 and run["train_loss"] > 0
 
 
+@pytest.mark.slow
 def test_learns_a_separable_toy_problem():
     x, y = toy(8)
     xt, yt = toy(20, seed=1)

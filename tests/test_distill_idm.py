@@ -13,6 +13,9 @@ from hyperdm.distill.cli import main
 from hyperdm.distill.loops import IDMLoop
 from hyperdm.distill.presets import resolve
 
+# training runs, subprocesses or spawned processes: left out by `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 
 def idm_cfg(matcher="hyperbolic", **kw):
     base = {

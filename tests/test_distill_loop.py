@@ -20,6 +20,9 @@ from hyperdm.distill.evaluate import derive_seed
 from hyperdm.distill.loops import DMLoop, NonFiniteLossError, get_loop
 from hyperdm.distill.presets import resolve
 
+# training runs, subprocesses or spawned processes: left out by `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 
 @needs_fmnist
 @pytest.mark.parametrize("matcher", ["mmd", "hyperbolic"])

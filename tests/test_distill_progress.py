@@ -14,6 +14,9 @@ from helpers import needs_fmnist, small, tiny_cfg
 from hyperdm.distill import progress as progress_mod
 from hyperdm.distill.loops import DMLoop
 
+# training runs, subprocesses or spawned processes: left out by `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 
 class _Tty(io.StringIO):
     def isatty(self):

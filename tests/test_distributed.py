@@ -12,9 +12,12 @@ import torch.multiprocessing as mp
 
 from hyperdm import HyperbolicMatcher, MMDMatcher, hyperbolic_matching_loss
 
-pytestmark = pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+    ),
+]
 
 # name -> matcher factory taking a process group (None: single process)
 MATCHERS = {

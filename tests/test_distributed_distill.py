@@ -16,9 +16,12 @@ import torch.distributed as dist
 from hyperdm.distill.augment import dsa
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+    ),
+]
 
 
 def test_siamese_dsa_commutes_with_striding_the_batch():

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import hunks_are_well_formed
 
+# training runs, subprocesses or spawned processes: left out by `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

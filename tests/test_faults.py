@@ -31,6 +31,10 @@ from hyperdm.distill import artifacts as A
 from hyperdm.distill import data as D
 from hyperdm.distill.cli import main
 
+# CLI runs, subprocesses and faults on real files: left out by `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
+
 ROOT = Path(__file__).resolve().parents[1]
 LINUX = sys.platform.startswith("linux")
 
@@ -219,6 +223,7 @@ def fsync(fd):
 
 os.fsync = fsync
 from hyperdm.distill.cli import main
+
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -64,6 +64,7 @@ def _loss_and_grad(matcher, real, syn):
     return loss.detach(), g
 
 
+@pytest.mark.slow
 def test_a_right_kernel_is_checked_once_per_key_then_trusted(auto_on_cpu, monkeypatch):
     counted = _Counted()
     monkeypatch.setattr(triton_kernels, "hdd", counted)
@@ -200,6 +201,7 @@ def test_partial_sums_past_their_cap_take_the_pytorch_path(auto_on_cpu, monkeypa
     assert kernel_check.bounds(4, 130, 16, triton_kernels.ROWS_PER_PROGRAM) is None
 
 
+@pytest.mark.slow
 def test_many_classes():
     """C = 1,000 classes of 2 real points, D = 64: one program per class (and row block, and synthetic row), all of
     them right (the kernels called directly: one run of each, the interpreter's slowest test)."""
@@ -213,6 +215,7 @@ def test_many_classes():
     torch.testing.assert_close(g, gw, rtol=1e-4, atol=1e-5 * float(gw.abs().max()))
 
 
+@pytest.mark.slow
 def test_the_kernels_write_the_norms_the_radius_statistics_read():
     """On the Triton path the statistics come from the norms the kernels take as they go: the same values as on the
     PyTorch path, and no norm pass of their own (no linalg_vector_norm op is dispatched)."""

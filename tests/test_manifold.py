@@ -103,6 +103,7 @@ def close(a, b, rtol):
 # ----------------------------------------------------------------------------- the class
 
 
+@pytest.mark.slow
 def test_import_is_silent():
     """``import hyperdm`` imports geoopt and emits no warning, even with warnings as errors."""
     code = "import sys, hyperdm; assert 'geoopt' in sys.modules"

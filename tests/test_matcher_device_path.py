@@ -84,6 +84,7 @@ def test_profiler_detects_the_finite_check_sync():
     assert sum(o == "aten::_local_scalar_dense" for o in ops) == 1
 
 
+@pytest.mark.slow
 def test_compiled_path_equals_plain_path():
     """One compile (float64, one shape) for the whole test: loss, gradient, coincident centroids, op count."""
     real, syn = _features()
@@ -127,6 +128,7 @@ def test_compile_failure_names_the_fix(monkeypatch):
         HyperbolicMatcher(compile=True)(real, syn)
 
 
+@pytest.mark.slow
 def test_default_matcher_compiles_without_graph_breaks():
     """torch.compile(fullgraph=True) of a function calling HyperbolicMatcher() with its defaults (finite check on):
     no graph break (fullgraph would raise), the same loss and gradient as eager. On CUDA the check is a device-side

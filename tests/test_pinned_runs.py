@@ -29,6 +29,9 @@ from torch import nn
 from hyperdm.distill.loops import get_loop
 from hyperdm.distill.presets import resolve
 
+# training runs, subprocesses or spawned processes: left out by `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_runs.json").read_text())
 COMMON = {"iterations": 5, "batch_real": 8, "eval_epochs": 1, "eval_runs": 0, "checkpoint_every": 5, "seed": 5}
 RUNS = {

@@ -52,7 +52,7 @@ def _dist_and_grad(real, syn, weight=None, **kw):
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])
 @pytest.mark.parametrize("max_norm", [10.0, None, 1.5])
-@pytest.mark.parametrize("n", [1, 5, 130])  # 130 rows: three row blocks combined
+@pytest.mark.parametrize("n", [1, 5, pytest.param(130, marks=pytest.mark.slow)])  # 130 rows: three row blocks
 @pytest.mark.parametrize("m", [1, 4])  # one synthetic point has no spread
 def test_kernel_equals_the_pytorch_path(dtype, max_norm, n, m):
     k = 2.0
@@ -66,6 +66,7 @@ def test_kernel_equals_the_pytorch_path(dtype, max_norm, n, m):
     torch.testing.assert_close(gb, ga, rtol=tol * 10, atol=tol * float(ga.abs().max()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["float16", "float32"])
 def test_kernel_against_float64_of_the_same_features(dtype):
     """Half and single precision features: the kernels (float32 sums, float64 scalars) against the float64 path."""
@@ -157,6 +158,7 @@ def test_kernel_without_grad_writes_no_gradient():
         triton_kernels.hdd(real, syn[:, :0], sk=1.0, tmax=10.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows", [1, 7, 64])
 def test_kernel_any_row_blocks_give_the_same_loss(monkeypatch, rows):
     """The real pass cut into blocks of 1, 7 or 64 rows (each block its own top and reference direction, moved to
@@ -285,6 +287,7 @@ print("compiled")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "v,acc,block,warps",
     [("*fp32", "*fp32", 2048, 8), ("*fp64", "*fp64", 2048, 8), ("*fp16", "*fp32", 4096, 16)],
