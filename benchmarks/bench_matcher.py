@@ -68,7 +68,7 @@ from geoopt.manifolds.lorentz import math as gmath
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import hyperdm
-from hyperdm import fused, triton_kernels
+from hyperdm import law, triton_kernels
 
 VARIANTS = ("hdd", "hdd_nocheck", "mmd", "mmd_line", "naive_geoopt")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -175,9 +175,9 @@ def op_counts(fn: LossFn, real: torch.Tensor, syn: torch.Tensor, *, warm: bool =
 
 
 def op_counts_device_slicing(fn: LossFn, real: torch.Tensor, syn: torch.Tensor) -> dict[str, int]:
-    """:func:`op_counts` with the spread's slices sized as off the CPU (``fused.DEVICE_CHUNK_ELEMENTS``): on CPU
+    """:func:`op_counts` with the spread's slices sized as off the CPU (``law.DEVICE_CHUNK_ELEMENTS``): on CPU
     tensors the real side is cut into cache-sized slices, each adding a few ops that a GPU does not run."""
-    with mock.patch.object(fused, "CHUNK_ELEMENTS", fused.DEVICE_CHUNK_ELEMENTS):
+    with mock.patch.object(law, "CHUNK_ELEMENTS", law.DEVICE_CHUNK_ELEMENTS):
         return op_counts(fn, real, syn)
 
 

@@ -2,7 +2,7 @@ r"""Matching across processes with ``torch.distributed``: the real side's class 
 
 Each rank holds a shard of the real data and the whole synthetic set. The Law centroid is a
 normalised weighted sum, so the real centroid of a class over the union of the shards is obtained
-by combining per-class partial sums (:func:`hyperdm.lorentz.reduce_centroid_sums`, here re-exported, which
+by combining per-class partial sums (:func:`hyperdm.law.reduce_centroid_sums`, here re-exported, which
 :func:`hyperdm.lorentz.feature_centroid` applies with ``reduce=``; it is arithmetic on the sums, given
 the collective as a function, so it lives with them),
 and the MMD line's real mean by all-reducing sums and counts. The synthetic side stays local:
@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .lorentz import Reduce, reduce_centroid_sums
+from .law import Reduce, reduce_centroid_sums
 
 __all__ = ["all_reduce_fn", "check_process_group", "gather_strided", "gather_values", "reduce_centroid_sums"]
 

@@ -20,13 +20,12 @@ and divisions at zero with a "double ``where``" so that gradients stay finite.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
-from .numerics import Curvature, asinhc, k_like, safe_sqrt, sinhc, small_argument, sqrt_k, tanhc_half
+from . import law
+from .law import SAFE_RADIUS, CentroidSums, Reduce, reduce_centroid_sums
+from .numerics import Curvature, asinhc, k_like, safe_sqrt, sinhc, sqrt_k, tanhc_half
 
 __all__ = [
     "inner",
@@ -55,16 +54,6 @@ __all__ = [
     "transp",
     "transp_follow",
 ]
-
-#: ``reduce(tensor, op)`` with op ``"sum"`` or ``"max"``: combines per-group partial results of several
-#: processes (see :mod:`hyperdm.distributed`); ``None`` means this process holds every point.
-Reduce = Callable[[Tensor, str], Tensor]
-
-#: Largest radius (in units of sqrt(k)) used inside :func:`feature_centroid` when no
-#: ``max_norm`` is given. ``cosh(300)^2`` is about 1e260, still finite in float64, so
-#: every intermediate of the centroid and its gradient is representable. Features
-#: beyond it (norm > 300 sqrt(k)) are saturated there, exactly like ``max_norm``.
-SAFE_RADIUS = 300.0
 
 
 def _split(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -167,9 +156,7 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False) -> Tensor
     ux = xs / torch.where(a > 0, a * sk, torch.ones_like(a))
     uy = ys / torch.where(b > 0, b * sk, torch.ones_like(b))
     chord2 = (ux - uy).square().sum(-1, keepdim=True)
-    radial = torch.sinh((torch.asinh(a) - torch.asinh(b)) / 2.0)
-    q = radial.square() + a * b * chord2 / 4.0
-    out = 2.0 * sk * torch.asinh(safe_sqrt(q))
+    out = law.chord_distance(law.chord(torch.asinh(a) - torch.asinh(b), a, b, chord2), sk)
     return out if keepdim else out.squeeze(-1)
 
 
@@ -225,8 +212,8 @@ def radius0(v: Tensor, *, k: Curvature, max_norm: float | None = None) -> Tensor
 
 def _law(m0: Tensor, ms: Tensor, a_minus: Tensor, a_plus: Tensor, b_sum: Tensor, spread: Tensor, sk: Tensor) -> Tensor:
     """Assemble a Law centroid from cancellation-free pieces (see :func:`centroid`)."""
-    norm = torch.sqrt(a_minus * a_plus + b_sum * spread)
-    return sk * torch.cat((m0, ms), dim=-1) / norm
+    # a division by sqrt(Q), not law.normaliser's rsqrt: its backward would form Q^{-3/2}, which overflows far out
+    return sk * torch.cat((m0, ms), dim=-1) / torch.sqrt(law.law_q(a_minus, a_plus, b_sum, spread))
 
 
 def _spread(u: Tensor, ms: Tensor, b_sum: Tensor) -> Tensor:
@@ -292,35 +279,6 @@ def centroid(
     return out
 
 
-class CentroidSums(NamedTuple):
-    r"""Per-group sufficient statistics of a Law centroid of features (:func:`feature_centroid_sums`).
-
-    Float64, each ``[..., 1]`` except ``ms`` ``[..., D]``. With ``t_i`` the clamped radius of
-    point ``i`` in units of ``sqrt(k)``, ``u_i = v_i / |v_i|``, weights ``w_i`` divided by their
-    total ``W`` and every exponential shifted by ``top``:
-
-    * ``weight``: ``W = sum_i w_i`` (before division), ``top``: ``max_i t_i`` (0 with hierarchical weights,
-      which never overflow);
-    * ``m0 = sum_i w_i cosh(t_i) e^{-top}``, ``ms = sum_i b_i u_i`` with ``b_i = w_i sinh(t_i) e^{-top}``;
-    * ``a_minus``, ``a_plus``: ``sum_i w_i e^{-/+t_i - top}``; ``b``: ``B = sum_i b_i``;
-    * ``spread``: ``sum_i b_i |u_i - ũ|^2`` about these points' own ``ũ = ms / B``;
-    * ``points``: the number of points with ``w_i > 0``.
-
-    The sums of several sets of points (shards of a group on several processes) combine exactly
-    (:func:`reduce_centroid_sums`); :func:`centroid_from_sums` finishes.
-    """
-
-    weight: Tensor
-    top: Tensor
-    m0: Tensor
-    ms: Tensor
-    a_minus: Tensor
-    a_plus: Tensor
-    b: Tensor
-    spread: Tensor
-    points: Tensor
-
-
 def feature_centroid_sums(
     v: Tensor,
     *,
@@ -352,9 +310,9 @@ def feature_centroid_sums(
         v = torch.where(mask.unsqueeze(-1), v, torch.zeros_like(v))
     wd = torch.float64
     sk = sqrt_k(k, v.new_empty((), dtype=wd))
-    n = torch.linalg.vector_norm(v, dim=-1)
-    t = n.to(wd) / sk
-    tc = t.clamp(max=float(SAFE_RADIUS if max_norm is None else min(max_norm, SAFE_RADIUS)))
+    tmax = float(SAFE_RADIUS if max_norm is None else min(max_norm, SAFE_RADIUS))
+    n = torch.linalg.vector_norm(v, dim=-1).to(wd)
+    tc = (n / sk).clamp(law.TINY, tmax)
     w = torch.ones_like(tc) if weights is None else weights.to(wd)
     if hierarchical:
         w = w / sinhc(tc)
@@ -363,61 +321,22 @@ def feature_centroid_sums(
         tc = torch.where(mask, tc, torch.zeros_like(tc))
     weight = w.sum(-1, keepdim=True)
     w = w / torch.where(weight > 0, weight, torch.ones_like(weight))
-    # the common scale e^{-top}: the largest radius, except with hierarchical weights t / sinh(t), which keep
-    # every weight polynomial in t (rescaling them would underflow a float32 mat-vec far out)
-    top = torch.zeros_like(tc[..., :1]) if hierarchical else tc.amax(-1, keepdim=True).detach()
-    e_plus = w * torch.exp(tc - top)
-    e_minus = w * torch.exp(-tc - top)
-    half_one_minus = -torch.expm1(-2.0 * tc) / 2.0  # (1 - e^{-2t}) / 2
-    b = e_plus * half_one_minus  # w sinh(t) e^{-top}
-    small = t < small_argument(wd)
-    t_safe = torch.where(small, torch.ones_like(t), t)
-    ratio = torch.where(small, 1.0 - t + (2.0 / 3.0) * t * t, half_one_minus / t_safe)
-    gamma = e_plus * ratio / sk  # coefficient of v_i in m_s
+    shift = law.shift_needed(tmax, v.dtype, hierarchical=hierarchical)
+    top = tc.amax(-1, keepdim=True).detach() if shift else torch.zeros_like(tc[..., :1])
+    b, c, em, _, _ = law.point_terms(tc, top=top if shift else None, weight=w)
+    gamma = law.coefficient(b, n, sk)
     ms = (gamma.to(v.dtype).unsqueeze(-2) @ v).squeeze(-2).to(wd)
-    m0 = ((e_plus + e_minus) / 2.0).sum(-1, keepdim=True)
-    b_sum = b.sum(-1, keepdim=True)
-    a_minus, a_plus = e_minus.sum(-1, keepdim=True), e_plus.sum(-1, keepdim=True)
+    m0, a_minus, b_sum = c.sum(-1, keepdim=True), em.sum(-1, keepdim=True), b.sum(-1, keepdim=True)
+    a_plus = (b + c).sum(-1, keepdim=True)
     points = (w > 0).sum(-1, keepdim=True).to(wd)
-    # |u_i - ũ|^2 = |v_i - |v_i| ũ|^2 / |v_i|^2, one fused pass (no [..., N, D] copy of u).
-    ut = (ms / torch.where(b_sum > 0, b_sum, torch.ones_like(b_sum))).to(v.dtype)
-    dev = torch.linalg.vector_norm(torch.baddbmm(v, n.unsqueeze(-1), -ut.unsqueeze(-2)), dim=-1).to(wd)
-    spread = (b * (dev / torch.where(n > 0, n, torch.ones_like(n)).to(wd)).square()).sum(-1, keepdim=True)
+    # |u_i - ũ|^2 = |v_i - |v_i| ũ|^2 / |v_i|^2, one fused pass (no [..., N, D] copy of u). ũ = m_s / B has
+    # |ũ| <= 1; dividing by max(B, |m_s|) keeps it so where a float32 norm underflowed to 0 (|v| < 1e-19: then
+    # t = TINY while gamma v is not 0), and ũ rather than |v_i| / B keeps a point of weight 0 far out finite
+    bm = torch.maximum(b_sum, torch.linalg.vector_norm(ms, dim=-1, keepdim=True))
+    ut = (ms / torch.where(bm > 0, bm, torch.ones_like(bm))).to(v.dtype).unsqueeze(-2)
+    dev = law.spread_norms(v, n.to(v.dtype).unsqueeze(-1), ut, False).to(wd)
+    spread = (b * (dev / n.clamp_min(law.TINY * sk)).square()).sum(-1, keepdim=True)
     return CentroidSums(weight, top, m0, ms, a_minus, a_plus, b_sum, spread, points)
-
-
-def reduce_centroid_sums(sums: CentroidSums, reduce: Reduce) -> CentroidSums:
-    r"""The :class:`~hyperdm.lorentz.CentroidSums` of the points of every process, from each process's own.
-
-    ``reduce(x, op)`` combines a tensor over the processes (:func:`hyperdm.distributed.all_reduce_fn`). Process ``r``'s
-    sums are relative to its own total weight ``W_r`` and shift ``top_r``; with ``top = max_r top_r``
-    and ``W = sum_r W_r`` its share is ``f_r = (W_r / W) e^{top_r - top}``, so ``X = sum_r f_r X_r``
-    for ``m0``, ``ms``, ``a_minus``, ``a_plus`` and ``b``, and the point counts add up. The spread about
-    the union's ``ũ = ms / B`` follows from each process's spread about its own ``ũ_r`` by the
-    parallel-axis identity
-
-    .. math::
-        \sum_i b_i \|u_i - \tilde u\|^2 = \sum_r f_r \big(S_r + B_r \|\tilde u_r - \tilde u\|^2\big),
-
-    a sum of non-negative terms (no cancellation). Three collectives: the largest shift (max), the
-    first sums with ``W`` and the counts (one sum), the spread (one sum). A process without any
-    point of a group (``W_r = 0``) contributes nothing to it. Only for sums without autograd history.
-    """
-    top = reduce(sums.top, "max")
-    share = sums.weight * torch.exp(sums.top - top)  # W_r e^{top_r - top}
-    d = sums.ms.shape[-1]
-    firsts = (sums.ms, sums.m0, sums.a_minus, sums.a_plus, sums.b)
-    total = reduce(torch.cat((*(x * share for x in firsts), sums.weight, sums.points), dim=-1), "sum")
-    ms, m0, a_minus, a_plus, b, weight, points = total.split([d, 1, 1, 1, 1, 1, 1], dim=-1)
-    inv = 1.0 / torch.where(weight > 0, weight, torch.ones_like(weight))
-    ms, m0, a_minus, a_plus, b = (x * inv for x in (ms, m0, a_minus, a_plus, b))
-    ut = ms / torch.where(b > 0, b, torch.ones_like(b))
-    ut_r = sums.ms / torch.where(sums.b > 0, sums.b, torch.ones_like(sums.b))
-    own = share * (sums.spread + sums.b * (ut_r - ut).square().sum(-1, keepdim=True))
-    spread = reduce(own, "sum") * inv
-    return CentroidSums(
-        weight=weight, top=top, m0=m0, ms=ms, a_minus=a_minus, a_plus=a_plus, b=b, spread=spread, points=points
-    )
 
 
 def centroid_from_sums(sums: CentroidSums, *, k: Curvature) -> Tensor:

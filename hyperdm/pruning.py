@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import lorentz
+from . import law, lorentz
 
 __all__ = ["hyperbolic_radius", "class_centroid_distance", "select", "FeatureBank", "STREAM_ELEMENTS"]
 
@@ -85,16 +85,17 @@ def class_centroid_distance(
     ``N = 1.28M``).
 
     1. per row ``|v_i|`` and ``t_i = min(|v_i|/sqrt(k), max_norm)``; per class the sums of the Law
-       centroid of :func:`hyperdm.lorentz.feature_centroid` (``sum sinh(t_i) u_i``, ``sum e^{-t_i}``,
-       ``sum e^{t_i}``), in float64 without rescaling: ``t <= SAFE_RADIUS = 300`` keeps every sum and
-       product inside float64's range;
+       centroid (:mod:`hyperdm.law`: ``sum sinh(t_i) u_i``, ``sum e^{-t_i}``, ``sum e^{t_i}``, ``B``), in
+       float64 without a shift (:func:`hyperdm.law.shift_needed`): ``t <= SAFE_RADIUS = 300`` keeps every sum
+       and product inside float64's range;
     2. per row ``e_i = |u_i - \hat u_c|^2`` exactly, as ``|v_i - |v_i| \hat u_c|^2 / |v_i|^2`` with
        ``\hat u_c`` the unit direction of the class sum; from it the spread about ``\tilde u = a \hat u``
        (``a = |m_s| / B``) as ``|u_i - \tilde u|^2 = (1 - a)^2 + a e_i``, two non-negative terms;
 
-    then the centroids, and each row's distance by the chord form of :func:`hyperdm.lorentz.dist`,
+    then the centroids (:func:`hyperdm.law.law_q`), and each row's distance by the chord form
+    (:func:`hyperdm.law.chord`),
     ``2 sqrt(k) asinh(sqrt(sinh^2((t_i - rho)/2) + sinh(t_i) sinh(rho) e_i / 4))``, ``rho`` the
-    centroid's radius. Without ``max_norm`` radii beyond :data:`hyperdm.lorentz.SAFE_RADIUS` are
+    centroid's radius. Without ``max_norm`` radii beyond :data:`hyperdm.law.SAFE_RADIUS` are
     saturated there. ``process_group``: these rows are this rank's shard; the class centroids are
     those of every rank's rows (exact: the class sums are all-reduced after each pass); labels are
     then ``0 .. num_classes-1``.
@@ -103,7 +104,7 @@ def class_centroid_distance(
     n = labels.numel()
     if features.shape[0] != n:
         raise ValueError(f"{features.shape[0]} feature rows for {n} labels; pass one label per row.")
-    mn = lorentz.SAFE_RADIUS if max_norm is None else min(float(max_norm), lorentz.SAFE_RADIUS)
+    mn = law.SAFE_RADIUS if max_norm is None else min(float(max_norm), law.SAFE_RADIUS)
     reduce = None
     if process_group is not None:
         from .distributed import all_reduce_fn, check_process_group
@@ -121,52 +122,46 @@ def class_centroid_distance(
     f64 = torch.float64
     step = chunk_size or _rows_per_chunk(D)
     norm, t = torch.empty(n, dtype=f64), torch.empty(n, dtype=f64)
-    # pass 1: per-row norms and radii; per class sum e^{t}, sum e^{-t} and sum b u. No rescaling: t <= SAFE_RADIUS
-    # (300), so e^{t} <= 2e130 and every sum and product below stays inside float64's range for up to 1e9 rows
-    a_plus, a_minus = torch.zeros(K, dtype=f64), torch.zeros(K, dtype=f64)
+    # pass 1: per-row norms and radii; per class sum e^{t}, sum e^{-t}, B and sum b u (law.point_terms). No shift
+    # (law.shift_needed: float64 up to SAFE_RADIUS): e^{t} <= 2e130 and every sum and product below stays inside
+    # float64's range for up to 1e9 rows
+    a_plus, a_minus, b_sum = torch.zeros(K, dtype=f64), torch.zeros(K, dtype=f64), torch.zeros(K, dtype=f64)
     ms = torch.zeros(K, D, dtype=f64)
     for s, e, x in _chunks(features, step):
         c = cls[s:e]
         nv = torch.linalg.vector_norm(x, dim=-1)
-        tc = (nv / sk).clamp(max=mn)
+        tc = (nv / sk).clamp(law.TINY, mn)
         norm[s:e], t[s:e] = nv, tc
-        ep = torch.exp(tc)
-        a_plus.index_add_(0, c, ep)
-        a_minus.index_add_(0, c, torch.exp(-tc))
-        gamma = ep * (-torch.expm1(-2.0 * tc) / 2.0) / torch.where(nv > 0, nv, torch.ones_like(nv))  # sinh(t) / |v|
-        ms.index_add_(0, c, x.mul_(gamma.unsqueeze(-1)))  # x is this chunk's own copy
+        b, cosh, em, _, _ = law.point_terms(tc)
+        a_plus.index_add_(0, c, b + cosh)
+        a_minus.index_add_(0, c, em)
+        b_sum.index_add_(0, c, b)
+        ms.index_add_(0, c, x.mul_(law.coefficient(b, nv, sk).unsqueeze(-1)))  # x is this chunk's own copy
     points = torch.bincount(cls, minlength=K).to(f64)
     if reduce is not None:  # every rank's sums
-        both = reduce(torch.cat((ms, a_plus[:, None], a_minus[:, None], points[:, None]), 1), "sum")
-        ms, a_plus, a_minus, points = both[:, :D], both[:, D], both[:, D + 1], both[:, D + 2]
+        both = reduce(torch.cat((ms, a_plus[:, None], a_minus[:, None], b_sum[:, None], points[:, None]), 1), "sum")
+        ms, a_plus, a_minus, b_sum, points = both[:, :D], both[:, D], both[:, D + 1], both[:, D + 2], both[:, D + 3]
     ms_norm = torch.linalg.vector_norm(ms, dim=-1)
     uh = ms / torch.where(ms_norm > 0, ms_norm, torch.ones_like(ms_norm)).unsqueeze(-1)
-    # pass 2: e_i = |u_i - u^_c|^2 per row, and per class B and the spread's sum b_i e_i
+    # pass 2: e_i = |u_i - u^_c|^2 per row (the angle the distance needs), and per class the spread's sum b_i e_i
     ang = torch.zeros(n, dtype=f64)
-    b_exact = torch.zeros(K, dtype=f64)
     b_e = torch.zeros(K, dtype=f64)
     for s, e, x in _chunks(features, step):
         c = cls[s:e]
         nv, tc = norm[s:e], t[s:e]
         diff = x.addcmul_(nv.unsqueeze(-1), uh.index_select(0, c), value=-1.0)  # v_i - |v_i| u^_c, in place
-        ei = torch.linalg.vector_norm(diff, dim=-1).div_(torch.where(nv > 0, nv, torch.ones_like(nv))).square_()
+        ei = torch.linalg.vector_norm(diff, dim=-1).div_(nv.clamp_min(law.TINY * sk)).square_()
         ang[s:e] = ei
-        b = torch.exp(tc) * (-torch.expm1(-2.0 * tc) / 2.0)  # sinh(t), without cancellation
-        b_exact.index_add_(0, c, b)
-        b_e.index_add_(0, c, b * ei)
+        b_e.index_add_(0, c, torch.sinh(tc) * ei)
     if reduce is not None:
-        both = reduce(torch.stack((b_exact, b_e), 1), "sum")
-        b_exact, b_e = both[:, 0], both[:, 1]
-    a = ms_norm / torch.where(b_exact > 0, b_exact, torch.ones_like(b_exact))  # |u~| = |m_s| / B
-    spread = b_exact * (1.0 - a).square() + a * b_e  # sum_i b_i |u_i - u~|^2 = sum_i b_i ((1 - a)^2 + a e_i)
+        b_e = reduce(b_e, "sum")
+    a = ms_norm / torch.where(b_sum > 0, b_sum, torch.ones_like(b_sum))  # |u~| = |m_s| / B
+    spread = b_sum * (1.0 - a).square() + a * b_e  # sum_i b_i |u_i - u~|^2 = sum_i b_i ((1 - a)^2 + a e_i)
     spread = spread * (points > 1)  # one point has no spread (rounding would leave eps^2)
-    q = a_minus * a_plus + b_exact * spread  # -<m,m>_L on the common scale, two non-negative terms
-    sinh_rho = ms_norm / q.sqrt()  # the centroid's radius rho, as sinh(rho) = |y_s| / sqrt(k)
-    rho = torch.asinh(sinh_rho)
-    rc = rho[cls]
-    half = torch.sinh((t - rc) / 2.0)
-    chord = torch.addcmul(half.square(), torch.sinh(t) * sinh_rho[cls], ang, value=0.25)
-    return 2.0 * sk * torch.asinh(chord.sqrt())
+    q = law.law_q(a_minus, a_plus, b_sum, spread)  # -<m,m>_L on the common scale
+    sinh_rho = ms_norm * law.normaliser(q, 1.0)  # the centroid's radius rho, as sinh(rho) = |y_s| / sqrt(k)
+    rc, sc = torch.asinh(sinh_rho)[cls], sinh_rho[cls]
+    return law.chord_distance(law.chord(t - rc, torch.sinh(t), sc, ang), sk)
 
 
 def select(scores: Tensor, *, keep: float, labels: Tensor | None = None) -> Tensor:

@@ -20,7 +20,7 @@ from helpers import features as _features
 from reference import feature, ref_centroid, ref_dist, ref_point
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hyperdm import fused
+from hyperdm import fused, law
 from hyperdm import lorentz as L
 
 F64 = torch.float64
@@ -51,7 +51,7 @@ def test_value_and_gradients_match_the_autograd_composition(k, max_norm, hierarc
 def test_k_gradient_with_the_real_side_in_slices(monkeypatch, chunk):
     """A learned k with real features without grad: k's share from the real side is a second row of each slice's
     mat-vec (the first row alone is the spread's reference); value and gradients as the autograd composition."""
-    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(law, "CHUNK_ELEMENTS", chunk)
     real = _features(3, 20, 8, scale=1.2, seed=1)  # 160 elements per class
     syn = _features(3, 4, 8, scale=1.5, seed=2).requires_grad_()
     kt = torch.tensor(1.3, dtype=F64, requires_grad=True)
@@ -196,7 +196,7 @@ def test_hierarchical_without_clamp_far_out_in_low_precision(dtype, tol):
 # whole classes per slice (each slice's mat-vec right before its spread); row blocks of each class (one mat-vec first)
 @pytest.mark.parametrize("chunk,blocks,matvecs", [(4096, 4, 4), (1024, 12, 1)])
 def test_real_side_without_grad_keeps_no_graph_and_no_full_temporary(monkeypatch, chunk, blocks, matvecs):
-    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(law, "CHUNK_ELEMENTS", chunk)
     real = _features(4, 64, 40, scale=3.0, seed=11, dtype=torch.float32)  # 2,560 elements per class
     syn = _features(4, 3, 40, scale=3.0, seed=12, dtype=torch.float32).requires_grad_()
     saved: list[torch.Tensor] = []
@@ -207,7 +207,7 @@ def test_real_side_without_grad_keeps_no_graph_and_no_full_temporary(monkeypatch
     assert ops.largest_from_big <= chunk  # the spread pass writes one slice at a time
     # the passes over the real features: the norms, the mat-vec, the exact spread in slices
     assert ops.reads == {"linalg_vector_norm": 1, "bmm": matvecs, "addcmul": blocks}, ops.reads
-    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 1 << 30)
+    monkeypatch.setattr(law, "CHUNK_ELEMENTS", 1 << 30)
     torch.testing.assert_close(fused.hdd_distance(real, syn, k=1.0), d, rtol=0, atol=0)  # the slicing changes nothing
     (g,) = torch.autograd.grad(d.sum(), syn)
     assert torch.isfinite(g).all()

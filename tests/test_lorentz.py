@@ -57,6 +57,7 @@ from reference import (
     scale,
 )
 
+from hyperdm import law
 from hyperdm import lorentz as L
 
 KS = [0.2, 0.5, 1.0, 2.0, 3.0]
@@ -420,8 +421,10 @@ def test_feature_centroid_matches_reference(k, D, dtype, mode):
     assert lorentz_defect(c[0], k) <= 8 * eps_of(dtype), "<c,c>_L != -k for feature_centroid"
 
 
-def _ref_sums(feats, k, max_norm, weights, hier):
-    """mpmath CentroidSums of the features: W, top, m0, ms (float64 vector), a_-, a_+, B, spread."""
+def _ref_sums(feats, k, max_norm, weights, hier, dtype):
+    """mpmath CentroidSums of the features: W, top, m0, ms (float64 vector), a_-, a_+, B, spread; shifted by the
+    largest radius where hyperdm.law.shift_needed says so for features of ``dtype`` (the sums scale, the centroid
+    does not)."""
     sk = mp.sqrt(k)
     ts = [f.r / sk if max_norm is None else min(f.r / sk, mp.mpf(max_norm)) for f in feats]
     w = [mp.mpf(1)] * len(feats) if weights is None else [mp.mpf(float(a)) for a in weights]
@@ -429,7 +432,8 @@ def _ref_sums(feats, k, max_norm, weights, hier):
         w = [wi * (1 if t == 0 else t / mp.sinh(t)) for wi, t in zip(w, ts, strict=True)]
     total = mp.fsum(w)
     wn = [wi / total for wi in w]
-    top = mp.mpf(0) if hier else max(ts)  # hierarchical weights are not rescaled (they never overflow)
+    tmax = law.SAFE_RADIUS if max_norm is None else min(max_norm, law.SAFE_RADIUS)
+    top = max(ts) if law.shift_needed(tmax, dtype, hierarchical=hier) else mp.mpf(0)
     b = [wi * mp.sinh(t) * mp.exp(-top) for wi, t in zip(wn, ts, strict=True)]
     B = mp.fsum(b)
     ms = RefPoint(0, [(bi / f.r, f.ex) for bi, f in zip(b, feats, strict=True) if f.r != 0])  # sum_i b_i u_i
@@ -464,7 +468,7 @@ def test_feature_centroid_sums_and_finalise(k, D, dtype, mode):
     assert all(
         x.dtype == torch.float64 and x.shape == (1, D if name == "ms" else 1) for name, x in sums._asdict().items()
     )
-    ref = _ref_sums(feats, k, max_norm, weights, hier)
+    ref = _ref_sums(feats, k, max_norm, weights, hier, dtype)
     e = eps_of(dtype)
     assert float(sums.points) == len(feats)
     for name in ("weight", "top", "m0", "a_minus", "a_plus", "b"):
