@@ -308,8 +308,11 @@ def _label(method: str, variant: str) -> str:
     return f"{m} + HDD, {variant}"
 
 
-def figure(entries: list[dict[str, Any]], path: Path) -> Path | None:
-    """Accuracy against iterations, mean +- std over seeds, one line per variant, one panel per method and IPC."""
+def figure(entries: list[dict[str, Any]], path: Path, screening: list[dict[str, Any]] | None = None) -> Path | None:
+    """Accuracy against iterations, one line per variant, one panel per method and IPC: the first row mean +- std
+    over seeds of the settings measured with several seeds; with ``screening`` (the table of one seed's rows), a
+    second row with every variant of that seed, the baselines' same-seed runs included (the screening compares
+    same-seed pairs)."""
     try:
         import matplotlib
 
@@ -321,52 +324,74 @@ def figure(entries: list[dict[str, Any]], path: Path) -> Path | None:
     panels = sorted({(e.get("method", "dm"), e["ipc"]) for e in entries}, key=lambda p: (p[0] != "dm", p[0], p[1]))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.4, 5.6 * len(panels)), 4.8), squeeze=False)
+    rows = [(entries, "mean +- std over seeds")]
+    if screening:
+        rows = [([e for e in entries if len(e["seeds"]) > 1], "mean +- std over seeds")]
+        seed = sorted({s for e in screening for s in e["seeds"]})
+        rows.append((screening, f"seed {', '.join(map(str, seed))} alone (the screening)"))
+    fig, axes = plt.subplots(
+        len(rows), len(panels), figsize=(max(6.4, 5.6 * len(panels)), 4.8 * len(rows)), squeeze=False
+    )
     colours = {"mmd": "tab:blue", "hyperbolic": "tab:red", "no-clamp": "tab:orange", "scale-double": "tab:purple"}
     others = iter(["tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "navy", "lime"])
     for variant in VARIANTS:
         if variant not in colours:
             colours[variant] = next(others, "black")
-    for ax, (method, ipc) in zip(axes[0], panels, strict=True):
-        series = {
-            variant: sorted(
-                (e["iteration"], e["mean"], e["std"], len(e["seeds"]))
-                for e in entries
-                if e["ipc"] == ipc and e["variant"] == variant and e.get("method", "dm") == method
-            )
-            for variant in VARIANTS
-        }
-        series = {variant: pts for variant, pts in series.items() if pts}
-        for place, (variant, pts) in enumerate(series.items()):
-            its, mean, std, n = zip(*pts, strict=True)
-            # side by side around each evaluated iteration (a few percent on the log axis), so error bars do not overlap
-            dodge = 1.03 ** (place - (len(series) - 1) / 2)
-            its = tuple(t * dodge for t in its)
-            seeds = f"{min(n)}-{max(n)} seeds" if min(n) != max(n) else f"{n[0]} seed{'s' if n[0] > 1 else ''}"
-            ax.errorbar(
-                its,
-                mean,
-                yerr=std,
-                marker="o",
-                capsize=3,
-                color=colours[variant],
-                label=f"{_label(method, variant)} ({seeds})",
-            )
-        ax.set_xscale("log")
-        shown = sorted({e["iteration"] for e in entries if e["ipc"] == ipc and e.get("method", "dm") == method})
-        ax.set_xticks(shown, [str(t) for t in shown])
-        ax.minorticks_off()
-        ax.set_xlabel("distillation iterations")
-        ax.set_ylabel("ConvNet test accuracy (%)")
-        ax.set_title(f"Fashion-MNIST, {method.upper()}, IPC {ipc}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Accuracy against iterations\n(cpu preset, lengthened; mean +- std over seeds)", fontsize=10)
+    for (shown_entries, what), ax_row in zip(rows, axes, strict=True):
+        for ax, (method, ipc) in zip(ax_row, panels, strict=True):
+            _panel(ax, shown_entries, method, ipc, colours)
+            ax.set_title(f"Fashion-MNIST, {method.upper()}, IPC {ipc}: {what}", fontsize=9)
+    fig.suptitle("Accuracy against iterations (cpu preset, lengthened)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"saved {path}")
     return path
+
+
+def _panel(ax: Any, entries: list[dict[str, Any]], method: str, ipc: int, colours: dict[str, str]) -> None:
+    series = {
+        variant: sorted(
+            (e["iteration"], e["mean"], e["std"], len(e["seeds"]))
+            for e in entries
+            if e["ipc"] == ipc and e["variant"] == variant and e.get("method", "dm") == method
+        )
+        for variant in VARIANTS
+    }
+    series = {variant: pts for variant, pts in series.items() if pts}
+    for place, (variant, pts) in enumerate(series.items()):
+        its, mean, std, n = zip(*pts, strict=True)
+        # side by side around each evaluated iteration (a few percent on the log axis), so error bars do not overlap
+        dodge = 1.03 ** (place - (len(series) - 1) / 2)
+        its = tuple(t * dodge for t in its)
+        seeds = f"{min(n)}-{max(n)} seeds" if min(n) != max(n) else f"{n[0]} seed{'s' if n[0] > 1 else ''}"
+        ax.errorbar(
+            its,
+            mean,
+            yerr=std if max(n) > 1 else None,
+            marker="o",
+            capsize=3,
+            color=colours[variant],
+            label=f"{_label(method, variant)} ({seeds})",
+        )
+    ax.set_xscale("log")
+    shown = sorted({e["iteration"] for e in entries if e["ipc"] == ipc and e.get("method", "dm") == method})
+    ax.set_xticks(shown, [str(t) for t in shown])
+    ax.minorticks_off()
+    ax.set_xlabel("distillation iterations")
+    ax.set_ylabel("ConvNet test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def screening_table(rows: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]] | None:
+    """The table of ``seed``'s rows alone, when some variant was measured with that seed only (a screening)."""
+    seeds: dict[tuple[str, str, int], set[int]] = {}
+    for r in rows:
+        seeds.setdefault((r.get("method", "dm"), r["variant"], r["ipc"]), set()).add(r["seed"])
+    if not any(s == {seed} for s in seeds.values()):
+        return None
+    return table([r for r in rows if r["seed"] == seed])
 
 
 def main() -> None:
@@ -451,7 +476,7 @@ def main() -> None:
             print(f"{variant} ipc {ipc} seed {seed}: {accs}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     entries = table(store.rows())
     print(format_table(entries))
-    figure(entries, png)
+    figure(entries, png, screening_table(store.rows()))
 
 
 if __name__ == "__main__":

@@ -296,8 +296,8 @@ class HyperbolicMatcher(nn.Module):
         msg = (
             f"HyperbolicMatcher: {100 * clamped:.0f}% of the real features are at {what} (median |v|/sqrt(k) "
             f"{med:.3g}), so every point sits at one radius: only feature directions are matched and k only scales "
-            "the loss. This is HDD as published; radius=r0 (e.g. 2) puts the features at radii of order r0 "
-            "instead (docs/geometry.md)."
+            "the loss. This is HDD as published; radius=r0 puts the features at radii of order r0 instead "
+            "(docs/geometry.md: what it changes, and what it measured)."
         )
         warnings.warn(msg, UserWarning, stacklevel=5)
 

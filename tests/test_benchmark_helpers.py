@@ -301,6 +301,33 @@ def test_convergence_figure_sets_the_matchers_side_by_side(tmp_path, monkeypatch
     assert [list(c.lines[0].get_xdata()) for c in ipc10.containers] == [[500.0]]
 
 
+def test_convergence_figure_adds_a_screening_row_for_single_seed_variants(tmp_path, monkeypatch):
+    """Variants measured with seed 0 only (a screening) get a second row of panels with seed 0's runs of every
+    variant, baselines included; the first row keeps the settings measured with several seeds. Without such
+    variants there is no screening table and one row."""
+    import matplotlib.figure
+
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    rows = [_conv_row(v, 1, s, 200, 70.0 + s) for v in ("mmd", "hyperbolic") for s in (0, 1, 2)]
+    assert convergence.screening_table(rows) is None
+    rows += [_conv_row("radius-2", 1, 0, 200, 69.0), _conv_row("radius-4", 1, 0, 200, 64.0)]
+    screening = convergence.screening_table(rows)
+    assert screening is not None and {e["variant"] for e in screening} == {"mmd", "hyperbolic", "radius-2", "radius-4"}
+    assert all(e["seeds"] == [0] for e in screening)
+    assert {e["variant"]: e["mean"] for e in screening}["mmd"] == 70.0  # seed 0 alone, not the mean over seeds
+    convergence.figure(convergence.table(rows), tmp_path / "f.png", screening)
+    (fig,) = saved
+    top, bottom = fig.axes
+    assert [c.get_label() for c in top.containers] == ["DM (MMD line) (3 seeds)", "DM + HDD (3 seeds)"]
+    assert [c.get_label() for c in bottom.containers] == [
+        "DM (MMD line) (1 seed)",
+        "DM + HDD (1 seed)",
+        "DM + HDD, radius 2 (1 seed)",
+        "DM + HDD, radius 4 (1 seed)",
+    ]
+
+
 def test_convergence_harvests_only_runs_with_the_same_settings(tmp_path):
     want = dict.fromkeys(convergence.KEYS)
     want.update(
