@@ -544,3 +544,22 @@ def test_convergence_idm_runs_are_their_own_rows_and_pairs(tmp_path):
     entries = {(e["method"], e["variant"]): e for e in convergence.table(rows)}
     assert entries[("idm", "radius-2")]["diff_per_seed"] == [pytest.approx(1.0)]
     assert "IDM" in convergence.format_table(convergence.table(rows), markdown=True)
+
+
+def test_synthetic_norms_of_real_images_are_the_real_norms(tmp_path):
+    """A "synthetic" set made of the very real images measured against gives norm ratios of exactly 1 and the real
+    pixel spread; a directory without a checkpoint is refused by name."""
+    import synthetic_norms
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(40, 1, 28, 28, generator=g)
+    labels = torch.arange(4).repeat_interleave(10)
+    torch.save({"images": real, "labels": labels, "iteration": 7}, tmp_path / "checkpoint.pt")
+    row = synthetic_norms.measure(tmp_path, real, labels, nets=2, per_class=10)
+    assert row["norm_ratio_min"] == row["norm_ratio_max"] == 1.0 and row["iteration"] == 7
+    assert row["syn_pixel_std"] == pytest.approx(row["real_pixel_std"], rel=1e-6)
+    torch.save({"images": real * 2.0, "labels": labels}, tmp_path / "checkpoint.pt")  # twice the contrast
+    doubled = synthetic_norms.measure(tmp_path, real, labels, nets=1, per_class=10)
+    assert doubled["syn_pixel_std"] == pytest.approx(2 * row["real_pixel_std"], rel=1e-6)
+    with pytest.raises(SystemExit, match="no checkpoint.pt or synset.pt"):
+        synthetic_norms.measure(tmp_path / "nothing", real, labels, nets=1, per_class=10)
