@@ -204,7 +204,8 @@ class MatcherConfig:
     radius: float | None = setting(
         None,
         "hyperbolic: radius calibration: scale the features so that the median |v|/sqrt(k) of the first real "
-        "batch is R (not the method as published; default: none)",
+        "batch is R (not the method as published; default: none; small R suits IPC 1, large R IPC 10: "
+        "docs/results.md)",
         parse=positive_float,
         metavar="R",
     )
