@@ -561,5 +561,5 @@ def test_synthetic_norms_of_real_images_are_the_real_norms(tmp_path):
     torch.save({"images": real * 2.0, "labels": labels}, tmp_path / "checkpoint.pt")  # twice the contrast
     doubled = synthetic_norms.measure(tmp_path, real, labels, nets=1, per_class=10)
     assert doubled["syn_pixel_std"] == pytest.approx(2 * row["real_pixel_std"], rel=1e-6)
-    with pytest.raises(SystemExit, match="no checkpoint.pt or synset.pt"):
+    with pytest.raises(SystemExit, match=r"no checkpoint\.pt or synset\.pt"):
         synthetic_norms.measure(tmp_path / "nothing", real, labels, nets=1, per_class=10)
