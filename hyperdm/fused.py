@@ -158,8 +158,8 @@ def _forward(
         else:  # every rank shifts the real sums alike
             top = torch.maximum(reduce(tc[:, :N].amax(-1, keepdim=True), "max"), tc[:, N:].amax(-1, keepdim=True))
     b, c, em, cb, h = law.point_terms(tc, top=top, weight=mask, hierarchical=hierarchical)
-    nsafe = n.clamp_min(law.TINY * sk)
-    gamma = law.coefficient(b, n, sk)
+    nsafe = law.safe_norm(n, sk)
+    gamma = law.coefficient(b, nsafe)
     # per-side sums of b, c, e^{-t}
     sums = _per_side_sums(torch.stack((b, c, em), dim=1), N, M).transpose(1, 2)  # [C, 2, 3]
     # pass 2: the weighted sums m_s (a second real row for the k-gradient of a no-grad real side)
@@ -226,7 +226,7 @@ def _forward(
     diff = u[:, 0] - u[:, 1]
     ash = torch.asinh(ab)
     delta = ash[:, 0] - ash[:, 1]
-    qd = law.chord(delta, ab[:, 0], ab[:, 1], torch.linalg.vector_norm(diff, dim=-1).square())
+    qd = law.chord(delta, ab.prod(-1), torch.linalg.vector_norm(diff, dim=-1).square())
     d = law.chord_distance(qd, sk, scale)  # scale * d; qd >= 0 (non-negative terms)
     points = torch.stack((nsafe, gamma, tc, cb, em, b + c, sp) + (() if h is None else (h,)), dim=1)
     sides = torch.stack((a_plus, sums[..., 2], bsum, spread), dim=-1)

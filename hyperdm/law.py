@@ -46,6 +46,7 @@ __all__ = [
     "PointTerms",
     "shift_needed",
     "point_terms",
+    "safe_norm",
     "coefficient",
     "law_q",
     "normaliser",
@@ -132,10 +133,15 @@ def point_terms(
     return PointTerms(b, c, em, c if h is None else c + h * b, h)
 
 
-def coefficient(b: Tensor, n: Tensor, sk: float | Tensor) -> Tensor:
-    """``b_i / |v_i|``: the coefficient of ``v_i`` in ``m_s`` (``n`` the norms; a zero feature counts as one at
-    radius :data:`TINY`, where ``sinh(t)/|v| = 1/sqrt(k)``)."""
-    return b / n.clamp_min(TINY * sk)
+def safe_norm(n: Tensor, sk: float | Tensor) -> Tensor:
+    """The norms ``n`` floored at ``TINY sqrt(k)``: a zero feature counts as one at radius :data:`TINY` (where
+    ``sinh(t)/|v| = 1/sqrt(k)``), so divisions by a norm stay finite."""
+    return n.clamp_min(TINY * sk)
+
+
+def coefficient(b: Tensor, nsafe: Tensor) -> Tensor:
+    """``b_i / |v_i|``: the coefficient of ``v_i`` in ``m_s`` (``nsafe`` the norms from :func:`safe_norm`)."""
+    return b / nsafe
 
 
 def law_q(a_minus: Tensor, a_plus: Tensor, b: Tensor, spread: Tensor) -> Tensor:
@@ -217,11 +223,12 @@ def class_sweep(
     return (None if rows is None else torch.cat(sums)), torch.cat(devs)
 
 
-def chord(delta: Tensor, a: Tensor, a_other: Tensor, diff_sq: Tensor) -> Tensor:
+def chord(delta: Tensor, aa: Tensor, diff_sq: Tensor) -> Tensor:
     r"""The chord term ``q = sinh^2(delta/2) + a a' |u - u'|^2 / 4`` of two points: ``delta`` the difference of
-    their radii (units of ``sqrt(k)``), ``a``, ``a'`` the sinh of the radii, ``diff_sq = |u - u'|^2``. Two
-    non-negative terms: the radial and angular parts never cancel; ``d = 2 sqrt(k) asinh(sqrt(q))``."""
-    return torch.addcmul(torch.sinh(delta * 0.5).square(), a * a_other, diff_sq, value=0.25)
+    their radii (units of ``sqrt(k)``), ``aa = a a'`` the product of the sinh of the radii, ``diff_sq =
+    |u - u'|^2``. Two non-negative terms: the radial and angular parts never cancel;
+    ``d = 2 sqrt(k) asinh(sqrt(q))``."""
+    return torch.addcmul(torch.sinh(delta * 0.5).square(), aa, diff_sq, value=0.25)
 
 
 def chord_distance(q: Tensor, sk: float | Tensor, scale: float = 1.0) -> Tensor:

@@ -156,7 +156,7 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False) -> Tensor
     ux = xs / torch.where(a > 0, a * sk, torch.ones_like(a))
     uy = ys / torch.where(b > 0, b * sk, torch.ones_like(b))
     chord2 = (ux - uy).square().sum(-1, keepdim=True)
-    out = law.chord_distance(law.chord(torch.asinh(a) - torch.asinh(b), a, b, chord2), sk)
+    out = law.chord_distance(law.chord(torch.asinh(a) - torch.asinh(b), a * b, chord2), sk)
     return out if keepdim else out.squeeze(-1)
 
 
@@ -324,7 +324,8 @@ def feature_centroid_sums(
     shift = law.shift_needed(tmax, v.dtype, hierarchical=hierarchical)
     top = tc.amax(-1, keepdim=True).detach() if shift else torch.zeros_like(tc[..., :1])
     b, c, em, _, _ = law.point_terms(tc, top=top if shift else None, weight=w)
-    gamma = law.coefficient(b, n, sk)
+    nsafe = law.safe_norm(n, sk)
+    gamma = law.coefficient(b, nsafe)
     ms = (gamma.to(v.dtype).unsqueeze(-2) @ v).squeeze(-2).to(wd)
     m0, a_minus, b_sum = c.sum(-1, keepdim=True), em.sum(-1, keepdim=True), b.sum(-1, keepdim=True)
     a_plus = (b + c).sum(-1, keepdim=True)
@@ -335,7 +336,7 @@ def feature_centroid_sums(
     bm = torch.maximum(b_sum, torch.linalg.vector_norm(ms, dim=-1, keepdim=True))
     ut = (ms / torch.where(bm > 0, bm, torch.ones_like(bm))).to(v.dtype).unsqueeze(-2)
     dev = law.spread_norms(v, n.to(v.dtype).unsqueeze(-1), ut, False).to(wd)
-    spread = (b * (dev / n.clamp_min(law.TINY * sk)).square()).sum(-1, keepdim=True)
+    spread = (b * (dev / nsafe).square()).sum(-1, keepdim=True)
     return CentroidSums(weight, top, m0, ms, a_minus, a_plus, b_sum, spread, points)
 
 

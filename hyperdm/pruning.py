@@ -136,7 +136,7 @@ def class_centroid_distance(
         a_plus.index_add_(0, c, b + cosh)
         a_minus.index_add_(0, c, em)
         b_sum.index_add_(0, c, b)
-        ms.index_add_(0, c, x.mul_(law.coefficient(b, nv, sk).unsqueeze(-1)))  # x is this chunk's own copy
+        ms.index_add_(0, c, x.mul_(law.coefficient(b, law.safe_norm(nv, sk)).unsqueeze(-1)))  # the chunk's own copy
     points = torch.bincount(cls, minlength=K).to(f64)
     if reduce is not None:  # every rank's sums
         both = reduce(torch.cat((ms, a_plus[:, None], a_minus[:, None], b_sum[:, None], points[:, None]), 1), "sum")
@@ -150,7 +150,7 @@ def class_centroid_distance(
         c = cls[s:e]
         nv, tc = norm[s:e], t[s:e]
         diff = x.addcmul_(nv.unsqueeze(-1), uh.index_select(0, c), value=-1.0)  # v_i - |v_i| u^_c, in place
-        ei = torch.linalg.vector_norm(diff, dim=-1).div_(nv.clamp_min(law.TINY * sk)).square_()
+        ei = torch.linalg.vector_norm(diff, dim=-1).div_(law.safe_norm(nv, sk)).square_()
         ang[s:e] = ei
         b_e.index_add_(0, c, torch.sinh(tc) * ei)
     if reduce is not None:
@@ -161,7 +161,7 @@ def class_centroid_distance(
     q = law.law_q(a_minus, a_plus, b_sum, spread)  # -<m,m>_L on the common scale
     sinh_rho = ms_norm * law.normaliser(q, 1.0)  # the centroid's radius rho, as sinh(rho) = |y_s| / sqrt(k)
     rc, sc = torch.asinh(sinh_rho)[cls], sinh_rho[cls]
-    return law.chord_distance(law.chord(t - rc, torch.sinh(t), sc, ang), sk)
+    return law.chord_distance(law.chord(t - rc, torch.sinh(t) * sc, ang), sk)
 
 
 def select(scores: Tensor, *, keep: float, labels: Tensor | None = None) -> Tensor:
