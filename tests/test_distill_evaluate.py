@@ -1,5 +1,7 @@
 """The evaluation protocol: the reference schedule, final-epoch numbers, determinism, bad input."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -95,3 +97,37 @@ def test_named_streams_are_distinct_and_keep_their_values():
     assert (Stream.NETWORK, Stream.SAMPLE, Stream.INIT, Stream.EVAL) == (101, 202, 303, 404)
     assert (Stream.EXPERT_NET, Stream.EXPERT_EPOCH, Stream.EXPERT_DATA, Stream.PRUNE_SAMPLE) == (505, 606, 707, 102)
     assert E.derive_seed(5, Stream.NETWORK, 0) == E.derive_seed(5, 101, 0)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"epochs": 0}, "epochs (--epochs) must be an integer >= 1; got 0."),  # the run's hint left out
+        ({"epochs": 2.5}, "epochs (--epochs) must be an integer >= 1; got 2.5."),
+        ({"runs": 0}, "runs (--runs) must be an integer >= 1 (the accuracy is a mean over runs); got 0."),
+        ({"runs": -1}, "runs (--runs) must be an integer >= 1 (the accuracy is a mean over runs); got -1."),
+        ({"runs": True}, "runs (--runs) must be an integer >= 1"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0; got nan."),  # no option of `hyperdm evaluate`
+        ({"lr": 0.0}, "lr must be a finite number > 0; got 0.0."),
+        ({"momentum": 1.0}, "momentum must lie in [0, 1); got 1.0."),
+        ({"weight_decay": -1e-4}, "weight_decay must be a finite number >= 0; got -0.0001."),
+        ({"batch": 0}, "batch must be an integer >= 1; got 0."),
+        ({"test_batch": 0}, "test_batch must be an integer >= 1; got 0."),
+        ({"at": (200, 0)}, "at: 0 must be an integer >= 1; got [200, 0]."),
+        ({"every": -1}, "every must be an integer >= 0; got -1."),
+        ({"archs": ()}, "archs (--arch) must name at least one architecture."),
+    ],
+)
+def test_eval_config_names_the_evaluate_commands_options(kw, message):
+    """The ranges declared on EvalConfig's fields are its checks too, named as `hyperdm evaluate` names them."""
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        E.EvalConfig(**kw).validate()
+
+
+def test_eval_ranges_inside_a_run_name_the_runs_options():
+    from hyperdm.distill.presets import resolve
+
+    cfg = resolve(preset="cpu", method="dm", matcher="mmd", dataset="fashion-mnist", ipc=1, overrides={})
+    with pytest.raises(ValueError, match=r"^eval\.epochs \(--eval-epochs\) must be an integer >= 1 \(--eval-runs 0"):
+        resolve(preset="cpu", method="dm", matcher="mmd", dataset="fashion-mnist", ipc=1, overrides={"eval_epochs": 0})
+    cfg.eval.validate()  # the run's evaluation settings pass the standalone check

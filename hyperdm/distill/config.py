@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -73,6 +72,11 @@ PRESETS = ("paper", "cpu")
 PRUNE_SCORES = ("radius", "centroid", "random")
 
 
+#: path -> option of ``hyperdm evaluate``, for the settings of :class:`EvalConfig` it takes (the others are
+#: Python's only there)
+EVALUATE_OPTIONS = {"epochs": "--epochs", "runs": "--runs", "archs": "--arch"}
+
+
 @dataclass
 class EvalConfig:
     """The evaluation protocol: ``runs`` fresh ``archs`` networks, each trained ``epochs`` epochs (SGD ``lr``,
@@ -113,18 +117,18 @@ class EvalConfig:
     )
 
     def validate(self) -> None:
-        """Raise ValueError naming the fix for any setting that cannot give an accuracy."""
+        """Raise ValueError naming the fix for any setting that cannot give an accuracy: the ranges declared on
+        the fields (named with ``hyperdm evaluate``'s options, where it has one), one run at least, then the
+        architecture names, the DSA strategy and the device. (Inside a run, the run's check comes first and names
+        the run's options, ``--eval-epochs``.)"""
         from .models import check_architecture
         from .parallel import check_device
 
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs (--epochs) must be an integer >= 1; got {self.epochs!r}.")
-        if not isinstance(self.runs, int) or self.runs < 1:
+        if not (isinstance(self.runs, int) and not isinstance(self.runs, bool) and self.runs >= 1):  # a run's 0 too
             raise ValueError(
                 f"runs (--runs) must be an integer >= 1 (the accuracy is a mean over runs); got {self.runs!r}."
             )
-        if not (math.isfinite(self.lr) and self.lr > 0) or self.batch < 1 or self.test_batch < 1:
-            raise ValueError("lr must be a finite number > 0, batch and test_batch >= 1.")
+        check_ranges(self, options=EVALUATE_OPTIONS)
         if not self.archs:
             raise ValueError("archs (--arch) must name at least one architecture.")
         for a in self.archs:

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Union
 
 __all__ = [
@@ -242,16 +242,19 @@ class Range:
     it parses it (an argparse type whose refusal names what is expected); :meth:`problem` says what is wrong with
     a value given otherwise (a Python override, a config.json), which :func:`check_ranges` turns into an error."""
 
-    def __init__(self, parse: Callable[[str], Any], ok: Callable[[Any], bool], must: str) -> None:
-        self._parse, self._ok, self.must = parse, ok, must
+    def __init__(self, parse: Callable[[str], Any], ok: Callable[[Any], bool], must: str, hint: str = "") -> None:
+        self._parse, self._ok, self.must, self.hint = parse, ok, must, hint
         self.__name__ = must  # argparse names a type by it in some messages
 
     def __call__(self, text: str) -> Any:
         return self._parse(text)
 
-    def problem(self, value: Any) -> str | None:
-        """None if ``value`` is in range, else what it must be (``must be an integer >= 1``)."""
-        return None if self._ok(value) else self.must
+    def problem(self, value: Any, *, hint: bool = True) -> str | None:
+        """None if ``value`` is in range, else what it must be (``must be an integer >= 1``), followed by the hint
+        of the run's command line (``(--eval-runs 0 skips the evaluation)``) unless ``hint`` is False."""
+        if self._ok(value):
+            return None
+        return f"{self.must} ({self.hint})" if hint and self.hint else self.must
 
 
 def _number(x: Any) -> bool:
@@ -291,7 +294,7 @@ def int_at_least(low: int, hint: str = "") -> Range:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}{tail}")
         return value
 
-    return Range(parse, lambda x: _integer(x) and x >= low, f"must be an integer >= {low}{tail}")
+    return Range(parse, lambda x: _integer(x) and x >= low, f"must be an integer >= {low}", hint)
 
 
 def _float_range(ok: Callable[[float], bool], must: str) -> Range:
@@ -336,10 +339,14 @@ def strategy_arg(text: str) -> str:
     return "" if text == "none" else text
 
 
-def check_ranges(obj: Any) -> None:
+def check_ranges(obj: Any, *, options: Mapping[str, str] | None = None) -> None:
     """ValueError naming the setting (its path and option), what it must be and what it is, for the first setting
     of the configuration ``obj`` (a dataclass of settings and sections) outside its declared range (``parse`` a
-    :class:`Range`, elements of a tuple each) or choices. Sections that are None are left out."""
+    :class:`Range`, elements of a tuple each) or choices. Sections that are None are left out.
+
+    The option named is the one of ``hyperdm distill`` (:func:`option`). A command with other option names passes
+    ``options`` (path -> its option): a setting it has no option for is then named by its path alone, and the
+    ranges' hints, which speak of the run's options, are left out."""
     for path, flat, f, _tp in leaves(type(obj)):
         try:
             value = get_path(obj, path)
@@ -349,11 +356,13 @@ def check_ranges(obj: Any) -> None:
             continue
         rule, choices = f.metadata.get("parse"), f.metadata.get("choices")
         values = value if isinstance(value, tuple) else (value,)
+        opt = option(flat, f) if options is None else options.get(path)
+        name = f"{path} ({opt})" if opt else path
         for v in values:
-            why = rule.problem(v) if isinstance(rule, Range) else None
+            why = rule.problem(v, hint=options is None) if isinstance(rule, Range) else None
             if why is None and choices is not None and v not in choices:
                 why = f"must be one of {', '.join(map(repr, choices))}"
             if why is not None:
                 if isinstance(value, tuple):  # say which element
-                    raise ValueError(f"{path} ({option(flat, f)}): {v!r} {why}; got {list(value)}.")
-                raise ValueError(f"{path} ({option(flat, f)}) {why}; got {value!r}.")
+                    raise ValueError(f"{name}: {v!r} {why}; got {list(value)}.")
+                raise ValueError(f"{name} {why}; got {value!r}.")
