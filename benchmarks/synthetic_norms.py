@@ -8,8 +8,16 @@ deviation (normalised data, so the real images' is about 1). Read with ``torch.l
 
     python benchmarks/synthetic_norms.py benchmarks/work/convergence/dm-radius-{1,2,4,8}-ipc1-seed0
 
+With ``--centroids R ...`` (radii, or ``exact`` for the exact map of the raw features) it measures instead where
+the real Law centroid of a class sits, the target of a single synthetic point at IPC 1: under each random network
+the real features are scaled so that their median radius ``|v|/sqrt(k)`` is ``R`` (as ``radius=R`` calibrates),
+and the Law centroid's radius (float64) is compared with the median radius of the points, and the Euclidean mean's
+norm (the MMD line's target) with the median norm.
+
+    python benchmarks/synthetic_norms.py --centroids 1 2 4 8 exact
+
 Results: ``benchmarks/results/synthetic_norms_<dataset>.json`` (one row per run directory, replaced when the
-same directory is measured again).
+same directory is measured again; the centroid rows under ``centroids``, one per radius).
 """
 
 from __future__ import annotations
@@ -60,9 +68,70 @@ def measure(path: Path, real: torch.Tensor, labels: torch.Tensor, nets: int, per
     }
 
 
+def centroid_shrinkage(v: torch.Tensor, alpha: float) -> tuple[float, float]:
+    """For the features ``v`` ``[N, D]`` scaled by ``alpha`` and mapped to the hyperboloid (``k`` 1, exact map):
+    the radius of their Law centroid over their median radius, and the norm of their Euclidean mean over their
+    median norm. float64; the Law centroid's radius is ``atanh(|mean sinh(r) u| / mean cosh(r))``."""
+    v = v.double()
+    n = v.norm(dim=1)
+    r = alpha * n
+    u = v / n.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+    m_time, m_space = torch.cosh(r).mean(), (torch.sinh(r)[:, None] * u).mean(dim=0)
+    law_radius = torch.atanh(m_space.norm() / m_time)
+    return float(law_radius / r.median()), float(v.mean(dim=0).norm() / n.median())
+
+
+def measure_centroids(
+    radius: float | None, real: torch.Tensor, labels: torch.Tensor, nets: int, per_class: int
+) -> dict[str, Any]:
+    """The Law centroid's radius and the Euclidean mean's norm relative to the points', per class and network,
+    with the real features of each network scaled so that their median radius is ``radius`` (None: unscaled)."""
+    classes = sorted(int(c) for c in labels.unique())
+    shape = tuple(real.shape[1:])
+    law, mean, medians = [], [], []
+    for s in range(nets):
+        torch.manual_seed(100 + s)
+        net = get_network("ConvNet", shape[0], len(classes), (shape[1], shape[2])).eval()
+        with torch.no_grad():
+            feats = {c: net.embed(real[labels == c][:per_class]).double() for c in classes}
+        median = float(torch.cat(list(feats.values())).norm(dim=1).median())
+        medians.append(median)
+        alpha = 1.0 if radius is None else radius / median
+        for c in classes:
+            a, b = centroid_shrinkage(feats[c], alpha)
+            law.append(a)
+            mean.append(b)
+    return {
+        "radius": "exact" if radius is None else radius,
+        "law_centroid_over_median_radius": statistics.median(law),
+        "law_min": min(law),
+        "law_max": max(law),
+        "euclidean_mean_over_median_norm": statistics.median(mean),
+        "median_feature_norm": statistics.median(medians),
+        "nets": nets,
+        "real_per_class": per_class,
+    }
+
+
+def _radius_arg(text: str) -> float | None:
+    if text == "exact":
+        return None
+    value = float(text)
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a radius > 0 or 'exact', got {text!r}")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path, help="run directories of hyperdm distill")
+    ap.add_argument("runs", nargs="*", type=Path, help="run directories of hyperdm distill")
+    ap.add_argument(
+        "--centroids",
+        nargs="+",
+        type=_radius_arg,
+        metavar="R",
+        help="measure the real Law centroid's radius at these median radii ('exact': the raw features)",
+    )
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--nets", type=int, default=5)
@@ -71,10 +140,22 @@ def main() -> None:
     a = ap.parse_args()
     if a.nets < 1 or a.real < 1:
         ap.error("--nets and --real must be at least 1")
+    if not a.runs and not a.centroids:
+        ap.error("pass run directories, or --centroids R ...")
     torch.set_num_threads(a.threads)
     data = load_dataset(a.dataset, a.data_root)
     out = RESULTS / f"synthetic_norms_{a.dataset}.json"
-    rows = {r["run"]: r for r in (json.loads(out.read_text())["rows"] if out.is_file() else [])}
+    saved = json.loads(out.read_text()) if out.is_file() else {}
+    rows = {r["run"]: r for r in saved.get("rows", [])}
+    centroids = {str(r["radius"]): r for r in saved.get("centroids", [])}
+    for radius in a.centroids or []:
+        c = measure_centroids(radius, data.train_images, data.train_labels, a.nets, a.real)
+        centroids[str(c["radius"])] = c
+        print(
+            f"median radius {c['radius']}: Law centroid / median point radius "
+            f"{c['law_centroid_over_median_radius']:.3f} ({c['law_min']:.3f}-{c['law_max']:.3f}); "
+            f"Euclidean mean / median norm {c['euclidean_mean_over_median_norm']:.3f}"
+        )
     for path in a.runs:
         row = measure(path, data.train_images, data.train_labels, a.nets, a.real)
         rows[row["run"]] = row
@@ -85,7 +166,14 @@ def main() -> None:
             f"(real {row['real_pixel_std']:.3f})"
         )
     save(
-        out.stem, {"benchmark": "synthetic_norms", "dataset": a.dataset, **machine("cpu"), "rows": list(rows.values())}
+        out.stem,
+        {
+            "benchmark": "synthetic_norms",
+            "dataset": a.dataset,
+            **machine("cpu"),
+            "rows": list(rows.values()),
+            "centroids": list(centroids.values()),
+        },
     )
 
 
