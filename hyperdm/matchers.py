@@ -46,7 +46,9 @@ class HyperbolicMatcher(nn.Module):
             on Fashion-MNIST over 3 seeds: level with the MMD line at IPC 1 and IPC 10).
             ``max_norm=None`` is the exact map: there radii of 20-26 give weights ``cosh(t)``
             that differ by ``e^6`` within a class, so each centroid follows its outermost
-            points (+0.7 points over the MMD line at IPC 10, but far below it at IPC 1).
+            points, and a class's Law centroid sits near radius 1.6, far inside its points
+            (+0.7 points over the MMD line at IPC 10, but far below it at IPC 1, where the one
+            synthetic point per class is pulled to that radius).
             :attr:`last_stats` shows where a batch sits; ``radius`` moves it.
         radius: radius calibration, ``r0 > 0``: on the first call both sides' features are scaled
             by the ``alpha`` that puts the median ``|alpha v|/sqrt(k)`` of that real batch at ``r0``
