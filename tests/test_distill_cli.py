@@ -259,6 +259,12 @@ def test_radius_reaches_the_run_its_log_and_metrics(tmp_path, tiny_fmnist_root):
     assert r["alpha"] == m["matcher_alpha"] > 0 and 0 < r["syn_median"] < 10
     log = (run / "run.log").read_text()
     assert "radii at iteration 0: median |v|/sqrt(k) of the real features 2 (0% at the clamp)" in log
+    assert "Law centroid" not in log  # radius 2 at IPC 1: under the limit, no warning
+    # radius 4 at IPC 1, synthetic points free: one warning, in the log, naming the radius
+    far = tmp_path / "far"
+    assert main([*args[:-1], "4", "--out", str(far), "--no-progress"]) == 0
+    log = (far / "run.log").read_text()
+    assert log.count("IPC 1 with the real features at median radius 4 and the synthetic ones free") == 1
     # HDD as published: the log says every real point is at the clamp, and warns once what that means
     pub = tmp_path / "published"
     assert main([*args[:-3], "--out", str(pub), "--no-progress"]) == 0
@@ -266,6 +272,7 @@ def test_radius_reaches_the_run_its_log_and_metrics(tmp_path, tiny_fmnist_root):
     assert r["real_clamped"] == 1.0 and r["real_median"] > 10 and "alpha" not in r
     log = (pub / "run.log").read_text()
     assert "(100% at the clamp)" in log and log.count("only feature directions are matched") == 1
+    assert "Law centroid" not in log  # the clamp holds the synthetic points' radius: no IPC 1 warning
 
 
 def test_scale_takes_a_number_or_auto(capsys):
