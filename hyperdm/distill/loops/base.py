@@ -705,7 +705,7 @@ class DistillLoop:
             "" if alpha is None else f"; radius calibration: features scaled by {alpha:.4g}",
         )
         radius = min(entry["real_median"], entry["max_norm"])  # where the real points sit, clamp included
-        if self.cfg.ipc == 1 and radius > IPC1_RADIUS_LIMIT and entry["syn_clamped"] < 0.5:
+        if self.par.is_main and self.cfg.ipc == 1 and radius > IPC1_RADIUS_LIMIT and entry["syn_clamped"] < 0.5:
             log.warning(
                 "IPC 1 with the real features at median radius %.3g and the synthetic ones free of the clamp: each "
                 "class's one synthetic image is pulled toward the class's Law centroid, far inside the real points, "
