@@ -330,7 +330,7 @@ def figure(entries: list[dict[str, Any]], path: Path, screening: list[dict[str, 
         seed = sorted({s for e in screening for s in e["seeds"]})
         rows.append((screening, f"seed {', '.join(map(str, seed))} alone (the screening)"))
     fig, axes = plt.subplots(
-        len(rows), len(panels), figsize=(max(6.4, 5.6 * len(panels)), 4.8 * len(rows)), squeeze=False
+        len(rows), len(panels), figsize=(max(6.4, 5.6 * len(panels)), 5.6 * len(rows)), squeeze=False
     )
     colours = {"mmd": "tab:blue", "hyperbolic": "tab:red", "no-clamp": "tab:orange", "scale-double": "tab:purple"}
     others = iter(["tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "navy", "lime"])
@@ -381,7 +381,9 @@ def _panel(ax: Any, entries: list[dict[str, Any]], method: str, ipc: int, colour
     ax.set_xlabel("distillation iterations")
     ax.set_ylabel("ConvNet test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(
+        fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False
+    )  # below: no line hidden
 
 
 def screening_table(rows: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]] | None:
