@@ -6,8 +6,7 @@ random networks (seeds 100, 101, ...) and each class, the median ``|embed(x)|`` 
 the median of ``--real`` real training images of that class; and the synthetic images' pixel standard
 deviation (normalised data, so the real images' is about 1). Read with ``torch.load(weights_only=True)``.
 
-    python benchmarks/synthetic_norms.py runs/dm-hyperbolic-fashion-mnist-ipc1-seed0 \
-        runs/dm-mmd-fashion-mnist-ipc1-seed0
+    python benchmarks/synthetic_norms.py runs/dm-hyperbolic-fashion-mnist-ipc1-seed0
 
 With ``--centroids R ...`` (radii, or ``exact`` for the exact map of the raw features) it measures instead where
 the real Law centroid of a class sits, the target of a single synthetic point at IPC 1: under each random network
