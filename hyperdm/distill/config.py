@@ -75,6 +75,7 @@ PRUNE_SCORES = ("radius", "centroid", "random")
 #: path -> option of ``hyperdm evaluate``, for the settings of :class:`EvalConfig` it takes (the others are
 #: Python's only there)
 EVALUATE_OPTIONS = {"epochs": "--epochs", "runs": "--runs", "archs": "--arch"}
+_AT_LEAST_ONE_RUN = int_at_least(1)
 
 
 @dataclass
@@ -124,10 +125,9 @@ class EvalConfig:
         from .models import check_architecture
         from .parallel import check_device
 
-        if not (isinstance(self.runs, int) and not isinstance(self.runs, bool) and self.runs >= 1):  # a run's 0 too
-            raise ValueError(
-                f"runs (--runs) must be an integer >= 1 (the accuracy is a mean over runs); got {self.runs!r}."
-            )
+        why = _AT_LEAST_ONE_RUN.problem(self.runs)  # the field admits a run's 0 (no evaluation); here one is needed
+        if why is not None:
+            raise ValueError(f"runs (--runs) {why} (the accuracy is a mean over runs); got {self.runs!r}.")
         check_ranges(self, options=EVALUATE_OPTIONS)
         if not self.archs:
             raise ValueError("archs (--arch) must name at least one architecture.")
