@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,16 @@ import torch
 
 from _results import RESULTS, machine, save
 from hyperdm.distill.data import load_dataset
-from hyperdm.distill.models import get_network
+from hyperdm.distill.models import Embedder, get_network
+from hyperdm.distill.settings import positive_float
+
+
+def random_nets(shape: tuple[int, ...], num_classes: int, nets: int) -> Iterator[Embedder]:
+    """The ``nets`` fresh random ConvNets every measurement uses (seeds 100, 101, ...), in eval mode, for images of
+    ``shape`` ``(C, H, W)``."""
+    for s in range(nets):
+        torch.manual_seed(100 + s)
+        yield get_network("ConvNet", shape[0], num_classes, (shape[1], shape[2])).eval()
 
 
 def measure(path: Path, real: torch.Tensor, labels: torch.Tensor, nets: int, per_class: int) -> dict[str, Any]:
@@ -47,9 +57,7 @@ def measure(path: Path, real: torch.Tensor, labels: torch.Tensor, nets: int, per
     classes = sorted(int(c) for c in syn_labels.unique())
     shape = tuple(images.shape[1:])
     ratios = []
-    for s in range(nets):
-        torch.manual_seed(100 + s)
-        net = get_network("ConvNet", shape[0], len(classes), (shape[1], shape[2])).eval()
+    for net in random_nets(shape, len(classes), nets):
         with torch.no_grad():
             for c in classes:
                 nr = net.embed(real[labels == c][:per_class]).norm(dim=1).median()
@@ -89,9 +97,7 @@ def measure_centroids(
     classes = sorted(int(c) for c in labels.unique())
     shape = tuple(real.shape[1:])
     law, mean, medians = [], [], []
-    for s in range(nets):
-        torch.manual_seed(100 + s)
-        net = get_network("ConvNet", shape[0], len(classes), (shape[1], shape[2])).eval()
+    for net in random_nets(shape, len(classes), nets):
         with torch.no_grad():
             feats = {c: net.embed(real[labels == c][:per_class]).double() for c in classes}
         median = float(torch.cat(list(feats.values())).norm(dim=1).median())
@@ -114,12 +120,8 @@ def measure_centroids(
 
 
 def _radius_arg(text: str) -> float | None:
-    if text == "exact":
-        return None
-    value = float(text)
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a radius > 0 or 'exact', got {text!r}")
-    return value
+    """A radius (a finite number > 0), or ``exact``: None, the raw features."""
+    return None if text == "exact" else positive_float(text)
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ _CHECKPOINT_FORMAT = 1
 #: about: the one synthetic point per class is pulled toward its class's Law centroid, far inside the real points
 #: (measured on Fashion-MNIST: radius 2 lost 1.6 points against the MMD line, radius 4 lost 8)
 IPC1_RADIUS_LIMIT = 3.0
+
 # settings (paths; a section name covers the section) that do not change what the images become; every
 # other setting must match on --resume
 _MAY_CHANGE_ON_RESUME = frozenset(
