@@ -226,6 +226,40 @@ def test_a_scheduler_signal_saves_the_step_and_resume_matches_the_uninterrupted_
 
 
 @needs_fmnist
+def test_a_second_sigterm_while_the_stop_is_saved_still_leaves_the_checkpoint(tmp_path):
+    """torchrun forwards the SIGTERM it gets to every rank, so ``kill`` of the process group (scancel, a pod's end)
+    delivers two: the second, arriving while the first one's checkpoint is written, must not cut the save."""
+    import os
+
+    from hyperdm.distill.signals import Stopped
+
+    cfg = tiny_cfg(iterations=6, eval_runs=0, checkpoint_every=100)
+    real = small()
+
+    class Signalled(DMLoop):
+        sent = 0
+
+        def step(self, it):
+            value = super().step(it)
+            if it == 2 and not self.sent:
+                self.sent = 1
+                os.kill(os.getpid(), signal.SIGTERM)
+            return value
+
+        def _checkpoint(self, it):
+            if self.sent == 1:  # the stop's save: the launcher's forwarded SIGTERM arrives now
+                self.sent = 2
+                os.kill(os.getpid(), signal.SIGTERM)
+            super()._checkpoint(it)
+
+    with pytest.raises(Stopped):
+        Signalled(cfg, real, str(tmp_path / "stopped"), progress=False).run()
+    state = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 3 and len(state["metrics"]["loss"]) == 3
+    assert "stopped by SIGTERM: the checkpoint is at iteration 3" in (tmp_path / "stopped" / "run.log").read_text()
+
+
+@needs_fmnist
 def test_scale_auto_starts_at_the_mmd_line_and_is_kept_by_the_checkpoint(tmp_path):
     real = small()
     hdd = DMLoop(tiny_cfg(scale="auto", iterations=2, eval_runs=0), real, str(tmp_path / "hdd"), progress=False)

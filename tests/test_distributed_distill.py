@@ -329,9 +329,10 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_after_one_step_and_resume
             break
         time.sleep(0.05)
     assert q.poll() is None, "the run finished before it could be stopped"
-    os.killpg(q.pid, signal.SIGTERM)  # the launcher and both ranks
-    q.communicate(timeout=120)
+    os.killpg(q.pid, signal.SIGTERM)  # the launcher and both ranks (the launcher forwards it: a second one each)
+    _, err = q.communicate(timeout=120)
     assert q.returncode != 0
+    assert (stopped / "checkpoint.pt").exists(), err[-3000:]
     state = torch.load(stopped / "checkpoint.pt", weights_only=False)
     assert 1 <= state["iteration"] < 12 and not (stopped / "synthetic.pt").exists()
     assert f"stopped by SIGTERM: the checkpoint is at iteration {state['iteration']}" in log.read_text()

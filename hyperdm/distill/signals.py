@@ -10,8 +10,16 @@ how to continue (``--resume``), and the process exits with the conventional stat
 Inside :meth:`StopRequests.deferred` (one distillation step: the loss, the backward, the image
 update and its bookkeeping) a signal is only recorded, and acted on when the step is complete, so
 the images and the optimizer state are never saved half-updated; outside it (evaluation, data
-loading) it stops the run at once. Under torchrun :meth:`StopRequests.check` agrees on the stop
-across ranks, so every rank stops after the same iteration and rank 0 writes the checkpoint.
+loading) it stops the run at once. Under torchrun the whole loop is deferred with ``act=False`` and
+:meth:`StopRequests.check` is the one place that stops it: the ranks agree on the stop there, so
+every rank stops after the same iteration (after the evaluation, when a signal comes during one)
+and rank 0 writes the checkpoint; a rank that stopped on its own would leave the others waiting in
+a collective.
+
+Only the first signal counts: the ones after it are ignored while the run saves its checkpoint and
+exits (torchrun forwards a SIGTERM it gets to every rank, so a ``kill`` of the whole process group
+delivers two). A run that hangs after the first signal ends with SIGKILL, as schedulers send after
+their grace period.
 
 Handlers are installed only from the main thread (Python delivers signals there), and the previous
 handlers come back when the context ends.
@@ -68,20 +76,22 @@ class StopRequests:
         self._deferring = 0
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.pending is None:
-            self.pending = signum
+        if self.pending is not None:  # the run is already stopping (saving its checkpoint): ignore the repeat
+            return
+        self.pending = signum
         if not self._deferring:
             _raise_for(signum)
 
     @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        """A step that must not be cut in half: a signal inside is acted on when the block ends."""
+    def deferred(self, *, act: bool = True) -> Iterator[None]:
+        """A step that must not be cut in half: a signal inside is acted on when the block ends (``act=False``:
+        left to :meth:`check`, for a block whose ranks must stop together)."""
         self._deferring += 1
         try:
             yield
         finally:
             self._deferring -= 1
-        if self.pending is not None and not self._deferring:
+        if act and self.pending is not None and not self._deferring:
             _raise_for(self.pending)
 
     def check(self, agree: Callable[[int], int] | None = None) -> None:

@@ -576,92 +576,102 @@ class DistillLoop:
             # SIGTERM, SIGHUP, SIGUSR1 and Ctrl-C stop the run after the current step, with a checkpoint
             stops = stack.enter_context(stop_requests())
             agree = self.par.max_int if self.par.enabled else None
-            try:
-                while True:
-                    if it in eval_its and it not in done:
-                        if it >= cfg.iterations:  # the distillation is over: its bar stops its clock now
-                            bar.close()
-                        if self.par.is_main:  # the other ranks wait at the barrier
-                            t_eval = time.perf_counter()
-                            self.metrics["evals"].append(self.evaluate(it))
-                            self.metrics["eval_seconds"] = self.metrics.get("eval_seconds", 0.0) + (
-                                time.perf_counter() - t_eval
-                            )
-                            self._eval_seconds = time.perf_counter() - t_eval  # the estimate of the next ones
-                        done.add(it)
-                        self._write_metrics(final=False)
-                        self._checkpoint(it)
-                        self.par.barrier()
-                        last_good = it
-                    if it >= cfg.iterations:
-                        break
-                    if stop_at is not None and it >= stop_at:  # a pause: keep everything, continue with resume
-                        if it > last_good:
+            # under torchrun a signal is only recorded in the loop, and every rank stops at the same check (a rank
+            # that stopped alone would leave the others in a collective, and no checkpoint would be written)
+            together = stops.deferred(act=False) if agree is not None else contextlib.nullcontext()
+            with together:
+                try:
+                    while True:
+                        if it in eval_its and it not in done:
+                            if it >= cfg.iterations:  # the distillation is over: its bar stops its clock now
+                                bar.close()
+                            if self.par.is_main:  # the other ranks wait at the barrier
+                                t_eval = time.perf_counter()
+                                self.metrics["evals"].append(self.evaluate(it))
+                                self.metrics["eval_seconds"] = self.metrics.get("eval_seconds", 0.0) + (
+                                    time.perf_counter() - t_eval
+                                )
+                                self._eval_seconds = time.perf_counter() - t_eval  # the estimate of the next ones
+                            done.add(it)
+                            self._write_metrics(final=False)
                             self._checkpoint(it)
-                        log.info("paused at iteration %d of %d (stop_at); continue with --resume", it, cfg.iterations)
-                        return self._write_metrics(final=False)
-                    with stops.deferred():  # a signal here stops the run once this step is complete
-                        t0 = time.perf_counter()
-                        value = self.step(it)
-                        if "radius" not in self.metrics:
-                            self._record_radius(it)
-                        if not bool(torch.isfinite(self.syn.detach()).all()):
-                            raise NonFiniteLossError(f"the images became NaN/inf at iteration {it} (loss {value:.4g})")
-                        dt = time.perf_counter() - t0
-                        t_distill += dt
-                        self.metrics["distill_seconds"] += dt
-                        self.metrics["images_seen"] += per_it
-                        self.metrics["loss"].append(value)
-                        it += 1
-                        if bar is not None:
-                            bar.update(1)
-                            bar.set_postfix(loss=f"{value / self.num_classes:.4g}")
-                        due = it % cfg.checkpoint_every == 0 or it == cfg.iterations
-                        timed = every_s > 0 and time.monotonic() - last_save >= every_s
-                        if timed and agree is not None:  # every rank's clock: all of them checkpoint together
-                            timed = bool(agree(int(timed)))
-                        if due or timed:
-                            self._checkpoint(it)
-                            last_good, last_save = it, time.monotonic()
-                            rate = (it - start) / t_distill if t_distill > 0 else 0.0
+                            self.par.barrier()
+                            last_good = it
+                            stops.check(agree)  # a signal during the evaluation: stop here, its checkpoint is saved
+                        if it >= cfg.iterations:
+                            break
+                        if stop_at is not None and it >= stop_at:  # a pause: keep everything, continue with resume
+                            if it > last_good:
+                                self._checkpoint(it)
                             log.info(
-                                "iteration %d/%d  loss per class %.4g  %.2f it/s  %s  checkpoint saved",
-                                it,
-                                cfg.iterations,
-                                value / self.num_classes,
-                                rate,
-                                self._eta(it, rate, [i for i in eval_its if i not in done]),
+                                "paused at iteration %d of %d (stop_at); continue with --resume", it, cfg.iterations
                             )
-                    stops.check(agree)  # under torchrun: stop together once any rank got a signal
-            except NonFiniteLossError as e:
-                if rd.checkpoint.exists():
-                    msg = (
-                        f"{e}; stopped. The last good checkpoint (iteration {last_good}) is kept in {rd.checkpoint}. "
-                        "Lower --lr-img or --scale, check the data, or resume from the checkpoint with other settings "
-                        "in a new run."
-                    )
-                else:
-                    msg = (
-                        f"{e}; stopped before the first checkpoint, so there is nothing to resume. Lower --lr-img or "
-                        "--scale or check the data, then start again with --overwrite (or another --out)."
-                    )
-                log.error(msg)
-                self.metrics["stopped"] = msg
-                self._write_metrics(final=False)
-                raise NonFiniteLossError(msg) from None
-            except (KeyboardInterrupt, Stopped) as e:
-                why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by {signal_name(e.signum)}"
-                if self.syn is not None and bool(torch.isfinite(self.syn.detach()).all()) and it > last_good:
-                    self._checkpoint(it)
-                    last_good = it
-                if rd.checkpoint.exists() or not self.par.is_main:
-                    log.warning("%s: the checkpoint is at iteration %d; continue with --resume", why, last_good)
-                else:
-                    log.warning("%s before the first checkpoint: nothing to resume", why)
-                raise
-            finally:
-                if bar is not None:
-                    bar.close()
+                            return self._write_metrics(final=False)
+                        with stops.deferred():  # a signal here stops the run once this step is complete
+                            t0 = time.perf_counter()
+                            value = self.step(it)
+                            if "radius" not in self.metrics:
+                                self._record_radius(it)
+                            if not bool(torch.isfinite(self.syn.detach()).all()):
+                                raise NonFiniteLossError(
+                                    f"the images became NaN/inf at iteration {it} (loss {value:.4g})"
+                                )
+                            dt = time.perf_counter() - t0
+                            t_distill += dt
+                            self.metrics["distill_seconds"] += dt
+                            self.metrics["images_seen"] += per_it
+                            self.metrics["loss"].append(value)
+                            it += 1
+                            if bar is not None:
+                                bar.update(1)
+                                bar.set_postfix(loss=f"{value / self.num_classes:.4g}")
+                            due = it % cfg.checkpoint_every == 0 or it == cfg.iterations
+                            timed = every_s > 0 and time.monotonic() - last_save >= every_s
+                            if timed and agree is not None:  # every rank's clock: all of them checkpoint together
+                                timed = bool(agree(int(timed)))
+                            if due or timed:
+                                self._checkpoint(it)
+                                last_good, last_save = it, time.monotonic()
+                                rate = (it - start) / t_distill if t_distill > 0 else 0.0
+                                log.info(
+                                    "iteration %d/%d  loss per class %.4g  %.2f it/s  %s  checkpoint saved",
+                                    it,
+                                    cfg.iterations,
+                                    value / self.num_classes,
+                                    rate,
+                                    self._eta(it, rate, [i for i in eval_its if i not in done]),
+                                )
+                        stops.check(agree)  # under torchrun: stop together once any rank got a signal
+                except NonFiniteLossError as e:
+                    if rd.checkpoint.exists():
+                        msg = (
+                            f"{e}; stopped. The last good checkpoint (iteration {last_good}) is kept in "
+                            f"{rd.checkpoint}. Lower --lr-img or --scale, check the data, or resume from the "
+                            "checkpoint with other settings in a new run."
+                        )
+                    else:
+                        msg = (
+                            f"{e}; stopped before the first checkpoint, so there is nothing to resume. Lower "
+                            "--lr-img or --scale or check the data, then start again with --overwrite (or another "
+                            "--out)."
+                        )
+                    log.error(msg)
+                    self.metrics["stopped"] = msg
+                    self._write_metrics(final=False)
+                    raise NonFiniteLossError(msg) from None
+                except (KeyboardInterrupt, Stopped) as e:
+                    why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by {signal_name(e.signum)}"
+                    if self.syn is not None and bool(torch.isfinite(self.syn.detach()).all()) and it > last_good:
+                        self._checkpoint(it)
+                        last_good = it
+                    if rd.checkpoint.exists() or not self.par.is_main:
+                        log.warning("%s: the checkpoint is at iteration %d; continue with --resume", why, last_good)
+                    else:
+                        log.warning("%s before the first checkpoint: nothing to resume", why)
+                    raise
+                finally:
+                    if bar is not None:
+                        bar.close()
             return self._finish()
 
     _eval_seconds: float | None = None  # the last evaluation's duration in this process (None: none yet)
