@@ -260,6 +260,57 @@ def test_a_second_sigterm_while_the_stop_is_saved_still_leaves_the_checkpoint(tm
 
 
 @needs_fmnist
+def test_under_torchrun_a_signal_cuts_rank_0s_evaluation_and_the_ranks_stop_at_the_agreed_check(tmp_path):
+    """The loop's torchrun wiring, in one process: rank 0 of a one-rank gloo group that the loop treats as
+    distributed (every collective real). A SIGTERM during the final evaluation ends it at once; the stop waits for
+    the agreement (the all-reduce of the largest signal), which comes after the checkpoint; resuming evaluates."""
+    import dataclasses
+    import os
+
+    import torch.distributed as dist
+
+    from hyperdm.distill.parallel import Parallel
+    from hyperdm.distill.signals import Stopped
+
+    @dataclasses.dataclass(frozen=True)
+    class OneRankGroup(Parallel):
+        agreed: list = dataclasses.field(default_factory=list)
+
+        @property
+        def enabled(self) -> bool:
+            return True
+
+        def max_int(self, value: int) -> int:
+            self.agreed.append(value)
+            return super().max_int(value)
+
+    cfg = tiny_cfg(iterations=3, eval_runs=1, eval_epochs=1, checkpoint_every=100)
+    real = small()
+    evaluated = []
+
+    class Signalled(DMLoop):
+        def evaluate(self, it):
+            os.kill(os.getpid(), signal.SIGTERM)
+            evaluated.append(it)  # not reached: the signal ends the evaluation at once
+            return super().evaluate(it)
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        loop = Signalled(cfg, real, str(tmp_path / "run"), progress=False)
+        loop.par = par = OneRankGroup(rank=0, world=1, group=dist.group.WORLD)
+        with pytest.raises(Stopped):
+            loop.run()
+    finally:
+        dist.destroy_process_group()
+    assert evaluated == [] and par.agreed == [0, 0, 0, signal.SIGTERM]  # after each step, then the evaluation
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 3 and state["metrics"]["evals"] == []
+    assert not (tmp_path / "run" / "synthetic.pt").exists()
+    again = DMLoop(cfg, real, str(tmp_path / "run"), progress=False).run(resume=True)
+    assert [e["iteration"] for e in again["evals"]] == [3]
+
+
+@needs_fmnist
 def test_scale_auto_starts_at_the_mmd_line_and_is_kept_by_the_checkpoint(tmp_path):
     real = small()
     hdd = DMLoop(tiny_cfg(scale="auto", iterations=2, eval_runs=0), real, str(tmp_path / "hdd"), progress=False)

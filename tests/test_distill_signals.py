@@ -80,3 +80,24 @@ def test_sigint_is_a_keyboard_interrupt_and_act_false_leaves_it_pending():
         assert stops.pending == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             stops.check()
+
+
+def test_an_interruptible_block_is_cut_at_once_even_inside_a_deferred_one():
+    """Rank 0's evaluation under torchrun: the signal ends it at once (agreed=True: the block just ends, and the
+    ranks stop together at the check); without agreed it stops the run there, as in one process."""
+    done = []
+
+    def evaluation(stops: StopRequests, *, agreed: bool) -> None:
+        with stops.interruptible(agreed=agreed):
+            _term()
+            done.append("evaluated")  # never reached
+
+    with stop_requests() as stops:
+        with stops.deferred(act=False):
+            evaluation(stops, agreed=True)
+            assert stops.pending == signal.SIGTERM
+            with pytest.raises(Stopped):
+                stops.check(lambda mine: mine)
+        assert done == []
+    with stop_requests() as stops, pytest.raises(Stopped):
+        evaluation(stops, agreed=False)

@@ -12,9 +12,9 @@ update and its bookkeeping) a signal is only recorded, and acted on when the ste
 the images and the optimizer state are never saved half-updated; outside it (evaluation, data
 loading) it stops the run at once. Under torchrun the whole loop is deferred with ``act=False`` and
 :meth:`StopRequests.check` is the one place that stops it: the ranks agree on the stop there, so
-every rank stops after the same iteration (after the evaluation, when a signal comes during one)
-and rank 0 writes the checkpoint; a rank that stopped on its own would leave the others waiting in
-a collective.
+every rank stops after the same iteration and rank 0 writes the checkpoint (a rank that stopped on
+its own would leave the others waiting in a collective). Rank 0's evaluation is
+:meth:`StopRequests.interruptible`: a signal ends it at once, and the ranks then stop together.
 
 Only the first signal counts: the ones after it are ignored while the run saves its checkpoint and
 exits (torchrun forwards a SIGTERM it gets to every rank, so a ``kill`` of the whole process group
@@ -93,6 +93,19 @@ class StopRequests:
             self._deferring -= 1
         if act and self.pending is not None and not self._deferring:
             _raise_for(self.pending)
+
+    @contextlib.contextmanager
+    def interruptible(self, *, agreed: bool = False) -> Iterator[None]:
+        """A block that a signal cuts at once, even inside a deferred one (an evaluation: it saves nothing). With
+        ``agreed`` the block just ends there and the stop is left to :meth:`check`, where the ranks agree."""
+        outer, self._deferring = self._deferring, 0
+        try:
+            yield
+        except (KeyboardInterrupt, Stopped):
+            if not agreed:
+                raise
+        finally:
+            self._deferring = outer
 
     def check(self, agree: Callable[[int], int] | None = None) -> None:
         """Stop now if a signal came: with ``agree`` (an all-reduce of the largest value over the ranks), as soon as

@@ -586,18 +586,15 @@ class DistillLoop:
                             if it >= cfg.iterations:  # the distillation is over: its bar stops its clock now
                                 bar.close()
                             if self.par.is_main:  # the other ranks wait at the barrier
-                                t_eval = time.perf_counter()
-                                self.metrics["evals"].append(self.evaluate(it))
-                                self.metrics["eval_seconds"] = self.metrics.get("eval_seconds", 0.0) + (
-                                    time.perf_counter() - t_eval
-                                )
-                                self._eval_seconds = time.perf_counter() - t_eval  # the estimate of the next ones
+                                # a signal cuts the evaluation at once (under torchrun the ranks then stop below)
+                                with stops.interruptible(agreed=agree is not None):
+                                    self._timed_evaluation(it)
                             done.add(it)
                             self._write_metrics(final=False)
                             self._checkpoint(it)
                             self.par.barrier()
                             last_good = it
-                            stops.check(agree)  # a signal during the evaluation: stop here, its checkpoint is saved
+                            stops.check(agree)  # a signal during the evaluation: every rank stops here
                         if it >= cfg.iterations:
                             break
                         if stop_at is not None and it >= stop_at:  # a pause: keep everything, continue with resume
@@ -675,6 +672,14 @@ class DistillLoop:
             return self._finish()
 
     _eval_seconds: float | None = None  # the last evaluation's duration in this process (None: none yet)
+
+    def _timed_evaluation(self, it: int) -> None:
+        """Evaluate the images of iteration ``it`` into the metrics, with the time it took."""
+        t_eval = time.perf_counter()
+        self.metrics["evals"].append(self.evaluate(it))
+        seconds = time.perf_counter() - t_eval
+        self.metrics["eval_seconds"] = self.metrics.get("eval_seconds", 0.0) + seconds
+        self._eval_seconds = seconds  # the estimate of the next ones
 
     def _eta(self, it: int, rate: float, evals_left: Sequence[int]) -> str:
         """``ETA 12 min 5 s (distillation 4 min 2 s + 2 evaluations, about 8 min)``: the whole job, evaluations
