@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from _results import RESULTS, machine, save
+from hyperdm import lorentz
 from hyperdm.distill.data import load_dataset
 from hyperdm.distill.models import Embedder, get_network
 from hyperdm.distill.settings import positive_float
@@ -78,15 +79,12 @@ def measure(path: Path, real: torch.Tensor, labels: torch.Tensor, nets: int, per
 
 def centroid_shrinkage(v: torch.Tensor, alpha: float) -> tuple[float, float]:
     """For the features ``v`` ``[N, D]`` scaled by ``alpha`` and mapped to the hyperboloid (``k`` 1, exact map):
-    the radius of their Law centroid over their median radius, and the norm of their Euclidean mean over their
-    median norm. float64; the Law centroid's radius is ``atanh(|mean sinh(r) u| / mean cosh(r))``."""
+    the radius of their Law centroid (:func:`hyperdm.lorentz.feature_centroid`, float64) over their median radius,
+    and the norm of their Euclidean mean over their median norm."""
     v = v.double()
     n = v.norm(dim=1)
-    r = alpha * n
-    u = v / n.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
-    m_time, m_space = torch.cosh(r).mean(), (torch.sinh(r)[:, None] * u).mean(dim=0)
-    law_radius = torch.atanh(m_space.norm() / m_time)
-    return float(law_radius / r.median()), float(v.mean(dim=0).norm() / n.median())
+    law_radius = lorentz.dist0(lorentz.feature_centroid(alpha * v, k=1.0, max_norm=None), k=1.0)
+    return float(law_radius / (alpha * n).median()), float(v.mean(dim=0).norm() / n.median())
 
 
 def measure_centroids(
